@@ -1,0 +1,259 @@
+//! Canonical request types that every pipeline stage works on.
+//!
+//! The dialect adapters translate wire JSON into these types and back; no other
+//! module reads or writes wire JSON. Top-level request fields are split into
+//! `shaping` (anything that can change the answer, including fields thrifty does
+//! not know yet) and `incidental` (fields known not to change it), so the cache
+//! key never has to guess.
+
+use serde_json::{Map, Value};
+
+/// The wire protocol a downstream client or an upstream server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    OpenAi,
+    Ollama,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "openai",
+            Dialect::Ollama => "ollama",
+        }
+    }
+}
+
+/// The kinds of call thrifty understands; everything else is passed through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`, `/api/chat`.
+    Chat,
+    /// `/v1/completions`, `/api/generate`.
+    Completion,
+    /// `/v1/embeddings`, `/api/embed`.
+    Embedding,
+    /// `/api/embeddings`, Ollama's legacy single-prompt embedding call.
+    LegacyEmbedding,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completion => "completion",
+            Endpoint::Embedding => "embedding",
+            Endpoint::LegacyEmbedding => "legacy_embedding",
+        }
+    }
+}
+
+/// A decoded call to one of the intercepted endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Call {
+    Chat(ChatRequest),
+    Completion(CompletionRequest),
+    Embedding(EmbeddingRequest),
+}
+
+impl Call {
+    pub fn model(&self) -> &str {
+        match self {
+            Call::Chat(c) => &c.model,
+            Call::Completion(c) => &c.model,
+            Call::Embedding(e) => &e.model,
+        }
+    }
+
+    pub fn stream(&self) -> bool {
+        match self {
+            Call::Chat(c) => c.stream,
+            Call::Completion(c) => c.stream,
+            Call::Embedding(_) => false,
+        }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        match self {
+            Call::Chat(_) => Endpoint::Chat,
+            Call::Completion(_) => Endpoint::Completion,
+            Call::Embedding(e) if e.legacy => Endpoint::LegacyEmbedding,
+            Call::Embedding(_) => Endpoint::Embedding,
+        }
+    }
+}
+
+/// A chat request: a model, a conversation and the parameters around it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    /// Whether the client asked for a streamed answer (SSE or NDJSON).
+    pub stream: bool,
+    /// Fields that can change the answer, in the order the client sent them.
+    pub shaping: Map<String, Value>,
+    /// Fields that cannot change the answer (`user`, `metadata`, `stream_options`, `keep_alive`, ...).
+    pub incidental: Map<String, Value>,
+}
+
+/// A legacy text completion (`/v1/completions`) or an Ollama `/api/generate`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompletionRequest {
+    pub model: String,
+    /// The prompt as sent: a string, or token arrays and lists for OpenAI.
+    pub prompt: Value,
+    pub stream: bool,
+    pub shaping: Map<String, Value>,
+    pub incidental: Map<String, Value>,
+}
+
+/// An embedding request, batch or single.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    /// True for Ollama's legacy `/api/embeddings` (`prompt` in, one `embedding` out).
+    pub legacy: bool,
+    pub shaping: Map<String, Value>,
+    pub incidental: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EmbeddingInput {
+    /// Text inputs; `single` records that the client sent one bare string.
+    Texts { texts: Vec<String>, single: bool },
+    /// Token arrays, kept as sent.
+    Tokens(Value),
+}
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Content,
+    pub tool_calls: Vec<ToolCall>,
+    /// For tool results: the id of the call this answers (OpenAI) or the tool's name (Ollama).
+    pub tool_call_id: Option<String>,
+    /// Any other fields of the message (`name`, `refusal`, `thinking`, ...), kept as sent.
+    pub extra: Map<String, Value>,
+}
+
+impl Message {
+    /// A plain text message, as stages that write messages need.
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: Content::Text(text.into()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The text of the message with non-text parts replaced by short placeholders.
+    pub fn flat_text(&self) -> String {
+        match &self.content {
+            Content::Absent => String::new(),
+            Content::Text(t) => t.clone(),
+            Content::Parts(parts) => {
+                let mut out = String::new();
+                for part in parts {
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    match &part.kind {
+                        PartKind::Text(t) => out.push_str(t),
+                        other => out.push_str(&other.placeholder()),
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Other(String),
+}
+
+impl Role {
+    pub fn parse(role: &str) -> Self {
+        match role {
+            "system" => Role::System,
+            "developer" => Role::Developer,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => Role::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::System => "system",
+            Role::Developer => "developer",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+            Role::Other(s) => s,
+        }
+    }
+
+    /// System and developer messages carry instructions and are never condensed.
+    pub fn is_instruction(&self) -> bool {
+        matches!(self, Role::System | Role::Developer)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    /// No content field, or `null` (assistant messages that only call tools).
+    Absent,
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// One content part; `raw` is the part exactly as the client sent it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    pub kind: PartKind,
+    pub raw: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PartKind {
+    Text(String),
+    Image,
+    Audio,
+    File(Option<String>),
+    Other(String),
+}
+
+impl PartKind {
+    /// The short stand-in used when a condensed turn cannot keep the part itself.
+    pub fn placeholder(&self) -> String {
+        match self {
+            PartKind::Text(t) => t.clone(),
+            PartKind::Image => "[image]".to_owned(),
+            PartKind::Audio => "[audio]".to_owned(),
+            PartKind::File(Some(name)) => format!("[file: {name}]"),
+            PartKind::File(None) => "[file]".to_owned(),
+            PartKind::Other(kind) => format!("[{kind}]"),
+        }
+    }
+}
+
+/// A function call requested by the assistant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    pub id: Option<String>,
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
+}

@@ -1,0 +1,310 @@
+//! Configuration: a TOML file parsed into a raw serde shape, environment overrides
+//! applied, then validated into the typed `Config` the rest of thrifty reads.
+//!
+//! This is the only module that reads the environment. Errors name the bad key.
+
+mod keys;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
+pub use upstream::{RawDialect, RawRoute, RawRouting, RawUpstream, Routing, Upstream};
+
+use crate::secret::Secret;
+
+/// Looks up an environment variable; tests pass their own.
+pub type Env<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: expected {expected}")]
+    Invalid { key: String, expected: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, expected: &str) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            expected: expected.to_owned(),
+        }
+    }
+}
+
+/// The file's shape. Every field has a default, so an empty file is a valid config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub log: RawLog,
+    pub upstreams: Vec<RawUpstream>,
+    pub routing: RawRouting,
+    pub rate_limit: Option<RawRateLimit>,
+    pub keys: Vec<RawKey>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            server: RawServer::default(),
+            log: RawLog::default(),
+            upstreams: vec![
+                RawUpstream::new("openai", "https://api.openai.com/v1", RawDialect::Openai),
+                RawUpstream::new("ollama", "http://127.0.0.1:11434", RawDialect::Ollama),
+            ],
+            routing: RawRouting::default(),
+            rate_limit: None,
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".to_owned(),
+            max_body_bytes: 32 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub tls: Option<RawTls>,
+    pub log_format: LogFormat,
+    pub upstreams: Vec<Upstream>,
+    pub routing: Routing,
+    pub rate_limit: Option<RateLimit>,
+    pub keys: Vec<ApiKey>,
+    pub admin_token: Option<Secret<String>>,
+    pub redis_url: Option<Secret<String>>,
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies the environment overrides operators set most.
+    pub fn apply_env(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        if let Some(listen) = env("THRIFTY_LISTEN") {
+            self.server.listen = listen;
+        }
+        if let Some(url) = env("THRIFTY_OPENAI_BASE_URL") {
+            self.set_base_url(
+                &self.routing.default_openai.clone(),
+                url,
+                "THRIFTY_OPENAI_BASE_URL",
+            )?;
+        }
+        if let Some(url) = env("THRIFTY_OLLAMA_BASE_URL") {
+            self.set_base_url(
+                &self.routing.default_ollama.clone(),
+                url,
+                "THRIFTY_OLLAMA_BASE_URL",
+            )?;
+        }
+        if let Some(format) = env("THRIFTY_LOG_FORMAT") {
+            self.log.format = match format.as_str() {
+                "json" => LogFormat::Json,
+                "pretty" => LogFormat::Pretty,
+                _ => return Err(ConfigError::invalid("THRIFTY_LOG_FORMAT", "json or pretty")),
+            };
+        }
+        if let Some(bytes) = env("THRIFTY_MAX_BODY_BYTES") {
+            self.server.max_body_bytes = bytes
+                .parse()
+                .map_err(|_| ConfigError::invalid("THRIFTY_MAX_BODY_BYTES", "a number of bytes"))?;
+        }
+        Ok(())
+    }
+
+    fn set_base_url(&mut self, upstream: &str, url: String, var: &str) -> Result<(), ConfigError> {
+        let target = self
+            .upstreams
+            .iter_mut()
+            .find(|u| u.name == upstream)
+            .ok_or_else(|| ConfigError::invalid(var, "a default upstream to apply to"))?;
+        target.base_url = url;
+        Ok(())
+    }
+
+    /// Checks every value and resolves names, secrets and globs.
+    pub fn validate(self, env: &Env<'_>) -> Result<Config, ConfigError> {
+        let listen = self.server.listen.parse().map_err(|_| {
+            ConfigError::invalid("server.listen", "an address such as 127.0.0.1:8080")
+        })?;
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "a size above zero",
+            ));
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    return Err(ConfigError::invalid(key, "a readable PEM file"));
+                }
+            }
+        }
+        let upstreams = upstream::validate_upstreams(self.upstreams, env)?;
+        let routing = upstream::validate_routing(self.routing, &upstreams)?;
+        let secret = |name: &str| env(name).filter(|v| !v.is_empty()).map(Secret::new);
+        Ok(Config {
+            listen,
+            max_body_bytes: self.server.max_body_bytes,
+            shutdown_grace: self.server.shutdown_grace,
+            tls: self.server.tls,
+            log_format: self.log.format,
+            upstreams,
+            routing,
+            rate_limit: keys::validate_rate_limit(self.rate_limit, "rate_limit")?,
+            keys: keys::validate_keys(self.keys)?,
+            admin_token: secret("THRIFTY_ADMIN_TOKEN"),
+            redis_url: secret("THRIFTY_REDIS_URL"),
+        })
+    }
+}
+
+impl Config {
+    /// Loads the file (if any), applies the process environment and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let mut raw = match path {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        raw.apply_env(&env)?;
+        raw.validate(&env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/thrifty.toml");
+        let file = RawConfig::from_file(&path).expect("config/thrifty.toml parses");
+        let from_file = file
+            .validate(&no_env)
+            .expect("config/thrifty.toml is valid");
+        let defaults = RawConfig::default()
+            .validate(&no_env)
+            .expect("defaults are valid");
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = toml::from_str::<RawConfig>("[server]\nlisten_on = \"x\"").expect_err("rejects");
+        assert!(err.to_string().contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut raw = RawConfig::default();
+        raw.server.listen = "nowhere".to_owned();
+        let err = raw.validate(&no_env).expect_err("rejects");
+        assert!(err.to_string().starts_with("server.listen:"), "{err}");
+
+        let mut raw = RawConfig::default();
+        raw.upstreams[0].api_key_env = Some("THRIFTY_TEST_UNSET".to_owned());
+        let err = raw.validate(&no_env).expect_err("rejects");
+        assert!(
+            err.to_string().starts_with("upstreams[0].api_key_env:"),
+            "{err}"
+        );
+
+        let mut raw = RawConfig::default();
+        raw.routing.routes.push(RawRoute {
+            model: "llama*".to_owned(),
+            upstream: "nope".to_owned(),
+        });
+        let err = raw.validate(&no_env).expect_err("rejects");
+        assert!(
+            err.to_string().starts_with("routing.routes[0].upstream:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_apply() {
+        let env = |name: &str| match name {
+            "THRIFTY_LISTEN" => Some("0.0.0.0:9000".to_owned()),
+            "THRIFTY_OLLAMA_BASE_URL" => Some("http://10.0.0.2:11434/".to_owned()),
+            "THRIFTY_ADMIN_TOKEN" => Some("admin".to_owned()),
+            _ => None,
+        };
+        let mut raw = RawConfig::default();
+        raw.apply_env(&env).expect("applies");
+        let config = raw.validate(&env).expect("valid");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.upstreams[1].base_url, "http://10.0.0.2:11434");
+        assert_eq!(
+            config.admin_token.map(|t| t.expose().clone()).as_deref(),
+            Some("admin")
+        );
+    }
+}

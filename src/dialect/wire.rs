@@ -1,0 +1,90 @@
+//! Small helpers shared by both adapters for pulling typed fields out of a JSON object.
+
+use serde_json::{Map, Value};
+
+use crate::error::ProxyError;
+
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProxyError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ProxyError::bad_request(
+            "the request body must be a JSON object",
+        )),
+        Err(e) => Err(ProxyError::bad_request(format!(
+            "we could not parse the JSON body of your request: {e}"
+        ))),
+    }
+}
+
+/// Removes a required string field.
+pub fn take_string(
+    object: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<String, ProxyError> {
+    match object.shift_remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ProxyError::invalid_field(field, "a string")),
+        None => Err(ProxyError::missing_field(field)),
+    }
+}
+
+/// Reads an optional boolean field without removing it.
+pub fn peek_bool(
+    object: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<bool>, ProxyError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ProxyError::invalid_field(field, "a boolean")),
+    }
+}
+
+/// Splits the remaining top-level fields into those that can change the answer and those that cannot.
+pub fn split_fields(
+    object: Map<String, Value>,
+    incidental_names: &[&str],
+) -> (Map<String, Value>, Map<String, Value>) {
+    let mut shaping = Map::new();
+    let mut incidental = Map::new();
+    for (name, value) in object {
+        if incidental_names.contains(&name.as_str()) {
+            incidental.insert(name, value);
+        } else {
+            shaping.insert(name, value);
+        }
+    }
+    (shaping, incidental)
+}
+
+/// Joins model, body fields and the two field maps back into one object.
+pub fn join_fields(
+    head: impl IntoIterator<Item = (&'static str, Value)>,
+    shaping: &Map<String, Value>,
+    incidental: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut object = Map::new();
+    for (name, value) in head {
+        object.insert(name.to_owned(), value);
+    }
+    for (name, value) in shaping.iter().chain(incidental) {
+        object.insert(name.clone(), value.clone());
+    }
+    object
+}
+
+/// Splits a message object into its role, its content and the remaining fields.
+pub fn parse_message_fields(
+    value: Value,
+) -> Result<(String, Option<Value>, Map<String, Value>), ProxyError> {
+    let Value::Object(mut object) = value else {
+        return Err(ProxyError::invalid_field("messages[]", "an object"));
+    };
+    let role = match object.shift_remove("role") {
+        Some(Value::String(role)) => role,
+        Some(_) => return Err(ProxyError::invalid_field("messages[].role", "a string")),
+        None => return Err(ProxyError::missing_field("messages[].role")),
+    };
+    let content = object.shift_remove("content");
+    Ok((role, content, object))
+}

@@ -1,0 +1,82 @@
+//! thrifty: an OpenAI- and Ollama-compatible reverse proxy that makes LLM APIs cheaper.
+//!
+//! The rooms, in the order a request meets them:
+//!
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful shutdown.
+//! - [`router`]: `(method, path)` to a [`router::Route`].
+//! - [`pipeline`]: the stage order for every request, and nothing else.
+//! - [`dialect`]: the only code that knows OpenAI and Ollama wire JSON.
+//! - [`chat`]: canonical request types the stages work on.
+//! - [`auth`]: client keys and tenant ids. [`ratelimit`]: per-tenant limits.
+//! - [`upstream`]: the pooled client with its timeouts. [`headers`]: hop-by-hop hygiene.
+//! - [`body`], [`reply`], [`error`]: bodies, self-made responses, errors by fault.
+//! - [`config`]: file + environment to a validated [`config::Config`]; [`secret`], [`tls`], [`telemetry`].
+
+pub mod auth;
+pub mod body;
+pub mod chat;
+pub mod config;
+pub mod dialect;
+pub mod error;
+pub mod headers;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod reply;
+pub mod router;
+pub mod secret;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// How often idle rate-limit buckets are forgotten.
+const LIMITER_SWEEP: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot set up upstream TLS: {0}")]
+    UpstreamTls(#[from] rustls::Error),
+}
+
+/// Serves thrifty on an already-bound listener until `shutdown` resolves, then
+/// lets in-flight requests finish within the configured grace period.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let tls = match &config.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            &files.cert,
+            &files.key,
+        )?)),
+        None => None,
+    };
+    let proxy = Arc::new(pipeline::Proxy::new(Arc::new(config))?);
+    let sweeper = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LIMITER_SWEEP);
+            loop {
+                tick.tick().await;
+                proxy.limiter().forget_idle();
+            }
+        })
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, tls = tls.is_some(), "thrifty listening");
+    }
+    server::serve(listener, proxy, tls, shutdown).await;
+    sweeper.abort();
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The `thrifty` binary: CLI arguments, config loading, telemetry, then `thrifty::run`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use thrifty::Config;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "An OpenAI- and Ollama-compatible proxy that makes LLM APIs cheaper"
+)]
+struct Cli {
+    /// Configuration file (TOML); built-in defaults when absent.
+    #[arg(long, global = true, env = "THRIFTY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Serve,
+    /// Validate the configuration and exit.
+    CheckConfig,
+    /// Write a self-signed localhost certificate and key for development.
+    GenCert {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+    /// Print the SHA-256 of an API key, for `[[keys]] sha256` (reads the key from stdin).
+    HashKey,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::CheckConfig => {
+            Config::load(cli.config.as_deref())?;
+            writeln!(std::io::stdout(), "configuration is valid")?;
+            Ok(())
+        }
+        Command::GenCert { dir } => {
+            thrifty::tls::write_self_signed(&dir)?;
+            writeln!(
+                std::io::stdout(),
+                "wrote {0}/localhost.pem and {0}/localhost-key.pem",
+                dir.display()
+            )?;
+            Ok(())
+        }
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin().read_line(&mut key)?;
+            writeln!(std::io::stdout(), "{}", thrifty::auth::hash_key(&key))?;
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    thrifty::telemetry::init(config.log_format);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        thrifty::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

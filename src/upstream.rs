@@ -1,0 +1,90 @@
+//! The upstream client: a pooled hyper-util client per upstream over rustls
+//! (webpki and native roots, HTTP/1.1 and HTTP/2 by ALPN) with connect,
+//! first-byte and idle-between-chunks timeouts.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+
+use crate::body::{Body, IdleTimeout, boxed};
+use crate::config::Upstream;
+use crate::error::ProxyError;
+
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+/// Roots trusted for upstream TLS: Mozilla's webpki set plus the system's own.
+pub fn root_store() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A malformed system certificate is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+impl UpstreamClient {
+    pub fn new(upstream: &Upstream, roots: Arc<RootCertStore>) -> Result<Self, rustls::Error> {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(upstream.connect_timeout));
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(UpstreamClient { client })
+    }
+
+    /// Sends a request and waits for the response head within the first-byte timeout.
+    /// The response body fails if the upstream goes quiet for the idle timeout.
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let response =
+            tokio::time::timeout(upstream.first_byte_timeout, self.client.request(request))
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout {
+                    upstream: upstream.name.clone(),
+                    after: upstream.first_byte_timeout,
+                })?
+                .map_err(|e| ProxyError::UpstreamUnavailable {
+                    upstream: upstream.name.clone(),
+                    reason: describe(&e),
+                })?;
+        Ok(response.map(|body: Incoming| boxed(IdleTimeout::new(body, upstream.idle_timeout))))
+    }
+}
+
+/// The innermost cause of a client error, which is the readable one.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut source: &dyn std::error::Error = error;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    if error.is_connect() {
+        format!("connection failed: {source}")
+    } else {
+        source.to_string()
+    }
+}
