@@ -12,8 +12,12 @@
 //! - [`body`], [`reply`], [`error`]: bodies, self-made responses, errors by fault.
 //! - [`config`]: file + environment to a validated [`config::Config`]; [`secret`], [`tls`], [`telemetry`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod dialect;
@@ -25,6 +29,7 @@ pub mod reply;
 pub mod router;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
@@ -46,6 +51,25 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("cannot set up upstream TLS: {0}")]
     UpstreamTls(#[from] rustls::Error),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] store::StoreError),
+}
+
+/// How often expired entries are removed from the embedded store.
+const STORE_SWEEP: Duration = Duration::from_secs(600);
+
+/// Opens Redis when a URL is configured, the embedded store otherwise.
+fn open_store(config: &config::StoreConfig) -> Result<Arc<store::Store>, store::StoreError> {
+    Ok(match &config.redis_url {
+        Some(url) => store::Store::redis(
+            store::RedisStore::connect(url.expose(), config.redis_cluster, config.timeout)?,
+            config.timeout,
+        ),
+        None => store::Store::embedded(
+            store::EmbeddedStore::open(&config.data_dir, config.memory_bytes)?,
+            config.timeout,
+        ),
+    })
 }
 
 /// Serves thrifty on an already-bound listener until `shutdown` resolves, then
@@ -62,21 +86,29 @@ pub async fn run(
         )?)),
         None => None,
     };
-    let proxy = Arc::new(pipeline::Proxy::new(Arc::new(config))?);
-    let sweeper = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(LIMITER_SWEEP);
-            loop {
-                tick.tick().await;
-                proxy.limiter().forget_idle();
-            }
-        })
-    };
+    let store = open_store(&config.store)?;
+    let proxy = Arc::new(pipeline::Proxy::new(Arc::new(config), store)?);
+    let mut background = tokio::task::JoinSet::new();
+    let limiter_proxy = proxy.clone();
+    background.spawn(async move {
+        let mut tick = tokio::time::interval(LIMITER_SWEEP);
+        loop {
+            tick.tick().await;
+            limiter_proxy.limiter().forget_idle();
+        }
+    });
+    let sweep_store = proxy.cache().store().clone();
+    background.spawn(async move {
+        let mut tick = tokio::time::interval(STORE_SWEEP);
+        loop {
+            tick.tick().await;
+            sweep_store.sweep().await;
+        }
+    });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, tls = tls.is_some(), "thrifty listening");
     }
     server::serve(listener, proxy, tls, shutdown).await;
-    sweeper.abort();
+    background.shutdown().await;
     Ok(())
 }

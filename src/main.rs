@@ -1,5 +1,7 @@
 //! The `thrifty` binary: CLI arguments, config loading, telemetry, then `thrifty::run`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::io::Write;
 use std::path::PathBuf;
 

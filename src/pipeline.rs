@@ -23,11 +23,16 @@ use tracing::{Instrument, field};
 
 use crate::auth::{Authenticator, Tenant, UpstreamAuth};
 use crate::body::{Body, boxed, full};
-use crate::chat::{Call, Dialect, Endpoint};
+use crate::cache::controls::Controls;
+use crate::cache::record::{Recorder, Recording};
+use crate::cache::{Cache, Lookup, Outcome, embedding, replay};
+use crate::chat::{Call, Dialect, EmbeddingRequest, Endpoint};
 use crate::config::{Config, Upstream};
+use crate::dialect::embedding as embedding_wire;
 use crate::error::ProxyError;
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Route};
+use crate::store::Store;
 use crate::upstream::{UpstreamClient, root_store};
 use crate::{dialect, headers, reply};
 
@@ -40,6 +45,7 @@ pub struct Proxy {
     clients: Vec<UpstreamClient>,
     auth: Authenticator,
     limiter: RateLimiter,
+    cache: Arc<Cache>,
 }
 
 /// One request on its way through the stages.
@@ -52,7 +58,7 @@ struct Exchange {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>) -> Result<Self, rustls::Error> {
+    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Result<Self, rustls::Error> {
         let roots = Arc::new(root_store());
         let clients = config
             .upstreams
@@ -62,6 +68,7 @@ impl Proxy {
         Ok(Proxy {
             auth: Authenticator::new(&config.keys),
             limiter: RateLimiter::new(config.rate_limit, &config.keys),
+            cache: Cache::new(&config.cache, store),
             clients,
             config,
         })
@@ -73,6 +80,10 @@ impl Proxy {
 
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
     }
 
     /// Serves one request; never fails, errors become responses in the caller's dialect.
@@ -88,11 +99,13 @@ impl Proxy {
             model = field::Empty,
             upstream = field::Empty,
             tenant = field::Empty,
+            cache = field::Empty,
         );
         async move {
             let result = match route {
                 Route::Health => Ok(reply::json(StatusCode::OK, &json!({"status": "ok"}))),
-                Route::Ready => Ok(reply::json(StatusCode::OK, &json!({"status": "ready"}))),
+                Route::Ready => Ok(self.readiness().await),
+                Route::Admin => crate::admin::handle(self, request).await,
                 Route::Api { dialect, endpoint } => {
                     self.intercept(dialect, endpoint, request).await
                 }
@@ -131,10 +144,212 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = request.into_parts();
         let bytes = read_body(body, &parts.headers, self.config.max_body_bytes).await?;
+        self.intercept_bytes(dialect, endpoint, parts, bytes).await
+    }
+
+    /// An intercepted call whose body has been read; the admin API's warm-up enters here.
+    pub(crate) async fn intercept_bytes(
+        &self,
+        dialect: Dialect,
+        endpoint: Endpoint,
+        parts: Parts,
+        bytes: Bytes,
+    ) -> Result<Response<Body>, ProxyError> {
         let call = dialect::decode(dialect, endpoint, &bytes)?;
         tracing::Span::current().record("model", call.model());
         let exchange = self.admit(dialect, parts, Some(&call))?;
-        self.forward(exchange, full(bytes), true).await
+        let controls = Controls::from_headers(&exchange.parts.headers)?;
+        match call {
+            Call::Embedding(request) => self.embed(exchange, request, bytes, controls).await,
+            call => self.answer(exchange, call, bytes, controls).await,
+        }
+    }
+
+    /// Chat and completion calls: exact cache lookup, then upstream, recording the answer.
+    async fn answer(
+        &self,
+        exchange: Exchange,
+        call: Call,
+        bytes: Bytes,
+        controls: Controls,
+    ) -> Result<Response<Body>, ProxyError> {
+        let upstream = &self.config.upstreams[exchange.upstream].name;
+        let plan = self.cache.plan(
+            exchange.dialect,
+            upstream,
+            &exchange.tenant.id,
+            &call,
+            controls,
+        );
+        let stats = self.cache.stats();
+        let namespace = plan.controls.namespace.clone();
+        let (outcome, flight) = match self.cache.lookup(&plan, &call).await {
+            Lookup::Hit { entry, key } => {
+                stats.record(
+                    &plan.tenant,
+                    namespace.as_deref(),
+                    &plan.model,
+                    Outcome::Hit,
+                );
+                tracing::Span::current().record("cache", Outcome::Hit.as_str());
+                return Ok(replay::respond(exchange.dialect, &call, &entry, &key));
+            }
+            Lookup::Miss { outcome, flight } => (outcome, flight),
+        };
+        stats.record(&plan.tenant, namespace.as_deref(), &plan.model, outcome);
+        tracing::Span::current().record("cache", outcome.as_str());
+        let key = plan.key.clone();
+        let mut response = self.forward(exchange, full(bytes), true).await?;
+        let h = response.headers_mut();
+        headers::set(h, "x-thrifty-cache", outcome.as_str());
+        if let Some(key) = &key {
+            headers::set(h, "x-thrifty-cache-key", key.short());
+        }
+        match flight {
+            Some(flight) if response.status().is_success() => {
+                let streamed = dialect::stream::is_stream(response.headers());
+                let recording = Recording {
+                    flight,
+                    plan,
+                    call: Arc::new(call),
+                    streamed,
+                };
+                Ok(response.map(|body| Recorder::new(body, recording).boxed_unsync()))
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// Embedding calls: cached inputs are answered from the store, only the rest go upstream.
+    async fn embed(
+        &self,
+        exchange: Exchange,
+        request: EmbeddingRequest,
+        bytes: Bytes,
+        controls: Controls,
+    ) -> Result<Response<Body>, ProxyError> {
+        let dialect = exchange.dialect;
+        let upstream = &self.config.upstreams[exchange.upstream].name;
+        let plan =
+            self.cache
+                .plan_embedding(dialect, upstream, &exchange.tenant.id, &request, &controls);
+        let label = |response: &mut Response<Body>, outcome: Outcome| {
+            headers::set(response.headers_mut(), "x-thrifty-cache", outcome.as_str());
+            tracing::Span::current().record("cache", outcome.as_str());
+        };
+        if let Some(outcome) = plan.skipped() {
+            let mut response = self.forward(exchange, full(bytes), true).await?;
+            label(&mut response, outcome);
+            return Ok(response);
+        }
+        let cached = self.cache.lookup_embeddings(&plan).await;
+        let missing: Vec<usize> = (0..cached.len()).filter(|&i| cached[i].is_none()).collect();
+        let cached_tokens: u64 = cached.iter().flatten().map(|e| e.tokens).sum();
+        if missing.is_empty() {
+            let vectors: Vec<Vec<f64>> = cached.into_iter().flatten().map(|e| e.vector).collect();
+            let body = embedding_wire::write_answer(
+                dialect,
+                &request,
+                None,
+                &request.model,
+                &vectors,
+                cached_tokens,
+            );
+            let mut response = reply::json(StatusCode::OK, &body);
+            label(&mut response, Outcome::Hit);
+            return Ok(response);
+        }
+        let partial = missing.len() < cached.len();
+        let outbound = if partial {
+            let sub = embedding::subset(&request, &plan.texts, &missing);
+            dialect::encode(dialect, &Call::Embedding(sub))
+        } else {
+            bytes
+        };
+        let response = self.forward(exchange, full(outbound), true).await?;
+        if !response.status().is_success() {
+            let mut response = response;
+            label(&mut response, Outcome::Miss);
+            return Ok(response);
+        }
+        let (mut head, body) = response.into_parts();
+        let raw = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return Err(ProxyError::UpstreamUnavailable {
+                    upstream: upstream.clone(),
+                    reason: format!("embedding answer could not be read: {e}"),
+                });
+            }
+        };
+        let answer: Option<serde_json::Value> = serde_json::from_slice(&raw).ok();
+        let vectors = answer
+            .as_ref()
+            .and_then(|a| embedding_wire::read_answer(dialect, request.legacy, a))
+            .filter(|(v, _)| v.len() == missing.len());
+        let Some((vectors, tokens)) = vectors else {
+            if partial {
+                return Err(ProxyError::UpstreamUnavailable {
+                    upstream: upstream.clone(),
+                    reason: "embedding answer did not hold one vector per input".to_owned(),
+                });
+            }
+            let mut response = Response::from_parts(head, full(raw));
+            label(&mut response, Outcome::Miss);
+            return Ok(response);
+        };
+        let texts: Vec<&str> = missing.iter().map(|&i| plan.texts[i].as_str()).collect();
+        let parts = embedding::apportion(tokens, &texts);
+        let model = &request.model;
+        if !partial {
+            self.cache
+                .put_embeddings(&plan, model, &missing, vectors, &parts)
+                .await;
+            let mut response = Response::from_parts(head, full(raw));
+            label(&mut response, Outcome::Miss);
+            return Ok(response);
+        }
+        let mut fresh = vectors.clone().into_iter();
+        let merged: Vec<Vec<f64>> = cached
+            .into_iter()
+            .map(|c| {
+                c.map(|e| e.vector)
+                    .or_else(|| fresh.next())
+                    .unwrap_or_default()
+            })
+            .collect();
+        self.cache
+            .put_embeddings(&plan, model, &missing, vectors, &parts)
+            .await;
+        let body = embedding_wire::write_answer(
+            dialect,
+            &request,
+            answer.as_ref(),
+            model,
+            &merged,
+            cached_tokens + tokens,
+        );
+        head.headers.remove(CONTENT_LENGTH);
+        let mut response = Response::from_parts(head, full(body.to_string()));
+        label(&mut response, Outcome::Miss);
+        let hits = format!("{}/{}", merged.len() - missing.len(), merged.len());
+        headers::set(response.headers_mut(), "x-thrifty-cache-hits", &hits);
+        Ok(response)
+    }
+
+    /// `/readyz`: ready when the store answers; degraded (still serving, uncached) when not.
+    async fn readiness(&self) -> Response<Body> {
+        let store = self.cache.store();
+        match store.ping().await {
+            Ok(()) => reply::json(
+                StatusCode::OK,
+                &json!({"status": "ready", "store": store.kind()}),
+            ),
+            Err(e) => reply::json(
+                StatusCode::OK,
+                &json!({"status": "degraded", "store": store.kind(), "error": e.to_string()}),
+            ),
+        }
     }
 
     /// Any other path of a dialect's API: the body streams through untouched.
@@ -248,7 +463,11 @@ impl Proxy {
 }
 
 /// Reads a whole request body within the size limit and the read timeout.
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+pub(crate) async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -20,6 +20,8 @@ pub enum Route {
     Passthrough {
         dialect: Dialect,
     },
+    /// `/admin/*`: thrifty's own management API.
+    Admin,
     NotFound,
 }
 
@@ -38,6 +40,7 @@ impl Route {
             Route::Ready => "readyz",
             Route::Api { endpoint, .. } => endpoint.as_str(),
             Route::Passthrough { .. } => "passthrough",
+            Route::Admin => "admin",
             Route::NotFound => "not_found",
         }
     }
@@ -54,6 +57,9 @@ pub fn route(method: &Method, path: &str) -> Route {
             };
         }
         _ => {}
+    }
+    if strip_prefix(path, "/admin").is_some() {
+        return Route::Admin;
     }
     for dialect in [Dialect::OpenAi, Dialect::Ollama] {
         let Some(rest) = strip_prefix(path, dialect::prefix(dialect)) else {

@@ -3,6 +3,7 @@
 //!
 //! This is the only module that reads the environment. Errors name the bad key.
 
+mod cache;
 mod keys;
 mod upstream;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore, StoreConfig};
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
 pub use upstream::{RawDialect, RawRoute, RawRouting, RawUpstream, Routing, Upstream};
 
@@ -52,6 +54,8 @@ pub struct RawConfig {
     pub routing: RawRouting,
     pub rate_limit: Option<RawRateLimit>,
     pub keys: Vec<RawKey>,
+    pub cache: RawCache,
+    pub store: RawStore,
 }
 
 impl Default for RawConfig {
@@ -66,6 +70,8 @@ impl Default for RawConfig {
             routing: RawRouting::default(),
             rate_limit: None,
             keys: Vec::new(),
+            cache: RawCache::default(),
+            store: RawStore::default(),
         }
     }
 }
@@ -125,7 +131,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     pub keys: Vec<ApiKey>,
     pub admin_token: Option<Secret<String>>,
-    pub redis_url: Option<Secret<String>>,
+    pub cache: CacheConfig,
+    pub store: StoreConfig,
 }
 
 impl RawConfig {
@@ -166,6 +173,9 @@ impl RawConfig {
                 "pretty" => LogFormat::Pretty,
                 _ => return Err(ConfigError::invalid("THRIFTY_LOG_FORMAT", "json or pretty")),
             };
+        }
+        if let Some(dir) = env("THRIFTY_DATA_DIR") {
+            self.store.data_dir = PathBuf::from(dir);
         }
         if let Some(bytes) = env("THRIFTY_MAX_BODY_BYTES") {
             self.server.max_body_bytes = bytes
@@ -217,7 +227,8 @@ impl RawConfig {
             rate_limit: keys::validate_rate_limit(self.rate_limit, "rate_limit")?,
             keys: keys::validate_keys(self.keys)?,
             admin_token: secret("THRIFTY_ADMIN_TOKEN"),
-            redis_url: secret("THRIFTY_REDIS_URL"),
+            cache: cache::validate_cache(self.cache, env)?,
+            store: cache::validate_store(self.store, env)?,
         })
     }
 }

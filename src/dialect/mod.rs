@@ -4,8 +4,10 @@
 //! renders `ProxyError` in its own error shape and maps endpoints to paths.
 //! Nothing outside this folder matches on `Dialect` to read or write JSON.
 
+pub mod embedding;
 mod ollama;
 mod openai;
+pub mod stream;
 mod wire;
 
 use bytes::Bytes;
@@ -54,4 +56,36 @@ pub fn prefix(dialect: Dialect) -> &'static str {
         Dialect::OpenAi => "/v1",
         Dialect::Ollama => "/api",
     }
+}
+
+/// Whether the client asked for token usage in its stream (`stream_options.include_usage`);
+/// Ollama always reports counts in its final chunk.
+pub fn wants_stream_usage(dialect: Dialect, call: &Call) -> bool {
+    let incidental = match call {
+        Call::Chat(c) => &c.incidental,
+        Call::Completion(c) => &c.incidental,
+        Call::Embedding(_) => return false,
+    };
+    match dialect {
+        Dialect::OpenAi => incidental
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        Dialect::Ollama => true,
+    }
+}
+
+/// The sampling temperature the call asks for, if it names one.
+pub fn temperature(dialect: Dialect, call: &Call) -> Option<f64> {
+    let shaping = match call {
+        Call::Chat(c) => &c.shaping,
+        Call::Completion(c) => &c.shaping,
+        Call::Embedding(_) => return None,
+    };
+    match dialect {
+        Dialect::OpenAi => shaping.get("temperature"),
+        Dialect::Ollama => shaping.get("options").and_then(|o| o.get("temperature")),
+    }
+    .and_then(serde_json::Value::as_f64)
 }

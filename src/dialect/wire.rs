@@ -73,10 +73,11 @@ pub fn join_fields(
     object
 }
 
+/// A message object split into its role, its content and the remaining fields.
+pub type MessageFields = (String, Option<Value>, Map<String, Value>);
+
 /// Splits a message object into its role, its content and the remaining fields.
-pub fn parse_message_fields(
-    value: Value,
-) -> Result<(String, Option<Value>, Map<String, Value>), ProxyError> {
+pub fn parse_message_fields(value: Value) -> Result<MessageFields, ProxyError> {
     let Value::Object(mut object) = value else {
         return Err(ProxyError::invalid_field("messages[]", "an object"));
     };

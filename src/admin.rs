@@ -1,0 +1,321 @@
+//! The admin API under `/admin`: cache statistics, invalidation, entry
+//! inspection and warm-up. It exists only when `THRIFTY_ADMIN_TOKEN` is set
+//! (404 otherwise) and answers only to that bearer token.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::body::Body;
+use crate::cache::controls::tag_matches;
+use crate::cache::entry::{EmbeddingEntry, Entry};
+use crate::cache::{ANSWER_PREFIX, EMBEDDING_PREFIX};
+use crate::error::ProxyError;
+use crate::pipeline::{Proxy, read_body};
+use crate::{dialect, reply, router};
+
+/// Checks the bearer token; comparing digests keeps the comparison free of early exits on content.
+fn authorize(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), ProxyError> {
+    let Some(token) = &proxy.config().admin_token else {
+        return Err(ProxyError::NotFound(format!(
+            "unknown path {}",
+            request.uri().path()
+        )));
+    };
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if Sha256::digest(presented.as_bytes()) == Sha256::digest(token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ProxyError::Unauthorized("admin token required".to_owned()))
+    }
+}
+
+pub async fn handle(
+    proxy: &Proxy,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    authorize(proxy, &request)?;
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    match (method, path.as_str()) {
+        (Method::GET, "/admin/cache/stats") => stats(proxy).await,
+        (Method::POST, "/admin/cache/invalidate") => {
+            let body = json_body(proxy, request).await?;
+            invalidate(proxy, body).await
+        }
+        (Method::POST, "/admin/cache/warm") => {
+            let body = json_body(proxy, request).await?;
+            warm(proxy, body).await
+        }
+        (method, p) if p.starts_with("/admin/cache/entries/") => {
+            let id = &p["/admin/cache/entries/".len()..];
+            entry(proxy, &method, id).await
+        }
+        (_, p) => Err(ProxyError::NotFound(format!("unknown admin path {p}"))),
+    }
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    proxy: &Proxy,
+    request: Request<Incoming>,
+) -> Result<T, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let bytes = read_body(body, &parts.headers, proxy.config().max_body_bytes).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ProxyError::bad_request(format!("invalid admin request body: {e}")))
+}
+
+fn store_error(e: crate::store::StoreError) -> ProxyError {
+    ProxyError::UpstreamUnavailable {
+        upstream: "store".to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
+    let cache = proxy.cache();
+    let store = cache.store();
+    let mut out = cache.stats().json();
+    match cache.all_keys().await {
+        Ok(keys) => {
+            let mut bytes = 0u64;
+            let (mut answers, mut embeddings) = (0u64, 0u64);
+            for key in &keys {
+                if key.starts_with(ANSWER_PREFIX) {
+                    answers += 1;
+                } else if key.starts_with(EMBEDDING_PREFIX) {
+                    embeddings += 1;
+                } else {
+                    continue;
+                }
+                if let Ok(Some(raw)) = store.get(key).await {
+                    bytes += raw.len() as u64;
+                }
+            }
+            out["entries"] = json!({"answers": answers, "embeddings": embeddings});
+            out["bytes"] = json!(bytes);
+        }
+        Err(e) => out["entries_error"] = json!(e.to_string()),
+    }
+    out["evictions"] = json!(store.evictions());
+    out["store"] = json!(store.kind());
+    out["store_errors"] = json!(store.errors());
+    Ok(reply::json(StatusCode::OK, &out))
+}
+
+/// Which entries an invalidation removes; at least one selector is required.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Selector {
+    tenant: Option<String>,
+    namespace: Option<String>,
+    model: Option<String>,
+    tag: Option<String>,
+    key_prefix: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl Selector {
+    fn is_empty(&self) -> bool {
+        !self.all
+            && self.tenant.is_none()
+            && self.namespace.is_none()
+            && self.model.is_none()
+            && self.tag.is_none()
+            && self.key_prefix.is_none()
+    }
+
+    /// Whether an entry with these attributes is selected; every given selector must match.
+    fn matches(
+        &self,
+        hash: &str,
+        tenant: &str,
+        namespace: Option<&str>,
+        model: &str,
+        tags: &[String],
+    ) -> bool {
+        self.all
+            || (self.tenant.as_deref().is_none_or(|t| t == tenant)
+                && self
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|n| Some(n) == namespace)
+                && self.model.as_deref().is_none_or(|m| m == model)
+                && self
+                    .tag
+                    .as_deref()
+                    .is_none_or(|sel| tags.iter().any(|t| tag_matches(sel, t)))
+                && self
+                    .key_prefix
+                    .as_deref()
+                    .is_none_or(|p| hash.starts_with(p)))
+    }
+}
+
+async fn invalidate(proxy: &Proxy, selector: Selector) -> Result<Response<Body>, ProxyError> {
+    if selector.is_empty() {
+        return Err(ProxyError::bad_request(
+            "name at least one of tenant, namespace, model, tag, key_prefix, or all: true",
+        ));
+    }
+    let cache = proxy.cache();
+    let keys = cache.all_keys().await.map_err(store_error)?;
+    let mut doomed = Vec::new();
+    for key in keys {
+        let selected = if let Some(hash) = key.strip_prefix(ANSWER_PREFIX) {
+            match cache.get_entry(&key).await {
+                Some(e) => {
+                    selector.matches(hash, &e.tenant, e.namespace.as_deref(), &e.model, &e.tags)
+                }
+                None => selector.all,
+            }
+        } else if let Some(hash) = key.strip_prefix(EMBEDDING_PREFIX) {
+            let raw = cache.store().get(&key).await.ok().flatten();
+            match raw.and_then(|r| cache.sealer().open::<EmbeddingEntry>(&r)) {
+                Some(e) => {
+                    selector.namespace.is_none()
+                        && selector.tag.is_none()
+                        && selector.matches(hash, &e.tenant, None, &e.model, &[])
+                }
+                None => selector.all,
+            }
+        } else {
+            false
+        };
+        if selected {
+            doomed.push(key);
+        }
+    }
+    let deleted = cache.store().delete(&doomed).await.map_err(store_error)?;
+    Ok(reply::json(StatusCode::OK, &json!({"deleted": deleted})))
+}
+
+async fn entry(proxy: &Proxy, method: &Method, id: &str) -> Result<Response<Body>, ProxyError> {
+    if id.len() < 8 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ProxyError::bad_request(
+            "an entry id is at least 8 hex digits of its key",
+        ));
+    }
+    let cache = proxy.cache();
+    let mut found = Vec::new();
+    for prefix in [ANSWER_PREFIX, EMBEDDING_PREFIX] {
+        let keys = cache
+            .store()
+            .keys(&format!("{prefix}{id}"))
+            .await
+            .map_err(store_error)?;
+        found.extend(keys);
+    }
+    let key = match found.as_slice() {
+        [] => return Err(ProxyError::NotFound(format!("no cache entry {id}"))),
+        [one] => one.clone(),
+        _ => {
+            return Ok(reply::json(
+                StatusCode::CONFLICT,
+                &json!({"error": {"message": format!("{id} matches {} entries: give more digits", found.len()), "type": "invalid_request_error", "param": null, "code": "ambiguous_key"}}),
+            ));
+        }
+    };
+    if method == Method::DELETE {
+        let deleted = cache
+            .store()
+            .delete(std::slice::from_ref(&key))
+            .await
+            .map_err(store_error)?;
+        return Ok(reply::json(StatusCode::OK, &json!({"deleted": deleted})));
+    }
+    if method != Method::GET {
+        return Err(ProxyError::NotFound(
+            "use GET or DELETE on an entry".to_owned(),
+        ));
+    }
+    let raw = cache.store().get(&key).await.map_err(store_error)?;
+    let entry: Option<Value> = raw.and_then(|r| {
+        if key.starts_with(ANSWER_PREFIX) {
+            cache
+                .sealer()
+                .open::<Entry>(&r)
+                .and_then(|e| serde_json::to_value(e).ok())
+        } else {
+            cache
+                .sealer()
+                .open::<EmbeddingEntry>(&r)
+                .and_then(|e| serde_json::to_value(e).ok())
+        }
+    });
+    match entry {
+        Some(entry) => Ok(reply::json(
+            StatusCode::OK,
+            &json!({"key": key, "entry": entry}),
+        )),
+        None => Err(ProxyError::NotFound(format!(
+            "no readable cache entry {id}"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmRequest {
+    requests: Vec<WarmItem>,
+}
+
+/// One call to make now, as a client would: a path, a body and optional headers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmItem {
+    path: String,
+    body: Value,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+async fn warm(proxy: &Proxy, warm: WarmRequest) -> Result<Response<Body>, ProxyError> {
+    let mut results = Vec::with_capacity(warm.requests.len());
+    for item in warm.requests {
+        let route = router::route(&Method::POST, &item.path);
+        let router::Route::Api { dialect, endpoint } = route else {
+            results.push(json!({"path": item.path, "error": "not a cacheable endpoint"}));
+            continue;
+        };
+        let mut builder = Request::builder().method(Method::POST).uri(&item.path);
+        for (name, value) in &item.headers {
+            builder = builder.header(name, value);
+        }
+        let Ok(request) = builder.body(()) else {
+            results.push(json!({"path": item.path, "error": "invalid headers"}));
+            continue;
+        };
+        let (parts, ()) = request.into_parts();
+        let bytes = Bytes::from(item.body.to_string());
+        let outcome = match proxy.intercept_bytes(dialect, endpoint, parts, bytes).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let cache = response
+                    .headers()
+                    .get("x-thrifty-cache")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                // Draining the body lets the recorder store the answer.
+                let drained = response.into_body().collect().await.is_ok();
+                json!({"path": item.path, "status": status, "cache": cache, "complete": drained})
+            }
+            Err(e) => {
+                json!({"path": item.path, "status": e.status().as_u16(), "error": String::from_utf8_lossy(&dialect::error_body(dialect, &e))})
+            }
+        };
+        results.push(outcome);
+    }
+    Ok(reply::json(StatusCode::OK, &json!({"results": results})))
+}

@@ -1,0 +1,139 @@
+//! What a cache entry holds and how it is sealed for the store.
+//!
+//! Bytes in the store are `TJ1` + JSON, or, with an encryption key,
+//! `TE1` + a 12-byte nonce + AES-256-GCM ciphertext of the JSON. Anything that
+//! does not open cleanly is a miss, never an error served to a client.
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::secret::Secret;
+
+const PLAIN: &[u8] = b"TJ1";
+const SEALED: &[u8] = b"TE1";
+
+/// A recorded answer to a chat or completion call.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    /// Unix milliseconds when the answer was recorded.
+    pub created_ms: u64,
+    /// The time to live chosen when it was stored; hits extend the entry by this much.
+    pub ttl_ms: u64,
+    pub tenant: String,
+    pub namespace: Option<String>,
+    pub model: String,
+    pub tags: Vec<String>,
+    pub dialect: String,
+    pub endpoint: String,
+    pub answer: Answer,
+}
+
+/// The answer as it was recorded: one JSON body, or the chunks of a stream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "mode", content = "body", rename_all = "lowercase")]
+pub enum Answer {
+    Json(Value),
+    Stream(Vec<Value>),
+}
+
+/// An embedding of one input.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EmbeddingEntry {
+    pub created_ms: u64,
+    pub tenant: String,
+    pub model: String,
+    pub vector: Vec<f64>,
+    /// The tokens this input accounts for in the upstream's usage.
+    pub tokens: u64,
+}
+
+/// Seals and opens store values, with or without encryption.
+pub struct Sealer {
+    cipher: Option<Aes256Gcm>,
+}
+
+impl Sealer {
+    pub fn new(key: Option<&Secret<[u8; 32]>>) -> Self {
+        Sealer {
+            cipher: key.map(|k| Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(k.expose()))),
+        }
+    }
+
+    pub fn seal<T: Serialize>(&self, value: &T) -> Option<Bytes> {
+        let json = serde_json::to_vec(value).ok()?;
+        match &self.cipher {
+            None => Some(Bytes::from([PLAIN, json.as_slice()].concat())),
+            Some(cipher) => {
+                let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+                let sealed = cipher.encrypt(&nonce, json.as_slice()).ok()?;
+                Some(Bytes::from(
+                    [SEALED, nonce.as_slice(), sealed.as_slice()].concat(),
+                ))
+            }
+        }
+    }
+
+    pub fn open<T: for<'de> Deserialize<'de>>(&self, raw: &[u8]) -> Option<T> {
+        let json = match (&self.cipher, raw.split_at_checked(3)?) {
+            (None, (PLAIN, json)) => json.to_vec(),
+            (Some(cipher), (SEALED, rest)) => {
+                let (nonce, sealed) = rest.split_at_checked(12)?;
+                cipher.decrypt(Nonce::from_slice(nonce), sealed).ok()?
+            }
+            _ => return None,
+        };
+        serde_json::from_slice(&json).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> EmbeddingEntry {
+        EmbeddingEntry {
+            created_ms: 1,
+            tenant: "t".to_owned(),
+            model: "m".to_owned(),
+            vector: vec![0.25, -1.5],
+            tokens: 3,
+        }
+    }
+
+    #[test]
+    fn sealed_entries_open_only_with_the_same_key() {
+        let key = Secret::new([7u8; 32]);
+        let sealer = Sealer::new(Some(&key));
+        let raw = sealer.seal(&entry()).expect("seals");
+        assert!(
+            !raw.windows(5).any(|w| w == b"model"),
+            "ciphertext hides the JSON"
+        );
+        assert_eq!(sealer.open::<EmbeddingEntry>(&raw), Some(entry()));
+        let other = Sealer::new(Some(&Secret::new([8u8; 32])));
+        assert_eq!(
+            other.open::<EmbeddingEntry>(&raw),
+            None,
+            "wrong key is a miss"
+        );
+        assert_eq!(Sealer::new(None).open::<EmbeddingEntry>(&raw), None);
+        let mut corrupted = raw.to_vec();
+        let last = corrupted.len() - 1;
+        corrupted[last] ^= 1;
+        assert_eq!(
+            sealer.open::<EmbeddingEntry>(&corrupted),
+            None,
+            "corruption is a miss"
+        );
+    }
+
+    #[test]
+    fn plain_entries_round_trip() {
+        let sealer = Sealer::new(None);
+        let raw = sealer.seal(&entry()).expect("seals");
+        assert_eq!(sealer.open::<EmbeddingEntry>(&raw), Some(entry()));
+    }
+}

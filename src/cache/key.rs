@@ -1,0 +1,272 @@
+//! Cache keys: SHA-256 over a canonical encoding of exactly the request fields
+//! that decide the answer.
+//!
+//! The key functions destructure the canonical request, so a new field is a
+//! compile error here until someone decides whether it belongs in the key.
+//! Object keys are sorted recursively, so field order never splits entries.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::chat::{
+    Call, ChatRequest, CompletionRequest, Content, Dialect, EmbeddingRequest, Message, Part,
+    ToolCall,
+};
+
+/// Who may share an entry: one tenant (or everyone, when sharing is on) and a namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// `None` when tenants share entries.
+    pub tenant: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// A hex SHA-256 cache key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey(pub String);
+
+impl CacheKey {
+    /// The short form shown in `x-thrifty-cache-key`.
+    pub fn short(&self) -> &str {
+        &self.0[..16]
+    }
+}
+
+/// Feeds values into a hasher with unambiguous framing.
+struct Canonical(Sha256);
+
+impl Canonical {
+    fn new(kind: &str) -> Self {
+        let mut c = Canonical(Sha256::new());
+        c.str("thrifty-cache-v1");
+        c.str(kind);
+        c
+    }
+
+    fn str(&mut self, s: &str) {
+        self.0.update((s.len() as u64).to_le_bytes());
+        self.0.update(s.as_bytes());
+    }
+
+    fn opt(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.0.update([1]);
+                self.str(s);
+            }
+            None => self.0.update([0]),
+        }
+    }
+
+    fn value(&mut self, v: &Value) {
+        self.str(&canonical_json(v));
+    }
+
+    fn fields(&mut self, map: &Map<String, Value>) {
+        self.value(&Value::Object(map.clone()));
+    }
+
+    fn scope(&mut self, scope: &Scope, dialect: Dialect, upstream: &str) {
+        self.opt(scope.tenant.as_deref());
+        self.opt(scope.namespace.as_deref());
+        self.str(dialect.as_str());
+        self.str(upstream);
+    }
+
+    fn finish(self) -> CacheKey {
+        CacheKey(hex::encode(self.0.finalize()))
+    }
+}
+
+/// JSON text with object keys sorted at every level.
+pub fn canonical_json(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), sorted(v)))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(value).to_string()
+}
+
+fn message(c: &mut Canonical, message: &Message) {
+    let Message {
+        role,
+        content,
+        tool_calls,
+        tool_call_id,
+        extra,
+    } = message;
+    c.str(role.as_str());
+    match content {
+        Content::Absent => c.str("absent"),
+        Content::Text(text) => {
+            c.str("text");
+            c.str(text);
+        }
+        Content::Parts(parts) => {
+            c.str("parts");
+            c.0.update((parts.len() as u64).to_le_bytes());
+            for Part { kind: _, raw } in parts {
+                c.value(raw);
+            }
+        }
+    }
+    c.0.update((tool_calls.len() as u64).to_le_bytes());
+    for ToolCall {
+        id,
+        name,
+        arguments,
+    } in tool_calls
+    {
+        c.opt(id.as_deref());
+        c.str(name);
+        c.str(arguments);
+    }
+    c.opt(tool_call_id.as_deref());
+    c.fields(extra);
+}
+
+/// The key of a chat or completion call; embeddings are keyed per input instead.
+pub fn answer_key(
+    scope: &Scope,
+    dialect: Dialect,
+    upstream: &str,
+    call: &Call,
+) -> Option<CacheKey> {
+    match call {
+        Call::Chat(ChatRequest {
+            model,
+            messages,
+            stream: _,
+            shaping,
+            incidental: _,
+        }) => {
+            let mut c = Canonical::new("chat");
+            c.scope(scope, dialect, upstream);
+            c.str(model);
+            c.0.update((messages.len() as u64).to_le_bytes());
+            for m in messages {
+                message(&mut c, m);
+            }
+            c.fields(shaping);
+            Some(c.finish())
+        }
+        Call::Completion(CompletionRequest {
+            model,
+            prompt,
+            stream: _,
+            shaping,
+            incidental: _,
+        }) => {
+            let mut c = Canonical::new("completion");
+            c.scope(scope, dialect, upstream);
+            c.str(model);
+            c.value(prompt);
+            c.fields(shaping);
+            Some(c.finish())
+        }
+        Call::Embedding(_) => None,
+    }
+}
+
+/// The key of one text input of an embedding call.
+pub fn embedding_key(
+    scope: &Scope,
+    dialect: Dialect,
+    upstream: &str,
+    request: &EmbeddingRequest,
+    text: &str,
+) -> CacheKey {
+    let EmbeddingRequest {
+        model,
+        input: _,
+        legacy,
+        shaping,
+        incidental: _,
+    } = request;
+    let mut c = Canonical::new(if *legacy {
+        "embedding-legacy"
+    } else {
+        "embedding"
+    });
+    c.scope(scope, dialect, upstream);
+    c.str(model);
+    c.fields(shaping);
+    c.str(text);
+    c.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::chat::Endpoint;
+    use crate::dialect;
+
+    fn key(body: Value, tenant: &str) -> CacheKey {
+        let call = dialect::decode(Dialect::OpenAi, Endpoint::Chat, body.to_string().as_bytes())
+            .expect("decodes");
+        let scope = Scope {
+            tenant: Some(tenant.to_owned()),
+            namespace: None,
+        };
+        answer_key(&scope, Dialect::OpenAi, "openai", &call).expect("chat has a key")
+    }
+
+    fn base() -> Value {
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": 0})
+    }
+
+    #[test]
+    fn fields_that_do_not_change_the_answer_do_not_change_the_key() {
+        let mut with_incidentals = base();
+        with_incidentals["stream"] = json!(true);
+        with_incidentals["stream_options"] = json!({"include_usage": true});
+        with_incidentals["user"] = json!("u-1");
+        with_incidentals["metadata"] = json!({"trace": "x"});
+        assert_eq!(key(base(), "a"), key(with_incidentals, "a"));
+    }
+
+    #[test]
+    fn fields_that_change_the_answer_change_the_key() {
+        let original = key(base(), "a");
+        for (field, value) in [
+            ("temperature", json!(0.5)),
+            ("seed", json!(7)),
+            (
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+            ),
+            ("response_format", json!({"type": "json_object"})),
+            ("max_tokens", json!(10)),
+            ("a_field_added_next_year", json!(true)),
+        ] {
+            let mut changed = base();
+            changed[field] = value;
+            assert_ne!(original, key(changed, "a"), "{field} must be in the key");
+        }
+        let mut other_message = base();
+        other_message["messages"][0]["content"] = json!("hi!");
+        assert_ne!(original, key(other_message, "a"));
+        assert_ne!(original, key(base(), "b"), "tenants never share a key");
+    }
+
+    #[test]
+    fn field_order_does_not_matter() {
+        let a = json!({"model": "m", "messages": [], "temperature": 0, "top_p": 1});
+        let b = json!({"top_p": 1, "temperature": 0, "messages": [], "model": "m"});
+        assert_eq!(key(a, "t"), key(b, "t"));
+    }
+}

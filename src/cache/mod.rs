@@ -1,0 +1,365 @@
+//! The exact response cache: a pipeline stage that answers repeated calls from
+//! the store, records fresh answers (streams included) and lets one of N
+//! identical concurrent misses go upstream while the others wait for its answer.
+//!
+//! - [`key`]: what decides an answer, hashed. [`controls`]: per-request headers.
+//! - [`entry`]: what is stored, sealed. [`record`]: the body wrapper that records.
+//! - [`replay`]: serving an entry in the client's mode. [`embedding`]: per-input cache.
+//! - [`stats`]: counters for the admin API.
+//!
+//! It never fails a request: a store error is a miss, a bad entry is a miss.
+
+pub mod controls;
+pub mod embedding;
+pub mod entry;
+pub mod key;
+pub mod record;
+pub mod replay;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::chat::{Call, Dialect};
+use crate::config::CacheConfig;
+use crate::dialect;
+use crate::store::{KEY_PREFIX, Store};
+use controls::{CacheMode, Controls};
+use entry::{Entry, Sealer};
+use key::{CacheKey, Scope};
+use stats::Stats;
+
+/// Prefix of recorded answers in the store.
+pub const ANSWER_PREFIX: &str = "thrifty:v1:answer:";
+/// Prefix of per-input embeddings in the store.
+pub const EMBEDDING_PREFIX: &str = "thrifty:v1:embedding:";
+
+/// The longest a follower waits for a leader's answer before going upstream itself.
+const FOLLOW_LIMIT: Duration = Duration::from_secs(900);
+
+/// What the response's `x-thrifty-cache` header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Bypass,
+    Off,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+            Outcome::Off => "off",
+        }
+    }
+}
+
+/// Everything the cache decided about one request before it goes upstream.
+pub struct Plan {
+    pub key: Option<CacheKey>,
+    pub mode: CacheMode,
+    pub controls: Controls,
+    pub scope: Scope,
+    pub tenant: String,
+    pub model: String,
+    pub dialect: Dialect,
+}
+
+/// The result of a lookup.
+pub enum Lookup {
+    Hit {
+        entry: Arc<Entry>,
+        key: CacheKey,
+    },
+    /// Go upstream; record the answer if a flight was taken.
+    Miss {
+        outcome: Outcome,
+        flight: Option<Flight>,
+    },
+}
+
+type FlightResult = Option<Option<Arc<Entry>>>;
+
+pub struct Cache {
+    store: Arc<Store>,
+    sealer: Sealer,
+    flights: Mutex<HashMap<String, watch::Sender<FlightResult>>>,
+    stats: Stats,
+    config: CacheConfig,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Cache {
+    pub fn new(config: &CacheConfig, store: Arc<Store>) -> Arc<Cache> {
+        Arc::new(Cache {
+            store,
+            sealer: Sealer::new(config.encryption_key.as_ref()),
+            flights: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            config: config.clone(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// The scope entries of this tenant and namespace live in.
+    pub fn scope(&self, tenant: &str, controls: &Controls) -> Scope {
+        Scope {
+            tenant: (!self.config.share_across_tenants).then(|| tenant.to_owned()),
+            namespace: controls.namespace.clone(),
+        }
+    }
+
+    /// Decides whether and how the call uses the cache.
+    pub fn plan(
+        &self,
+        dialect: Dialect,
+        upstream: &str,
+        tenant: &str,
+        call: &Call,
+        controls: Controls,
+    ) -> Plan {
+        let scope = self.scope(tenant, &controls);
+        let too_random = match (
+            self.config.max_temperature,
+            dialect::temperature(dialect, call),
+        ) {
+            (Some(max), Some(t)) => t > max,
+            _ => false,
+        };
+        let mode = match controls.mode {
+            _ if !self.config.enabled => CacheMode::Off,
+            CacheMode::Normal | CacheMode::ReadOnly | CacheMode::Refresh if too_random => {
+                CacheMode::Bypass
+            }
+            mode => mode,
+        };
+        let key = match mode {
+            CacheMode::Off | CacheMode::Bypass => None,
+            _ => key::answer_key(&scope, dialect, upstream, call),
+        };
+        Plan {
+            key,
+            mode,
+            controls,
+            scope,
+            tenant: tenant.to_owned(),
+            model: call.model().to_owned(),
+            dialect,
+        }
+    }
+
+    fn store_key(key: &CacheKey) -> String {
+        format!("{ANSWER_PREFIX}{}", key.0)
+    }
+
+    /// Reads an entry that is fresh enough for the plan and servable in the client's mode.
+    async fn read(&self, plan: &Plan, key: &CacheKey, call: &Call) -> Option<Arc<Entry>> {
+        let raw = self.store.get(&Self::store_key(key)).await.ok()??;
+        let Some(entry) = self.sealer.open::<Entry>(&raw) else {
+            self.stats.unreadable();
+            return None;
+        };
+        self.servable(plan, &entry, call).then(|| Arc::new(entry))
+    }
+
+    fn servable(&self, plan: &Plan, entry: &Entry, call: &Call) -> bool {
+        let age = Duration::from_millis(now_ms().saturating_sub(entry.created_ms));
+        if plan.controls.max_age.is_some_and(|max| age > max) {
+            return false;
+        }
+        replay::can_serve(plan.dialect, call, entry)
+    }
+
+    /// Looks the call up, following an identical in-flight miss when there is one.
+    pub async fn lookup(self: &Arc<Self>, plan: &Plan, call: &Call) -> Lookup {
+        let Some(key) = plan.key.clone() else {
+            let outcome = if plan.mode == CacheMode::Off {
+                Outcome::Off
+            } else {
+                Outcome::Bypass
+            };
+            return Lookup::Miss {
+                outcome,
+                flight: None,
+            };
+        };
+        if plan.mode.read() {
+            if let Some(entry) = self.read(plan, &key, call).await {
+                self.slide(&key, &entry);
+                return Lookup::Hit { entry, key };
+            }
+        }
+        let outcome = if plan.mode.read() {
+            Outcome::Miss
+        } else {
+            Outcome::Bypass
+        };
+        if !plan.mode.write() {
+            return Lookup::Miss {
+                outcome,
+                flight: None,
+            };
+        }
+        let waiting = {
+            let mut flights = self.flights.lock();
+            match flights.get(&key.0) {
+                Some(leader) if plan.mode.read() => Some(leader.subscribe()),
+                Some(_) => None,
+                None => {
+                    let (tx, _) = watch::channel(None);
+                    flights.insert(key.0.clone(), tx);
+                    return Lookup::Miss {
+                        outcome,
+                        flight: Some(Flight {
+                            cache: self.clone(),
+                            key: key.clone(),
+                            done: false,
+                        }),
+                    };
+                }
+            }
+        };
+        if let Some(mut rx) = waiting {
+            let answer = tokio::time::timeout(FOLLOW_LIMIT, rx.wait_for(Option::is_some)).await;
+            if let Ok(Ok(result)) = answer {
+                if let Some(Some(entry)) = result.clone() {
+                    if self.servable(plan, &entry, call) {
+                        return Lookup::Hit { entry, key };
+                    }
+                }
+            }
+        }
+        Lookup::Miss {
+            outcome,
+            flight: None,
+        }
+    }
+
+    /// Extends a hit entry's life by its TTL, never past `max_ttl` from its creation.
+    fn slide(self: &Arc<Self>, key: &CacheKey, entry: &Entry) {
+        let now = now_ms();
+        let end_of_life = entry
+            .created_ms
+            .saturating_add(u64::try_from(self.config.max_ttl.as_millis()).unwrap_or(u64::MAX));
+        let ttl = entry.ttl_ms.min(end_of_life.saturating_sub(now));
+        if ttl == 0 {
+            return;
+        }
+        let cache = self.clone();
+        let key = Self::store_key(key);
+        tokio::spawn(async move {
+            let _ = cache.store.touch(&key, Duration::from_millis(ttl)).await;
+        });
+    }
+
+    /// The entry a finished recording becomes.
+    pub fn entry_for(&self, plan: &Plan, call: &Call, answer: entry::Answer) -> Entry {
+        let ttl = plan.controls.ttl.map_or_else(
+            || self.config.ttl_for(&plan.model),
+            |t| t.min(self.config.max_ttl),
+        );
+        Entry {
+            created_ms: now_ms(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            tenant: plan.tenant.clone(),
+            namespace: plan.controls.namespace.clone(),
+            model: plan.model.clone(),
+            tags: plan.controls.tags.clone(),
+            dialect: plan.dialect.as_str().to_owned(),
+            endpoint: call.endpoint().as_str().to_owned(),
+            answer,
+        }
+    }
+
+    /// Writes an entry; failures are counted by the store and otherwise ignored.
+    pub async fn put(&self, key: &CacheKey, entry: &Entry) {
+        if let Some(raw) = self.sealer.seal(entry) {
+            let ttl = Duration::from_millis(entry.ttl_ms);
+            if self
+                .store
+                .put(&Self::store_key(key), raw, ttl)
+                .await
+                .is_ok()
+            {
+                self.stats.stored();
+            }
+        }
+    }
+
+    /// Reads any entry by its full key, for the admin API.
+    pub async fn get_entry(&self, full_key: &str) -> Option<Entry> {
+        let raw = self.store.get(full_key).await.ok()??;
+        self.sealer.open(&raw)
+    }
+
+    /// Every stored answer and embedding key.
+    pub async fn all_keys(&self) -> Result<Vec<String>, crate::store::StoreError> {
+        self.store.keys(KEY_PREFIX).await
+    }
+}
+
+/// The right to record an answer for a key; followers wait for it.
+/// Dropping it unfinished releases the followers to go upstream themselves.
+pub struct Flight {
+    cache: Arc<Cache>,
+    key: CacheKey,
+    done: bool,
+}
+
+impl Flight {
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Hands the answer (or its absence) to every follower.
+    pub fn finish(mut self, entry: Option<Arc<Entry>>) {
+        self.release(entry);
+    }
+
+    fn release(&mut self, entry: Option<Arc<Entry>>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(tx) = self.cache.flights.lock().remove(&self.key.0) {
+            let _ = tx.send(Some(entry));
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.release(None);
+    }
+}

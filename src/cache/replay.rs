@@ -1,0 +1,88 @@
+//! Serves a recorded answer in the mode the client asked for: JSON for a JSON
+//! request, SSE or NDJSON (one event per recorded chunk) for a streaming one,
+//! whichever mode filled the entry, with a fresh id and creation time.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use serde_json::Value;
+
+use super::entry::{Answer, Entry};
+use super::key::CacheKey;
+use super::now_ms;
+use crate::body::{Body, BoxError, full};
+use crate::chat::{Call, Dialect};
+use crate::dialect::{self, stream as wire};
+use crate::headers;
+
+/// Whether this entry can answer this call exactly as the upstream would.
+pub fn can_serve(dialect: Dialect, call: &Call, entry: &Entry) -> bool {
+    if entry.dialect != dialect.as_str() || entry.endpoint != call.endpoint().as_str() {
+        return false;
+    }
+    if !call.stream() || !dialect::wants_stream_usage(dialect, call) {
+        return true;
+    }
+    match &entry.answer {
+        Answer::Stream(chunks) => wire::has_usage(dialect, chunks),
+        Answer::Json(body) => dialect == Dialect::Ollama || body["usage"].is_object(),
+    }
+}
+
+/// The chunks or body to send, refreshed.
+fn payload(dialect: Dialect, call: &Call, entry: &Entry) -> (bool, Vec<Value>) {
+    let endpoint = call.endpoint();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let now = SystemTime::now();
+    let mut values = if call.stream() {
+        let chunks = match &entry.answer {
+            Answer::Stream(chunks) => chunks.clone(),
+            Answer::Json(body) => wire::split(dialect, endpoint, body),
+        };
+        if dialect::wants_stream_usage(dialect, call) {
+            chunks
+        } else {
+            wire::without_usage(dialect, &chunks)
+        }
+    } else {
+        vec![match &entry.answer {
+            Answer::Json(body) => body.clone(),
+            Answer::Stream(chunks) => wire::assemble(dialect, endpoint, chunks),
+        }]
+    };
+    wire::refresh(dialect, &mut values, &id, now);
+    (call.stream(), values)
+}
+
+/// The response that replays the entry.
+pub fn respond(dialect: Dialect, call: &Call, entry: &Entry, key: &CacheKey) -> Response<Body> {
+    let (streamed, values) = payload(dialect, call, entry);
+    let (body, content_type) = if streamed {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = values
+            .iter()
+            .map(|v| Ok(Frame::data(wire::frame(dialect, v))))
+            .collect();
+        frames.extend(wire::end_frame(dialect).map(|f| Ok(Frame::data(f))));
+        (
+            StreamBody::new(stream::iter(frames)).boxed_unsync(),
+            wire::stream_content_type(dialect),
+        )
+    } else {
+        let body = values.into_iter().next().unwrap_or(Value::Null);
+        (full(body.to_string()), "application/json")
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let age = now_ms().saturating_sub(entry.created_ms) / 1000;
+    headers::set(h, "x-thrifty-cache", "hit");
+    headers::set(h, "x-thrifty-cache-age", &age.to_string());
+    headers::set(h, "x-thrifty-cache-key", key.short());
+    response
+}

@@ -1,0 +1,218 @@
+//! The embedded backend: `redb` on disk under the data directory, with a
+//! bounded `moka` layer in memory, so a restart keeps what was cached.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use moka::sync::Cache;
+use redb::{Database, ReadableTableMetadata, TableDefinition};
+
+use super::StoreError;
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+
+/// A value and the unix time in milliseconds it expires at.
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    expires_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    memory: Cache<String, Entry>,
+    evictions: Arc<AtomicU64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn expiry(ttl: Duration) -> u64 {
+    now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Embedded(e.to_string())
+}
+
+fn encode(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + entry.value.len());
+    out.extend_from_slice(&entry.expires_ms.to_le_bytes());
+    out.extend_from_slice(&entry.value);
+    out
+}
+
+fn decode(raw: &[u8]) -> Option<Entry> {
+    let (head, value) = raw.split_at_checked(8)?;
+    Some(Entry {
+        expires_ms: u64::from_le_bytes(head.try_into().ok()?),
+        value: Bytes::copy_from_slice(value),
+    })
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`, keeping up to `memory_bytes` of values in memory.
+    pub fn open(dir: &Path, memory_bytes: u64) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let db = Database::create(dir.join("thrifty.redb")).map_err(err)?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(TABLE).map_err(err)?;
+        txn.commit().map_err(err)?;
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counter = evictions.clone();
+        let memory = Cache::builder()
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .weigher(|key: &String, entry: &Entry| {
+                u32::try_from(key.len() + entry.value.len()).unwrap_or(u32::MAX)
+            })
+            .max_capacity(memory_bytes)
+            .build();
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            memory,
+            evictions,
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(err)?
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let now = now_ms();
+        if let Some(entry) = self.memory.get(key) {
+            if entry.expires_ms > now {
+                return Ok(Some(entry.value));
+            }
+            self.memory.invalidate(key);
+        }
+        let owned = key.to_owned();
+        let found = self
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(err)?;
+                let table = txn.open_table(TABLE).map_err(err)?;
+                let raw = table.get(owned.as_str()).map_err(err)?;
+                Ok(raw.and_then(|v| decode(v.value())))
+            })
+            .await?;
+        Ok(match found {
+            Some(entry) if entry.expires_ms > now => {
+                self.memory.insert(key.to_owned(), entry.clone());
+                Some(entry.value)
+            }
+            _ => None,
+        })
+    }
+
+    pub async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        let entry = Entry {
+            value,
+            expires_ms: expiry(ttl),
+        };
+        self.memory.insert(key.to_owned(), entry.clone());
+        let owned = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(TABLE).map_err(err)?;
+                table
+                    .insert(owned.as_str(), encode(&entry).as_slice())
+                    .map_err(err)?;
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
+    pub async fn touch(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        let Some(value) = self.get(key).await? else {
+            return Ok(());
+        };
+        self.put(key, value, ttl).await
+    }
+
+    pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
+        for key in keys {
+            self.memory.invalidate(key);
+        }
+        let keys = keys.to_vec();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let mut removed = 0;
+            {
+                let mut table = txn.open_table(TABLE).map_err(err)?;
+                for key in &keys {
+                    if table.remove(key.as_str()).map_err(err)?.is_some() {
+                        removed += 1;
+                    }
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_owned();
+        let now = now_ms();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(TABLE).map_err(err)?;
+            let mut keys = Vec::new();
+            for item in table.range(prefix.as_str()..).map_err(err)? {
+                let (key, value) = item.map_err(err)?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                if decode(value.value()).is_some_and(|e| e.expires_ms > now) {
+                    keys.push(key.value().to_owned());
+                }
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    /// Deletes expired entries from disk; returns how many.
+    pub async fn sweep(&self) -> Result<u64, StoreError> {
+        let now = now_ms();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let removed;
+            {
+                let mut table = txn.open_table(TABLE).map_err(err)?;
+                let before = table.len().map_err(err)?;
+                table
+                    .retain(|_, value| decode(value).is_some_and(|e| e.expires_ms > now))
+                    .map_err(err)?;
+                removed = before - table.len().map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// Entries evicted from the memory layer for its size (they stay on disk).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+}
