@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs thrifty with the documented default config (embedded store, upstreams
+# api.openai.com and a local Ollama; see config/thrifty.toml). Arguments go to thrifty.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec cargo run --release --bin thrifty -- --config config/thrifty.toml "$@"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need from the
+# package registries (redis-server from Debian, the official Python clients from
+# PyPI into .venv), then runs every Rust test. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server (tests spawn private instances of it)"
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+export THRIFTY_TEST_PYTHON="$PWD/.venv/bin/python"
+
+cargo test --all-targets "$@"
