@@ -1,0 +1,11 @@
+//! Support shared by the integration tests: a fake upstream LLM and a private Redis.
+//!
+//! Each test binary includes this module with `mod common;` and uses only part of it.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a subset of the shared helpers, and `expect` would fail in the binaries that use them all"
+)]
+
+pub mod fake_llm;
+pub mod redis;
+pub mod thrifty;

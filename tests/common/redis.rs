@@ -1,0 +1,247 @@
+//! A private `redis-server` for integration tests, spawned on a free port and killed on drop.
+//!
+//! It never skips: a missing binary fails loudly and says which package to install.
+//! It keeps nothing on disk (`--save "" --appendonly no`), so a restart starts empty.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How many times a launch is tried before giving up (another process may grab the free port
+/// between our probe and Redis's bind).
+const ATTEMPTS: usize = 5;
+
+/// How long a launched server gets to answer `PING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pause between readiness probes.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A running `redis-server` owned by one test.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Spawns a server on a free port and waits until it answers `PING`.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is not installed or does not come up; the panic carries its log.
+    pub fn start() -> Self {
+        let dir = unique_dir();
+        let mut failures = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let port = free_port();
+            match launch(&dir, port) {
+                Ok(child) => {
+                    return Self {
+                        port,
+                        dir,
+                        child: Some(child),
+                    };
+                }
+                Err(failure) => failures.push(format!("port {port}: {failure}")),
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        panic!(
+            "redis-server did not start after {ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on; it stays the same across [`RedisServer::restart`].
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server and waits for it to exit; a stopped server refuses connections.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The process may already have exited; either way `wait` reaps it.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if it runs and starts a fresh, empty one on the same port.
+    ///
+    /// # Panics
+    ///
+    /// When the server does not come back; the panic carries its log.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut failures = Vec::new();
+        for _ in 0..ATTEMPTS {
+            match launch(&self.dir, self.port) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "redis-server did not restart on port {} after {ATTEMPTS} attempts:\n{}",
+            self.port,
+            failures.join("\n")
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh directory under the system temp dir for the server's working files and log.
+fn unique_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "thrifty-redis-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    // A directory left by an earlier process with the same id is stale.
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create redis test dir {}: {e}", dir.display()));
+    dir
+}
+
+/// A port that was free a moment ago: bind `127.0.0.1:0`, read the port, release it.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
+}
+
+/// Spawns `redis-server` on `port` and waits until it is ready; on failure the server is
+/// killed and the error carries its log.
+fn launch(dir: &Path, port: u16) -> Result<Child, String> {
+    let log = dir.join("redis.log");
+    let output = dir.join("redis.out");
+    let _ = fs::remove_file(&log);
+    let output_file =
+        File::create(&output).unwrap_or_else(|e| panic!("cannot create {}: {e}", output.display()));
+    let stderr_file = output_file
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cannot clone {}: {e}", output.display()));
+    let spawned = Command::new("redis-server")
+        .arg("--port")
+        .arg(port.to_string())
+        .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(output_file)
+        .stderr(stderr_file)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let _ = fs::remove_dir_all(dir);
+            panic!(
+                "`redis-server` was not found on PATH; the integration tests need a real Redis: \
+                 install Debian's `redis-server` package (`apt-get install redis-server`)"
+            )
+        }
+        Err(e) => panic!("cannot spawn redis-server: {e}"),
+    };
+    match wait_ready(&mut child, port) {
+        Ok(()) => Ok(child),
+        Err(reason) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let read = |path: &Path| fs::read_to_string(path).unwrap_or_default();
+            Err(format!(
+                "{reason}\n--- redis.log ---\n{}\n--- stdout/stderr ---\n{}",
+                read(&log),
+                read(&output)
+            ))
+        }
+    }
+}
+
+/// Polls until the server on `port` answers `PING` and reports `child`'s pid, so that a
+/// stranger that grabbed the port is never mistaken for our server.
+fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let pid = format!("process_id:{}\r\n", child.id());
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server exited early with {status}"));
+        }
+        let pong = command(port, "PING").is_some_and(|reply| reply.starts_with("+PONG"));
+        if pong && command(port, "INFO server").is_some_and(|info| info.contains(&pid)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "redis-server did not answer PING within {READY_TIMEOUT:?}"
+            ));
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Sends one inline command and returns the whole reply (a simple line or a bulk string).
+fn command(port: u16, command: &str) -> Option<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        let read = stream.read(&mut buffer).ok()?;
+        if read == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buffer[..read]);
+        if reply_complete(&reply) {
+            return String::from_utf8(reply).ok();
+        }
+    }
+}
+
+/// Whether `reply` holds a whole RESP reply of the kinds `command` expects.
+fn reply_complete(reply: &[u8]) -> bool {
+    let Some(line_end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    if reply.first() != Some(&b'$') {
+        return true;
+    }
+    let length = std::str::from_utf8(&reply[1..line_end])
+        .ok()
+        .and_then(|n| n.parse::<i64>().ok());
+    match length {
+        Some(n) if n >= 0 => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            reply.len() >= n.saturating_add(line_end + 4)
+        }
+        _ => true,
+    }
+}

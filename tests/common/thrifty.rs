@@ -1,0 +1,125 @@
+//! Starts thrifty's real server (`thrifty::run`) on 127.0.0.1:0 for a test.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thrifty::config::{RawConfig, RawDialect, RawUpstream};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::fake_llm::FakeLlm;
+
+/// A running thrifty; dropping it stops the server.
+pub struct Thrifty {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A config whose OpenAI and Ollama upstreams are both the fake, with the
+/// embedded store in a fresh directory of its own.
+pub fn config_for(fake: &FakeLlm) -> RawConfig {
+    let mut raw = RawConfig {
+        upstreams: vec![
+            RawUpstream::new("openai", &fake.openai_base(), RawDialect::Openai),
+            RawUpstream::new("ollama", &fake.url(), RawDialect::Ollama),
+        ],
+        ..RawConfig::default()
+    };
+    raw.store.data_dir = fresh_dir("store");
+    raw
+}
+
+/// A new empty directory under the system temp dir, unique to this call.
+pub fn fresh_dir(label: &str) -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "thrifty-test-{label}-{}-{n}-{}",
+        std::process::id(),
+        uuid_like()
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The environment a test config validates against: nothing but what the test names.
+pub fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+impl Thrifty {
+    /// Starts thrifty with the config validated against an empty environment.
+    pub async fn start(raw: RawConfig) -> Thrifty {
+        Thrifty::start_with_env(raw, &[]).await
+    }
+
+    pub async fn start_with_env(raw: RawConfig, vars: &[(&str, &str)]) -> Thrifty {
+        let config = raw.validate(&env_of(vars)).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            thrifty::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("thrifty runs");
+        });
+        Thrifty {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks the server to shut down and waits up to `timeout` for it to finish.
+    pub async fn shutdown(mut self, timeout: Duration) -> bool {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(timeout, task).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Starts the shutdown without waiting; returns the server task.
+    pub fn begin_shutdown(mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("server task present")
+    }
+}
+
+impl Drop for Thrifty {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
