@@ -256,6 +256,10 @@ impl Proxy {
                 cached_tokens,
             );
             let mut response = reply::json(StatusCode::OK, &body);
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(dialect::stream::json_content_type(dialect)),
+            );
             label(&mut response, Outcome::Hit);
             return Ok(response);
         }

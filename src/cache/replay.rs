@@ -74,7 +74,7 @@ pub fn respond(dialect: Dialect, call: &Call, entry: &Entry, key: &CacheKey) -> 
         )
     } else {
         let body = values.into_iter().next().unwrap_or(Value::Null);
-        (full(body.to_string()), "application/json")
+        (full(body.to_string()), wire::json_content_type(dialect))
     };
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;

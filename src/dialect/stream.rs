@@ -84,6 +84,14 @@ pub fn is_stream(headers: &http::HeaderMap) -> bool {
         .is_some_and(|ct| ct.contains("event-stream") || ct.contains("ndjson"))
 }
 
+/// The content type of a JSON answer, as each server writes it.
+pub fn json_content_type(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::OpenAi => "application/json",
+        Dialect::Ollama => "application/json; charset=utf-8",
+    }
+}
+
 pub fn stream_content_type(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::OpenAi => "text/event-stream; charset=utf-8",
