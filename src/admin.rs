@@ -183,9 +183,7 @@ async fn invalidate(proxy: &Proxy, selector: Selector) -> Result<Response<Body>,
             let raw = cache.store().get(&key).await.ok().flatten();
             match raw.and_then(|r| cache.sealer().open::<EmbeddingEntry>(&r)) {
                 Some(e) => {
-                    selector.namespace.is_none()
-                        && selector.tag.is_none()
-                        && selector.matches(hash, &e.tenant, None, &e.model, &[])
+                    selector.matches(hash, &e.tenant, e.namespace.as_deref(), &e.model, &e.tags)
                 }
                 None => selector.all,
             }

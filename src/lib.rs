@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod reply;
 pub mod router;
 pub mod secret;
+pub mod semantic;
 pub mod server;
 pub mod store;
 pub mod telemetry;
@@ -97,6 +98,9 @@ pub async fn run(
             limiter_proxy.limiter().forget_idle();
         }
     });
+    if let Some(semantic) = proxy.semantic() {
+        background.spawn(semantic.clone().sync());
+    }
     let sweep_store = proxy.cache().store().clone();
     background.spawn(async move {
         let mut tick = tokio::time::interval(STORE_SWEEP);

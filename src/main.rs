@@ -35,6 +35,14 @@ enum Command {
     },
     /// Print the SHA-256 of an API key, for `[[keys]] sha256` (reads the key from stdin).
     HashKey,
+    /// Measure semantic-cache precision and recall on labelled pairs (JSONL: a, b, label).
+    EvalSemantic {
+        #[arg(long = "pairs", required = true)]
+        pairs: Vec<PathBuf>,
+        /// Also write every pair's similarity, guard verdict and label as TSV here.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             Ok(())
         }
+        Command::EvalSemantic { pairs, dump } => eval_semantic(cli.config, &pairs, dump.as_deref()),
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key)?;
@@ -75,6 +84,45 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         thrifty::run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+fn eval_semantic(
+    config: Option<PathBuf>,
+    files: &[PathBuf],
+    dump: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let embedder = thrifty::semantic::embedder::Embedder::shared(&config.semantic.model_dir)
+        .map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut out = std::io::stdout();
+    for file in files {
+        let scores = runtime
+            .block_on(thrifty::semantic::eval::score(&embedder, file))
+            .map_err(anyhow::Error::msg)?;
+        if let Some(dir) = dump {
+            let name = file
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let lines: String = scores
+                .iter()
+                .map(|(sim, guard, same)| {
+                    format!("{sim}\t{}\t{}\n", u8::from(*guard), u8::from(*same))
+                })
+                .collect();
+            std::fs::write(dir.join(format!("{name}.tsv")), lines)?;
+        }
+        let rows = thrifty::semantic::eval::sweep(&scores, &thrifty::semantic::eval::thresholds());
+        write!(
+            out,
+            "{}",
+            thrifty::semantic::eval::render(&file.display().to_string(), &rows)
+        )?;
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

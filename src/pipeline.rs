@@ -24,14 +24,17 @@ use tracing::{Instrument, field};
 use crate::auth::{Authenticator, Tenant, UpstreamAuth};
 use crate::body::{Body, boxed, full};
 use crate::cache::controls::Controls;
-use crate::cache::record::{Recorder, Recording};
-use crate::cache::{Cache, Lookup, Outcome, embedding, replay};
+use crate::cache::entry::Entry;
+use crate::cache::key::CacheKey;
+use crate::cache::record::{OnStored, Recorder, Recording};
+use crate::cache::{Cache, Lookup, Outcome, Plan, embedding, replay};
 use crate::chat::{Call, Dialect, EmbeddingRequest, Endpoint};
 use crate::config::{Config, Upstream};
 use crate::dialect::embedding as embedding_wire;
 use crate::error::ProxyError;
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Route};
+use crate::semantic::{self, SemanticCache};
 use crate::store::Store;
 use crate::upstream::{UpstreamClient, root_store};
 use crate::{dialect, headers, reply};
@@ -46,6 +49,7 @@ pub struct Proxy {
     auth: Authenticator,
     limiter: RateLimiter,
     cache: Arc<Cache>,
+    semantic: Option<Arc<SemanticCache>>,
 }
 
 /// One request on its way through the stages.
@@ -65,10 +69,12 @@ impl Proxy {
             .iter()
             .map(|u| UpstreamClient::new(u, roots.clone()))
             .collect::<Result<_, _>>()?;
+        let cache = Cache::new(&config.cache, store);
         Ok(Proxy {
             auth: Authenticator::new(&config.keys),
             limiter: RateLimiter::new(config.rate_limit, &config.keys),
-            cache: Cache::new(&config.cache, store),
+            semantic: SemanticCache::load(&config.semantic, cache.clone()),
+            cache,
             clients,
             config,
         })
@@ -84,6 +90,10 @@ impl Proxy {
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    pub fn semantic(&self) -> Option<&Arc<SemanticCache>> {
+        self.semantic.as_ref()
     }
 
     /// Serves one request; never fails, errors become responses in the caller's dialect.
@@ -196,6 +206,21 @@ impl Proxy {
             }
             Lookup::Miss { outcome, flight } => (outcome, flight),
         };
+        let (semantic_hit, query) = self.semantic_stage(&plan, &call, upstream).await;
+        if let Some((entry, key, similarity)) = semantic_hit {
+            stats.record(
+                &plan.tenant,
+                namespace.as_deref(),
+                &plan.model,
+                Outcome::SemanticHit,
+            );
+            tracing::Span::current().record("cache", Outcome::SemanticHit.as_str());
+            let mut response = replay::respond(exchange.dialect, &call, &entry, &key);
+            let h = response.headers_mut();
+            headers::set(h, "x-thrifty-cache", Outcome::SemanticHit.as_str());
+            headers::set(h, "x-thrifty-similarity", &format!("{similarity:.4}"));
+            return Ok(response);
+        }
         stats.record(&plan.tenant, namespace.as_deref(), &plan.model, outcome);
         tracing::Span::current().record("cache", outcome.as_str());
         let key = plan.key.clone();
@@ -208,16 +233,61 @@ impl Proxy {
         match flight {
             Some(flight) if response.status().is_success() => {
                 let streamed = dialect::stream::is_stream(response.headers());
+                let on_stored = match (&self.semantic, query) {
+                    (Some(semantic), Some(query)) => {
+                        let semantic = semantic.clone();
+                        let remember: OnStored = Box::new(move |key, ttl| {
+                            Box::pin(async move { semantic.remember(query, &key, ttl).await })
+                        });
+                        Some(remember)
+                    }
+                    _ => None,
+                };
                 let recording = Recording {
                     flight,
                     plan,
                     call: Arc::new(call),
                     streamed,
+                    on_stored,
                 };
                 Ok(response.map(|body| Recorder::new(body, recording).boxed_unsync()))
             }
             _ => Ok(response),
         }
+    }
+
+    /// The semantic stage: a recorded answer to a question that means the same, in the same
+    /// context, or the embedded question to remember once this call's answer is recorded.
+    async fn semantic_stage(
+        &self,
+        plan: &Plan,
+        call: &Call,
+        upstream: &str,
+    ) -> (Option<(Arc<Entry>, CacheKey, f32)>, Option<semantic::Query>) {
+        let (Some(semantic), Call::Chat(chat)) = (&self.semantic, call) else {
+            return (None, None);
+        };
+        if !plan.controls.semantic || plan.key.is_none() {
+            return (None, None);
+        }
+        let Some(query) = semantic
+            .prepare(&plan.scope, plan.dialect, upstream, chat)
+            .await
+        else {
+            return (None, None);
+        };
+        if plan.mode.read() {
+            if let Some(hit) = semantic.lookup(&query, plan.controls.semantic_threshold) {
+                match self.cache.read(plan, &hit.answer, call).await {
+                    Some(entry) => return (Some((entry, hit.answer, hit.similarity)), None),
+                    None if self.cache.exists(&hit.answer).await == Some(false) => {
+                        semantic.forget(&query.partition, &hit.answer.0).await;
+                    }
+                    None => {}
+                }
+            }
+        }
+        (None, Some(query))
     }
 
     /// Embedding calls: cached inputs are answered from the store, only the rest go upstream.
@@ -233,9 +303,16 @@ impl Proxy {
         let plan =
             self.cache
                 .plan_embedding(dialect, upstream, &exchange.tenant.id, &request, &controls);
+        let stats = self.cache.stats();
         let label = |response: &mut Response<Body>, outcome: Outcome| {
             headers::set(response.headers_mut(), "x-thrifty-cache", outcome.as_str());
             tracing::Span::current().record("cache", outcome.as_str());
+            stats.record(
+                &plan.tenant,
+                plan.namespace.as_deref(),
+                &request.model,
+                outcome,
+            );
         };
         if let Some(outcome) = plan.skipped() {
             let mut response = self.forward(exchange, full(bytes), true).await?;
@@ -423,13 +500,16 @@ impl Proxy {
             ))
         })?;
         let path = parts.uri.path();
-        let rest = router::strip_prefix(path, dialect::prefix(exchange.dialect)).unwrap_or(path);
         let query = parts
             .uri
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        let uri = format!("{root}{rest}{query}");
+        // Paths outside the dialect's prefix (Ollama's `GET /` probe) go to the server root.
+        let uri = match router::strip_prefix(path, dialect::prefix(exchange.dialect)) {
+            Some(rest) => format!("{root}{rest}{query}"),
+            None => format!("{}{path}{query}", upstream.base_url),
+        };
         let mut request = Request::builder()
             .method(parts.method.clone())
             .uri(&uri)

@@ -34,13 +34,17 @@ impl CacheMode {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Controls {
     pub mode: CacheMode,
     pub max_age: Option<Duration>,
     pub ttl: Option<Duration>,
     pub namespace: Option<String>,
     pub tags: Vec<String>,
+    /// `x-thrifty-semantic: off` turns the semantic stage off for this request.
+    pub semantic: bool,
+    /// `x-thrifty-semantic-threshold`: may only raise the configured threshold.
+    pub semantic_threshold: Option<f32>,
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ProxyError> {
@@ -137,12 +141,35 @@ impl Controls {
             }
             None => Vec::new(),
         };
+        let semantic = match header(headers, "x-thrifty-semantic")? {
+            None => true,
+            Some(v) if v.eq_ignore_ascii_case("off") => false,
+            Some(v) if v.eq_ignore_ascii_case("on") => true,
+            Some(_) => {
+                return Err(ProxyError::bad_request(
+                    "x-thrifty-semantic must be on or off",
+                ));
+            }
+        };
+        let semantic_threshold = match header(headers, "x-thrifty-semantic-threshold")? {
+            None => None,
+            Some(v) => match v.parse::<f32>() {
+                Ok(t) if (0.0..=1.0).contains(&t) => Some(t),
+                _ => {
+                    return Err(ProxyError::bad_request(
+                        "x-thrifty-semantic-threshold must be a number between 0 and 1",
+                    ));
+                }
+            },
+        };
         Ok(Controls {
             mode,
             max_age,
             ttl,
             namespace,
             tags,
+            semantic,
+            semantic_threshold,
         })
     }
 }

@@ -16,6 +16,12 @@ pub struct EmbeddingPlan {
     pub keys: Vec<CacheKey>,
     pub texts: Vec<String>,
     pub tenant: String,
+    pub namespace: Option<String>,
+    pub tags: Vec<String>,
+    /// How long new entries live.
+    pub ttl: std::time::Duration,
+    /// The oldest entry the client accepts.
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl EmbeddingPlan {
@@ -60,11 +66,19 @@ impl Cache {
                 texts.clone(),
             ),
         };
+        let ttl = controls.ttl.map_or_else(
+            || self.config.ttl_for(&request.model),
+            |t| t.min(self.config.max_ttl),
+        );
         EmbeddingPlan {
             mode,
             keys,
             texts,
             tenant: tenant.to_owned(),
+            namespace: controls.namespace.clone(),
+            tags: controls.tags.clone(),
+            ttl,
+            max_age: controls.max_age,
         }
     }
 
@@ -73,9 +87,15 @@ impl Cache {
         if !plan.mode.read() {
             return vec![None; plan.keys.len()];
         }
+        let oldest_ms = plan
+            .max_age
+            .map(|age| now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
         join_all(plan.keys.iter().map(|key| async move {
             let raw = self.store.get(&store_key(key)).await.ok()??;
-            self.sealer.open::<EmbeddingEntry>(&raw)
+            let entry = self.sealer.open::<EmbeddingEntry>(&raw)?;
+            oldest_ms
+                .is_none_or(|oldest| entry.created_ms >= oldest)
+                .then_some(entry)
         }))
         .await
     }
@@ -92,7 +112,7 @@ impl Cache {
         if !plan.mode.write() {
             return;
         }
-        let ttl = self.config.ttl_for(model);
+        let ttl = plan.ttl;
         let writes = indexes
             .iter()
             .zip(vectors)
@@ -101,6 +121,8 @@ impl Cache {
                 let entry = EmbeddingEntry {
                     created_ms: now_ms(),
                     tenant: plan.tenant.clone(),
+                    namespace: plan.namespace.clone(),
+                    tags: plan.tags.clone(),
                     model: model.to_owned(),
                     vector,
                     tokens,

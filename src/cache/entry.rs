@@ -44,6 +44,10 @@ pub enum Answer {
 pub struct EmbeddingEntry {
     pub created_ms: u64,
     pub tenant: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub model: String,
     pub vector: Vec<f64>,
     /// The tokens this input accounts for in the upstream's usage.
@@ -97,6 +101,8 @@ mod tests {
         EmbeddingEntry {
             created_ms: 1,
             tenant: "t".to_owned(),
+            namespace: None,
+            tags: Vec::new(),
             model: "m".to_owned(),
             vector: vec![0.25, -1.5],
             tokens: 3,

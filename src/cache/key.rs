@@ -180,6 +180,34 @@ pub fn answer_key(
     }
 }
 
+/// The partition a chat's last user message is compared within: everything
+/// but that message must match exactly (scope, model, parameters, tools and
+/// the given context messages).
+pub fn partition_key(
+    scope: &Scope,
+    dialect: Dialect,
+    upstream: &str,
+    chat: &ChatRequest,
+    context: &[&Message],
+) -> CacheKey {
+    let ChatRequest {
+        model,
+        messages: _,
+        stream: _,
+        shaping,
+        incidental: _,
+    } = chat;
+    let mut c = Canonical::new("semantic-partition");
+    c.scope(scope, dialect, upstream);
+    c.str(model);
+    c.fields(shaping);
+    c.0.update((context.len() as u64).to_le_bytes());
+    for m in context {
+        message(&mut c, m);
+    }
+    c.finish()
+}
+
 /// The key of one text input of an embedding call.
 pub fn embedding_key(
     scope: &Scope,

@@ -45,6 +45,7 @@ const FOLLOW_LIMIT: Duration = Duration::from_secs(900);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Hit,
+    SemanticHit,
     Miss,
     Bypass,
     Off,
@@ -54,6 +55,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
+            Outcome::SemanticHit => "semantic-hit",
             Outcome::Miss => "miss",
             Outcome::Bypass => "bypass",
             Outcome::Off => "off",
@@ -180,13 +182,17 @@ impl Cache {
     }
 
     /// Reads an entry that is fresh enough for the plan and servable in the client's mode.
-    async fn read(&self, plan: &Plan, key: &CacheKey, call: &Call) -> Option<Arc<Entry>> {
+    pub async fn read(&self, plan: &Plan, key: &CacheKey, call: &Call) -> Option<Arc<Entry>> {
         let raw = self.store.get(&Self::store_key(key)).await.ok()??;
         let Some(entry) = self.sealer.open::<Entry>(&raw) else {
             self.stats.unreadable();
             return None;
         };
-        self.servable(plan, &entry, call).then(|| Arc::new(entry))
+        if !self.servable(plan, &entry, call) {
+            return None;
+        }
+        self.slide(key, &entry);
+        Some(Arc::new(entry))
     }
 
     fn servable(&self, plan: &Plan, entry: &Entry, call: &Call) -> bool {
@@ -212,7 +218,6 @@ impl Cache {
         };
         if plan.mode.read() {
             if let Some(entry) = self.read(plan, &key, call).await {
-                self.slide(&key, &entry);
                 return Lookup::Hit { entry, key };
             }
         }
@@ -235,24 +240,33 @@ impl Cache {
                 None => {
                     let (tx, _) = watch::channel(None);
                     flights.insert(key.0.clone(), tx);
-                    return Lookup::Miss {
-                        outcome,
-                        flight: Some(Flight {
-                            cache: self.clone(),
-                            key: key.clone(),
-                            done: false,
-                        }),
-                    };
+                    None
                 }
             }
         };
-        if let Some(mut rx) = waiting {
-            let answer = tokio::time::timeout(FOLLOW_LIMIT, rx.wait_for(Option::is_some)).await;
-            if let Ok(Ok(result)) = answer {
-                if let Some(Some(entry)) = result.clone() {
-                    if self.servable(plan, &entry, call) {
-                        return Lookup::Hit { entry, key };
-                    }
+        let Some(mut rx) = waiting else {
+            let flight = Flight {
+                cache: self.clone(),
+                key: key.clone(),
+                done: false,
+            };
+            // A leader may have stored its answer between our read and our claim.
+            if plan.mode.read() {
+                if let Some(entry) = self.read(plan, &key, call).await {
+                    flight.finish(Some(entry.clone()));
+                    return Lookup::Hit { entry, key };
+                }
+            }
+            return Lookup::Miss {
+                outcome,
+                flight: Some(flight),
+            };
+        };
+        let answer = tokio::time::timeout(FOLLOW_LIMIT, rx.wait_for(Option::is_some)).await;
+        if let Ok(Ok(result)) = answer {
+            if let Some(Some(entry)) = result.clone() {
+                if self.servable(plan, &entry, call) {
+                    return Lookup::Hit { entry, key };
                 }
             }
         }
@@ -263,7 +277,7 @@ impl Cache {
     }
 
     /// Extends a hit entry's life by its TTL, never past `max_ttl` from its creation.
-    fn slide(self: &Arc<Self>, key: &CacheKey, entry: &Entry) {
+    fn slide(&self, key: &CacheKey, entry: &Entry) {
         let now = now_ms();
         let end_of_life = entry
             .created_ms
@@ -272,10 +286,10 @@ impl Cache {
         if ttl == 0 {
             return;
         }
-        let cache = self.clone();
+        let store = self.store.clone();
         let key = Self::store_key(key);
         tokio::spawn(async move {
-            let _ = cache.store.touch(&key, Duration::from_millis(ttl)).await;
+            let _ = store.touch(&key, Duration::from_millis(ttl)).await;
         });
     }
 
@@ -299,18 +313,29 @@ impl Cache {
     }
 
     /// Writes an entry; failures are counted by the store and otherwise ignored.
-    pub async fn put(&self, key: &CacheKey, entry: &Entry) {
-        if let Some(raw) = self.sealer.seal(entry) {
-            let ttl = Duration::from_millis(entry.ttl_ms);
-            if self
-                .store
-                .put(&Self::store_key(key), raw, ttl)
-                .await
-                .is_ok()
-            {
-                self.stats.stored();
-            }
+    pub async fn put(&self, key: &CacheKey, entry: &Entry) -> bool {
+        let Some(raw) = self.sealer.seal(entry) else {
+            return false;
+        };
+        let ttl = Duration::from_millis(entry.ttl_ms);
+        let stored = self
+            .store
+            .put(&Self::store_key(key), raw, ttl)
+            .await
+            .is_ok();
+        if stored {
+            self.stats.stored();
         }
+        stored
+    }
+
+    /// Whether an answer entry exists; `None` when the store cannot tell.
+    pub async fn exists(&self, key: &CacheKey) -> Option<bool> {
+        self.store
+            .get(&Self::store_key(key))
+            .await
+            .ok()
+            .map(|v| v.is_some())
     }
 
     /// Reads any entry by its full key, for the admin API.

@@ -6,16 +6,22 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::entry::{Answer, Entry};
+use super::key::CacheKey;
 use super::{Flight, Plan};
 use crate::body::{Body, BoxError};
 use crate::chat::{Call, Dialect};
 use crate::dialect::stream;
+
+/// Called with the key and time to live of an answer once it is stored.
+pub type OnStored =
+    Box<dyn FnOnce(CacheKey, Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// What the recorder needs to turn the bytes into an entry.
 pub struct Recording {
@@ -23,6 +29,8 @@ pub struct Recording {
     pub plan: Plan,
     pub call: Arc<Call>,
     pub streamed: bool,
+    /// What else should learn of the stored answer (the semantic index).
+    pub on_stored: Option<OnStored>,
 }
 
 pin_project! {
@@ -59,6 +67,7 @@ fn finish(recording: Recording, bytes: Vec<u8>) {
         plan,
         call,
         streamed,
+        on_stored,
     } = recording;
     let Some(answer) = answer(plan.dialect, streamed, &bytes) else {
         flight.finish(None);
@@ -67,8 +76,13 @@ fn finish(recording: Recording, bytes: Vec<u8>) {
     let cache = flight.cache().clone();
     let entry: Entry = cache.entry_for(&plan, &call, answer);
     tokio::spawn(async move {
-        cache.put(flight.key(), &entry).await;
+        let stored = cache.put(flight.key(), &entry).await;
+        let key = flight.key().clone();
+        let ttl = Duration::from_millis(entry.ttl_ms);
         flight.finish(Some(Arc::new(entry)));
+        if let (true, Some(on_stored)) = (stored, on_stored) {
+            on_stored(key, ttl).await;
+        }
     });
 }
 

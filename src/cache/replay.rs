@@ -17,6 +17,7 @@ use super::key::CacheKey;
 use super::now_ms;
 use crate::body::{Body, BoxError, full};
 use crate::chat::{Call, Dialect};
+
 use crate::dialect::{self, stream as wire};
 use crate::headers;
 
@@ -25,12 +26,14 @@ pub fn can_serve(dialect: Dialect, call: &Call, entry: &Entry) -> bool {
     if entry.dialect != dialect.as_str() || entry.endpoint != call.endpoint().as_str() {
         return false;
     }
-    if !call.stream() || !dialect::wants_stream_usage(dialect, call) {
+    // A JSON answer always reports usage, and so does a stream that asked for it.
+    let needs_usage = !call.stream() || dialect::wants_stream_usage(dialect, call);
+    if !needs_usage {
         return true;
     }
     match &entry.answer {
         Answer::Stream(chunks) => wire::has_usage(dialect, chunks),
-        Answer::Json(body) => dialect == Dialect::Ollama || body["usage"].is_object(),
+        Answer::Json(body) => wire::json_has_usage(dialect, body),
     }
 }
 

@@ -14,6 +14,7 @@ const MAX_ROWS: usize = 10_000;
 #[derive(Default, Clone, Copy)]
 struct Counts {
     hits: u64,
+    semantic_hits: u64,
     misses: u64,
     bypasses: u64,
     off: u64,
@@ -23,6 +24,7 @@ impl Counts {
     fn add(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Hit => self.hits += 1,
+            Outcome::SemanticHit => self.semantic_hits += 1,
             Outcome::Miss => self.misses += 1,
             Outcome::Bypass => self.bypasses += 1,
             Outcome::Off => self.off += 1,
@@ -30,13 +32,15 @@ impl Counts {
     }
 
     fn json(&self) -> Value {
-        let looked_up = self.hits + self.misses;
+        let served = self.hits + self.semantic_hits;
+        let looked_up = served + self.misses;
         json!({
             "hits": self.hits,
+            "semantic_hits": self.semantic_hits,
             "misses": self.misses,
             "bypasses": self.bypasses,
             "off": self.off,
-            "hit_rate": if looked_up == 0 { 0.0 } else { self.hits as f64 / looked_up as f64 },
+            "hit_rate": if looked_up == 0 { 0.0 } else { served as f64 / looked_up as f64 },
         })
     }
 }
@@ -79,11 +83,13 @@ impl Stats {
             for (map, name) in by.iter_mut().zip([tenant, namespace, model]) {
                 let slot = map.entry(name.clone()).or_default();
                 slot.hits += c.hits;
+                slot.semantic_hits += c.semantic_hits;
                 slot.misses += c.misses;
                 slot.bypasses += c.bypasses;
                 slot.off += c.off;
             }
             total.hits += c.hits;
+            total.semantic_hits += c.semantic_hits;
             total.misses += c.misses;
             total.bypasses += c.bypasses;
             total.off += c.off;

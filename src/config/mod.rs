@@ -5,6 +5,7 @@
 
 mod cache;
 mod keys;
+mod semantic;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore, StoreConfig};
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
+pub use semantic::{ContextRule, RawSemantic, SemanticConfig};
 pub use upstream::{RawDialect, RawRoute, RawRouting, RawUpstream, Routing, Upstream};
 
 use crate::secret::Secret;
@@ -56,6 +58,7 @@ pub struct RawConfig {
     pub keys: Vec<RawKey>,
     pub cache: RawCache,
     pub store: RawStore,
+    pub semantic: RawSemantic,
 }
 
 impl Default for RawConfig {
@@ -72,6 +75,7 @@ impl Default for RawConfig {
             keys: Vec::new(),
             cache: RawCache::default(),
             store: RawStore::default(),
+            semantic: RawSemantic::default(),
         }
     }
 }
@@ -133,6 +137,7 @@ pub struct Config {
     pub admin_token: Option<Secret<String>>,
     pub cache: CacheConfig,
     pub store: StoreConfig,
+    pub semantic: SemanticConfig,
 }
 
 impl RawConfig {
@@ -229,6 +234,7 @@ impl RawConfig {
             admin_token: secret("THRIFTY_ADMIN_TOKEN"),
             cache: cache::validate_cache(self.cache, env)?,
             store: cache::validate_store(self.store, env)?,
+            semantic: semantic::validate_semantic(self.semantic, env)?,
         })
     }
 }

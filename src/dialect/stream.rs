@@ -131,6 +131,14 @@ pub fn has_usage(dialect: Dialect, chunks: &[Value]) -> bool {
     }
 }
 
+/// Whether a JSON answer carries its token usage (Ollama's counts are always there).
+pub fn json_has_usage(dialect: Dialect, body: &Value) -> bool {
+    match dialect {
+        Dialect::OpenAi => body["usage"].is_object(),
+        Dialect::Ollama => true,
+    }
+}
+
 /// Gives an answer (JSON or every chunk of a stream) a fresh id and creation time.
 pub fn refresh(
     dialect: Dialect,

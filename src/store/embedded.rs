@@ -23,12 +23,12 @@ struct Entry {
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    pub(super) db: Arc<Database>,
     memory: Cache<String, Entry>,
     evictions: Arc<AtomicU64>,
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -38,7 +38,7 @@ fn expiry(ttl: Duration) -> u64 {
     now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Embedded(e.to_string())
 }
 
@@ -85,7 +85,7 @@ impl EmbeddedStore {
         })
     }
 
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

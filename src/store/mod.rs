@@ -36,14 +36,14 @@ pub enum StoreError {
     Embedded(String),
 }
 
-enum Backend {
+pub(super) enum Backend {
     Redis(RedisStore),
     Embedded(EmbeddedStore),
 }
 
 /// The store with its timeout and failure accounting.
 pub struct Store {
-    backend: Backend,
+    pub(super) backend: Backend,
     timeout: Duration,
     errors: AtomicU64,
     last_report: Mutex<Option<Instant>>,
@@ -79,7 +79,7 @@ impl Store {
         self.errors.load(Ordering::Relaxed)
     }
 
-    async fn bounded<T>(
+    pub(super) async fn bounded<T>(
         &self,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
@@ -154,6 +154,22 @@ impl Store {
         match tokio::time::timeout(self.timeout.max(Duration::from_secs(30)), op).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Tells every instance sharing this store; the embedded store has no one to tell.
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redis(r) => self.bounded(r.publish(channel, message)).await,
+            Backend::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// Messages other instances publish, when the store is shared.
+    pub fn subscribe(&self, channel: &str) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        match &self.backend {
+            Backend::Redis(r) => Some(r.subscribe(channel)),
+            Backend::Embedded(_) => None,
         }
     }
 

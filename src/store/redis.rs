@@ -21,6 +21,7 @@ enum Connection {
 
 pub struct RedisStore {
     connection: std::sync::Arc<OnceCell<Connection>>,
+    url: String,
 }
 
 /// How long to wait between attempts to reach Redis at start.
@@ -74,7 +75,10 @@ impl RedisStore {
                 }
             });
         }
-        Ok(RedisStore { connection })
+        Ok(RedisStore {
+            connection,
+            url: url.to_owned(),
+        })
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
@@ -84,14 +88,17 @@ impl RedisStore {
             .ok_or(StoreError::NotConnected)
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+    pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         Ok(match self.connection()? {
             Connection::Single(mut c) => cmd.query_async(&mut c).await?,
             Connection::Cluster(mut c) => cmd.query_async(&mut c).await?,
         })
     }
 
-    async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
+    pub(super) async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+    ) -> Result<T, StoreError> {
         Ok(match self.connection()? {
             Connection::Single(mut c) => pipe.query_async(&mut c).await?,
             Connection::Cluster(mut c) => pipe.query_async(&mut c).await?,
@@ -142,6 +149,46 @@ impl RedisStore {
             }
         }
         Ok(keys)
+    }
+
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
+        self.query::<i64>(&cmd).await.map(drop)
+    }
+
+    /// Delivers every message published on `channel` until the receiver is dropped,
+    /// reconnecting as needed. Messages sent while disconnected are lost; callers reconcile.
+    pub fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let url = self.url.clone();
+        let channel = channel.to_owned();
+        tokio::spawn(async move {
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                let connected = match Client::open(url.as_str()) {
+                    Ok(client) => client.get_async_pubsub().await.ok(),
+                    Err(_) => None,
+                };
+                if let Some(mut pubsub) = connected {
+                    if pubsub.subscribe(&channel).await.is_ok() {
+                        let mut messages = pubsub.on_message();
+                        while let Some(message) = futures_util::StreamExt::next(&mut messages).await
+                        {
+                            if let Ok(payload) = message.get_payload::<String>() {
+                                if tx.send(payload).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        });
+        rx
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,97 @@
+//! `[semantic]`: the semantic cache's model, threshold, guard and index bounds.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Env};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSemantic {
+    pub enabled: bool,
+    /// Directory holding model.onnx, the tokenizer files and libonnxruntime.so.
+    pub model_dir: Option<PathBuf>,
+    pub threshold: f32,
+    pub guard: bool,
+    pub context: ContextRule,
+    pub window_messages: usize,
+    pub max_entries: usize,
+    pub max_entries_per_partition: usize,
+    pub ann_above: usize,
+}
+
+/// Which earlier messages must match exactly for a semantic hit.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextRule {
+    /// The whole conversation before the last user message.
+    #[default]
+    Prefix,
+    /// Instructions plus the last `window_messages` messages before it.
+    Window,
+}
+
+impl Default for RawSemantic {
+    fn default() -> Self {
+        RawSemantic {
+            enabled: true,
+            model_dir: None,
+            threshold: 0.9,
+            guard: true,
+            context: ContextRule::Prefix,
+            window_messages: 4,
+            max_entries: 200_000,
+            max_entries_per_partition: 50_000,
+            ann_above: 2_048,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SemanticConfig {
+    pub enabled: bool,
+    pub model_dir: PathBuf,
+    pub threshold: f32,
+    pub guard: bool,
+    pub context: ContextRule,
+    pub window_messages: usize,
+    pub max_entries: usize,
+    pub max_entries_per_partition: usize,
+    pub ann_above: usize,
+}
+
+/// Where the fetch script puts the model when nothing else is said.
+pub fn default_model_dir(env: &Env<'_>) -> PathBuf {
+    if let Some(dir) = env("THRIFTY_EMBED_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = env("HOME").unwrap_or_else(|| ".".to_owned());
+    PathBuf::from(home).join(".cache/thrifty/models/all-MiniLM-L6-v2")
+}
+
+pub fn validate_semantic(raw: RawSemantic, env: &Env<'_>) -> Result<SemanticConfig, ConfigError> {
+    if !(0.0..=1.0).contains(&raw.threshold) {
+        return Err(ConfigError::invalid(
+            "semantic.threshold",
+            "a cosine similarity between 0 and 1",
+        ));
+    }
+    if raw.max_entries == 0 || raw.max_entries_per_partition == 0 {
+        return Err(ConfigError::invalid(
+            "semantic.max_entries",
+            "sizes above zero",
+        ));
+    }
+    Ok(SemanticConfig {
+        enabled: raw.enabled,
+        model_dir: raw.model_dir.unwrap_or_else(|| default_model_dir(env)),
+        threshold: raw.threshold,
+        guard: raw.guard,
+        context: raw.context,
+        window_messages: raw.window_messages,
+        max_entries: raw.max_entries,
+        max_entries_per_partition: raw.max_entries_per_partition,
+        ann_above: raw.ann_above,
+    })
+}

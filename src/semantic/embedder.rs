@@ -1,0 +1,167 @@
+//! Local text embeddings: all-MiniLM-L6-v2 through fastembed, with ONNX Runtime
+//! loaded dynamically from the model directory.
+//!
+//! The model runs on one dedicated OS thread (its `embed` takes `&mut self`),
+//! never on the async executor. Queries that arrive while it is busy are
+//! embedded together in one batch, and recent query vectors are kept in an LRU.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use fastembed::{
+    InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+/// The vector length of all-MiniLM-L6-v2.
+pub const DIMENSIONS: usize = 384;
+
+/// The most queries embedded in one batch.
+const MAX_BATCH: usize = 32;
+
+/// Recent query vectors kept in memory.
+const QUERY_CACHE: u64 = 10_000;
+
+/// The files a model directory must hold.
+pub const MODEL_FILES: [&str; 6] = [
+    "model.onnx",
+    "tokenizer.json",
+    "config.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+    "libonnxruntime.so",
+];
+
+type Job = (String, oneshot::Sender<Option<Arc<Vec<f32>>>>);
+
+pub struct Embedder {
+    jobs: mpsc::UnboundedSender<Job>,
+    recent: moka::sync::Cache<String, Arc<Vec<f32>>>,
+}
+
+/// ONNX Runtime allows one environment per process; it is created once and kept.
+static ORT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loaded embedders by model directory, so several servers in one process share one model.
+static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<Embedder>>>> = OnceLock::new();
+
+fn environment(library: &Path) -> Result<ort::environment::Environment, String> {
+    ORT.get_or_init(|| {
+        ort::init_from(library)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?
+            .with_name("thrifty")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+    })
+    .clone()
+}
+
+fn load_model(dir: &Path) -> Result<TextEmbedding, String> {
+    for file in MODEL_FILES {
+        if !dir.join(file).is_file() {
+            return Err(format!(
+                "{} is missing: run scripts/fetch-model-assets.sh",
+                dir.join(file).display()
+            ));
+        }
+    }
+    let env = environment(&dir.join("libonnxruntime.so"))?;
+    let read =
+        |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("cannot read {name}: {e}"));
+    let tokenizer = TokenizerFiles {
+        tokenizer_file: read("tokenizer.json")?,
+        config_file: read("config.json")?,
+        special_tokens_map_file: read("special_tokens_map.json")?,
+        tokenizer_config_file: read("tokenizer_config.json")?,
+    };
+    let model =
+        UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer).with_pooling(Pooling::Mean);
+    let options = InitOptionsUserDefined::new()
+        .with_environment(env)
+        .with_intra_threads(1)
+        .with_max_length(256);
+    TextEmbedding::try_new_from_user_defined(model, options)
+        .map_err(|e| format!("cannot load the embedding model: {e}"))
+}
+
+impl Embedder {
+    /// The embedder for a model directory, loading it on first use.
+    pub fn shared(dir: &Path) -> Result<Arc<Embedder>, String> {
+        let loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(e) = loaded.lock().get(dir) {
+            return Ok(e.clone());
+        }
+        let embedder = Arc::new(Embedder::load(dir)?);
+        loaded.lock().insert(dir.to_owned(), embedder.clone());
+        Ok(embedder)
+    }
+
+    fn load(dir: &Path) -> Result<Embedder, String> {
+        let mut model = load_model(dir)?;
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name("thrifty-embed".to_owned())
+            .spawn(move || {
+                while let Some(first) = queue.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let texts: Vec<&str> = batch.iter().map(|(t, _)| t.as_str()).collect();
+                    let vectors = model.embed(&texts, Some(MAX_BATCH)).ok();
+                    for (i, (_, reply)) in batch.into_iter().enumerate() {
+                        let vector = vectors
+                            .as_ref()
+                            .and_then(|v| v.get(i))
+                            .map(|v| Arc::new(v.clone()));
+                        let _ = reply.send(vector);
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the embedding thread: {e}"))?;
+        Ok(Embedder {
+            jobs,
+            recent: moka::sync::Cache::new(QUERY_CACHE),
+        })
+    }
+
+    /// The L2-normalised embedding of a text; `None` if the model failed.
+    pub async fn embed(&self, text: &str) -> Option<Arc<Vec<f32>>> {
+        if let Some(v) = self.recent.get(text) {
+            return Some(v);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send((text.to_owned(), reply)).ok()?;
+        let vector = answer.await.ok()??;
+        self.recent.insert(text.to_owned(), vector.clone());
+        Some(vector)
+    }
+
+    /// Embeds many texts at once (for evaluation and warm-up), bypassing the LRU.
+    pub async fn embed_many(&self, texts: &[String]) -> Vec<Option<Arc<Vec<f32>>>> {
+        let receivers: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                let (reply, answer) = oneshot::channel();
+                let _ = self.jobs.send((t.clone(), reply));
+                answer
+            })
+            .collect();
+        let mut out = Vec::with_capacity(receivers.len());
+        for r in receivers {
+            out.push(r.await.ok().flatten());
+        }
+        out
+    }
+}
+
+/// Cosine similarity of two L2-normalised vectors.
+pub fn similarity(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,249 @@
+//! A scenario's world: the fake upstream, a Redis or the embedded store, and thrifty in front,
+//! started together; and raw Redis commands to see what thrifty stored.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use thrifty::config::RawConfig;
+
+use crate::common::fake_llm::{FakeLlm, FakeLlmBuilder};
+use crate::common::redis::RedisServer;
+use crate::common::thrifty::{Thrifty, config_for};
+use crate::{ADMIN_TOKEN, ANSWER_PREFIX, Api, Backend, POLL, WAIT};
+
+// ---------------------------------------------------------------------------------------------
+// A fake upstream, a store and a thrifty, started together.
+// ---------------------------------------------------------------------------------------------
+
+type Tweak = Box<dyn FnOnce(&mut RawConfig)>;
+
+/// How to start a [`Harness`].
+pub struct Setup {
+    backend: Backend,
+    fake: FakeLlmBuilder,
+    admin: bool,
+    vars: Vec<(String, String)>,
+    tweaks: Vec<Tweak>,
+}
+
+impl Setup {
+    /// Builds the fake from `builder` (for latency or chunk delays).
+    pub fn fake(mut self, builder: FakeLlmBuilder) -> Self {
+        self.fake = builder;
+        self
+    }
+
+    /// Leaves `THRIFTY_ADMIN_TOKEN` unset.
+    pub fn no_admin(mut self) -> Self {
+        self.admin = false;
+        self
+    }
+
+    /// Adds a variable to the environment the config is validated against.
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.vars.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Changes the config before thrifty starts.
+    pub fn config(mut self, tweak: impl FnOnce(&mut RawConfig) + 'static) -> Self {
+        self.tweaks.push(Box::new(tweak));
+        self
+    }
+
+    pub async fn start(self) -> Harness {
+        let fake = self.fake.start().await;
+        let mut raw = config_for(&fake);
+        // A loaded test machine must not turn store calls into misses.
+        raw.store.timeout = Duration::from_secs(2);
+        for tweak in self.tweaks {
+            tweak(&mut raw);
+        }
+        let redis = match self.backend {
+            Backend::Redis => Some(start_redis().await),
+            Backend::Embedded => None,
+        };
+        let mut vars = self.vars;
+        if let Some(redis) = &redis {
+            vars.push(("THRIFTY_REDIS_URL".to_owned(), redis.url()));
+        }
+        if self.admin {
+            vars.push(("THRIFTY_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()));
+        }
+        let thrifty = start_thrifty(raw.clone(), &vars).await;
+        Harness {
+            backend: self.backend,
+            api: Api::new(thrifty.url()),
+            fake,
+            redis,
+            thrifty: Some(thrifty),
+            raw,
+            vars,
+        }
+    }
+}
+
+/// Spawns a private Redis off the async runtime (its start polls with blocking sleeps).
+pub async fn start_redis() -> RedisServer {
+    tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .expect("redis start task")
+}
+
+/// Starts thrifty with `vars` as its whole environment and waits until `/readyz` says its store
+/// answers (thrifty serves at once but connects to Redis in the background).
+pub async fn start_thrifty(raw: RawConfig, vars: &[(String, String)]) -> Thrifty {
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let thrifty = Thrifty::start_with_env(raw, &pairs).await;
+    let api = Api::new(thrifty.url());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let probe = api.client.get(api.url("/readyz")).send().await;
+        let status = match probe {
+            Ok(response) => response.json::<Value>().await.ok(),
+            Err(_) => None,
+        };
+        if status.is_some_and(|s| s["status"] == "ready") {
+            return thrifty;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "thrifty was not ready within {WAIT:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// One scenario's world: the fake upstream, the store and thrifty in front of them.
+pub struct Harness {
+    pub backend: Backend,
+    pub fake: FakeLlm,
+    pub redis: Option<RedisServer>,
+    thrifty: Option<Thrifty>,
+    pub api: Api,
+    /// The config thrifty was started with, for starting it again.
+    pub raw: RawConfig,
+    /// The environment thrifty was started with (Redis URL and admin token included).
+    pub vars: Vec<(String, String)>,
+}
+
+impl Harness {
+    pub fn setup(backend: Backend) -> Setup {
+        Setup {
+            backend,
+            fake: FakeLlm::builder(),
+            admin: true,
+            vars: Vec::new(),
+            tweaks: Vec::new(),
+        }
+    }
+
+    pub async fn start(backend: Backend) -> Harness {
+        Harness::setup(backend).start().await
+    }
+
+    /// A connection to this harness's Redis.
+    pub async fn probe(&self) -> Probe {
+        let redis = self
+            .redis
+            .as_ref()
+            .expect("this scenario needs the Redis backend");
+        Probe::connect(&redis.url()).await
+    }
+
+    /// Shuts thrifty down gracefully and starts it again with `vars` replacing its environment
+    /// variables of the same names.
+    pub async fn restart_with(&mut self, vars: &[(&str, &str)]) {
+        if let Some(thrifty) = self.thrifty.take() {
+            assert!(
+                thrifty.shutdown(WAIT).await,
+                "thrifty did not shut down within {WAIT:?}"
+            );
+        }
+        for (name, value) in vars {
+            self.vars.retain(|(k, _)| k != name);
+            self.vars.push(((*name).to_owned(), (*value).to_owned()));
+        }
+        let thrifty = start_thrifty(self.raw.clone(), &self.vars).await;
+        self.api = Api::new(thrifty.url());
+        self.thrifty = Some(thrifty);
+    }
+
+    /// The path of the embedded store's database file.
+    pub fn redb_file(&self) -> std::path::PathBuf {
+        self.raw.store.data_dir.join("thrifty.redb")
+    }
+
+    /// How many answer entries the store holds, through the admin API.
+    pub async fn answer_count(&self) -> u64 {
+        self.api.stats().await["entries"]["answers"]
+            .as_u64()
+            .expect("stats count answer entries")
+    }
+}
+
+/// Raw Redis commands, to see what thrifty stored.
+pub struct Probe {
+    connection: redis::aio::MultiplexedConnection,
+}
+
+impl Probe {
+    pub async fn connect(url: &str) -> Probe {
+        let client = redis::Client::open(url).expect("redis url");
+        let connection = tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
+            .await
+            .expect("redis connects in time")
+            .expect("redis connects");
+        Probe { connection }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut connection = self.connection.clone();
+        tokio::time::timeout(WAIT, cmd.query_async(&mut connection))
+            .await
+            .expect("redis answers in time")
+            .expect("redis command succeeds")
+    }
+
+    /// Every key, walked with SCAN.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
+                .await;
+            keys.extend(batch);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    /// Milliseconds to live: -2 when the key is gone, -1 when it never expires.
+    pub async fn pttl(&self, key: &str) -> i64 {
+        self.query(redis::cmd("PTTL").arg(key)).await
+    }
+
+    /// The full Redis key of the answer whose short key is `short`.
+    pub async fn answer_key(&self, short: &str) -> String {
+        let prefix = format!("{ANSWER_PREFIX}{short}");
+        let found: Vec<String> = self
+            .keys()
+            .await
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one Redis key starts with {prefix}: {found:?}"
+        );
+        found[0].clone()
+    }
+}

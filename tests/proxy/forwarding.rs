@@ -1,0 +1,211 @@
+//! Intercepted calls reach the upstream as the client sent them, and the answers come back as
+//! the upstream sent them: whole bodies byte for byte, streams chunk by chunk as they happen.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::fake_llm::FakeLlm;
+use crate::common::thrifty::{Thrifty, config_for};
+use crate::{
+    CALLS, Call, DIALECTS, Dialect, assert_status, client, content_type, header, post, post_with,
+    read_stream, slow_text, unique, upstream_of,
+};
+
+/// The body with the values the fake makes up per call (ids and clocks) replaced by `"*"`, so
+/// that two answers to the same request can be compared byte for byte.
+fn masked(body: &str) -> String {
+    let value: Value = serde_json::from_str(body).expect("JSON body");
+    let mut masked = body.to_owned();
+    for field in ["id", "created", "created_at"] {
+        if let Some(v) = value.get(field) {
+            masked = masked.replacen(
+                &format!("\"{field}\":{v}"),
+                &format!("\"{field}\":\"*\""),
+                1,
+            );
+        }
+    }
+    masked
+}
+
+/// Sends `request` through thrifty and straight to the fake, and compares what each side saw.
+async fn forwards_unchanged(dialect: Dialect, path: &str, request: Value) {
+    let fake = FakeLlm::start().await;
+    let thrifty = Thrifty::start(config_for(&fake)).await;
+
+    let proxied = post(format!("{}{path}", thrifty.url()), &request).await;
+    assert_status(&proxied, StatusCode::OK, path);
+    assert_eq!(fake.calls(), 1, "{path}: one call reached the upstream");
+    let recorded = fake.last_request().expect("the upstream was called");
+    assert_eq!(recorded.method, "POST");
+    assert_eq!(recorded.path, path, "{dialect:?} upstream path");
+    assert_eq!(
+        recorded.json(),
+        Some(request.clone()),
+        "{path}: the upstream received the client's JSON"
+    );
+
+    let direct = post(format!("{}{path}", fake.url()), &request).await;
+    assert_status(&direct, StatusCode::OK, "direct call to the fake");
+    assert_eq!(
+        content_type(&proxied),
+        content_type(&direct),
+        "{path}: content type"
+    );
+    assert_eq!(
+        masked(&proxied.text()),
+        masked(&direct.text()),
+        "{path}: the client got the upstream's bytes"
+    );
+    assert_eq!(upstream_of(&proxied), dialect.default_upstream());
+    assert!(
+        !proxied.header("x-thrifty-request-id").is_empty(),
+        "{path}: x-thrifty-request-id is set"
+    );
+}
+
+#[tokio::test]
+async fn openai_calls_reach_the_upstream_and_come_back_unchanged() {
+    let dialect = Dialect::OpenAi;
+    for call in CALLS {
+        let model = match call {
+            Call::Embedding => "text-embedding-3-small",
+            _ => "gpt-4o-mini",
+        };
+        let request = dialect.request(call, model, "hello  there, proxy");
+        forwards_unchanged(dialect, dialect.path(call), request).await;
+    }
+}
+
+#[tokio::test]
+async fn ollama_calls_reach_the_upstream_and_come_back_unchanged() {
+    let dialect = Dialect::Ollama;
+    for call in CALLS {
+        let model = match call {
+            Call::Embedding => "nomic-embed-text",
+            _ => "llama3.2",
+        };
+        let request = dialect.request(call, model, "hello  there, proxy");
+        forwards_unchanged(dialect, dialect.path(call), request).await;
+    }
+    let legacy = json!({"model": "nomic-embed-text", "prompt": "hello there"});
+    forwards_unchanged(dialect, "/api/embeddings", legacy).await;
+}
+
+async fn request_ids_are_issued_and_propagated(dialect: Dialect) {
+    let fake = FakeLlm::start().await;
+    let thrifty = Thrifty::start(config_for(&fake)).await;
+    let url = format!("{}{}", thrifty.url(), dialect.chat_path());
+    let first = post(url.clone(), &dialect.chat("gpt-4o-mini", &unique("hi"))).await;
+    let second = post(url.clone(), &dialect.chat("gpt-4o-mini", &unique("hi"))).await;
+    let (a, b) = (
+        first.header("x-thrifty-request-id"),
+        second.header("x-thrifty-request-id"),
+    );
+    assert!(!a.is_empty() && !b.is_empty(), "every answer carries an id");
+    assert_ne!(a, b, "each request gets its own id");
+
+    let request = dialect.chat("gpt-4o-mini", &unique("traced"));
+    let traced = post_with(url, &request, &[("x-request-id", "trace-7f3a-0001")]).await;
+    assert_status(&traced, StatusCode::OK, "traced request");
+    assert_eq!(traced.header("x-request-id"), "trace-7f3a-0001");
+    assert_eq!(traced.header("x-thrifty-request-id"), "trace-7f3a-0001");
+    let recorded = fake.last_request().expect("the upstream was called");
+    assert_eq!(
+        header(&recorded.headers, "x-request-id"),
+        "trace-7f3a-0001",
+        "the client's request id travels upstream"
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_issued_and_propagated_in_both_dialects() {
+    for dialect in DIALECTS {
+        request_ids_are_issued_and_propagated(dialect).await;
+    }
+}
+
+/// A slow stream reaches the client chunk by chunk while the upstream is still producing it.
+async fn streams_arrive_chunk_by_chunk(dialect: Dialect) {
+    let delay = Duration::from_millis(10);
+    let fake = FakeLlm::builder().chunk_delay(delay).start().await;
+    let thrifty = Thrifty::start(config_for(&fake)).await;
+    let request = dialect.streaming(Call::Chat, "slow-stream", "go");
+
+    let response = client()
+        .post(format!("{}{}", thrifty.url(), dialect.chat_path()))
+        .json(&request)
+        .send()
+        .await
+        .expect("request is sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(response.headers(), "content-type"),
+        dialect.stream_content_type()
+    );
+    assert_eq!(
+        header(response.headers(), "x-thrifty-upstream"),
+        dialect.default_upstream()
+    );
+    let streamed = read_stream(response).await;
+    assert!(streamed.error.is_none(), "{:?}", streamed.error);
+    assert_eq!(dialect.streamed_text(&streamed.text()), slow_text());
+    assert_eq!(fake.last_request().and_then(|r| r.json()), Some(request));
+
+    // The fake waits `delay` between its ~200 chunks; a proxy that buffered the stream would
+    // hand them over together at the end.
+    assert!(
+        streamed.chunks.len() >= 20,
+        "the client got the stream in {} pieces",
+        streamed.chunks.len()
+    );
+    assert!(
+        streamed.spread() >= delay * 100,
+        "the first chunk arrived only {:?} before the last",
+        streamed.spread()
+    );
+}
+
+#[tokio::test]
+async fn openai_sse_streams_arrive_chunk_by_chunk() {
+    streams_arrive_chunk_by_chunk(Dialect::OpenAi).await;
+}
+
+#[tokio::test]
+async fn ollama_ndjson_streams_arrive_chunk_by_chunk() {
+    streams_arrive_chunk_by_chunk(Dialect::Ollama).await;
+}
+
+/// Streamed completions keep their content type and end marker too.
+#[tokio::test]
+async fn streamed_completions_keep_their_format_in_both_dialects() {
+    let fake = FakeLlm::start().await;
+    let thrifty = Thrifty::start(config_for(&fake)).await;
+    for dialect in DIALECTS {
+        let request = dialect.streaming(Call::Completion, "gpt-4o-mini", "hello there");
+        let response = client()
+            .post(format!(
+                "{}{}",
+                thrifty.url(),
+                dialect.path(Call::Completion)
+            ))
+            .json(&request)
+            .send()
+            .await
+            .expect("request is sent");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(response.headers(), "content-type"),
+            dialect.stream_content_type()
+        );
+        let streamed = read_stream(response).await;
+        assert!(streamed.error.is_none(), "{:?}", streamed.error);
+        assert_eq!(
+            dialect.streamed_text(&streamed.text()),
+            "Echo: hello there",
+            "{dialect:?}"
+        );
+    }
+}
