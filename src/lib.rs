@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod reply;
 pub mod router;
+pub mod savings;
 pub mod secret;
 pub mod semantic;
 pub mod server;

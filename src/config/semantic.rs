@@ -37,7 +37,7 @@ impl Default for RawSemantic {
         RawSemantic {
             enabled: true,
             model_dir: None,
-            threshold: 0.9,
+            threshold: 0.88,
             guard: true,
             context: ContextRule::Prefix,
             window_messages: 4,

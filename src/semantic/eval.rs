@@ -77,11 +77,8 @@ pub async fn score(embedder: &Embedder, path: &Path) -> Result<Vec<(f32, bool, b
             let (Some(a), Some(b)) = (&vectors[2 * i], &vectors[2 * i + 1]) else {
                 return Err("the model failed to embed a pair".to_owned());
             };
-            Ok((
-                similarity(a, b),
-                guard::check(&p.a, &p.b).is_ok(),
-                p.label == 1,
-            ))
+            let sim = similarity(a, b);
+            Ok((sim, guard::check(&p.a, &p.b, sim).is_ok(), p.label == 1))
         })
         .collect()
 }

@@ -426,29 +426,46 @@ const STOP: &[&str] = &[
     "find",
 ];
 
-/// How many content words may differ on each side before the guard calls it other wording.
+/// How many content words may differ on each side when the similarity is at least
+/// [`LOOSE_WORDING_SIMILARITY`]; below it, none may.
 const MAX_WORDING_DIFFERENCE: usize = 1;
+
+/// The similarity from which one differing content word is tolerated.
+pub const LOOSE_WORDING_SIMILARITY: f32 = 0.99;
+
+/// Negation words; their presence on one side only flips a request.
+const NEGATION: &[&str] = &[
+    "not", "no", "never", "none", "nothing", "nobody", "nor", "neither", "without", "cannot",
+];
+
+/// Words that mark who does what to whom ("X acquired Y" / "X was acquired by Y").
+const ROLE: &[&str] = &["by"];
 
 #[derive(Debug)]
 struct Analysis {
-    numbers: BTreeMap<String, usize>,
-    polarity: BTreeMap<String, usize>,
+    /// Numbers and quantity words, in order.
+    numbers: Vec<String>,
+    /// Polarity words, in order.
+    polarity: Vec<String>,
     /// Distinctive tokens, lowercased, in order of appearance.
     distinctive: Vec<String>,
-    content: BTreeMap<String, usize>,
+    /// Content words, stemmed, in order.
+    content: Vec<String>,
+    roles: usize,
 }
 
 /// Splits text into words, keeping digits, `.`/`_`/`-` inside identifiers, and `n't` as `not`.
 fn words(text: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let mut sentence_start = true;
-    for raw in text.split(|c: char| {
+    let separators = |c: char| {
         c.is_whitespace()
             || matches!(
                 c,
                 ',' | ';' | '(' | ')' | '"' | '?' | '!' | ':' | '[' | ']' | '{' | '}'
             )
-    }) {
+    };
+    for raw in text.split(separators) {
         let trimmed = raw.trim_matches(|c: char| !c.is_alphanumeric() && c != '+' && c != '#');
         let ends_sentence = raw.ends_with('.') && !trimmed.contains('.');
         if trimmed.is_empty() {
@@ -457,10 +474,16 @@ fn words(text: &str) -> Vec<(String, bool)> {
             }
             continue;
         }
-        let lower = trimmed.to_lowercase();
+        let lower = trimmed.to_lowercase().replace('\u{2019}', "'");
         let (stem, negated) = match lower.strip_suffix("n't") {
             Some(stem) => (stem.to_owned(), true),
-            None => (lower.replace('\'', ""), false),
+            None => {
+                let base = ["'s", "'re", "'ve", "'ll", "'d", "'m"]
+                    .iter()
+                    .find_map(|suffix| lower.strip_suffix(suffix))
+                    .unwrap_or(&lower);
+                (base.replace('\'', ""), false)
+            }
         };
         let capital = trimmed.chars().next().is_some_and(char::is_uppercase);
         // A capital counts only away from the start of a sentence.
@@ -493,37 +516,69 @@ fn stem(word: &str) -> String {
 
 fn analyse(text: &str) -> Analysis {
     let mut a = Analysis {
-        numbers: BTreeMap::new(),
-        polarity: BTreeMap::new(),
+        numbers: Vec::new(),
+        polarity: Vec::new(),
         distinctive: Vec::new(),
-        content: BTreeMap::new(),
+        content: Vec::new(),
+        roles: 0,
     };
     for (word, distinctive) in words(text) {
         let w = word.as_str();
-        if w.chars().any(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&w) {
-            *a.numbers.entry(word.clone()).or_default() += 1;
+        let number = w.chars().any(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&w);
+        if number {
+            a.numbers.push(word.clone());
         }
         if POLARITY.contains(&w) {
-            *a.polarity.entry(word.clone()).or_default() += 1;
+            a.polarity.push(word.clone());
+        }
+        if ROLE.contains(&w) {
+            a.roles += 1;
         }
         if distinctive || NAMED.contains(&w) {
             a.distinctive.push(word.clone());
         }
-        if !STOP.contains(&w) && !POLARITY.contains(&w) && !NUMBER_WORDS.contains(&w) {
-            *a.content.entry(stem(w)).or_default() += 1;
+        if !number && !NEGATION.contains(&w) && (!STOP.contains(&w) || POLARITY.contains(&w)) {
+            a.content.push(stem(w));
         }
     }
     a
 }
 
-fn sorted(v: &[String]) -> Vec<&String> {
-    let mut s: Vec<&String> = v.iter().collect();
-    s.sort();
-    s
+fn counts(words: &[String]) -> BTreeMap<&str, usize> {
+    let mut map = BTreeMap::new();
+    for w in words {
+        *map.entry(w.as_str()).or_insert(0) += 1;
+    }
+    map
+}
+
+/// How many words of `a` are not matched in `b`.
+fn unmatched(a: &BTreeMap<&str, usize>, b: &BTreeMap<&str, usize>) -> usize {
+    a.iter()
+        .map(|(w, n)| n.saturating_sub(b.get(w).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// The length of the longest common subsequence.
+fn common_subsequence(a: &[&str], b: &[&str]) -> usize {
+    let mut row = vec![0usize; b.len() + 1];
+    for x in a {
+        let mut diagonal = 0;
+        for (j, y) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if x == y {
+                diagonal + 1
+            } else {
+                above.max(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Checks whether serving `cached`'s answer for `query` is safe beyond similarity.
-pub fn check(query: &str, cached: &str) -> Result<(), Rejection> {
+pub fn check(query: &str, cached: &str, similarity: f32) -> Result<(), Rejection> {
     let q = analyse(query);
     let c = analyse(cached);
     if q.numbers != c.numbers {
@@ -532,21 +587,33 @@ pub fn check(query: &str, cached: &str) -> Result<(), Rejection> {
     if q.polarity != c.polarity {
         return Err(Rejection::Polarity);
     }
-    if sorted(&q.distinctive) != sorted(&c.distinctive) {
+    if counts(&q.distinctive) != counts(&c.distinctive) {
         return Err(Rejection::Distinctive);
     }
-    if q.distinctive != c.distinctive {
+    if q.distinctive != c.distinctive || q.roles != c.roles {
         return Err(Rejection::Order);
     }
-    let only_in = |a: &BTreeMap<String, usize>, b: &BTreeMap<String, usize>| {
-        a.iter()
-            .map(|(w, n)| n.saturating_sub(b.get(w).copied().unwrap_or(0)))
-            .sum::<usize>()
+    let (qc, cc) = (counts(&q.content), counts(&c.content));
+    let budget = if similarity >= LOOSE_WORDING_SIMILARITY {
+        MAX_WORDING_DIFFERENCE
+    } else {
+        0
     };
-    if only_in(&q.content, &c.content) > MAX_WORDING_DIFFERENCE
-        || only_in(&c.content, &q.content) > MAX_WORDING_DIFFERENCE
-    {
+    if unmatched(&qc, &cc) > budget || unmatched(&cc, &qc) > budget {
         return Err(Rejection::Wording);
+    }
+    let shared = |words: &[String], other: &BTreeMap<&str, usize>| -> Vec<String> {
+        words
+            .iter()
+            .filter(|w| other.contains_key(w.as_str()))
+            .cloned()
+            .collect()
+    };
+    let (qs, cs) = (shared(&q.content, &cc), shared(&c.content, &qc));
+    let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
+    let cs: Vec<&str> = cs.iter().map(String::as_str).collect();
+    if common_subsequence(&qs, &cs) < qs.len().min(cs.len()) {
+        return Err(Rejection::Order);
     }
     Ok(())
 }
@@ -558,13 +625,18 @@ mod tests {
     #[test]
     fn paraphrases_pass() {
         assert_eq!(
-            check("How do I reset my password?", "how can I reset my password"),
+            check(
+                "How do I reset my password?",
+                "how can I reset my password",
+                0.98
+            ),
             Ok(())
         );
         assert_eq!(
             check(
                 "What is the capital of France?",
-                "what's the capital of France"
+                "what's the capital of France",
+                0.9
             ),
             Ok(())
         );
@@ -573,28 +645,53 @@ mod tests {
     #[test]
     fn near_misses_are_rejected_with_a_reason() {
         assert_eq!(
-            check("turn dark mode on", "turn dark mode off"),
+            check("turn dark mode on", "turn dark mode off", 0.96),
             Err(Rejection::Polarity)
         );
         assert_eq!(
-            check("good morning in Spanish", "good morning in French"),
+            check("good morning in Spanish", "good morning in French", 0.96),
             Err(Rejection::Distinctive)
         );
         assert_eq!(
-            check("give me 3 ideas", "give me 5 ideas"),
+            check("give me 3 ideas", "give me 5 ideas", 0.96),
             Err(Rejection::Numbers)
         );
         assert_eq!(
-            check("I don't want onions", "I want onions"),
+            check("I don't want onions", "I want onions", 0.96),
             Err(Rejection::Polarity)
         );
         assert_eq!(
-            check("flights from Paris to Rome", "flights from Rome to Paris"),
+            check(
+                "flights from Paris to Rome",
+                "flights from Rome to Paris",
+                0.99
+            ),
             Err(Rejection::Order)
         );
         assert_eq!(
-            check("how to bake bread at home", "how to brew beer at home"),
+            check(
+                "how to bake bread at home",
+                "how to brew beer at home",
+                0.96
+            ),
             Err(Rejection::Wording)
+        );
+        assert_eq!(
+            check(
+                "McDonnell Douglas acquired Boeing",
+                "McDonnell Douglas was acquired by Boeing",
+                0.97
+            ),
+            Err(Rejection::Order)
+        );
+        assert_eq!(
+            check(
+                "how do I reset my password",
+                "how do I change my password",
+                0.90
+            ),
+            Err(Rejection::Wording),
+            "below the loose similarity no content word may differ"
         );
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hnsw_rs::prelude::{DistDot, Hnsw};
+use hnsw_rs::prelude::Hnsw;
 use parking_lot::RwLock;
 
 use super::embedder::similarity;
@@ -32,7 +32,7 @@ struct Partition {
     items: Vec<Option<Arc<Item>>>,
     by_answer: HashMap<String, usize>,
     live: usize,
-    ann: Option<Hnsw<'static, f32, DistDot>>,
+    ann: Option<Hnsw<'static, f32, Dot>>,
 }
 
 impl Partition {
@@ -43,6 +43,16 @@ impl Partition {
             live: 0,
             ann: None,
         }
+    }
+}
+
+/// Cosine distance of L2-normalised vectors, clamped so rounding never goes below zero.
+#[derive(Clone, Copy, Default)]
+struct Dot;
+
+impl hnsw_rs::prelude::Distance<f32> for Dot {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - similarity(a, b)).max(0.0)
     }
 }
 
@@ -251,7 +261,7 @@ fn compact_if_sparse(p: &mut Partition) {
 }
 
 fn rebuild(p: &mut Partition) {
-    let ann = Hnsw::<f32, DistDot>::new(16, p.items.len().max(1024) * 2, 16, 100, DistDot {});
+    let ann = Hnsw::<f32, Dot>::new(16, p.items.len().max(1024) * 2, 16, 100, Dot);
     for (slot, item) in p.items.iter().enumerate() {
         if let Some(item) = item {
             ann.insert_slice((&item.vector, slot));

@@ -5,6 +5,7 @@
 //! and failures are counted and logged at most once per interval; callers treat
 //! an error as a miss (fail open), never as a failed request.
 
+pub mod counters;
 mod embedded;
 mod redis;
 

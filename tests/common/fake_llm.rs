@@ -320,6 +320,8 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Like real servers: each chunk goes out at once instead of waiting for an ACK.
+        let _ = stream.set_nodelay(true);
         while connections.try_join_next().is_some() {}
         let state = Arc::clone(&state);
         connections.spawn(async move {

@@ -28,6 +28,30 @@ pub fn config_for(fake: &FakeLlm) -> RawConfig {
         ..RawConfig::default()
     };
     raw.store.data_dir = fresh_dir("store");
+    // Semantic caching is switched on by the tests that are about it.
+    raw.semantic.enabled = false;
+    raw
+}
+
+/// The model directory the test command fetched (`THRIFTY_EMBED_DIR`); a missing
+/// model fails the test, it never skips it.
+pub fn model_dir() -> std::path::PathBuf {
+    let dir = std::env::var("THRIFTY_EMBED_DIR").map(std::path::PathBuf::from).expect(
+        "THRIFTY_EMBED_DIR is not set: run ./scripts/test.sh, which fetches the embedding model",
+    );
+    assert!(
+        dir.join("model.onnx").is_file() && dir.join("libonnxruntime.so").is_file(),
+        "no embedding model in {}: run scripts/fetch-model-assets.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// `config_for` with the semantic cache on, using the fetched model.
+pub fn semantic_config_for(fake: &FakeLlm) -> RawConfig {
+    let mut raw = config_for(fake);
+    raw.semantic.enabled = true;
+    raw.semantic.model_dir = Some(model_dir());
     raw
 }
 

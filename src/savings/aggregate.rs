@@ -1,0 +1,412 @@
+//! The aggregate the ledger keeps: one counter key per UTC day, one field per
+//! model × team × key × outcome × measure, incremented atomically. This file owns the
+//! key and field names and the sums read back; it does no I/O.
+
+use std::collections::BTreeMap;
+
+use super::day::Day;
+use super::pricing::Quote;
+use super::record::{Outcome, UsageRecord};
+
+/// Every ledger key shares one hash tag, so a batch is one slot on a Redis cluster.
+pub const PREFIX: &str = "thrifty:v1:{savings}:";
+
+/// The capped log of raw records.
+pub fn log_key() -> String {
+    format!("{PREFIX}log")
+}
+
+pub fn day_key(day: Day) -> String {
+    format!("{PREFIX}day:{day}")
+}
+
+/// Where a writer notes the last batch it applied.
+pub fn marker_key(writer: &str) -> String {
+    format!("{PREFIX}applied:{writer}")
+}
+
+/// One aggregate cell: what a field's first four parts name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cell {
+    pub day: Day,
+    pub model: String,
+    /// Empty when the key has no team.
+    pub team: String,
+    pub key: String,
+    pub outcome: Outcome,
+}
+
+impl Cell {
+    pub fn of(record: &UsageRecord) -> Cell {
+        Cell {
+            day: record.day(),
+            model: record.model.clone(),
+            team: record.team.clone().unwrap_or_default(),
+            key: record.key().to_owned(),
+            outcome: record.outcome,
+        }
+    }
+
+    fn field(&self, measure: &str) -> String {
+        format!(
+            "{}|{}|{}|{}|{measure}",
+            escape(&self.model),
+            escape(&self.team),
+            escape(&self.key),
+            self.outcome.as_str()
+        )
+    }
+}
+
+/// Token sums of one side of the bill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenSums {
+    pub prompt: i128,
+    pub cached_prompt: i128,
+    pub completion: i128,
+}
+
+impl TokenSums {
+    pub fn total(&self) -> i128 {
+        self.prompt + self.completion
+    }
+
+    fn add(&mut self, other: &TokenSums) {
+        self.prompt += other.prompt;
+        self.cached_prompt += other.cached_prompt;
+        self.completion += other.completion;
+    }
+}
+
+/// Sums over one or more cells. Costs are pico-units over priced requests only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: i128,
+    /// Requests per outcome, indexed like [`Outcome::ALL`].
+    pub outcomes: [i128; 6],
+    pub priced: i128,
+    pub unpriced: i128,
+    pub estimated: i128,
+    pub embed_calls: i128,
+    pub baseline: TokenSums,
+    pub actual: TokenSums,
+    pub overhead: TokenSums,
+    pub cost_baseline: i128,
+    pub cost_actual: i128,
+    pub cost_overhead: i128,
+    pub latency_us: i128,
+    pub upstream_us: i128,
+    pub upstream_n: i128,
+    /// Price version label (see [`version_label`]) → requests priced with it.
+    pub versions: BTreeMap<String, i128>,
+    /// Model without a price → requests that used it.
+    pub unpriced_models: BTreeMap<String, i128>,
+}
+
+impl Totals {
+    pub fn add(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        for (mine, theirs) in self.outcomes.iter_mut().zip(other.outcomes) {
+            *mine += theirs;
+        }
+        self.priced += other.priced;
+        self.unpriced += other.unpriced;
+        self.estimated += other.estimated;
+        self.embed_calls += other.embed_calls;
+        self.baseline.add(&other.baseline);
+        self.actual.add(&other.actual);
+        self.overhead.add(&other.overhead);
+        self.cost_baseline += other.cost_baseline;
+        self.cost_actual += other.cost_actual;
+        self.cost_overhead += other.cost_overhead;
+        self.latency_us += other.latency_us;
+        self.upstream_us += other.upstream_us;
+        self.upstream_n += other.upstream_n;
+        for (label, n) in &other.versions {
+            *self.versions.entry(label.clone()).or_default() += n;
+        }
+        for (model, n) in &other.unpriced_models {
+            *self.unpriced_models.entry(model.clone()).or_default() += n;
+        }
+    }
+
+    pub fn outcome(&self, outcome: Outcome) -> i128 {
+        Outcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .map_or(0, |i| self.outcomes[i])
+    }
+
+    pub fn hits(&self) -> i128 {
+        self.outcome(Outcome::ExactHit) + self.outcome(Outcome::SemanticHit)
+    }
+
+    /// Cache hits per request.
+    pub fn hit_rate(&self) -> Option<f64> {
+        ratio(self.hits(), self.requests)
+    }
+
+    pub fn tokens_saved(&self) -> i128 {
+        self.baseline.total() - self.actual.total()
+    }
+
+    /// Costs exist when at least one request was priced, or when nothing went unpriced.
+    pub fn has_costs(&self) -> bool {
+        self.priced > 0 || self.unpriced == 0
+    }
+
+    fn cost(&self, pico: i128) -> Option<i128> {
+        self.has_costs().then_some(pico)
+    }
+
+    pub fn baseline_cost(&self) -> Option<i128> {
+        self.cost(self.cost_baseline)
+    }
+
+    pub fn actual_cost(&self) -> Option<i128> {
+        self.cost(self.cost_actual)
+    }
+
+    pub fn overhead_cost(&self) -> Option<i128> {
+        self.cost(self.cost_overhead)
+    }
+
+    /// Baseline − actual − overhead.
+    pub fn net_saved(&self) -> Option<i128> {
+        self.cost(self.cost_baseline - self.cost_actual - self.cost_overhead)
+    }
+
+    /// Prompt tokens sent per prompt token received, where thrifty compressed.
+    pub fn compression_ratio(&self) -> Option<f64> {
+        ratio(self.actual.prompt, self.baseline.prompt)
+    }
+
+    pub fn avg_latency_ms(&self) -> Option<f64> {
+        ratio(self.latency_us, self.requests).map(|us| us / 1000.0)
+    }
+
+    pub fn avg_upstream_ms(&self) -> Option<f64> {
+        ratio(self.upstream_us, self.upstream_n).map(|us| us / 1000.0)
+    }
+}
+
+fn ratio(part: i128, whole: i128) -> Option<f64> {
+    (whole != 0).then(|| part as f64 / whole as f64)
+}
+
+/// `model|upstream|effective`, each part escaped.
+pub fn version_label(model: &str, upstream: Option<&str>, effective: Day) -> String {
+    format!(
+        "{}|{}|{effective}",
+        escape(model),
+        upstream.map(escape).unwrap_or_default()
+    )
+}
+
+pub fn parse_version_label(label: &str) -> Option<(String, Option<String>, Day)> {
+    let mut parts = label.split('|');
+    let model = unescape(parts.next()?);
+    let upstream = Some(unescape(parts.next()?)).filter(|u| !u.is_empty());
+    let effective = Day::parse(parts.next()?)?;
+    parts
+        .next()
+        .is_none()
+        .then_some((model, upstream, effective))
+}
+
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn cost(pico: u128) -> i64 {
+    // A single request above 9.2 million currency units does not exist; saturate rather than wrap.
+    i64::try_from(pico).unwrap_or(i64::MAX)
+}
+
+fn micros(ms: f64) -> i64 {
+    if ms.is_finite() && ms > 0.0 {
+        (ms * 1000.0).round() as i64
+    } else {
+        0
+    }
+}
+
+/// The field increments one record makes, zeros left out.
+pub fn increments(record: &UsageRecord, quote: &Quote) -> Vec<(String, i64)> {
+    let cell = Cell::of(record);
+    let mut out: Vec<(String, i64)> = Vec::with_capacity(24);
+    let mut add = |measure: &str, value: i64| {
+        if value != 0 {
+            out.push((cell.field(measure), value));
+        }
+    };
+    add("requests", 1);
+    add("estimated", i64::from(record.estimated));
+    add("embed_calls", int(record.embed_calls));
+    for (side, tokens) in [
+        ("b", &record.baseline),
+        ("a", &record.actual),
+        ("o", &record.overhead),
+    ] {
+        add(&format!("{side}_prompt"), int(tokens.prompt));
+        add(&format!("{side}_cached"), int(tokens.cached_prompt));
+        add(&format!("{side}_completion"), int(tokens.completion));
+    }
+    add("latency_us", micros(record.latency_ms));
+    if let Some(ms) = record.upstream_ms {
+        add("upstream_us", micros(ms));
+        add("upstream_n", 1);
+    }
+    match &quote.costs {
+        Some(costs) => {
+            add("priced", 1);
+            add("c_baseline", cost(costs.baseline));
+            add("c_actual", cost(costs.actual));
+            add("c_overhead", cost(costs.overhead));
+        }
+        None => add("unpriced", 1),
+    }
+    for price in &quote.versions {
+        let label = version_label(&price.model, price.upstream.as_deref(), price.effective);
+        add(&format!("v:{label}"), 1);
+    }
+    for model in &quote.unpriced {
+        add(&format!("u:{}", escape(model)), 1);
+    }
+    out
+}
+
+/// Reads one day's fields back into cells; unknown measures are ignored.
+pub fn read_day(
+    day: Day,
+    fields: impl IntoIterator<Item = (String, i64)>,
+) -> BTreeMap<Cell, Totals> {
+    let mut cells: BTreeMap<Cell, Totals> = BTreeMap::new();
+    for (field, value) in fields {
+        let mut parts = field.splitn(5, '|');
+        let (Some(model), Some(team), Some(key), Some(outcome), Some(measure)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            continue;
+        };
+        let Some(outcome) = Outcome::parse(outcome) else {
+            continue;
+        };
+        let cell = Cell {
+            day,
+            model: unescape(model),
+            team: unescape(team),
+            key: unescape(key),
+            outcome,
+        };
+        let t = cells.entry(cell).or_default();
+        let v = i128::from(value);
+        match measure {
+            "requests" => {
+                t.requests += v;
+                if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+                    t.outcomes[i] += v;
+                }
+            }
+            "priced" => t.priced += v,
+            "unpriced" => t.unpriced += v,
+            "estimated" => t.estimated += v,
+            "embed_calls" => t.embed_calls += v,
+            "b_prompt" => t.baseline.prompt += v,
+            "b_cached" => t.baseline.cached_prompt += v,
+            "b_completion" => t.baseline.completion += v,
+            "a_prompt" => t.actual.prompt += v,
+            "a_cached" => t.actual.cached_prompt += v,
+            "a_completion" => t.actual.completion += v,
+            "o_prompt" => t.overhead.prompt += v,
+            "o_cached" => t.overhead.cached_prompt += v,
+            "o_completion" => t.overhead.completion += v,
+            "c_baseline" => t.cost_baseline += v,
+            "c_actual" => t.cost_actual += v,
+            "c_overhead" => t.cost_overhead += v,
+            "latency_us" => t.latency_us += v,
+            "upstream_us" => t.upstream_us += v,
+            "upstream_n" => t.upstream_n += v,
+            other => {
+                if let Some(label) = other.strip_prefix("v:") {
+                    *t.versions.entry(label.to_owned()).or_default() += v;
+                } else if let Some(model) = other.strip_prefix("u:") {
+                    *t.unpriced_models.entry(unescape(model)).or_default() += v;
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// Escapes `%`, `|` and control characters so names can be joined with `|`.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '%' || c == '|' || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_separators_round_trip() {
+        for name in ["plain", "a|b", "100%", "tab\there", "nul\0x", "ünï|cødé%7C"] {
+            assert_eq!(unescape(&escape(name)), name);
+            assert!(!escape(name).contains('|'));
+        }
+        let label = version_label("gpt|4*", Some("ollama*"), Day::parse("2024-07-18").unwrap());
+        let (model, upstream, day) = parse_version_label(&label).unwrap();
+        assert_eq!(
+            (
+                model.as_str(),
+                upstream.as_deref(),
+                day.to_string().as_str()
+            ),
+            ("gpt|4*", Some("ollama*"), "2024-07-18")
+        );
+        assert_eq!(
+            parse_version_label(&version_label("m", None, day))
+                .unwrap()
+                .1,
+            None
+        );
+    }
+}

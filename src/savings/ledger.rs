@@ -1,0 +1,387 @@
+//! The ledger: takes usage records off the request path and writes them, priced, to
+//! the store's aggregate and audit log, exactly once, surviving store outages.
+//!
+//! ```text
+//!  record() ──try_send──► queue ──► writer: price ─► buffer ─► batch ─► Store::apply_once
+//!                                          ▲                    │ error: keep the batch,
+//!                                          └─── keep draining ◄─┘ back off, retry it
+//! ```
+//!
+//! A batch keeps its sequence number across retries and the store skips a sequence it
+//! has applied, so a write that timed out after landing is not counted twice.
+//!
+//! Ledger keys never expire, so the store must keep them: on Redis, persist with the
+//! append-only file (`appendonly yes`, `appendfsync everysec` loses at most a second on a
+//! crash, `always` nothing) and never evict them (`maxmemory-policy volatile-lru` or
+//! `volatile-ttl` evicts only the caches' expiring keys; `allkeys-*` would evict the ledger).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::aggregate::{self, Cell, Totals};
+use super::day::Day;
+use super::metrics::Metrics;
+use super::money;
+use super::pricing::{Pricing, Quote};
+use super::query::ReportQuery;
+use super::record::UsageRecord;
+use super::report::Report;
+use crate::store::counters::CounterBatch;
+use crate::store::{Store, StoreError};
+
+/// First and longest wait between attempts to write to a failing store.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// How long a report waits for records still being written before it reads.
+const REPORT_FLUSH: Duration = Duration::from_secs(2);
+
+/// Sizes of the ledger's queue, buffer, batches and audit log.
+#[derive(Clone, Copy, Debug)]
+pub struct LedgerOptions {
+    /// Records between `record()` and the writer; beyond it records are dropped (counted).
+    pub queue: usize,
+    /// Records the writer holds while the store is failing; beyond it they are dropped (counted).
+    pub buffer: usize,
+    /// Records written per store call.
+    pub batch: usize,
+    /// Raw records the audit log keeps.
+    pub log_cap: usize,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions {
+            queue: 8_192,
+            buffer: 200_000,
+            batch: 256,
+            log_cap: 100_000,
+        }
+    }
+}
+
+/// A raw record as the audit log keeps it: the record, its prices and its costs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(flatten)]
+    pub record: UsageRecord,
+    /// Price versions applied, as `model|upstream|effective`.
+    pub prices: Vec<String>,
+    pub unpriced: Vec<String>,
+    /// Exact decimal costs; absent when a model had no price.
+    pub cost: Option<AuditCost>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCost {
+    pub currency: String,
+    pub baseline: String,
+    pub actual: String,
+    pub overhead: String,
+    pub net_saved: String,
+}
+
+/// The savings ledger. Create it inside a Tokio runtime: it spawns its writer.
+pub struct Ledger {
+    store: Arc<Store>,
+    pricing: Arc<Pricing>,
+    sender: mpsc::Sender<UsageRecord>,
+    accepted: AtomicU64,
+    settled: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ledger {
+    pub fn new(store: Arc<Store>, pricing: Pricing) -> Arc<Ledger> {
+        Ledger::with_options(store, pricing, LedgerOptions::default())
+    }
+
+    pub fn with_options(
+        store: Arc<Store>,
+        pricing: Pricing,
+        options: LedgerOptions,
+    ) -> Arc<Ledger> {
+        let pricing = Arc::new(pricing);
+        let metrics = Arc::new(Metrics::new(store.clone(), pricing.currency()));
+        let (sender, receiver) = mpsc::channel(options.queue.max(1));
+        let (settle, settled) = watch::channel(0);
+        let writer = Writer {
+            store: store.clone(),
+            pricing: pricing.clone(),
+            metrics: metrics.clone(),
+            receiver,
+            open: true,
+            buffer: VecDeque::new(),
+            batch: None,
+            marker: aggregate::marker_key(&uuid::Uuid::new_v4().simple().to_string()),
+            seq: 0,
+            options,
+            settle,
+            failing: false,
+        };
+        tokio::spawn(writer.run());
+        Arc::new(Ledger {
+            store,
+            pricing,
+            sender,
+            accepted: AtomicU64::new(0),
+            settled,
+            metrics,
+        })
+    }
+
+    /// Records a finished request. Never blocks: a full queue drops the record and counts it.
+    pub fn record(&self, record: UsageRecord) {
+        self.metrics.record(&record);
+        match self.sender.try_send(record) {
+            Ok(()) => {
+                self.accepted.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(_) => {
+                let dropped = self.metrics.dropped(1);
+                // Logged at 1, 2, 4, 8, ... drops: loud at first, never a flood.
+                if dropped.is_power_of_two() {
+                    tracing::warn!(dropped, "savings ledger queue full: usage record dropped");
+                }
+            }
+        }
+    }
+
+    /// Waits until every record accepted so far is written (or dropped for a full buffer).
+    /// While the store is down this waits for it; bound it with a timeout where that matters.
+    pub async fn flush(&self) {
+        let target = self.accepted.load(Ordering::SeqCst);
+        let mut settled = self.settled.clone();
+        // An error means the writer is gone, and with it anything left to wait for.
+        let _ = settled.wait_for(|n| *n >= target).await;
+    }
+
+    /// The report for a query, read from the store after a short flush.
+    pub async fn report(&self, query: &ReportQuery) -> Result<Report, StoreError> {
+        let cells = self.cells(query.from, query.to).await?;
+        Ok(Report::build(query, &cells, &self.pricing))
+    }
+
+    /// The aggregate cells of the days `from..=to`, after a short flush.
+    pub async fn cells(&self, from: Day, to: Day) -> Result<BTreeMap<Cell, Totals>, StoreError> {
+        let _ = tokio::time::timeout(REPORT_FLUSH, self.flush()).await;
+        let mut cells = BTreeMap::new();
+        let mut day = from;
+        while day <= to {
+            let fields = self.store.counters(&aggregate::day_key(day)).await?;
+            cells.extend(aggregate::read_day(day, fields));
+            day = day.plus(1);
+        }
+        Ok(cells)
+    }
+
+    /// The newest `n` raw records of the audit log, oldest first.
+    pub async fn recent(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let _ = tokio::time::timeout(REPORT_FLUSH, self.flush()).await;
+        let raw = self.store.recent(&aggregate::log_key(), n).await?;
+        Ok(raw
+            .iter()
+            .filter_map(|r| serde_json::from_slice(r).ok())
+            .collect())
+    }
+
+    pub fn pricing(&self) -> &Pricing {
+        &self.pricing
+    }
+
+    /// The Prometheus hooks for what usage records do not cover: other routes, refusals
+    /// by the rate limiter, upstream errors.
+    pub fn metrics_hooks(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Prometheus text exposition (see [`super::METRICS_CONTENT_TYPE`]).
+    pub fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// Records lost to a full queue or buffer since start.
+    pub fn dropped(&self) -> u64 {
+        self.metrics.dropped_total()
+    }
+
+    /// Records accepted but not yet written.
+    pub fn pending(&self) -> u64 {
+        self.metrics.pending()
+    }
+}
+
+struct Pending {
+    record: UsageRecord,
+    quote: Quote,
+}
+
+/// The one task that writes to the store.
+struct Writer {
+    store: Arc<Store>,
+    pricing: Arc<Pricing>,
+    metrics: Arc<Metrics>,
+    receiver: mpsc::Receiver<UsageRecord>,
+    open: bool,
+    buffer: VecDeque<Pending>,
+    /// The batch being written and how many records it holds; kept until it lands.
+    batch: Option<(CounterBatch, u64)>,
+    marker: String,
+    seq: u64,
+    options: LedgerOptions,
+    settle: watch::Sender<u64>,
+    failing: bool,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut wait = RETRY_MIN;
+        loop {
+            if self.batch.is_none() && self.buffer.is_empty() {
+                if !self.open {
+                    return;
+                }
+                match self.receiver.recv().await {
+                    Some(record) => self.accept(record),
+                    None => return,
+                }
+            }
+            while let Ok(record) = self.receiver.try_recv() {
+                self.accept(record);
+            }
+            if self.batch.is_none() {
+                self.batch = Some(self.next_batch());
+            }
+            let Some((batch, count)) = &self.batch else {
+                continue;
+            };
+            match self.store.apply_once(batch).await {
+                Ok(_) => {
+                    let count = *count;
+                    self.batch = None;
+                    self.settled(count);
+                    wait = RETRY_MIN;
+                    if self.failing {
+                        self.failing = false;
+                        tracing::info!(pending = self.pending(), "savings ledger writing again");
+                    }
+                }
+                Err(error) => {
+                    if !self.failing {
+                        self.failing = true;
+                        tracing::warn!(%error, pending = self.pending(), "savings ledger cannot write: buffering records until the store is back");
+                    }
+                    self.pause(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Sleeps, taking in new records meanwhile so `record()` never finds the queue full.
+    async fn pause(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                received = self.receiver.recv(), if self.open => match received {
+                    Some(record) => self.accept(record),
+                    None => self.open = false,
+                },
+            }
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.buffer.len()
+            + self
+                .batch
+                .as_ref()
+                .map_or(0, |(_, n)| usize::try_from(*n).unwrap_or(usize::MAX))
+    }
+
+    fn accept(&mut self, record: UsageRecord) {
+        if self.pending() >= self.options.buffer.max(1) {
+            let dropped = self.metrics.dropped(1);
+            self.settled(1);
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "savings ledger buffer full: usage record dropped");
+            }
+            return;
+        }
+        let quote = self.pricing.quote(&record);
+        self.metrics.cost(quote.costs.as_ref());
+        self.buffer.push_back(Pending { record, quote });
+        self.metrics.set_pending(self.pending());
+    }
+
+    fn settled(&mut self, n: u64) {
+        // The gauge first: a flush woken by the count may read it at once.
+        self.metrics.set_pending(self.pending());
+        self.settle.send_modify(|settled| *settled += n);
+    }
+
+    /// Sums the next records into one batch per day and encodes their audit entries.
+    fn next_batch(&mut self) -> (CounterBatch, u64) {
+        let take = self.buffer.len().min(self.options.batch.max(1));
+        let mut days: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        let mut entries = Vec::with_capacity(take);
+        for pending in self.buffer.drain(..take) {
+            let fields = days
+                .entry(aggregate::day_key(pending.record.day()))
+                .or_default();
+            for (field, delta) in aggregate::increments(&pending.record, &pending.quote) {
+                let sum = fields.entry(field).or_default();
+                *sum = sum.saturating_add(delta);
+            }
+            match serde_json::to_vec(&audit_entry(pending, self.pricing.currency())) {
+                Ok(json) => entries.push(Bytes::from(json)),
+                Err(error) => tracing::warn!(%error, "cannot encode an audit entry"),
+            }
+        }
+        self.seq += 1;
+        let batch = CounterBatch {
+            marker: self.marker.clone(),
+            seq: self.seq,
+            counters: days
+                .into_iter()
+                .map(|(key, fields)| (key, fields.into_iter().collect()))
+                .collect(),
+            log: aggregate::log_key(),
+            entries,
+            cap: self.options.log_cap,
+        };
+        (batch, u64::try_from(take).unwrap_or(u64::MAX))
+    }
+}
+
+fn audit_entry(pending: Pending, currency: &str) -> AuditEntry {
+    let Pending { record, quote } = pending;
+    let cost = quote.costs.map(|c| AuditCost {
+        currency: currency.to_owned(),
+        baseline: money::decimal(wide(c.baseline)),
+        actual: money::decimal(wide(c.actual)),
+        overhead: money::decimal(wide(c.overhead)),
+        net_saved: money::decimal(c.net_saved()),
+    });
+    AuditEntry {
+        prices: quote
+            .versions
+            .iter()
+            .map(|p| aggregate::version_label(&p.model, p.upstream.as_deref(), p.effective))
+            .collect(),
+        unpriced: quote.unpriced,
+        cost,
+        record,
+    }
+}
+
+fn wide(pico: u128) -> i128 {
+    i128::try_from(pico).unwrap_or(i128::MAX / 4)
+}

@@ -1,0 +1,70 @@
+//! Exact renderings of integer pico-unit sums: money is summed as integers and only
+//! turned into text at the edge, never into a float on its way to a report.
+
+use super::pricing::PICO;
+
+/// `1234567890000` pico → `"1.23456789"`: exact, at least two decimals, no trailing zeros beyond.
+pub fn decimal(pico: i128) -> String {
+    let sign = if pico < 0 { "-" } else { "" };
+    let magnitude = pico.unsigned_abs();
+    let unit = PICO.unsigned_abs();
+    let whole = magnitude / unit;
+    let fraction = format!("{:012}", magnitude % unit);
+    let trimmed = fraction.trim_end_matches('0');
+    let shown = if trimmed.len() < 2 {
+        &fraction[..2]
+    } else {
+        trimmed
+    };
+    format!("{sign}{whole}.{shown}")
+}
+
+/// `part / whole` as a percentage with two decimals, rounded half away from zero.
+pub fn percent(part: i128, whole: i128) -> Option<String> {
+    if whole == 0 {
+        return None;
+    }
+    let scaled = part.checked_mul(10_000)?;
+    let (q, r) = (scaled / whole, scaled % whole);
+    // Round half away from zero: compare twice the remainder with the divisor.
+    let bump = r.unsigned_abs().checked_mul(2)? >= whole.unsigned_abs();
+    let negative = (scaled < 0) != (whole < 0);
+    let hundredths = if bump {
+        if negative { q - 1 } else { q + 1 }
+    } else {
+        q
+    };
+    let sign = if hundredths < 0 { "-" } else { "" };
+    let abs = hundredths.unsigned_abs();
+    Some(format!("{sign}{}.{:02}", abs / 100, abs % 100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(decimal(0), "0.00");
+        assert_eq!(decimal(PICO), "1.00");
+        assert_eq!(decimal(150_000), "0.00000015");
+        assert_eq!(decimal(75_000), "0.000000075");
+        assert_eq!(decimal(1), "0.000000000001");
+        assert_eq!(decimal(-12 * PICO - PICO / 2), "-12.50");
+        assert_eq!(
+            decimal(123_456_789_012_345_678_901),
+            "123456789.012345678901"
+        );
+    }
+
+    #[test]
+    fn percentages_round_half_away_from_zero() {
+        assert_eq!(percent(1, 3).as_deref(), Some("33.33"));
+        assert_eq!(percent(2, 3).as_deref(), Some("66.67"));
+        assert_eq!(percent(1, 8).as_deref(), Some("12.50"));
+        assert_eq!(percent(-1, 8).as_deref(), Some("-12.50"));
+        assert_eq!(percent(-2, 3).as_deref(), Some("-66.67"));
+        assert_eq!(percent(1, 80_000).as_deref(), Some("0.00"));
+        assert_eq!(percent(1, 0), None);
+    }
+}

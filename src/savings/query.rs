@@ -1,0 +1,277 @@
+//! What a report covers and how it is shown, parsed from a URL query or CLI arguments.
+
+use super::day::Day;
+
+/// The longest span one report may cover, in days.
+pub const MAX_DAYS: i64 = 1_100;
+
+/// The default span: the last 30 days, today included.
+pub const DEFAULT_DAYS: i64 = 30;
+
+/// What rows are grouped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dimension {
+    Day,
+    Model,
+    Team,
+    Key,
+    Outcome,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 5] = [
+        Dimension::Day,
+        Dimension::Model,
+        Dimension::Team,
+        Dimension::Key,
+        Dimension::Outcome,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Day => "day",
+            Dimension::Model => "model",
+            Dimension::Team => "team",
+            Dimension::Key => "key",
+            Dimension::Outcome => "outcome",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Dimension> {
+        Dimension::ALL.into_iter().find(|d| d.as_str() == text)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Json,
+    Csv,
+    Table,
+}
+
+impl Format {
+    pub fn parse(text: &str) -> Option<Format> {
+        match text {
+            "json" => Some(Format::Json),
+            "csv" => Some(Format::Csv),
+            "table" => Some(Format::Table),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportQuery {
+    /// First day, inclusive (UTC).
+    pub from: Day,
+    /// Last day, inclusive (UTC).
+    pub to: Day,
+    pub group_by: Vec<Dimension>,
+    pub format: Format,
+}
+
+impl ReportQuery {
+    /// The last `days` days up to `today`, grouped by day.
+    pub fn last_days(today: Day, days: i64) -> ReportQuery {
+        ReportQuery {
+            from: today.plus(1 - days.max(1)),
+            to: today,
+            group_by: vec![Dimension::Day],
+            format: Format::Json,
+        }
+    }
+}
+
+/// The `thrifty report` arguments, as typed.
+#[derive(Clone, Debug, Default)]
+pub struct ReportArgs {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Comma-separated dimensions; empty for totals only.
+    pub group_by: Option<String>,
+    /// csv, json or table (the default).
+    pub format: Option<String>,
+}
+
+impl ReportArgs {
+    pub fn query(&self, today: Day, default_format: Format) -> Result<ReportQuery, String> {
+        build(
+            today,
+            self.from.as_deref(),
+            self.to.as_deref(),
+            self.group_by.as_deref(),
+            self.format.as_deref(),
+            default_format,
+        )
+    }
+}
+
+/// Parses `from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day,model&format=json|csv`.
+/// Defaults: the last 30 days, grouped by day, as JSON.
+pub fn parse_query(query_string: &str) -> Result<ReportQuery, String> {
+    let (mut from, mut to, mut group_by, mut format) = (None, None, None, None);
+    for pair in query_string.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        let slot = match percent_decode(name).as_str() {
+            "from" => &mut from,
+            "to" => &mut to,
+            "group_by" => &mut group_by,
+            "format" => &mut format,
+            other => {
+                return Err(format!(
+                    "unknown parameter {other}: expected from, to, group_by or format"
+                ));
+            }
+        };
+        *slot = Some(value);
+    }
+    build(
+        Day::today(),
+        from.as_deref(),
+        to.as_deref(),
+        group_by.as_deref(),
+        format.as_deref(),
+        Format::Json,
+    )
+}
+
+fn build(
+    today: Day,
+    from: Option<&str>,
+    to: Option<&str>,
+    group_by: Option<&str>,
+    format: Option<&str>,
+    default_format: Format,
+) -> Result<ReportQuery, String> {
+    let day = |name: &str, text: &str| {
+        Day::parse(text.trim())
+            .ok_or_else(|| format!("{name}: expected a date YYYY-MM-DD, got {text:?}"))
+    };
+    let to = match to {
+        Some(text) => day("to", text)?,
+        None => today,
+    };
+    let from = match from {
+        Some(text) => day("from", text)?,
+        None => to.plus(1 - DEFAULT_DAYS),
+    };
+    if from > to {
+        return Err(format!("from ({from}) is after to ({to})"));
+    }
+    if from.days_until(to) >= MAX_DAYS {
+        return Err(format!(
+            "from..to spans more than {MAX_DAYS} days: ask for a shorter range"
+        ));
+    }
+    let mut dimensions = Vec::new();
+    match group_by {
+        None => dimensions.push(Dimension::Day),
+        Some(list) => {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let dimension = Dimension::parse(name).ok_or_else(|| {
+                    format!("group_by: unknown {name:?}, expected day, model, team, key or outcome")
+                })?;
+                if dimensions.contains(&dimension) {
+                    return Err(format!("group_by: {name} is listed twice"));
+                }
+                dimensions.push(dimension);
+            }
+        }
+    }
+    let format = match format {
+        None => default_format,
+        Some(text) => Format::parse(text.trim())
+            .ok_or_else(|| format!("format: expected json, csv or table, got {text:?}"))?,
+    };
+    Ok(ReportQuery {
+        from,
+        to,
+        group_by: dimensions,
+        format,
+    })
+}
+
+/// Decodes `%XX` escapes and `+` as a space.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (_, Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, None) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_query() {
+        let q = parse_query("from=2025-01-01&to=2025-01-31&group_by=day%2Cmodel,team&format=csv")
+            .unwrap();
+        assert_eq!(q.from.to_string(), "2025-01-01");
+        assert_eq!(q.to.to_string(), "2025-01-31");
+        assert_eq!(
+            q.group_by,
+            vec![Dimension::Day, Dimension::Model, Dimension::Team]
+        );
+        assert_eq!(q.format, Format::Csv);
+    }
+
+    #[test]
+    fn defaults_to_the_last_30_days_by_day_as_json() {
+        let q = parse_query("").unwrap();
+        assert_eq!(q.to, Day::today());
+        assert_eq!(q.from.days_until(q.to), 29);
+        assert_eq!(q.group_by, vec![Dimension::Day]);
+        assert_eq!(q.format, Format::Json);
+        let totals_only = parse_query("group_by=").unwrap();
+        assert!(totals_only.group_by.is_empty());
+        let args = ReportArgs {
+            to: Some("2025-03-01".into()),
+            ..ReportArgs::default()
+        };
+        let q = args.query(Day::today(), Format::Table).unwrap();
+        assert_eq!(
+            (q.from.to_string().as_str(), q.format),
+            ("2025-01-31", Format::Table)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_parameter() {
+        for (query, expected) in [
+            ("from=2025-13-01", "from:"),
+            ("to=yesterday", "to:"),
+            ("from=2025-02-01&to=2025-01-01", "after"),
+            ("from=2020-01-01&to=2025-01-01", "spans"),
+            ("group_by=day,tenant", "group_by:"),
+            ("group_by=day,day", "twice"),
+            ("format=xml", "format:"),
+            ("limit=5", "unknown parameter limit"),
+        ] {
+            let err = parse_query(query).unwrap_err();
+            assert!(err.contains(expected), "{query}: {err}");
+        }
+    }
+}

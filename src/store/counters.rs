@@ -1,0 +1,472 @@
+//! Counters and capped logs for the savings ledger: atomic increments of named
+//! integer fields, append-only logs trimmed to a cap, and a batch of both applied
+//! all or nothing and at most once. Nothing written here expires.
+//!
+//! Redis keeps counters in hashes (`HINCRBY`) and logs in lists (`RPUSH` + `LTRIM`);
+//! the embedded store keeps them in their own redb tables beside the cache's.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, TableError, TableHandle};
+
+use super::embedded::err;
+use super::{Backend, Store, StoreError};
+
+/// `key \0 field` → value.
+const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
+/// `(key, sequence)` → entry.
+const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+/// Batch marker → sequence of the last batch applied under it.
+const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
+
+/// How long Redis remembers a batch marker: far longer than any retry of its batch.
+const MARKER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The shortest bound on a batch write: it runs off the request path, and giving up
+/// early only makes the writer retry.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Applies a batch once: skipped when the marker already holds its sequence.
+const APPLY_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+local i = 5
+local n = tonumber(ARGV[4])
+for _ = 1, n do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  i = i + 1
+end
+if n > 0 then redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1) end
+for k = 3, #KEYS do
+  local m = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, m do
+    redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Counter increments and log appends that are applied together, all or nothing.
+///
+/// `marker` names the writer; a batch whose `seq` the marker already holds is skipped,
+/// so a batch retried after an ambiguous failure (a timeout after the write landed) is
+/// counted once. Each writer's sequences must increase. On a Redis cluster every key of
+/// a batch must hash to one slot (give them one `{hash tag}`).
+#[derive(Clone, Debug, Default)]
+pub struct CounterBatch {
+    pub marker: String,
+    pub seq: u64,
+    /// Per counter key, the fields and how much to add.
+    pub counters: Vec<(String, Vec<(String, i64)>)>,
+    pub log: String,
+    pub entries: Vec<Bytes>,
+    /// How many entries the log keeps; older ones are dropped.
+    pub cap: usize,
+}
+
+impl Store {
+    /// Adds to integer fields of a counter key, atomically (one transaction).
+    pub async fn add_counters(
+        &self,
+        key: &str,
+        fields: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        self.bounded(async {
+            match &self.backend {
+                Backend::Redis(r) => {
+                    let mut pipe = ::redis::pipe();
+                    pipe.atomic();
+                    for (field, delta) in fields {
+                        pipe.cmd("HINCRBY").arg(key).arg(field).arg(*delta).ignore();
+                    }
+                    r.pipeline::<()>(&pipe).await
+                }
+                Backend::Embedded(e) => {
+                    let counters = vec![(key.to_owned(), fields.to_vec())];
+                    e.blocking(move |db| {
+                        let txn = db.begin_write().map_err(err)?;
+                        add_all(&mut txn.open_table(COUNTERS).map_err(err)?, &counters)?;
+                        txn.commit().map_err(err)
+                    })
+                    .await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Every field of a counter key; empty when the key does not exist.
+    pub async fn counters(&self, key: &str) -> Result<HashMap<String, i64>, StoreError> {
+        self.bounded(async {
+            match &self.backend {
+                Backend::Redis(r) => r.query(::redis::cmd("HGETALL").arg(key)).await,
+                Backend::Embedded(e) => {
+                    let key = key.to_owned();
+                    e.blocking(move |db| {
+                        let txn = db.begin_read().map_err(err)?;
+                        let Some(table) = open_read(&txn, COUNTERS)? else {
+                            return Ok(HashMap::new());
+                        };
+                        let (start, end) = (format!("{key}\0"), format!("{key}\u{1}"));
+                        let mut out = HashMap::new();
+                        for item in table.range(start.as_str()..end.as_str()).map_err(err)? {
+                            let (k, v) = item.map_err(err)?;
+                            if let Some(field) = k.value().strip_prefix(start.as_str()) {
+                                out.insert(field.to_owned(), v.value());
+                            }
+                        }
+                        Ok(out)
+                    })
+                    .await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Every counter key starting with `prefix`. Admin paths only: it walks the keys.
+    pub async fn counter_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backend::Redis(_) => self.keys(prefix).await,
+            Backend::Embedded(e) => {
+                let prefix = prefix.to_owned();
+                let op = e.blocking(move |db| {
+                    let txn = db.begin_read().map_err(err)?;
+                    let Some(table) = open_read(&txn, COUNTERS)? else {
+                        return Ok(Vec::new());
+                    };
+                    let mut keys: Vec<String> = Vec::new();
+                    let mut from = prefix.clone();
+                    // Jumps from one key to the next instead of walking every field.
+                    while let Some(item) = table.range(from.as_str()..).map_err(err)?.next() {
+                        let (k, _) = item.map_err(err)?;
+                        let full = k.value();
+                        if !full.starts_with(prefix.as_str()) {
+                            break;
+                        }
+                        let key = full.split('\0').next().unwrap_or(full).to_owned();
+                        from = format!("{key}\u{1}");
+                        keys.push(key);
+                    }
+                    Ok(keys)
+                });
+                self.bounded_long(op).await
+            }
+        }
+    }
+
+    /// Appends to a log and drops its oldest entries beyond `cap`, atomically.
+    pub async fn append_capped(
+        &self,
+        key: &str,
+        value: Bytes,
+        cap: usize,
+    ) -> Result<(), StoreError> {
+        let cap = cap.max(1);
+        self.bounded(async {
+            match &self.backend {
+                Backend::Redis(r) => {
+                    let mut pipe = ::redis::pipe();
+                    pipe.atomic();
+                    pipe.cmd("RPUSH").arg(key).arg(value.as_ref()).ignore();
+                    pipe.cmd("LTRIM")
+                        .arg(key)
+                        .arg(-signed(cap))
+                        .arg(-1)
+                        .ignore();
+                    r.pipeline::<()>(&pipe).await
+                }
+                Backend::Embedded(e) => {
+                    let key = key.to_owned();
+                    e.blocking(move |db| {
+                        let txn = db.begin_write().map_err(err)?;
+                        append(&mut txn.open_table(LOGS).map_err(err)?, &key, &[value], cap)?;
+                        txn.commit().map_err(err)
+                    })
+                    .await
+                }
+            }
+        })
+        .await
+    }
+
+    /// The newest `n` entries of a log, oldest first.
+    pub async fn recent(&self, key: &str, n: usize) -> Result<Vec<Bytes>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.bounded_long(async {
+            match &self.backend {
+                Backend::Redis(r) => {
+                    let mut cmd = ::redis::cmd("LRANGE");
+                    cmd.arg(key).arg(-signed(n)).arg(-1);
+                    let raw: Vec<Vec<u8>> = r.query(&cmd).await?;
+                    Ok(raw.into_iter().map(Bytes::from).collect())
+                }
+                Backend::Embedded(e) => {
+                    let key = key.to_owned();
+                    e.blocking(move |db| {
+                        let txn = db.begin_read().map_err(err)?;
+                        let Some(table) = open_read(&txn, LOGS)? else {
+                            return Ok(Vec::new());
+                        };
+                        let mut out = Vec::new();
+                        for item in table
+                            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+                            .map_err(err)?
+                            .rev()
+                            .take(n)
+                        {
+                            let (_, v) = item.map_err(err)?;
+                            out.push(Bytes::copy_from_slice(v.value()));
+                        }
+                        out.reverse();
+                        Ok(out)
+                    })
+                    .await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Applies a batch all or nothing; `Ok(false)` when it had been applied already.
+    pub async fn apply_once(&self, batch: &CounterBatch) -> Result<bool, StoreError> {
+        let op = async {
+            match &self.backend {
+                Backend::Redis(r) => {
+                    let mut cmd = ::redis::cmd("EVAL");
+                    cmd.arg(APPLY_SCRIPT).arg(2 + batch.counters.len());
+                    cmd.arg(&batch.marker).arg(&batch.log);
+                    for (key, _) in &batch.counters {
+                        cmd.arg(key);
+                    }
+                    cmd.arg(batch.seq)
+                        .arg(u64::try_from(MARKER_TTL.as_millis()).unwrap_or(u64::MAX))
+                        .arg(batch.cap.max(1))
+                        .arg(batch.entries.len());
+                    for entry in &batch.entries {
+                        cmd.arg(entry.as_ref());
+                    }
+                    for (_, fields) in &batch.counters {
+                        cmd.arg(fields.len());
+                        for (field, delta) in fields {
+                            cmd.arg(field).arg(*delta);
+                        }
+                    }
+                    let applied: i64 = r.query(&cmd).await?;
+                    Ok(applied == 1)
+                }
+                Backend::Embedded(e) => {
+                    let batch = batch.clone();
+                    e.blocking(move |db| apply_embedded(db, &batch)).await
+                }
+            }
+        };
+        self.bounded_long(op).await
+    }
+
+    /// Like `bounded`, with a longer limit for work that is off the request path.
+    async fn bounded_long<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.timeout.max(BATCH_TIMEOUT);
+        let result = match tokio::time::timeout(limit, op).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(limit)),
+        };
+        // A finished result passes through `bounded` only for its error accounting.
+        self.bounded(std::future::ready(result)).await
+    }
+}
+
+fn signed(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Opens a table for reading; a table never written to does not exist yet.
+fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(StoreError::Embedded(format!("{}: {e}", table.name()))),
+    }
+}
+
+fn add_all(
+    table: &mut Table<&str, i64>,
+    counters: &[(String, Vec<(String, i64)>)],
+) -> Result<(), StoreError> {
+    for (key, fields) in counters {
+        for (field, delta) in fields {
+            let name = format!("{key}\0{field}");
+            let current = table
+                .get(name.as_str())
+                .map_err(err)?
+                .map_or(0, |v| v.value());
+            let sum = current.checked_add(*delta).ok_or_else(|| {
+                StoreError::Embedded(format!("counter {key} {field} would overflow"))
+            })?;
+            table.insert(name.as_str(), sum).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+fn append(
+    table: &mut Table<(&str, u64), &[u8]>,
+    key: &str,
+    entries: &[Bytes],
+    cap: usize,
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let last = match table
+        .range((key, 0)..=(key, u64::MAX))
+        .map_err(err)?
+        .next_back()
+    {
+        Some(item) => Some(item.map_err(err)?.0.value().1),
+        None => None,
+    };
+    let mut next = last.map_or(0, |seq| seq + 1);
+    for entry in entries {
+        table.insert((key, next), entry.as_ref()).map_err(err)?;
+        next += 1;
+    }
+    // Sequences are contiguous: everything below `next - cap` is beyond the cap.
+    let keep_from = next.saturating_sub(u64::try_from(cap.max(1)).unwrap_or(u64::MAX));
+    if keep_from > 0 {
+        table
+            .retain_in((key, 0)..(key, keep_from), |_, _| false)
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn apply_embedded(db: &redb::Database, batch: &CounterBatch) -> Result<bool, StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    let done = {
+        let applied = txn.open_table(APPLIED).map_err(err)?;
+        let last = applied
+            .get(batch.marker.as_str())
+            .map_err(err)?
+            .map(|v| v.value());
+        last == Some(batch.seq)
+    };
+    if done {
+        txn.abort().map_err(err)?;
+        return Ok(false);
+    }
+    add_all(&mut txn.open_table(COUNTERS).map_err(err)?, &batch.counters)?;
+    append(
+        &mut txn.open_table(LOGS).map_err(err)?,
+        &batch.log,
+        &batch.entries,
+        batch.cap,
+    )?;
+    txn.open_table(APPLIED)
+        .map_err(err)?
+        .insert(batch.marker.as_str(), batch.seq)
+        .map_err(err)?;
+    txn.commit().map_err(err)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+
+    fn store(name: &str) -> std::sync::Arc<Store> {
+        let dir = std::env::temp_dir().join(format!(
+            "thrifty-counters-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = EmbeddedStore::open(&dir, 1 << 20).unwrap();
+        // The open database outlives its directory entry; nothing is left behind.
+        let _ = std::fs::remove_dir_all(&dir);
+        Store::embedded(store, Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn embedded_counters_add_up_per_key() {
+        let s = store("add");
+        assert!(s.counters("k:a").await.unwrap().is_empty());
+        assert!(s.counter_keys("k:").await.unwrap().is_empty());
+        s.add_counters("k:a", &[("x".into(), 2), ("y".into(), -5)])
+            .await
+            .unwrap();
+        s.add_counters("k:a", &[("x".into(), 3)]).await.unwrap();
+        s.add_counters("k:ab", &[("x".into(), 1)]).await.unwrap();
+        s.add_counters("j", &[("x".into(), 1)]).await.unwrap();
+        let a = s.counters("k:a").await.unwrap();
+        assert_eq!(
+            a,
+            HashMap::from([("x".to_owned(), 5), ("y".to_owned(), -5)])
+        );
+        assert_eq!(s.counters("k:ab").await.unwrap().len(), 1);
+        assert_eq!(s.counter_keys("k:").await.unwrap(), vec!["k:a", "k:ab"]);
+    }
+
+    #[tokio::test]
+    async fn embedded_logs_keep_the_newest_entries() {
+        let s = store("log");
+        assert!(s.recent("log", 5).await.unwrap().is_empty());
+        for i in 0..7 {
+            s.append_capped("log", Bytes::from(format!("e{i}")), 3)
+                .await
+                .unwrap();
+        }
+        s.append_capped("other", Bytes::from_static(b"o"), 3)
+            .await
+            .unwrap();
+        let recent = s.recent("log", 10).await.unwrap();
+        assert_eq!(
+            recent,
+            vec![Bytes::from("e4"), Bytes::from("e5"), Bytes::from("e6")]
+        );
+        assert_eq!(
+            s.recent("log", 2).await.unwrap(),
+            vec![Bytes::from("e5"), Bytes::from("e6")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_applies_once_per_sequence() {
+        let s = store("once");
+        let mut batch = CounterBatch {
+            marker: "m:w1".into(),
+            seq: 1,
+            counters: vec![
+                ("c:1".into(), vec![("n".into(), 4)]),
+                ("c:2".into(), vec![("n".into(), 1)]),
+            ],
+            log: "log".into(),
+            entries: vec![Bytes::from("a"), Bytes::from("b")],
+            cap: 10,
+        };
+        assert!(s.apply_once(&batch).await.unwrap());
+        assert!(
+            !s.apply_once(&batch).await.unwrap(),
+            "a retried batch is skipped"
+        );
+        batch.seq = 2;
+        assert!(s.apply_once(&batch).await.unwrap());
+        assert_eq!(s.counters("c:1").await.unwrap()["n"], 8);
+        assert_eq!(s.counters("c:2").await.unwrap()["n"], 2);
+        assert_eq!(s.recent("log", 10).await.unwrap().len(), 4);
+    }
+}

@@ -1,0 +1,224 @@
+//! The semantic cache, driven over real sockets with the real embedding model: a client talks to
+//! thrifty, thrifty embeds the last user message with all-MiniLM-L6-v2 (from `THRIFTY_EMBED_DIR`;
+//! a missing model fails, it never skips) and answers from a cached answer to a question that
+//! means the same, or goes to the fake upstream.
+//!
+//! Every scenario runs for both wire formats through [`Dialect`], and against both stores through
+//! [`Backend`] wherever the store matters. Tests assert what a user would notice: the
+//! `x-thrifty-cache` outcome, `x-thrifty-similarity`, the text of the answer, and how many calls
+//! reached the fake (a semantic hit never does). The support lives in `tests/semantic/world.rs`;
+//! the scenarios beside it:
+//!
+//! - `matching`: paraphrases hit; unrelated questions, near-misses, other conversations, other
+//!   system prompts, other tenants, tool results and images do not; the per-request controls.
+//! - `lifecycle`: two instances on one Redis converge, a restart rebuilds the index, admin
+//!   invalidation, a Redis outage.
+//! - `eval`: the guard's effect on precision, measured on a small pair file.
+
+mod common;
+
+#[path = "semantic/world.rs"]
+mod world;
+
+#[path = "semantic/eval.rs"]
+mod eval;
+#[path = "semantic/lifecycle.rs"]
+mod lifecycle;
+#[path = "semantic/matching.rs"]
+mod matching;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub use world::{Api, Reply, World, poll};
+
+/// How long any single wait in these tests may take before it counts as a failure.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The pause between two probes of a bounded poll.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The admin token every world configures.
+pub const ADMIN_TOKEN: &str = "adm";
+
+/// The question most scenarios cache first.
+pub const QUESTION: &str = "How do I reset my password?";
+
+/// A paraphrase of [`QUESTION`] (cosine 0.984 with this model; the guard lets it through).
+pub const PARAPHRASE: &str = "how can I reset my password";
+
+/// The system prompt of [`Dialect::chat`].
+pub const SYSTEM: &str = "Be brief.";
+
+/// No extra request headers.
+pub const NO_HEADERS: [(&str, &str); 0] = [];
+
+/// Where the cache lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A private `redis-server`, named to thrifty by `THRIFTY_REDIS_URL`.
+    Redis,
+    /// The embedded store under `store.data_dir`.
+    Embedded,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Redis, Backend::Embedded];
+
+/// The client-facing wire format of a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Ollama,
+}
+
+pub const DIALECTS: [Dialect; 2] = [Dialect::OpenAi, Dialect::Ollama];
+
+/// One message of a conversation a test writes.
+#[derive(Clone, Copy, Debug)]
+pub enum Turn<'a> {
+    System(&'a str),
+    User(&'a str),
+    Assistant(&'a str),
+}
+
+impl Dialect {
+    /// The chat path on thrifty, which is also its path on the fake.
+    pub fn path(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "/v1/chat/completions",
+            Dialect::Ollama => "/api/chat",
+        }
+    }
+
+    pub fn model(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "gpt-4o-mini",
+            Dialect::Ollama => "llama3.2",
+        }
+    }
+
+    /// A chat request with raw JSON messages.
+    pub fn request(self, messages: Vec<Value>, stream: bool) -> Value {
+        json!({"model": self.model(), "messages": messages, "stream": stream})
+    }
+
+    /// A conversation of text messages, both dialects spell them the same way.
+    pub fn conversation(self, turns: &[Turn<'_>], stream: bool) -> Value {
+        let messages = turns
+            .iter()
+            .map(|turn| match turn {
+                Turn::System(text) => json!({"role": "system", "content": text}),
+                Turn::User(text) => json!({"role": "user", "content": text}),
+                Turn::Assistant(text) => json!({"role": "assistant", "content": text}),
+            })
+            .collect();
+        self.request(messages, stream)
+    }
+
+    /// A first question under the [`SYSTEM`] prompt.
+    pub fn chat(self, text: &str, stream: bool) -> Value {
+        self.conversation(&[Turn::System(SYSTEM), Turn::User(text)], stream)
+    }
+
+    /// A user message holding `text` (if any) and one image, in the dialect's own spelling.
+    pub fn image_message(self, text: Option<&str>, image_base64: &str) -> Value {
+        match self {
+            Dialect::OpenAi => {
+                let mut parts = Vec::new();
+                if let Some(text) = text {
+                    parts.push(json!({"type": "text", "text": text}));
+                }
+                parts.push(json!({
+                    "type": "image_url",
+                    "image_url": {"url": format!("data:image/png;base64,{image_base64}")}
+                }));
+                json!({"role": "user", "content": parts})
+            }
+            Dialect::Ollama => json!({
+                "role": "user",
+                "content": text.unwrap_or_default(),
+                "images": [image_base64]
+            }),
+        }
+    }
+
+    /// An assistant message calling `get_weather` for Paris, then the tool's result.
+    pub fn tool_exchange(self, result: &str) -> [Value; 2] {
+        match self {
+            Dialect::OpenAi => [
+                json!({"role": "assistant", "content": null, "tool_calls": [{
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}
+                }]}),
+                json!({"role": "tool", "tool_call_id": "call_1", "content": result}),
+            ],
+            Dialect::Ollama => [
+                json!({"role": "assistant", "content": "", "tool_calls": [{
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}}
+                }]}),
+                json!({"role": "tool", "tool_name": "get_weather", "content": result}),
+            ],
+        }
+    }
+
+    /// The answer's text: the content of a JSON answer or of every chunk of a stream.
+    pub fn text(self, reply: &Reply) -> String {
+        let piece = |value: &Value| -> String {
+            let text = match (self, reply.is_stream()) {
+                (Dialect::OpenAi, false) => &value["choices"][0]["message"]["content"],
+                (Dialect::OpenAi, true) => &value["choices"][0]["delta"]["content"],
+                (Dialect::Ollama, _) => &value["message"]["content"],
+            };
+            text.as_str().unwrap_or_default().to_owned()
+        };
+        if reply.is_stream() {
+            reply.events().iter().map(piece).collect()
+        } else {
+            piece(&reply.json())
+        }
+    }
+
+    /// Checks that a streamed reply ends the way the dialect ends a stream, once.
+    pub fn assert_stream_ends(self, reply: &Reply, what: &str) {
+        assert!(
+            reply.is_stream(),
+            "{what}: not a stream: {}",
+            reply.describe()
+        );
+        let text = reply.text();
+        match self {
+            Dialect::OpenAi => {
+                assert!(
+                    text.ends_with("data: [DONE]\n\n"),
+                    "{what}: the stream does not end with [DONE]: {text}"
+                );
+                assert_eq!(text.matches("[DONE]").count(), 1, "{what}: {text}");
+            }
+            Dialect::Ollama => {
+                let done: Vec<bool> = reply
+                    .events()
+                    .iter()
+                    .map(|e| e["done"] == json!(true))
+                    .collect();
+                assert_eq!(
+                    done.last(),
+                    Some(&true),
+                    "{what}: last line not done: {text}"
+                );
+                assert_eq!(done.iter().filter(|d| **d).count(), 1, "{what}: {text}");
+            }
+        }
+    }
+}
+
+/// The fake's answer to `text`.
+pub fn echo(text: &str) -> String {
+    format!("Echo: {text}")
+}
+
+/// `Authorization: Bearer <token>` as a header pair.
+pub fn bearer(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}

@@ -1,0 +1,253 @@
+//! The semantic index over time and across processes: instances sharing a Redis learn each
+//! other's entries, a restarted instance rebuilds its index from the store, admin invalidation
+//! takes semantic hits away, and a Redis outage degrades to the upstream and recovers.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use thrifty::semantic::SEMANTIC_PREFIX;
+
+use crate::world::{ANSWER_PREFIX, EVENTS, Probe};
+use crate::{
+    BACKENDS, Backend, DIALECTS, NO_HEADERS, PARAPHRASE, QUESTION, WAIT, World, echo, poll,
+};
+
+/// How soon an entry written by one instance must be a semantic hit on another.
+const CONVERGENCE: Duration = Duration::from_secs(2);
+
+/// Waits until Redis holds at least one semantic record; returns when it first saw one.
+async fn wait_for_records(probe: &Probe, what: &str) -> Instant {
+    poll(
+        WAIT,
+        &format!("{what}: a semantic record in Redis"),
+        || async { (!probe.keys(SEMANTIC_PREFIX).await.is_empty()).then(Instant::now) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_redis_converge() {
+    for dialect in DIALECTS {
+        let what = format!("{dialect:?}");
+        let w = World::start(Backend::Redis).await;
+        let (second, b) = w.another_instance().await;
+        let probe = w.probe().await;
+        // An instance that is not yet subscribed would only learn of the entry when it next
+        // reconciles with the store.
+        poll(WAIT, &format!("{what}: both instances listen"), || async {
+            (probe.subscribers(EVENTS).await >= 2).then_some(())
+        })
+        .await;
+
+        let miss = w
+            .api
+            .ask(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+            .await;
+        miss.assert_cache("miss", &format!("{what}: instance A"));
+        let stored = wait_for_records(&probe, &what).await;
+        // Read-only probes: a miss records nothing, so the paraphrase stays a semantic question.
+        let read_only = [("cache-control", "no-store")];
+        poll(
+            CONVERGENCE,
+            &format!("{what}: instance B learns A's entry"),
+            || async {
+                let reply = b
+                    .ask(dialect, &dialect.chat(PARAPHRASE, false), &read_only)
+                    .await;
+                reply.assert_ok(&what);
+                (reply.cache() == "semantic-hit").then_some(())
+            },
+        )
+        .await;
+        let converged = stored.elapsed();
+
+        let calls = w.fake.calls_to(dialect.path());
+        for stream in [false, true] {
+            let hit = b
+                .ask(dialect, &dialect.chat(PARAPHRASE, stream), &NO_HEADERS)
+                .await;
+            hit.assert_cache("semantic-hit", &format!("{what}: instance B"));
+            assert!(hit.similarity() >= w.threshold(), "{what}");
+            assert_eq!(dialect.text(&hit), echo(QUESTION), "{what}: A's answer");
+        }
+        assert_eq!(
+            w.fake.calls_to(dialect.path()),
+            calls,
+            "{what}: B never called the upstream for A's question (converged in {converged:?})"
+        );
+
+        // Invalidated through A, the entry is no hit on B either.
+        assert!(w.api.invalidate(&json!({"all": true})).await >= 1, "{what}");
+        let reply = b
+            .ask(
+                dialect,
+                &dialect.chat("How could I reset my password?", false),
+                &NO_HEADERS,
+            )
+            .await;
+        reply.assert_cache("miss", &format!("{what}: instance B after invalidation"));
+        assert_eq!(
+            w.fake.calls_to(dialect.path()),
+            calls + 1,
+            "{what}: B asked the upstream"
+        );
+        assert!(second.shutdown(WAIT).await, "{what}: B shuts down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_thrifty_rebuilds_its_index_from_the_store() {
+    for backend in BACKENDS {
+        for dialect in DIALECTS {
+            let what = format!("{backend:?}/{dialect:?}");
+            let mut w = World::start(backend).await;
+            let question = dialect.chat(QUESTION, false);
+            w.api.fill(dialect, &question, &NO_HEADERS).await;
+
+            w.restart().await;
+            // The index is rebuilt in the background once the server is up.
+            w.api.wait_indexed(dialect, &question, &NO_HEADERS).await;
+            let calls = w.fake.calls_to(dialect.path());
+            let hit = w
+                .api
+                .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+                .await;
+            hit.assert_cache("semantic-hit", &format!("{what}: after a restart"));
+            assert_eq!(dialect.text(&hit), echo(QUESTION), "{what}");
+            assert_eq!(w.fake.calls_to(dialect.path()), calls, "{what}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_everything_ends_semantic_hits() {
+    for backend in BACKENDS {
+        for dialect in DIALECTS {
+            let what = format!("{backend:?}/{dialect:?}");
+            let w = World::start(backend).await;
+            w.api
+                .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+                .await;
+            assert!(
+                w.api.invalidate(&json!({"all": true})).await >= 1,
+                "{what}: the answer was deleted"
+            );
+            let calls = w.fake.calls_to(dialect.path());
+            let reply = w
+                .api
+                .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+                .await;
+            reply.assert_cache("miss", &format!("{what}: after invalidation"));
+            assert_eq!(
+                dialect.text(&reply),
+                echo(PARAPHRASE),
+                "{what}: a fresh answer"
+            );
+            assert_eq!(w.fake.calls_to(dialect.path()), calls + 1, "{what}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_everything_deletes_the_semantic_records() {
+    for dialect in DIALECTS {
+        let what = format!("{dialect:?}");
+        let w = World::start(Backend::Redis).await;
+        let probe = w.probe().await;
+        w.api
+            .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+            .await;
+        wait_for_records(&probe, &what).await;
+
+        w.api.invalidate(&json!({"all": true})).await;
+        assert_eq!(
+            probe.keys(ANSWER_PREFIX).await,
+            Vec::<String>::new(),
+            "{what}: no answers are left"
+        );
+        // The issue asks that "admin invalidation covers semantic entries": the vectors that
+        // point at the deleted answers go too, rather than waiting for their TTL.
+        assert_eq!(
+            probe.keys(SEMANTIC_PREFIX).await,
+            Vec::<String>::new(),
+            "{what}: no semantic records are left after invalidating everything"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_serves_from_the_upstream_and_recovers() {
+    for dialect in DIALECTS {
+        let what = format!("{dialect:?}");
+        let path = dialect.path();
+        let mut w = World::start(Backend::Redis).await;
+        w.api
+            .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+            .await;
+
+        w.change_redis(|redis| redis.stop()).await;
+        poll(
+            WAIT,
+            &format!("{what}: /readyz reports the outage"),
+            || async { (w.api.readiness().await == "degraded").then_some(()) },
+        )
+        .await;
+        // The paraphrase's question is still indexed, but its answer cannot be read.
+        let asked = [
+            (PARAPHRASE, false),
+            ("What is the boiling point of water at sea level?", true),
+        ];
+        let calls = w.fake.calls_to(path);
+        for (text, stream) in asked {
+            let reply = w
+                .api
+                .ask(dialect, &dialect.chat(text, stream), &NO_HEADERS)
+                .await;
+            reply.assert_cache("miss", &format!("{what}: {text:?} during the outage"));
+            assert_eq!(
+                dialect.text(&reply),
+                echo(text),
+                "{what}: the upstream's answer"
+            );
+            if stream {
+                dialect.assert_stream_ends(&reply, &what);
+            }
+        }
+        assert_eq!(
+            w.fake.calls_to(path),
+            calls + asked.len(),
+            "{what}: every request went upstream"
+        );
+
+        w.change_redis(|redis| redis.restart()).await;
+        let question = "What is the capital of France?";
+        poll(
+            Duration::from_secs(30),
+            &format!("{what}: exact caching resumes"),
+            || async {
+                let reply = w
+                    .api
+                    .ask(dialect, &dialect.chat(question, false), &NO_HEADERS)
+                    .await;
+                reply.assert_ok(&what);
+                (reply.cache() == "hit").then_some(())
+            },
+        )
+        .await;
+        let probe = w.probe().await;
+        wait_for_records(&probe, &format!("{what}: after the outage")).await;
+        let calls = w.fake.calls_to(path);
+        let hit = w
+            .api
+            .ask(
+                dialect,
+                &dialect.chat("What's the capital of France?", false),
+                &NO_HEADERS,
+            )
+            .await;
+        hit.assert_cache("semantic-hit", &format!("{what}: semantic caching resumes"));
+        assert_eq!(dialect.text(&hit), echo(question), "{what}");
+        assert_eq!(w.fake.calls_to(path), calls, "{what}");
+        assert_eq!(w.api.readiness().await, "ready", "{what}");
+    }
+}
