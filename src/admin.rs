@@ -16,7 +16,7 @@ use crate::cache::entry::{EmbeddingEntry, Entry};
 use crate::cache::{ANSWER_PREFIX, EMBEDDING_PREFIX};
 use crate::error::ProxyError;
 use crate::pipeline::{Proxy, read_body};
-use crate::{dialect, reply, router};
+use crate::{dialect, reply, router, savings};
 
 /// Checks the bearer token; comparing digests keeps the comparison free of early exits on content.
 fn authorize(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), ProxyError> {
@@ -48,6 +48,12 @@ pub async fn handle(
     let method = request.method().clone();
     match (method, path.as_str()) {
         (Method::GET, "/admin/cache/stats") => stats(proxy).await,
+        (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
+        (Method::GET, "/dashboard") => dashboard(proxy, request.uri().query()).await,
+        (Method::GET, "/metrics") => Ok(text(
+            savings::METRICS_CONTENT_TYPE,
+            proxy.ledger().metrics(),
+        )),
         (Method::POST, "/admin/cache/invalidate") => {
             let body = json_body(proxy, request).await?;
             invalidate(proxy, body).await
@@ -79,6 +85,41 @@ fn store_error(e: crate::store::StoreError) -> ProxyError {
         upstream: "store".to_owned(),
         reason: e.to_string(),
     }
+}
+
+fn text(content_type: &str, body: String) -> Response<Body> {
+    let mut response = Response::new(crate::body::full(body));
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// `GET /admin/savings?from=&to=&group_by=&format=json|csv`.
+async fn savings(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, ProxyError> {
+    let query = savings::parse_query(query.unwrap_or("")).map_err(ProxyError::bad_request)?;
+    let ledger = proxy.ledger();
+    ledger.flush().await;
+    let report = ledger.report(&query).await.map_err(store_error)?;
+    let (content_type, body) = report.render();
+    Ok(text(content_type, body))
+}
+
+/// `GET /dashboard`: one self-contained page, no external requests.
+async fn dashboard(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, ProxyError> {
+    let query = savings::parse_query(query.unwrap_or("")).map_err(ProxyError::bad_request)?;
+    proxy.ledger().flush().await;
+    let html = savings::dashboard_html(proxy.ledger(), &query).await;
+    let mut response = text("text/html; charset=utf-8", html);
+    response.headers_mut().insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+        ),
+    );
+    Ok(response)
 }
 
 async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {

@@ -94,3 +94,77 @@ where
         self.inner.size_hint()
     }
 }
+
+/// Called once a tapped body ends: with its bytes (up to the limit) and whether it ended cleanly.
+pub type TapEnd = Box<dyn FnOnce(Bytes, bool) + Send>;
+
+pin_project! {
+    /// Passes a body through unchanged and hands its bytes to `on_end` when it ends
+    /// (or is dropped early, with `false`).
+    pub struct Tap {
+        #[pin]
+        inner: Body,
+        buffer: Vec<u8>,
+        limit: usize,
+        on_end: Option<TapEnd>,
+    }
+
+    impl PinnedDrop for Tap {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(on_end) = this.on_end.take() {
+                on_end(Bytes::from(std::mem::take(this.buffer)), false);
+            }
+        }
+    }
+}
+
+impl Tap {
+    pub fn new(inner: Body, limit: usize, on_end: TapEnd) -> Self {
+        Tap {
+            inner,
+            buffer: Vec::new(),
+            limit,
+            on_end: Some(on_end),
+        }
+    }
+}
+
+impl HttpBody for Tap {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = this.limit.saturating_sub(this.buffer.len());
+                    this.buffer.extend_from_slice(&data[..data.len().min(room)]);
+                }
+                this.inner.is_end_stream().then_some(true)
+            }
+            Poll::Ready(None) => Some(true),
+            Poll::Ready(Some(Err(_))) => Some(false),
+            Poll::Pending => None,
+        };
+        if let Some(clean) = ended {
+            if let Some(on_end) = this.on_end.take() {
+                on_end(Bytes::from(std::mem::take(this.buffer)), clean);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -118,6 +118,16 @@ pub struct EmbeddingRequest {
     pub incidental: Map<String, Value>,
 }
 
+impl EmbeddingRequest {
+    pub fn endpoint(&self) -> Endpoint {
+        if self.legacy {
+            Endpoint::LegacyEmbedding
+        } else {
+            Endpoint::Embedding
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum EmbeddingInput {
     /// Text inputs; `single` records that the client sent one bare string.

@@ -14,6 +14,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+pub mod accounting;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -61,7 +62,7 @@ pub enum StartError {
 const STORE_SWEEP: Duration = Duration::from_secs(600);
 
 /// Opens Redis when a URL is configured, the embedded store otherwise.
-fn open_store(config: &config::StoreConfig) -> Result<Arc<store::Store>, store::StoreError> {
+pub fn open_store(config: &config::StoreConfig) -> Result<Arc<store::Store>, store::StoreError> {
     Ok(match &config.redis_url {
         Some(url) => store::Store::redis(
             store::RedisStore::connect(url.expose(), config.redis_cluster, config.timeout)?,
@@ -113,7 +114,15 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, tls = tls.is_some(), "thrifty listening");
     }
-    server::serve(listener, proxy, tls, shutdown).await;
+    server::serve(listener, proxy.clone(), tls, shutdown).await;
+    // Every request recorded so far reaches the store before the process goes.
+    let grace = proxy.config().shutdown_grace;
+    if !proxy.ledger().shutdown(grace).await {
+        tracing::warn!(
+            pending = proxy.ledger().pending(),
+            "savings records not yet written at shutdown"
+        );
+    }
     background.shutdown().await;
     Ok(())
 }

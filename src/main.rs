@@ -35,6 +35,21 @@ enum Command {
     },
     /// Print the SHA-256 of an API key, for `[[keys]] sha256` (reads the key from stdin).
     HashKey,
+    /// Print the savings report from the store (the same figures as GET /admin/savings).
+    Report {
+        /// First day, YYYY-MM-DD (UTC); default 30 days ago.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD (UTC); default today.
+        #[arg(long)]
+        to: Option<String>,
+        /// Comma-separated: day, model, team, key, outcome.
+        #[arg(long = "group-by")]
+        group_by: Option<String>,
+        /// csv, json or table.
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Measure semantic-cache precision and recall on labelled pairs (JSONL: a, b, label).
     EvalSemantic {
         #[arg(long = "pairs", required = true)]
@@ -63,6 +78,20 @@ fn main() -> anyhow::Result<()> {
             )?;
             Ok(())
         }
+        Command::Report {
+            from,
+            to,
+            group_by,
+            format,
+        } => report(
+            cli.config,
+            thrifty::savings::ReportArgs {
+                from,
+                to,
+                group_by,
+                format,
+            },
+        ),
         Command::EvalSemantic { pairs, dump } => eval_semantic(cli.config, &pairs, dump.as_deref()),
         Command::HashKey => {
             let mut key = String::new();
@@ -84,6 +113,21 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         thrifty::run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+fn report(config: Option<PathBuf>, args: thrifty::savings::ReportArgs) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let text = runtime.block_on(async {
+        let store = thrifty::open_store(&config.store).map_err(|e| {
+            anyhow::anyhow!("{e} (with the embedded store, stop thrifty or use GET /admin/savings)")
+        })?;
+        thrifty::savings::cli_report(store, config.savings.pricing.clone(), &args)
+            .await
+            .map_err(anyhow::Error::msg)
+    })?;
+    write!(std::io::stdout(), "{text}")?;
+    Ok(())
 }
 
 fn eval_semantic(

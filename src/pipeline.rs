@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tracing::{Instrument, field};
 
+use crate::accounting::Account;
 use crate::auth::{Authenticator, Tenant, UpstreamAuth};
 use crate::body::{Body, boxed, full};
 use crate::cache::controls::Controls;
@@ -34,6 +35,7 @@ use crate::dialect::embedding as embedding_wire;
 use crate::error::ProxyError;
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Route};
+use crate::savings::{self as ledger, Ledger};
 use crate::semantic::{self, SemanticCache};
 use crate::store::Store;
 use crate::upstream::{UpstreamClient, root_store};
@@ -50,7 +52,12 @@ pub struct Proxy {
     limiter: RateLimiter,
     cache: Arc<Cache>,
     semantic: Option<Arc<SemanticCache>>,
+    ledger: Arc<Ledger>,
 }
+
+/// When a request arrived; `handle` puts it in the request's extensions and `admit` reads it.
+#[derive(Clone, Copy)]
+struct Arrival(Instant);
 
 /// One request on its way through the stages.
 struct Exchange {
@@ -59,6 +66,7 @@ struct Exchange {
     upstream: usize,
     tenant: Tenant,
     upstream_auth: UpstreamAuth,
+    arrived: Instant,
 }
 
 impl Proxy {
@@ -74,6 +82,11 @@ impl Proxy {
             auth: Authenticator::new(&config.keys),
             limiter: RateLimiter::new(config.rate_limit, &config.keys),
             semantic: SemanticCache::load(&config.semantic, cache.clone()),
+            ledger: Ledger::with_options(
+                cache.store().clone(),
+                config.savings.pricing.clone(),
+                config.savings.ledger,
+            ),
             cache,
             clients,
             config,
@@ -96,9 +109,14 @@ impl Proxy {
         self.semantic.as_ref()
     }
 
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
     /// Serves one request; never fails, errors become responses in the caller's dialect.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        request.extensions_mut().insert(Arrival(started));
         let request_id = request_id(request.headers());
         let route = router::route(request.method(), request.uri().path());
         let span = tracing::info_span!(
@@ -193,6 +211,7 @@ impl Proxy {
         );
         let stats = self.cache.stats();
         let namespace = plan.controls.namespace.clone();
+        let mut account = self.account(&exchange, call.endpoint(), call.model());
         let (outcome, flight) = match self.cache.lookup(&plan, &call).await {
             Lookup::Hit { entry, key } => {
                 stats.record(
@@ -202,11 +221,21 @@ impl Proxy {
                     Outcome::Hit,
                 );
                 tracing::Span::current().record("cache", Outcome::Hit.as_str());
-                return Ok(replay::respond(exchange.dialect, &call, &entry, &key));
+                let mut response = replay::respond(exchange.dialect, &call, &entry, &key);
+                account.hit(
+                    ledger::Outcome::ExactHit,
+                    exchange.dialect,
+                    &entry,
+                    &mut response,
+                );
+                return Ok(response);
             }
             Lookup::Miss { outcome, flight } => (outcome, flight),
         };
         let (semantic_hit, query) = self.semantic_stage(&plan, &call, upstream).await;
+        if semantic_hit.is_some() || query.is_some() {
+            account.embedded();
+        }
         if let Some((entry, key, similarity)) = semantic_hit {
             stats.record(
                 &plan.tenant,
@@ -219,12 +248,24 @@ impl Proxy {
             let h = response.headers_mut();
             headers::set(h, "x-thrifty-cache", Outcome::SemanticHit.as_str());
             headers::set(h, "x-thrifty-similarity", &format!("{similarity:.4}"));
+            account.hit(
+                ledger::Outcome::SemanticHit,
+                exchange.dialect,
+                &entry,
+                &mut response,
+            );
             return Ok(response);
         }
         stats.record(&plan.tenant, namespace.as_deref(), &plan.model, outcome);
         tracing::Span::current().record("cache", outcome.as_str());
         let key = plan.key.clone();
-        let mut response = self.forward(exchange, full(bytes), true).await?;
+        let dialect = exchange.dialect;
+        let response = self.forward(exchange, full(bytes), true).await?;
+        let billed = match outcome {
+            Outcome::Miss => ledger::Outcome::Miss,
+            _ => ledger::Outcome::Bypass,
+        };
+        let mut response = account.upstream(billed, dialect, response);
         let h = response.headers_mut();
         headers::set(h, "x-thrifty-cache", outcome.as_str());
         if let Some(key) = &key {
@@ -254,6 +295,20 @@ impl Proxy {
             }
             _ => Ok(response),
         }
+    }
+
+    /// The savings record of an intercepted call, filled in as the call goes on.
+    fn account(&self, exchange: &Exchange, endpoint: Endpoint, model: &str) -> Account {
+        Account::new(
+            self.ledger.clone(),
+            exchange.arrived,
+            &exchange.tenant,
+            &exchange.parts.headers,
+            exchange.dialect,
+            endpoint,
+            model,
+            &self.config.upstreams[exchange.upstream].name,
+        )
     }
 
     /// The semantic stage: a recorded answer to a question that means the same, in the same
@@ -304,6 +359,7 @@ impl Proxy {
             self.cache
                 .plan_embedding(dialect, upstream, &exchange.tenant.id, &request, &controls);
         let stats = self.cache.stats();
+        let account = self.account(&exchange, request.endpoint(), &request.model);
         let label = |response: &mut Response<Body>, outcome: Outcome| {
             headers::set(response.headers_mut(), "x-thrifty-cache", outcome.as_str());
             tracing::Span::current().record("cache", outcome.as_str());
@@ -315,7 +371,8 @@ impl Proxy {
             );
         };
         if let Some(outcome) = plan.skipped() {
-            let mut response = self.forward(exchange, full(bytes), true).await?;
+            let response = self.forward(exchange, full(bytes), true).await?;
+            let mut response = account.upstream(ledger::Outcome::Bypass, dialect, response);
             label(&mut response, outcome);
             return Ok(response);
         }
@@ -338,6 +395,17 @@ impl Proxy {
                 HeaderValue::from_static(dialect::stream::json_content_type(dialect)),
             );
             label(&mut response, Outcome::Hit);
+            let baseline = ledger::Tokens {
+                prompt: cached_tokens,
+                ..Default::default()
+            };
+            account.embedding(
+                ledger::Outcome::ExactHit,
+                200,
+                baseline,
+                ledger::Tokens::default(),
+                &mut response,
+            );
             return Ok(response);
         }
         let partial = missing.len() < cached.len();
@@ -349,7 +417,7 @@ impl Proxy {
         };
         let response = self.forward(exchange, full(outbound), true).await?;
         if !response.status().is_success() {
-            let mut response = response;
+            let mut response = account.upstream(ledger::Outcome::Miss, dialect, response);
             label(&mut response, Outcome::Miss);
             return Ok(response);
         }
@@ -375,9 +443,14 @@ impl Proxy {
                     reason: "embedding answer did not hold one vector per input".to_owned(),
                 });
             }
-            let mut response = Response::from_parts(head, full(raw));
+            let response = Response::from_parts(head, full(raw));
+            let mut response = account.upstream(ledger::Outcome::Miss, dialect, response);
             label(&mut response, Outcome::Miss);
             return Ok(response);
+        };
+        let billed = ledger::Tokens {
+            prompt: tokens,
+            ..Default::default()
         };
         let texts: Vec<&str> = missing.iter().map(|&i| plan.texts[i].as_str()).collect();
         let parts = embedding::apportion(tokens, &texts);
@@ -388,6 +461,7 @@ impl Proxy {
                 .await;
             let mut response = Response::from_parts(head, full(raw));
             label(&mut response, Outcome::Miss);
+            account.embedding(ledger::Outcome::Miss, 200, billed, billed, &mut response);
             return Ok(response);
         }
         let mut fresh = vectors.clone().into_iter();
@@ -413,6 +487,11 @@ impl Proxy {
         head.headers.remove(CONTENT_LENGTH);
         let mut response = Response::from_parts(head, full(body.to_string()));
         label(&mut response, Outcome::Miss);
+        let baseline = ledger::Tokens {
+            prompt: cached_tokens + tokens,
+            ..Default::default()
+        };
+        account.embedding(ledger::Outcome::Miss, 200, baseline, billed, &mut response);
         let hits = format!("{}/{}", merged.len() - missing.len(), merged.len());
         headers::set(response.headers_mut(), "x-thrifty-cache-hits", &hits);
         Ok(response)
@@ -458,12 +537,17 @@ impl Proxy {
         let (tenant, upstream_auth) = self.auth.authenticate(&parts.headers, target)?;
         span.record("tenant", tenant.id.as_str());
         self.limiter.check(&tenant)?;
+        let arrived = parts
+            .extensions
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |a| a.0);
         Ok(Exchange {
             dialect,
             parts,
             upstream,
             tenant,
             upstream_auth,
+            arrived,
         })
     }
 

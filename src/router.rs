@@ -20,7 +20,7 @@ pub enum Route {
     Passthrough {
         dialect: Dialect,
     },
-    /// `/admin/*`: thrifty's own management API.
+    /// `/admin/*`, `/dashboard`, `/metrics`: thrifty's own management API.
     Admin,
     NotFound,
 }
@@ -58,7 +58,7 @@ pub fn route(method: &Method, path: &str) -> Route {
         }
         _ => {}
     }
-    if strip_prefix(path, "/admin").is_some() {
+    if strip_prefix(path, "/admin").is_some() || path == "/dashboard" || path == "/metrics" {
         return Route::Admin;
     }
     for dialect in [Dialect::OpenAi, Dialect::Ollama] {

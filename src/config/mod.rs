@@ -5,6 +5,7 @@
 
 mod cache;
 mod keys;
+mod savings;
 mod semantic;
 mod upstream;
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore, StoreConfig};
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
+pub use savings::{RawSavings, SavingsConfig};
 pub use semantic::{ContextRule, RawSemantic, SemanticConfig};
 pub use upstream::{RawDialect, RawRoute, RawRouting, RawUpstream, Routing, Upstream};
 
@@ -59,6 +61,7 @@ pub struct RawConfig {
     pub cache: RawCache,
     pub store: RawStore,
     pub semantic: RawSemantic,
+    pub savings: RawSavings,
 }
 
 impl Default for RawConfig {
@@ -76,6 +79,7 @@ impl Default for RawConfig {
             cache: RawCache::default(),
             store: RawStore::default(),
             semantic: RawSemantic::default(),
+            savings: RawSavings::default(),
         }
     }
 }
@@ -138,6 +142,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub semantic: SemanticConfig,
+    pub savings: SavingsConfig,
 }
 
 impl RawConfig {
@@ -235,6 +240,7 @@ impl RawConfig {
             cache: cache::validate_cache(self.cache, env)?,
             store: cache::validate_store(self.store, env)?,
             semantic: semantic::validate_semantic(self.semantic, env)?,
+            savings: savings::validate_savings(self.savings)?,
         })
     }
 }

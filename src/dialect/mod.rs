@@ -8,6 +8,7 @@ pub mod embedding;
 mod ollama;
 mod openai;
 pub mod stream;
+pub mod usage;
 mod wire;
 
 use bytes::Bytes;

@@ -95,6 +95,7 @@ pub struct Ledger {
     accepted: AtomicU64,
     settled: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
+    writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Ledger {
@@ -125,7 +126,7 @@ impl Ledger {
             settle,
             failing: false,
         };
-        tokio::spawn(writer.run());
+        let writer = tokio::spawn(writer.run());
         Arc::new(Ledger {
             store,
             pricing,
@@ -133,6 +134,7 @@ impl Ledger {
             accepted: AtomicU64::new(0),
             settled,
             metrics,
+            writer: parking_lot::Mutex::new(Some(writer)),
         })
     }
 
@@ -160,6 +162,18 @@ impl Ledger {
         let mut settled = self.settled.clone();
         // An error means the writer is gone, and with it anything left to wait for.
         let _ = settled.wait_for(|n| *n >= target).await;
+    }
+
+    /// Writes everything recorded so far, then stops the writer so the store is released
+    /// (an embedded store can then be opened again). Bounded by `grace`.
+    pub async fn shutdown(&self, grace: std::time::Duration) -> bool {
+        let flushed = tokio::time::timeout(grace, self.flush()).await.is_ok();
+        let writer = self.writer.lock().take();
+        if let Some(writer) = writer {
+            writer.abort();
+            let _ = writer.await;
+        }
+        flushed
     }
 
     /// The report for a query, read from the store after a short flush.

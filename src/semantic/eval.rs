@@ -78,7 +78,7 @@ pub async fn score(embedder: &Embedder, path: &Path) -> Result<Vec<(f32, bool, b
                 return Err("the model failed to embed a pair".to_owned());
             };
             let sim = similarity(a, b);
-            Ok((sim, guard::check(&p.a, &p.b, sim).is_ok(), p.label == 1))
+            Ok((sim, guard::check(&p.a, &p.b).is_ok(), p.label == 1))
         })
         .collect()
 }

@@ -163,9 +163,7 @@ impl SemanticCache {
         self.index
             .search(&query.partition, &query.vector, threshold, CANDIDATES)
             .into_iter()
-            .find(|c| {
-                !self.config.guard || guard::check(&query.text, &c.item.text, c.similarity).is_ok()
-            })
+            .find(|c| !self.config.guard || guard::check(&query.text, &c.item.text).is_ok())
             .map(|c| Hit {
                 answer: CacheKey(c.item.answer.clone()),
                 similarity: c.similarity,

@@ -183,6 +183,9 @@ impl Harness {
 }
 
 /// Raw Redis commands, to see what thrifty stored.
+/// Where the savings ledger keeps its records in the shared store.
+const LEDGER_PREFIX: &str = "thrifty:v1:{savings}:";
+
 pub struct Probe {
     connection: redis::aio::MultiplexedConnection,
 }
@@ -206,7 +209,40 @@ impl Probe {
     }
 
     /// Every key, walked with SCAN.
+    /// The cache's keys. The savings ledger shares the store but is not cache: its keys
+    /// (`thrifty:v1:{savings}:*`) never expire and are read with [`Probe::ledger_bytes`].
     pub async fn keys(&self) -> Vec<String> {
+        let mut keys = self.all_keys().await;
+        keys.retain(|k| !k.starts_with(LEDGER_PREFIX));
+        keys
+    }
+
+    /// Everything the savings ledger holds, as raw bytes, to check what it contains.
+    pub async fn ledger_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for key in self.all_keys().await {
+            if !key.starts_with(LEDGER_PREFIX) {
+                continue;
+            }
+            out.extend_from_slice(key.as_bytes());
+            let kind: String = self.query(redis::cmd("TYPE").arg(&key)).await;
+            let parts: Vec<Vec<u8>> = match kind.as_str() {
+                "hash" => self.query(redis::cmd("HGETALL").arg(&key)).await,
+                "list" => {
+                    self.query(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1))
+                        .await
+                }
+                "set" => self.query(redis::cmd("SMEMBERS").arg(&key)).await,
+                _ => self.get(&key).await.into_iter().collect(),
+            };
+            for part in parts {
+                out.extend_from_slice(&part);
+            }
+        }
+        out
+    }
+
+    async fn all_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
         loop {

@@ -444,8 +444,12 @@ async fn tool_calls_are_replayed_with_their_deltas() {
                 assert_eq!(arguments, expected_arguments, "{what}");
             };
 
-            // Stream in, stream out: every delta comes back.
-            let streamed = dialect.tool_chat("What is the weather in Paris?", true);
+            // Stream in, stream out: every delta comes back. The stream asks for usage, so
+            // its entry can also answer JSON clients, whose answers always carry usage.
+            let mut streamed = dialect.tool_chat("What is the weather in Paris?", true);
+            if dialect == Dialect::OpenAi {
+                streamed["stream_options"] = json!({"include_usage": true});
+            }
             let miss = h.api.fill(path, &streamed, &NO_HEADERS).await;
             assert_weather(&miss, &what);
             let hit = h.api.send(path, &streamed).await;

@@ -73,6 +73,17 @@ async fn no_api_key_bytes_reach_the_store() {
                     keys.len(),
                     "{what}: the scan sees the answers"
                 );
+                // The ledger writes in the background: wait until it holds this test's calls.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let mut ledger = probe.ledger_bytes().await;
+                while ledger.is_empty() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    ledger = probe.ledger_bytes().await;
+                }
+                assert!(!ledger.is_empty(), "{what}: the ledger recorded the calls");
+                for secret in [&b"secret-XYZ"[..], b"sk-secret"] {
+                    assert!(!contains(&ledger, secret), "{what}: the savings ledger");
+                }
             }
             Backend::Embedded => {
                 let file = std::fs::read(h.redb_file()).expect("the embedded store's file");

@@ -1,0 +1,195 @@
+//! The savings stage: turns what happened to a request into a `UsageRecord`
+//! for the ledger, and sets `x-thrifty-tokens-saved` / `x-thrifty-cost-saved`.
+//!
+//! Answers from the upstream are tapped as they stream to the client; the
+//! record is written when the body ends, from the usage the upstream reported.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, Response};
+use http_body_util::BodyExt;
+
+use crate::auth::Tenant;
+use crate::body::{Body, Tap};
+use crate::cache::entry::{Answer, Entry};
+use crate::chat::{Dialect, Endpoint};
+use crate::dialect::{stream, usage};
+use crate::headers;
+use crate::savings::{Ledger, Outcome, Tokens, UsageRecord, money};
+
+/// The most of an answer kept to read its usage from.
+const TAP_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A request's record before its tokens are known.
+pub struct Account {
+    ledger: Arc<Ledger>,
+    record: UsageRecord,
+    started: Instant,
+}
+
+/// `x-thrifty-tags: a,b` (projects and apps, for reports).
+fn tags(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get("x-thrifty-tags")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 64)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Account {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one record's fields, named at the call site"
+    )]
+    pub fn new(
+        ledger: Arc<Ledger>,
+        started: Instant,
+        tenant: &Tenant,
+        headers: &HeaderMap,
+        dialect: Dialect,
+        endpoint: Endpoint,
+        model: &str,
+        upstream: &str,
+    ) -> Account {
+        Account {
+            ledger,
+            started,
+            record: UsageRecord {
+                at_ms: crate::cache::now_ms(),
+                tenant: tenant.id.clone(),
+                key_name: tenant.key_name.clone(),
+                team: tenant.team.clone(),
+                tags: tags(headers),
+                dialect: dialect.as_str().to_owned(),
+                endpoint: endpoint.as_str().to_owned(),
+                model: model.to_owned(),
+                upstream: upstream.to_owned(),
+                outcome: Outcome::Miss,
+                status: 200,
+                latency_ms: 0.0,
+                upstream_ms: None,
+                baseline: Tokens::default(),
+                actual: Tokens::default(),
+                overhead: Tokens::default(),
+                overhead_model: None,
+                embed_calls: 0,
+                estimated: false,
+            },
+        }
+    }
+
+    /// Counts one local embedding made for the semantic stage.
+    pub fn embedded(&mut self) {
+        self.record.embed_calls += 1;
+    }
+
+    fn finish(
+        mut self,
+        outcome: Outcome,
+        status: u16,
+        baseline: Tokens,
+        actual: Tokens,
+        estimated: bool,
+    ) -> UsageRecord {
+        self.record.outcome = if status >= 400 {
+            Outcome::Error
+        } else {
+            outcome
+        };
+        self.record.status = status;
+        self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.record.baseline = baseline;
+        self.record.actual = actual;
+        self.record.estimated = estimated;
+        self.ledger.record(self.record.clone());
+        self.record
+    }
+
+    /// A hit: nothing billed; the baseline is what the recorded answer cost.
+    pub fn hit(
+        self,
+        outcome: Outcome,
+        dialect: Dialect,
+        entry: &Entry,
+        response: &mut Response<Body>,
+    ) {
+        let tokens = match &entry.answer {
+            Answer::Json(body) => usage::from_json(dialect, body),
+            Answer::Stream(chunks) => usage::from_chunks(dialect, chunks),
+        };
+        // A semantic hit answers a differently worded prompt: its size is the recorded one's.
+        let estimated = tokens.is_none() || outcome == Outcome::SemanticHit;
+        let baseline = tokens.unwrap_or_default();
+        let ledger = self.ledger.clone();
+        let record = self.finish(outcome, 200, baseline, Tokens::default(), estimated);
+        saved_headers(&ledger, &record, response);
+    }
+
+    /// An embedding call answered partly or wholly from the cache.
+    pub fn embedding(
+        self,
+        outcome: Outcome,
+        status: u16,
+        baseline: Tokens,
+        actual: Tokens,
+        response: &mut Response<Body>,
+    ) {
+        let ledger = self.ledger.clone();
+        let record = self.finish(outcome, status, baseline, actual, false);
+        if outcome == Outcome::ExactHit || baseline != actual {
+            saved_headers(&ledger, &record, response);
+        }
+    }
+
+    /// An answer from the upstream: recorded when its body ends, from the usage it reports.
+    pub fn upstream(
+        self,
+        outcome: Outcome,
+        dialect: Dialect,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let status = response.status().as_u16();
+        let streamed = stream::is_stream(response.headers());
+        response.map(|body| {
+            Tap::new(
+                body,
+                TAP_LIMIT,
+                Box::new(move |bytes, _clean| {
+                    let tokens = usage::from_bytes(dialect, streamed, &bytes);
+                    let billed = tokens.unwrap_or_default();
+                    self.finish(
+                        outcome,
+                        status,
+                        billed,
+                        billed,
+                        tokens.is_none() && status < 400,
+                    );
+                }),
+            )
+            .boxed_unsync()
+        })
+    }
+}
+
+fn saved_headers(ledger: &Ledger, record: &UsageRecord, response: &mut Response<Body>) {
+    let h = response.headers_mut();
+    let saved = record
+        .baseline
+        .total()
+        .saturating_sub(record.actual.total());
+    headers::set(h, "x-thrifty-tokens-saved", &saved.to_string());
+    if let Some(costs) = ledger.pricing().quote(record).costs {
+        headers::set(
+            h,
+            "x-thrifty-cost-saved",
+            &money::decimal(costs.net_saved()),
+        );
+    }
+}
