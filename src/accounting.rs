@@ -26,6 +26,8 @@ pub struct Account {
     ledger: Arc<Ledger>,
     record: UsageRecord,
     started: Instant,
+    /// Prompt tokens compression removed before forwarding, counted by thrifty's tokenizer.
+    compressed_away: Option<u64>,
 }
 
 /// `x-thrifty-tags: a,b` (projects and apps, for reports).
@@ -61,6 +63,7 @@ impl Account {
         Account {
             ledger,
             started,
+            compressed_away: None,
             record: UsageRecord {
                 at_ms: crate::cache::now_ms(),
                 tenant: tenant.id.clone(),
@@ -83,6 +86,12 @@ impl Account {
                 estimated: false,
             },
         }
+    }
+
+    /// Notes that compression removed `tokens` prompt tokens: the baseline is the billed
+    /// prompt plus what was removed.
+    pub fn compressed(&mut self, tokens: u64) {
+        self.compressed_away = Some(tokens);
     }
 
     /// Counts one local embedding made for the semantic stage.

@@ -48,6 +48,9 @@ pub async fn handle(
     let method = request.method().clone();
     match (method, path.as_str()) {
         (Method::GET, "/admin/cache/stats") => stats(proxy).await,
+        (Method::GET, "/admin/compression/stats") => {
+            Ok(reply::json(StatusCode::OK, &proxy.compressor().stats()))
+        }
         (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
         (Method::GET, "/dashboard") => dashboard(proxy, request.uri().query()).await,
         (Method::GET, "/metrics") => Ok(text(

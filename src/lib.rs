@@ -20,6 +20,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod chat;
+pub mod compress;
 pub mod config;
 pub mod dialect;
 pub mod error;

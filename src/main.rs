@@ -50,6 +50,17 @@ enum Command {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Measure compression on conversations (JSONL: messages, probes): tokens, time, probe retention.
+    EvalCompress {
+        #[arg(long = "conversations", required = true)]
+        conversations: Vec<PathBuf>,
+        /// Override compression.max_context_tokens.
+        #[arg(long)]
+        max_context_tokens: Option<u64>,
+        /// Override compression.preserve_recent_messages.
+        #[arg(long)]
+        preserve_recent: Option<usize>,
+    },
     /// Measure semantic-cache precision and recall on labelled pairs (JSONL: a, b, label).
     EvalSemantic {
         #[arg(long = "pairs", required = true)]
@@ -92,6 +103,25 @@ fn main() -> anyhow::Result<()> {
                 format,
             },
         ),
+        Command::EvalCompress {
+            conversations,
+            max_context_tokens,
+            preserve_recent,
+        } => {
+            let mut config = Config::load(cli.config.as_deref())?.compression;
+            if let Some(tokens) = max_context_tokens {
+                config.max_context_tokens = tokens;
+            }
+            if let Some(recent) = preserve_recent {
+                config.preserve_recent_messages = recent;
+            }
+            for file in &conversations {
+                let report =
+                    thrifty::compress::eval::run(file, &config).map_err(anyhow::Error::msg)?;
+                write!(std::io::stdout(), "{}", report.render_table())?;
+            }
+            Ok(())
+        }
         Command::EvalSemantic { pairs, dump } => eval_semantic(cli.config, &pairs, dump.as_deref()),
         Command::HashKey => {
             let mut key = String::new();

@@ -30,6 +30,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::record::{OnStored, Recorder, Recording};
 use crate::cache::{Cache, Lookup, Outcome, Plan, embedding, replay};
 use crate::chat::{Call, Dialect, EmbeddingRequest, Endpoint};
+use crate::compress::{self, Compressor, Force};
 use crate::config::{Config, Upstream};
 use crate::dialect::embedding as embedding_wire;
 use crate::error::ProxyError;
@@ -53,6 +54,7 @@ pub struct Proxy {
     cache: Arc<Cache>,
     semantic: Option<Arc<SemanticCache>>,
     ledger: Arc<Ledger>,
+    compressor: Compressor,
 }
 
 /// When a request arrived; `handle` puts it in the request's extensions and `admit` reads it.
@@ -82,6 +84,7 @@ impl Proxy {
             auth: Authenticator::new(&config.keys),
             limiter: RateLimiter::new(config.rate_limit, &config.keys),
             semantic: SemanticCache::load(&config.semantic, cache.clone()),
+            compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
             ledger: Ledger::with_options(
                 cache.store().clone(),
                 config.savings.pricing.clone(),
@@ -111,6 +114,10 @@ impl Proxy {
 
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
+    }
+
+    pub fn compressor(&self) -> &Compressor {
+        &self.compressor
     }
 
     /// Serves one request; never fails, errors become responses in the caller's dialect.
@@ -260,7 +267,20 @@ impl Proxy {
         tracing::Span::current().record("cache", outcome.as_str());
         let key = plan.key.clone();
         let dialect = exchange.dialect;
-        let response = self.forward(exchange, full(bytes), true).await?;
+        let (bytes, compressed) = self
+            .compress_stage(dialect, &call, &exchange.parts.headers, bytes)
+            .await;
+        if let Some(outcome) = &compressed {
+            account.compressed(outcome.before.saturating_sub(outcome.after) as u64);
+        }
+        let mut response = self.forward(exchange, full(bytes), true).await?;
+        if let Some(outcome) = &compressed {
+            headers::set(
+                response.headers_mut(),
+                "x-thrifty-compression",
+                &outcome.header_value(),
+            );
+        }
         let billed = match outcome {
             Outcome::Miss => ledger::Outcome::Miss,
             _ => ledger::Outcome::Bypass,
@@ -294,6 +314,35 @@ impl Proxy {
                 Ok(response.map(|body| Recorder::new(body, recording).boxed_unsync()))
             }
             _ => Ok(response),
+        }
+    }
+
+    /// The compression stage: an overlong conversation is condensed before it goes upstream.
+    /// The cache key was taken from the client's own request, so hits do not depend on it.
+    async fn compress_stage(
+        &self,
+        dialect: Dialect,
+        call: &Call,
+        headers: &HeaderMap,
+        bytes: Bytes,
+    ) -> (Bytes, Option<compress::Outcome>) {
+        let Call::Chat(chat) = call else {
+            return (bytes, None);
+        };
+        let force = Force::from_header(
+            headers
+                .get("x-thrifty-compression")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let mut chat = chat.clone();
+        let output = dialect::max_output_tokens(dialect, call);
+        match self
+            .compressor
+            .compress(&mut chat, output, force, None)
+            .await
+        {
+            Some(outcome) => (dialect::encode(dialect, &Call::Chat(chat)), Some(outcome)),
+            None => (bytes, None),
         }
     }
 

@@ -4,6 +4,7 @@
 //! This is the only module that reads the environment. Errors name the bad key.
 
 mod cache;
+mod compression;
 mod keys;
 mod savings;
 mod semantic;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore, StoreConfig};
+pub use compression::*;
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
 pub use savings::{RawSavings, SavingsConfig};
 pub use semantic::{ContextRule, RawSemantic, SemanticConfig};
@@ -62,6 +64,7 @@ pub struct RawConfig {
     pub store: RawStore,
     pub semantic: RawSemantic,
     pub savings: RawSavings,
+    pub compression: RawCompression,
 }
 
 impl Default for RawConfig {
@@ -80,6 +83,7 @@ impl Default for RawConfig {
             store: RawStore::default(),
             semantic: RawSemantic::default(),
             savings: RawSavings::default(),
+            compression: RawCompression::default(),
         }
     }
 }
@@ -143,6 +147,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub semantic: SemanticConfig,
     pub savings: SavingsConfig,
+    pub compression: CompressionConfig,
 }
 
 impl RawConfig {
@@ -187,6 +192,7 @@ impl RawConfig {
         if let Some(dir) = env("THRIFTY_DATA_DIR") {
             self.store.data_dir = PathBuf::from(dir);
         }
+        self.compression.apply_env(env)?;
         if let Some(bytes) = env("THRIFTY_MAX_BODY_BYTES") {
             self.server.max_body_bytes = bytes
                 .parse()
@@ -241,6 +247,7 @@ impl RawConfig {
             store: cache::validate_store(self.store, env)?,
             semantic: semantic::validate_semantic(self.semantic, env)?,
             savings: savings::validate_savings(self.savings)?,
+            compression: validate_compression(self.compression)?,
         })
     }
 }

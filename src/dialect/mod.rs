@@ -90,3 +90,20 @@ pub fn temperature(dialect: Dialect, call: &Call) -> Option<f64> {
     }
     .and_then(serde_json::Value::as_f64)
 }
+
+/// The most output tokens the call asks for (`max_tokens`, `max_completion_tokens`,
+/// Ollama's `options.num_predict`), which compression leaves room for.
+pub fn max_output_tokens(dialect: Dialect, call: &Call) -> Option<u64> {
+    let shaping = match call {
+        Call::Chat(c) => &c.shaping,
+        Call::Completion(c) => &c.shaping,
+        Call::Embedding(_) => return None,
+    };
+    match dialect {
+        Dialect::OpenAi => shaping
+            .get("max_completion_tokens")
+            .or_else(|| shaping.get("max_tokens")),
+        Dialect::Ollama => shaping.get("options").and_then(|o| o.get("num_predict")),
+    }
+    .and_then(serde_json::Value::as_u64)
+}

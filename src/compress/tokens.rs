@@ -1,0 +1,313 @@
+//! Token counting with `tiktoken`: per text, per message and per request.
+//!
+//! OpenAI's own encodings are exact for OpenAI models (o200k_base for the gpt-4o,
+//! gpt-4.1, gpt-4.5, o-series, gpt-5 and gpt-oss families, cl100k_base for older
+//! ones). Every other model is counted with cl100k_base as a stated approximation:
+//! Llama 3 and Qwen use byte-level BPEs of a similar size and land within a few
+//! percent; SentencePiece models (Mistral, Gemma, Phi) usually need somewhat more
+//! tokens, which is what the recovery retry is for.
+//!
+//! Message framing follows OpenAI's cookbook (3 tokens per message, 1 more for a
+//! `name`, 3 to prime the reply), as `tiktoken-rs` does. Counts of long texts are
+//! cached by a hash of their text: a conversation resends the same history every
+//! turn, so in steady state only the newest messages are tokenized.
+//! This room must not decide anything: it only counts.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+
+use crate::chat::{ChatRequest, Content, Message, PartKind};
+
+/// Framing tokens around every message (`<|start|>{role}<|message|>...<|end|>` less the role).
+pub const TOKENS_PER_MESSAGE: usize = 3;
+/// Extra token when a message carries a `name`.
+pub const TOKENS_PER_NAME: usize = 1;
+/// Tokens that prime the assistant's reply, once per request.
+pub const REPLY_PRIMING: usize = 3;
+/// Extra tokens per tool call, as `tiktoken-rs` counts them.
+pub const TOKENS_PER_TOOL_CALL: usize = 1;
+/// What an image part is assumed to cost: a 1024×1024 image at high detail (85 + 4 × 170).
+/// The true cost depends on the image size and `detail`, which thrifty does not decode.
+pub const IMAGE_TOKENS: usize = 765;
+
+/// Texts shorter than this are tokenized directly; caching them costs more than it saves.
+const CACHE_MIN_BYTES: usize = 16;
+/// How many text counts are remembered.
+const CACHE_ENTRIES: u64 = 100_000;
+
+/// A tokenizer thrifty counts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    O200kBase,
+    Cl100kBase,
+}
+
+impl Encoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::O200kBase => "o200k_base",
+            Encoding::Cl100kBase => "cl100k_base",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "o200k_base" => Some(Encoding::O200kBase),
+            "cl100k_base" => Some(Encoding::Cl100kBase),
+            _ => None,
+        }
+    }
+
+    fn bpe(self) -> &'static CoreBPE {
+        match self {
+            Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
+            Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+        }
+    }
+
+    /// Builds both tokenizers now; the first build takes about half a second.
+    pub fn warm_up() {
+        for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
+            encoding.bpe().encode_ordinary("warm up");
+        }
+    }
+}
+
+/// Token counts of one request: one entry per message, plus what every request pays.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub messages: Vec<usize>,
+    /// Reply priming and tool definitions.
+    pub fixed: usize,
+}
+
+impl Counts {
+    pub fn total(&self) -> usize {
+        self.fixed + self.messages.iter().sum::<usize>()
+    }
+}
+
+/// Counts tokens, remembering the counts of long texts it has seen.
+pub struct TokenCounter {
+    cache: moka::sync::Cache<u64, u32>,
+}
+
+impl Default for TokenCounter {
+    fn default() -> Self {
+        TokenCounter::new()
+    }
+}
+
+impl TokenCounter {
+    pub fn new() -> Self {
+        TokenCounter {
+            cache: moka::sync::Cache::new(CACHE_ENTRIES),
+        }
+    }
+
+    /// Tokens of a plain text, special-token lookalikes counted as ordinary text.
+    pub fn text(&self, encoding: Encoding, text: &str) -> usize {
+        if text.len() < CACHE_MIN_BYTES {
+            return encoding.bpe().encode_ordinary(text).len();
+        }
+        let mut hasher = DefaultHasher::new();
+        encoding.hash(&mut hasher);
+        text.hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some(count) = self.cache.get(&key) {
+            return count as usize;
+        }
+        let count = encoding.bpe().encode_ordinary(text).len();
+        self.cache
+            .insert(key, u32::try_from(count).unwrap_or(u32::MAX));
+        count
+    }
+
+    /// Tokens of one message including its framing, tool calls and named fields.
+    pub fn message(&self, encoding: Encoding, message: &Message) -> usize {
+        let mut tokens = TOKENS_PER_MESSAGE + self.role(encoding, message.role.as_str());
+        tokens += self.content(encoding, &message.content);
+        for call in &message.tool_calls {
+            tokens += TOKENS_PER_TOOL_CALL
+                + self.text(encoding, &call.name)
+                + self.text(encoding, &call.arguments);
+        }
+        for (field, value) in &message.extra {
+            if let Value::String(text) = value {
+                tokens += self.text(encoding, text);
+                if field == "name" {
+                    tokens += TOKENS_PER_NAME;
+                }
+            }
+        }
+        tokens
+    }
+
+    /// Tokens of a message's content; non-text parts at their assumed cost.
+    pub fn content(&self, encoding: Encoding, content: &Content) -> usize {
+        match content {
+            Content::Absent => 0,
+            Content::Text(text) => self.text(encoding, text),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|part| match &part.kind {
+                    PartKind::Text(text) => self.text(encoding, text),
+                    PartKind::Image => IMAGE_TOKENS,
+                    other => self.text(encoding, &other.placeholder()),
+                })
+                .sum(),
+        }
+    }
+
+    /// Tool (and legacy function) definitions, counted as their JSON text: OpenAI
+    /// renders them in a more compact form, so this errs on the high side.
+    pub fn tools(&self, encoding: Encoding, chat: &ChatRequest) -> usize {
+        ["tools", "functions"]
+            .iter()
+            .filter_map(|field| chat.shaping.get(*field))
+            .filter(|value| !value.is_null())
+            .map(|value| self.text(encoding, &value.to_string()))
+            .sum()
+    }
+
+    /// Every message once, plus priming and tool definitions.
+    pub fn request(&self, encoding: Encoding, chat: &ChatRequest) -> Counts {
+        Counts {
+            messages: chat
+                .messages
+                .iter()
+                .map(|m| self.message(encoding, m))
+                .collect(),
+            fixed: REPLY_PRIMING + self.tools(encoding, chat),
+        }
+    }
+
+    fn role(&self, encoding: Encoding, role: &str) -> usize {
+        match role {
+            // One token in both encodings.
+            "system" | "developer" | "user" | "assistant" | "tool" => 1,
+            other => self.text(encoding, other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{Part, Role, ToolCall};
+    use serde_json::{Map, json};
+    use tiktoken_rs::{ChatCompletionRequestMessage, FunctionCall};
+
+    fn chat(messages: Vec<Message>) -> ChatRequest {
+        ChatRequest {
+            model: "gpt-4o".to_owned(),
+            messages,
+            stream: false,
+            shaping: Map::new(),
+            incidental: Map::new(),
+        }
+    }
+
+    #[test]
+    fn request_counts_match_the_cookbook_as_tiktoken_rs_implements_it() {
+        let mut named = Message::text(Role::User, "New synergies will help drive top-line growth.");
+        named.extra.insert("name".to_owned(), json!("example_user"));
+        let mut call = Message::text(Role::Assistant, "");
+        call.content = Content::Absent;
+        call.tool_calls.push(ToolCall {
+            id: Some("call_1".to_owned()),
+            name: "read_file".to_owned(),
+            arguments: r#"{"path":"src/main.rs"}"#.to_owned(),
+        });
+        let long = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+        let messages = vec![
+            Message::text(
+                Role::System,
+                "You are a helpful, pattern-following assistant.",
+            ),
+            named,
+            call,
+            Message::text(Role::Tool, long.clone()),
+        ];
+        let reference: Vec<ChatCompletionRequestMessage> = vec![
+            ChatCompletionRequestMessage {
+                role: "system".to_owned(),
+                content: Some("You are a helpful, pattern-following assistant.".to_owned()),
+                ..Default::default()
+            },
+            ChatCompletionRequestMessage {
+                role: "user".to_owned(),
+                content: Some("New synergies will help drive top-line growth.".to_owned()),
+                name: Some("example_user".to_owned()),
+                ..Default::default()
+            },
+            ChatCompletionRequestMessage {
+                role: "assistant".to_owned(),
+                tool_calls: vec![FunctionCall {
+                    name: "read_file".to_owned(),
+                    arguments: r#"{"path":"src/main.rs"}"#.to_owned(),
+                }],
+                ..Default::default()
+            },
+            ChatCompletionRequestMessage {
+                role: "tool".to_owned(),
+                content: Some(long),
+                ..Default::default()
+            },
+        ];
+        let counter = TokenCounter::new();
+        for (model, encoding) in [
+            ("gpt-4o", Encoding::O200kBase),
+            ("gpt-4", Encoding::Cl100kBase),
+        ] {
+            let expected =
+                tiktoken_rs::num_tokens_from_messages(model, &reference).expect("known model");
+            let counts = counter.request(encoding, &chat(messages.clone()));
+            assert_eq!(counts.total(), expected, "{model}");
+            // The second count comes from the cache and agrees.
+            assert_eq!(counter.request(encoding, &chat(messages.clone())), counts);
+        }
+    }
+
+    #[test]
+    fn hello_world_is_nine_prompt_tokens() {
+        let counter = TokenCounter::new();
+        let counts = counter.request(
+            Encoding::Cl100kBase,
+            &chat(vec![Message::text(Role::User, "hello world")]),
+        );
+        assert_eq!(counts.messages, vec![6]);
+        assert_eq!(counts.total(), 9);
+    }
+
+    #[test]
+    fn tool_definitions_and_images_are_counted() {
+        let counter = TokenCounter::new();
+        let mut request = chat(vec![Message::text(Role::User, "hi")]);
+        let bare = counter.request(Encoding::O200kBase, &request).total();
+        request.shaping.insert(
+            "tools".to_owned(),
+            json!([{"type": "function", "function": {"name": "read_file", "description": "Reads a file from disk", "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}]),
+        );
+        let with_tools = counter.request(Encoding::O200kBase, &request).total();
+        assert!(with_tools > bare + 15, "{bare} -> {with_tools}");
+
+        let image = Message {
+            content: Content::Parts(vec![
+                Part {
+                    kind: PartKind::Text("what is this".to_owned()),
+                    raw: json!({"type": "text", "text": "what is this"}),
+                },
+                Part {
+                    kind: PartKind::Image,
+                    raw: json!({"type": "image_url"}),
+                },
+            ]),
+            ..Message::text(Role::User, "")
+        };
+        let tokens = counter.message(Encoding::O200kBase, &image);
+        assert!(tokens > IMAGE_TOKENS, "{tokens}");
+    }
+}
