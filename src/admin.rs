@@ -16,6 +16,7 @@ use crate::cache::entry::{EmbeddingEntry, Entry};
 use crate::cache::{ANSWER_PREFIX, EMBEDDING_PREFIX};
 use crate::error::ProxyError;
 use crate::pipeline::{Proxy, read_body};
+use crate::semantic::SEMANTIC_PREFIX;
 use crate::{dialect, reply, router, savings};
 
 /// Checks the bearer token; comparing digests keeps the comparison free of early exits on content.
@@ -238,7 +239,38 @@ async fn invalidate(proxy: &Proxy, selector: Selector) -> Result<Response<Body>,
             doomed.push(key);
         }
     }
+    // A semantic record goes with the answer it points to.
+    let answers: std::collections::HashSet<&str> = doomed
+        .iter()
+        .filter_map(|k| k.strip_prefix(ANSWER_PREFIX))
+        .collect();
+    let mut records = Vec::new();
+    for key in cache
+        .store()
+        .keys(SEMANTIC_PREFIX)
+        .await
+        .map_err(store_error)?
+    {
+        let Some((partition, answer)) = key
+            .strip_prefix(SEMANTIC_PREFIX)
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            continue;
+        };
+        if selector.all || answers.contains(answer) {
+            records.push((partition.to_owned(), answer.to_owned()));
+        }
+    }
     let deleted = cache.store().delete(&doomed).await.map_err(store_error)?;
+    for (partition, answer) in &records {
+        match proxy.semantic() {
+            Some(semantic) => semantic.forget(partition, answer).await,
+            None => {
+                let key = format!("{SEMANTIC_PREFIX}{partition}:{answer}");
+                let _ = cache.store().delete(&[key]).await;
+            }
+        }
+    }
     Ok(reply::json(StatusCode::OK, &json!({"deleted": deleted})))
 }
 

@@ -10,6 +10,10 @@
 //! - [`auth`]: client keys and tenant ids. [`ratelimit`]: per-tenant limits.
 //! - [`upstream`]: the pooled client with its timeouts. [`headers`]: hop-by-hop hygiene.
 //! - [`body`], [`reply`], [`error`]: bodies, self-made responses, errors by fault.
+//! - [`cache`]: exact answers and embeddings; [`semantic`]: answers to questions that mean the same.
+//! - [`compress`]: token counting and conversation compression before forwarding.
+//! - [`accounting`], [`savings`]: what each request cost and saved, the ledger and its reports.
+//! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API.
 //! - [`config`]: file + environment to a validated [`config::Config`]; [`secret`], [`tls`], [`telemetry`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -118,6 +122,12 @@ pub async fn run(
     server::serve(listener, proxy.clone(), tls, shutdown).await;
     // Every request recorded so far reaches the store before the process goes.
     let grace = proxy.config().shutdown_grace;
+    // Answers recorded just before shutdown are still being written: let them land.
+    let tasks = proxy.cache().tasks();
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("cache writes not finished at shutdown");
+    }
     if !proxy.ledger().shutdown(grace).await {
         tracing::warn!(
             pending = proxy.ledger().pending(),

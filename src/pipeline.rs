@@ -275,11 +275,10 @@ impl Proxy {
         }
         let mut response = self.forward(exchange, full(bytes), true).await?;
         if let Some(outcome) = &compressed {
-            headers::set(
-                response.headers_mut(),
-                "x-thrifty-compression",
-                &outcome.header_value(),
-            );
+            let h = response.headers_mut();
+            headers::set(h, "x-thrifty-compression", &outcome.header_value());
+            let removed = outcome.before.saturating_sub(outcome.after);
+            headers::set(h, "x-thrifty-tokens-saved", &removed.to_string());
         }
         let billed = match outcome {
             Outcome::Miss => ledger::Outcome::Miss,

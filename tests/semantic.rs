@@ -10,9 +10,11 @@
 //! the scenarios beside it:
 //!
 //! - `matching`: paraphrases hit; unrelated questions, near-misses, other conversations, other
-//!   system prompts, other tenants, tool results and images do not; the per-request controls.
-//! - `lifecycle`: two instances on one Redis converge, a restart rebuilds the index, admin
-//!   invalidation, a Redis outage.
+//!   system prompts, other tenants, other speakers, tool results and images do not; the
+//!   per-request controls.
+//! - `lifecycle`: two instances on one Redis converge, a restart rebuilds the index (also when
+//!   Redis comes up after thrifty), a stopped thrifty has closed its store, admin invalidation,
+//!   a Redis outage.
 //! - `eval`: the guard's effect on precision, measured on a small pair file.
 
 mod common;

@@ -91,6 +91,8 @@ type FlightResult = Option<Option<Arc<Entry>>>;
 
 pub struct Cache {
     store: Arc<Store>,
+    /// Store writes that run after the client has its answer; shutdown waits for them.
+    tasks: tokio_util::task::TaskTracker,
     sealer: Sealer,
     flights: Mutex<HashMap<String, watch::Sender<FlightResult>>>,
     stats: Stats,
@@ -107,6 +109,7 @@ impl Cache {
     pub fn new(config: &CacheConfig, store: Arc<Store>) -> Arc<Cache> {
         Arc::new(Cache {
             store,
+            tasks: tokio_util::task::TaskTracker::new(),
             sealer: Sealer::new(config.encryption_key.as_ref()),
             flights: Mutex::new(HashMap::new()),
             stats: Stats::default(),
@@ -116,6 +119,11 @@ impl Cache {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Background store writes, for shutdown to wait on.
+    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.tasks
     }
 
     pub fn stats(&self) -> &Stats {
@@ -288,7 +296,7 @@ impl Cache {
         }
         let store = self.store.clone();
         let key = Self::store_key(key);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _ = store.touch(&key, Duration::from_millis(ttl)).await;
         });
     }

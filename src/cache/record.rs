@@ -75,7 +75,8 @@ fn finish(recording: Recording, bytes: Vec<u8>) {
     };
     let cache = flight.cache().clone();
     let entry: Entry = cache.entry_for(&plan, &call, answer);
-    tokio::spawn(async move {
+    let tasks = cache.tasks().clone();
+    tasks.spawn(async move {
         let stored = cache.put(flight.key(), &entry).await;
         let key = flight.key().clone();
         let ttl = Duration::from_millis(entry.ttl_ms);

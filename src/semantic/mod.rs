@@ -147,8 +147,13 @@ impl SemanticCache {
         chat: &ChatRequest,
     ) -> Option<Query> {
         let text = last_user_text(chat)?;
-        let prior = &chat.messages[..chat.messages.len() - 1];
-        let partition = key::partition_key(scope, dialect, upstream, chat, &self.context(prior));
+        let (last, prior) = chat.messages.split_last()?;
+        // Everything about the last message but its text must match too (a speaker's `name`).
+        let mut shape = last.clone();
+        shape.content = Content::Absent;
+        let mut context = self.context(prior);
+        context.push(&shape);
+        let partition = key::partition_key(scope, dialect, upstream, chat, &context);
         let vector = self.embedder.embed(text).await?;
         Some(Query {
             partition: partition.0,
@@ -226,9 +231,9 @@ impl SemanticCache {
     }
 
     /// Brings the index in line with the store: loads what is missing, drops what expired.
-    pub async fn reconcile(&self) {
+    pub async fn reconcile(&self) -> bool {
         let Ok(keys) = self.cache.store().keys(SEMANTIC_PREFIX).await else {
-            return;
+            return false;
         };
         let live: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
         for (partition, answer) in self.index.entries() {
@@ -245,12 +250,16 @@ impl SemanticCache {
         for key in keys.iter().filter(|k| !known.contains(*k)) {
             self.load_record(key).await;
         }
+        true
     }
 
     /// Rebuilds the index from the store, then follows other instances until the task is dropped.
     pub async fn sync(self: Arc<Self>) {
-        self.reconcile().await;
         let mut events = self.cache.store().subscribe(EVENTS);
+        // Redis connects in the background: rebuild as soon as the store answers.
+        while !self.reconcile().await {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.tick().await;
         loop {
@@ -269,7 +278,9 @@ impl SemanticCache {
                     },
                     None => events = None,
                 },
-                _ = tick.tick() => self.reconcile().await,
+                _ = tick.tick() => {
+                    self.reconcile().await;
+                }
             }
         }
     }

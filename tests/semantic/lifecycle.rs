@@ -1,9 +1,11 @@
 //! The semantic index over time and across processes: instances sharing a Redis learn each
-//! other's entries, a restarted instance rebuilds its index from the store, admin invalidation
-//! takes semantic hits away, and a Redis outage degrades to the upstream and recovers.
+//! other's entries, a restarted instance rebuilds its index from the store (so its store must be
+//! closed when it stops), admin invalidation takes semantic hits and records away, and a Redis
+//! outage degrades to the upstream and recovers.
 
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use serde_json::json;
 use thrifty::semantic::SEMANTIC_PREFIX;
 
@@ -14,6 +16,12 @@ use crate::{
 
 /// How soon an entry written by one instance must be a semantic hit on another.
 const CONVERGENCE: Duration = Duration::from_secs(2);
+
+/// How many times the shutdown race is run per dialect.
+const ROUNDS: usize = 3;
+
+/// How many questions are answered just before a shutdown.
+const ANSWERED: usize = 10;
 
 /// Waits until Redis holds at least one semantic record; returns when it first saw one.
 async fn wait_for_records(probe: &Probe, what: &str) -> Instant {
@@ -96,25 +104,126 @@ async fn instances_sharing_a_redis_converge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_thrifty_rebuilds_its_index_from_the_store() {
-    for backend in BACKENDS {
-        for dialect in DIALECTS {
-            let what = format!("{backend:?}/{dialect:?}");
-            let mut w = World::start(backend).await;
-            let question = dialect.chat(QUESTION, false);
-            w.api.fill(dialect, &question, &NO_HEADERS).await;
+async fn a_restarted_thrifty_rebuilds_its_index_from_the_embedded_store() {
+    restart_rebuilds_the_index(Backend::Embedded).await;
+}
 
-            w.restart().await;
-            // The index is rebuilt in the background once the server is up.
-            w.api.wait_indexed(dialect, &question, &NO_HEADERS).await;
-            let calls = w.fake.calls_to(dialect.path());
-            let hit = w
-                .api
-                .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
-                .await;
-            hit.assert_cache("semantic-hit", &format!("{what}: after a restart"));
-            assert_eq!(dialect.text(&hit), echo(QUESTION), "{what}");
-            assert_eq!(w.fake.calls_to(dialect.path()), calls, "{what}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_thrifty_rebuilds_its_index_from_redis() {
+    restart_rebuilds_the_index(Backend::Redis).await;
+}
+
+/// Fills, restarts thrifty on the same store, and expects the paraphrase to be a semantic hit.
+async fn restart_rebuilds_the_index(backend: Backend) {
+    for dialect in DIALECTS {
+        let what = format!("{backend:?}/{dialect:?}");
+        let mut w = World::start(backend).await;
+        let question = dialect.chat(QUESTION, false);
+        w.api.fill(dialect, &question, &NO_HEADERS).await;
+        if backend == Backend::Redis {
+            // A hit proves the question is indexed; its record is written just after.
+            wait_for_records(&w.probe().await, &what).await;
+        }
+
+        w.restart().await;
+        // The index is rebuilt in the background once the server is up.
+        w.api
+            .wait_indexed(
+                dialect,
+                &question,
+                &NO_HEADERS,
+                &format!("{what}: restarted"),
+            )
+            .await;
+        let calls = w.fake.calls_to(dialect.path());
+        let hit = w
+            .api
+            .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+            .await;
+        hit.assert_cache("semantic-hit", &format!("{what}: after a restart"));
+        assert_eq!(dialect.text(&hit), echo(QUESTION), "{what}");
+        assert_eq!(w.fake.calls_to(dialect.path()), calls, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thrifty_started_before_redis_rebuilds_its_index_once_redis_is_up() {
+    for dialect in DIALECTS {
+        let what = format!("{dialect:?}");
+        let mut w = World::start(Backend::Redis).await;
+        let question = dialect.chat(QUESTION, false);
+        w.api.fill(dialect, &question, &NO_HEADERS).await;
+        let backup = {
+            let probe = w.probe().await;
+            wait_for_records(&probe, &what).await;
+            let mut backup = probe.dump(ANSWER_PREFIX).await;
+            backup.extend(probe.dump(SEMANTIC_PREFIX).await);
+            backup
+        };
+        w.stop().await;
+
+        // Thrifty starts while Redis is down, then Redis comes back with its data (from its own
+        // persistence in real life, from the test's backup here): nobody announces those
+        // entries, so only reading the store can bring them into the index.
+        w.change_redis(|redis| redis.stop()).await;
+        w.start_again_degraded().await;
+        w.change_redis(|redis| redis.restart()).await;
+        w.probe().await.restore(&backup).await;
+        poll(WAIT, &format!("{what}: thrifty reaches Redis"), || async {
+            (w.api.readiness().await == "ready").then_some(())
+        })
+        .await;
+        // The store is whole again: the question itself is an exact hit.
+        w.api
+            .ask(dialect, &question, &NO_HEADERS)
+            .await
+            .assert_cache("hit", &format!("{what}: the restored answer"));
+        w.api
+            .wait_indexed(
+                dialect,
+                &question,
+                &NO_HEADERS,
+                &format!("{what}: rebuilt once Redis is up"),
+            )
+            .await;
+        let calls = w.fake.calls_to(dialect.path());
+        let hit = w
+            .api
+            .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+            .await;
+        hit.assert_cache("semantic-hit", &what);
+        assert_eq!(w.fake.calls_to(dialect.path()), calls, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_thrifty_has_closed_its_embedded_store() {
+    for round in 0..ROUNDS {
+        for dialect in DIALECTS {
+            let what = format!("{dialect:?} round {round}");
+            let mut w = World::start(Backend::Embedded).await;
+            // Answered misses just before the shutdown: each is recorded, and its question's
+            // vector persisted, by store writes that run after the client has the whole answer.
+            let bodies: Vec<_> = (0..ANSWERED)
+                .map(|i| dialect.chat(&format!("question number {i}"), false))
+                .collect();
+            let asked = bodies
+                .iter()
+                .map(|body| w.api.ask(dialect, body, &NO_HEADERS));
+            for reply in join_all(asked).await {
+                reply.assert_cache("miss", &what);
+            }
+
+            w.shutdown().await;
+            let file = w.redb_file();
+            let opened = tokio::task::spawn_blocking(move || redb::Database::open(file).map(drop))
+                .await
+                .expect("open task");
+            assert!(
+                opened.is_ok(),
+                "{what}: `run` returned but the store is still open, so thrifty cannot start \
+                 again on the same data_dir right away: {opened:?}"
+            );
         }
     }
 }

@@ -269,8 +269,9 @@ impl Api {
         headers: &[(K, V)],
     ) -> Reply {
         let miss = self.ask(dialect, body, headers).await;
-        miss.assert_cache("miss", &format!("{dialect:?}: filling"));
-        self.wait_indexed(dialect, body, headers).await;
+        let what = format!("{dialect:?}: filling");
+        miss.assert_cache("miss", &what);
+        self.wait_indexed(dialect, body, headers, &what).await;
         miss
     }
 
@@ -286,22 +287,19 @@ impl Api {
         dialect: Dialect,
         body: &Value,
         headers: &[(K, V)],
+        what: &str,
     ) {
         let probe = with_last_text(body, |text| format!("{text} "));
         let mut headers = self::headers(headers);
         headers.push(("cache-control".to_owned(), "no-store".to_owned()));
-        poll(
-            WAIT,
-            &format!("{dialect:?}: the question is indexed"),
-            || {
-                let (probe, headers) = (&probe, &headers);
-                async move {
-                    let reply = self.ask(dialect, probe, headers).await;
-                    reply.assert_ok("a read-only probe");
-                    (reply.cache() == "semantic-hit").then_some(())
-                }
-            },
-        )
+        poll(WAIT, &format!("{what}: the question is indexed"), || {
+            let (probe, headers) = (&probe, &headers);
+            async move {
+                let reply = self.ask(dialect, probe, headers).await;
+                reply.assert_ok("a read-only probe");
+                (reply.cache() == "semantic-hit").then_some(())
+            }
+        })
         .await;
     }
 
@@ -420,15 +418,60 @@ impl World {
         (thrifty, api)
     }
 
-    /// Shuts thrifty down gracefully and starts it again with the same config and store.
-    pub async fn restart(&mut self) {
+    /// Shuts thrifty down gracefully: `run` has returned when this does.
+    pub async fn shutdown(&mut self) {
         if let Some(thrifty) = self.thrifty.take() {
             assert!(
                 thrifty.shutdown(WAIT).await,
                 "thrifty did not shut down within {WAIT:?}"
             );
         }
-        let thrifty = start_thrifty(self.raw.clone(), &self.vars).await;
+    }
+
+    /// Shuts thrifty down gracefully and waits until its store is closed.
+    pub async fn stop(&mut self) {
+        self.shutdown().await;
+        if self.backend == Backend::Embedded {
+            // Store writes detached from requests (a hit's TTL slide, a semantic record) can
+            // outlive `run`; `a_stopped_thrifty_has_closed_its_embedded_store` shows it. Wait for
+            // them here rather than race them.
+            let file = self.redb_file();
+            poll(WAIT, "the embedded store is closed", || {
+                let file = file.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || redb::Database::open(file).ok().map(drop))
+                        .await
+                        .expect("open task")
+                }
+            })
+            .await;
+        }
+    }
+
+    /// The path of the embedded store's database file.
+    pub fn redb_file(&self) -> std::path::PathBuf {
+        self.raw.store.data_dir.join("thrifty.redb")
+    }
+
+    /// Shuts thrifty down gracefully and starts it again with the same config and store.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Starts thrifty again (after [`World::stop`]) with the same config and store.
+    pub async fn start_again(&mut self) {
+        self.start_again_until(&["ready"]).await;
+    }
+
+    /// Starts thrifty again while its Redis is down: it serves, degraded.
+    pub async fn start_again_degraded(&mut self) {
+        self.start_again_until(&["degraded"]).await;
+    }
+
+    async fn start_again_until(&mut self, statuses: &[&str]) {
+        assert!(self.thrifty.is_none(), "thrifty was stopped first");
+        let thrifty = start_thrifty_until(self.raw.clone(), &self.vars, statuses).await;
         self.api = Api::new(thrifty.url());
         self.thrifty = Some(thrifty);
     }
@@ -455,16 +498,27 @@ impl World {
 /// Starts thrifty with `vars` as its whole environment and waits until `/readyz` says its store
 /// answers (thrifty serves at once but connects to Redis in the background).
 pub async fn start_thrifty(raw: RawConfig, vars: &[(String, String)]) -> Thrifty {
+    start_thrifty_until(raw, vars, &["ready"]).await
+}
+
+/// Starts thrifty and waits until `/readyz` reports one of `statuses`.
+async fn start_thrifty_until(
+    raw: RawConfig,
+    vars: &[(String, String)],
+    statuses: &[&str],
+) -> Thrifty {
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let thrifty = Thrifty::start_with_env(raw, &pairs).await;
     let api = Api::new(thrifty.url());
-    poll(WAIT, "thrifty is ready", || async {
+    poll(WAIT, &format!("thrifty is {statuses:?}"), || async {
         let probe = api.client.get(api.url("/readyz")).send().await;
         let status = match probe {
             Ok(response) => response.json::<Value>().await.ok(),
             Err(_) => None,
         };
-        status.filter(|s| s["status"] == "ready").map(drop)
+        status
+            .filter(|s| statuses.iter().any(|want| s["status"] == *want))
+            .map(drop)
     })
     .await;
     thrifty
@@ -526,5 +580,28 @@ impl Probe {
             .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel))
             .await;
         count
+    }
+
+    /// Every key under `prefix` with its value and milliseconds to live, as a backup holds them.
+    pub async fn dump(&self, prefix: &str) -> Vec<(String, Vec<u8>, i64)> {
+        let mut saved = Vec::new();
+        for key in self.keys(prefix).await {
+            let value: Vec<u8> = self.query(redis::cmd("GET").arg(&key)).await;
+            let ttl: i64 = self.query(redis::cmd("PTTL").arg(&key)).await;
+            saved.push((key, value, ttl));
+        }
+        saved
+    }
+
+    /// Writes back what [`Probe::dump`] saved, behind thrifty's back.
+    pub async fn restore(&self, saved: &[(String, Vec<u8>, i64)]) {
+        for (key, value, ttl) in saved {
+            let mut set = redis::cmd("SET");
+            set.arg(key).arg(value.as_slice());
+            if *ttl > 0 {
+                set.arg("PX").arg(*ttl);
+            }
+            let _: String = self.query(&set).await;
+        }
     }
 }
