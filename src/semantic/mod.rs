@@ -195,6 +195,9 @@ impl SemanticCache {
         };
         let key = record_key(&query.partition, &answer.0);
         let store = self.cache.store();
+        // Hits keep extending the answer up to max_ttl, so the vector lives that long; a lookup
+        // whose answer has gone forgets the vector then.
+        let ttl = ttl.max(self.cache.config().max_ttl);
         if store.put(&key, raw, ttl).await.is_ok() {
             let _ = store.publish(EVENTS, &format!("add {key}")).await;
         }
