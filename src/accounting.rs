@@ -170,7 +170,7 @@ impl Account {
             Tap::new(
                 body,
                 TAP_LIMIT,
-                Box::new(move |bytes, _clean| {
+                Box::new(move |bytes, _ending| {
                     let tokens = usage::from_bytes(dialect, streamed, &bytes);
                     let billed = tokens.unwrap_or_default();
                     self.finish(

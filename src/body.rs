@@ -95,8 +95,17 @@ where
     }
 }
 
-/// Called once a tapped body ends: with its bytes (up to the limit) and whether it ended cleanly.
-pub type TapEnd = Box<dyn FnOnce(Bytes, bool) + Send>;
+/// How a tapped body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ending {
+    /// The body reached its end (not an error, not dropped early).
+    pub clean: bool,
+    /// Every byte fit under the limit.
+    pub whole: bool,
+}
+
+/// Called once a tapped body ends, with its bytes (up to the limit).
+pub type TapEnd = Box<dyn FnOnce(Bytes, Ending) + Send>;
 
 pin_project! {
     /// Passes a body through unchanged and hands its bytes to `on_end` when it ends
@@ -106,6 +115,7 @@ pin_project! {
         inner: Body,
         buffer: Vec<u8>,
         limit: usize,
+        whole: bool,
         on_end: Option<TapEnd>,
     }
 
@@ -113,7 +123,8 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(on_end) = this.on_end.take() {
-                on_end(Bytes::from(std::mem::take(this.buffer)), false);
+                let ending = Ending { clean: false, whole: *this.whole };
+                on_end(Bytes::from(std::mem::take(this.buffer)), ending);
             }
         }
     }
@@ -125,6 +136,7 @@ impl Tap {
             inner,
             buffer: Vec::new(),
             limit,
+            whole: true,
             on_end: Some(on_end),
         }
     }
@@ -144,8 +156,10 @@ impl HttpBody for Tap {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let room = this.limit.saturating_sub(this.buffer.len());
+                    *this.whole &= data.len() <= room;
                     this.buffer.extend_from_slice(&data[..data.len().min(room)]);
                 }
+                // Hyper stops polling once a body says it has ended, so end here too.
                 this.inner.is_end_stream().then_some(true)
             }
             Poll::Ready(None) => Some(true),
@@ -154,7 +168,11 @@ impl HttpBody for Tap {
         };
         if let Some(clean) = ended {
             if let Some(on_end) = this.on_end.take() {
-                on_end(Bytes::from(std::mem::take(this.buffer)), clean);
+                let ending = Ending {
+                    clean,
+                    whole: *this.whole,
+                };
+                on_end(Bytes::from(std::mem::take(this.buffer)), ending);
             }
         }
         polled

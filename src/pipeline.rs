@@ -27,7 +27,7 @@ use crate::body::{Body, boxed, full};
 use crate::cache::controls::Controls;
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
-use crate::cache::record::{OnStored, Recorder, Recording};
+use crate::cache::record::{OnStored, Recording, recorder};
 use crate::cache::{Cache, Lookup, Outcome, Plan, embedding, replay};
 use crate::chat::{Call, Dialect, EmbeddingRequest, Endpoint};
 use crate::compress::{self, Compressor, Force};
@@ -310,7 +310,7 @@ impl Proxy {
                     streamed,
                     on_stored,
                 };
-                Ok(response.map(|body| Recorder::new(body, recording).boxed_unsync()))
+                Ok(response.map(|body| recorder(body, recording).boxed_unsync()))
             }
             _ => Ok(response),
         }

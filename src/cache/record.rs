@@ -5,17 +5,12 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use pin_project_lite::pin_project;
 
 use super::entry::{Answer, Entry};
 use super::key::CacheKey;
 use super::{Flight, Plan};
-use crate::body::{Body, BoxError};
+use crate::body::{Body, Tap};
 use crate::chat::{Call, Dialect};
 use crate::dialect::stream;
 
@@ -33,23 +28,20 @@ pub struct Recording {
     pub on_stored: Option<OnStored>,
 }
 
-pin_project! {
-    pub struct Recorder {
-        #[pin]
-        inner: Body,
-        buffer: Vec<u8>,
-        recording: Option<Recording>,
-    }
-}
-
-impl Recorder {
-    pub fn new(inner: Body, recording: Recording) -> Self {
-        Recorder {
-            inner,
-            buffer: Vec::new(),
-            recording: Some(recording),
-        }
-    }
+/// Wraps an upstream answer so that it is recorded when it ends cleanly and whole.
+/// Anything else (an error, a client gone, an answer over `max_entry_bytes`) drops the
+/// recording, which releases the followers to go upstream themselves.
+pub fn recorder(inner: Body, recording: Recording) -> Tap {
+    let limit = recording.flight.cache().config().max_entry_bytes;
+    Tap::new(
+        inner,
+        limit,
+        Box::new(move |bytes, ending| {
+            if ending.clean && ending.whole {
+                finish(recording, &bytes);
+            }
+        }),
+    )
 }
 
 /// The answer the recorded bytes hold, if they are a complete success.
@@ -61,7 +53,7 @@ fn answer(dialect: Dialect, streamed: bool, bytes: &[u8]) -> Option<Answer> {
     stream::is_complete(dialect, &value).then_some(Answer::Json(value))
 }
 
-fn finish(recording: Recording, bytes: Vec<u8>) {
+fn finish(recording: Recording, bytes: &[u8]) {
     let Recording {
         flight,
         plan,
@@ -69,7 +61,7 @@ fn finish(recording: Recording, bytes: Vec<u8>) {
         streamed,
         on_stored,
     } = recording;
-    let Some(answer) = answer(plan.dialect, streamed, &bytes) else {
+    let Some(answer) = answer(plan.dialect, streamed, bytes) else {
         flight.finish(None);
         return;
     };
@@ -85,55 +77,4 @@ fn finish(recording: Recording, bytes: Vec<u8>) {
             on_stored(key, ttl).await;
         }
     });
-}
-
-impl HttpBody for Recorder {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(rec)) = (frame.data_ref(), this.recording.as_ref()) {
-                    let limit = rec.flight.cache().config().max_entry_bytes;
-                    if this.buffer.len() + data.len() > limit {
-                        // Too large to keep: stop recording, release followers.
-                        this.recording.take();
-                        this.buffer.clear();
-                    } else {
-                        this.buffer.extend_from_slice(data);
-                    }
-                }
-                // Hyper stops polling once a body says it has ended, so finish here too.
-                if this.inner.is_end_stream() {
-                    if let Some(rec) = this.recording.take() {
-                        finish(rec, std::mem::take(this.buffer));
-                    }
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(rec) = this.recording.take() {
-                    finish(rec, std::mem::take(this.buffer));
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                this.recording.take();
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
