@@ -15,6 +15,7 @@
 //! | `THRIFTY_BENCH_ROUNDS`        | 3       | direct/thrifty alternations the budget is cut in|
 //! | `THRIFTY_BENCH_WARMUP`        | 0.1     | warm-up per target, as a share of the budget    |
 //! | `THRIFTY_BENCH_PROXY_WORKERS` | 1       | thrifty's tokio workers (1 = current_thread)    |
+//! | `THRIFTY_BENCH_UPSTREAM_MS`   | 0       | how long the fake upstream takes to answer      |
 //!
 //! Threads. The fake upstream, thrifty and the load generator each run on their own tokio
 //! runtime in their own OS thread (`bench-fake`, `bench-thrifty`, `bench-client`), all
@@ -34,6 +35,14 @@
 //! calls [`Bench::compare`] with a measuring closure built from [`sequential`] or
 //! [`concurrent`], and list it in [`SCENARIOS`]. A scenario that needs another thrifty
 //! configuration can start one with [`start_thrifty`].
+//!
+//! Cache scenarios. `hit redis …` and `hit embedded …` run thrifty with the cache on (a private
+//! `redis-server`, or the embedded store), warm one entry and then measure exact hits against
+//! the same requests sent straight to the fake (misses by construction); every hit must say
+//! `x-thrifty-cache: hit` and none may reach the fake. `semantic hit c=1` turns the semantic
+//! cache on (model from `THRIFTY_EMBED_DIR`), caches one question and sends distinct paraphrases
+//! of it, embedding included. `index lookup` times `semantic::index::Index::search` alone on
+//! random unit vectors: brute force at 2k entries, HNSW at 10k and 100k.
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -43,6 +52,10 @@
     reason = "the benchmark uses only part of the fake upstream"
 )]
 mod fake_llm;
+
+#[path = "../tests/common/redis.rs"]
+#[allow(dead_code, reason = "the benchmark only starts and stops the server")]
+mod redis_server;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -83,7 +96,20 @@ const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","conte
 const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"system","content":"You are a terse assistant."},{"role":"user","content":"Summarise the benefits of connection pooling for an HTTP reverse proxy in one sentence, please."}],"temperature":0.2,"max_tokens":64}"#;
 
 type BenchClient = Client<HttpConnector, Full<Bytes>>;
-type ScenarioFuture<'a> = Pin<Box<dyn Future<Output = Result<Comparison>> + 'a>>;
+type ScenarioFuture<'a> = Pin<Box<dyn Future<Output = Result<Outcome>> + 'a>>;
+
+/// What a scenario reports: a direct/thrifty comparison, or latencies of one target alone.
+enum Outcome {
+    Compared(Comparison),
+    Measured(Vec<Measured>),
+}
+
+/// Latencies measured on their own (no direct counterpart), with a free-form note.
+struct Measured {
+    name: String,
+    run: Run,
+    note: String,
+}
 
 /// A named scenario; its name is what the command-line filter matches.
 struct Scenario {
@@ -95,18 +121,73 @@ const CHAT_C1: &str = "chat c=1";
 const CHAT_CN: &str = "chat c=N";
 const STREAM_C1: &str = "stream first chunk c=1";
 
+const HIT_REDIS_C1: &str = "hit redis c=1";
+const HIT_REDIS_CN: &str = "hit redis c=N";
+const HIT_EMBEDDED_C1: &str = "hit embedded c=1";
+const HIT_EMBEDDED_CN: &str = "hit embedded c=N";
+const SEMANTIC_HIT: &str = "semantic hit c=1";
+const INDEX_LOOKUP: &str = "index lookup";
+
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: CHAT_C1,
-        run: |bench| Box::pin(chat_sequential(bench)),
+        run: |bench| Box::pin(async { chat_sequential(bench).await.map(Outcome::Compared) }),
     },
     Scenario {
         name: CHAT_CN,
-        run: |bench| Box::pin(chat_concurrent(bench)),
+        run: |bench| Box::pin(async { chat_concurrent(bench).await.map(Outcome::Compared) }),
     },
     Scenario {
         name: STREAM_C1,
-        run: |bench| Box::pin(stream_first_chunk(bench)),
+        run: |bench| Box::pin(async { stream_first_chunk(bench).await.map(Outcome::Compared) }),
+    },
+    Scenario {
+        name: HIT_REDIS_C1,
+        run: |bench| {
+            Box::pin(async {
+                exact_hits(bench, HIT_REDIS_C1, Store::Redis, Load::Sequential)
+                    .await
+                    .map(Outcome::Compared)
+            })
+        },
+    },
+    Scenario {
+        name: HIT_REDIS_CN,
+        run: |bench| {
+            Box::pin(async {
+                exact_hits(bench, HIT_REDIS_CN, Store::Redis, Load::Concurrent)
+                    .await
+                    .map(Outcome::Compared)
+            })
+        },
+    },
+    Scenario {
+        name: HIT_EMBEDDED_C1,
+        run: |bench| {
+            Box::pin(async {
+                exact_hits(bench, HIT_EMBEDDED_C1, Store::Embedded, Load::Sequential)
+                    .await
+                    .map(Outcome::Compared)
+            })
+        },
+    },
+    Scenario {
+        name: HIT_EMBEDDED_CN,
+        run: |bench| {
+            Box::pin(async {
+                exact_hits(bench, HIT_EMBEDDED_CN, Store::Embedded, Load::Concurrent)
+                    .await
+                    .map(Outcome::Compared)
+            })
+        },
+    },
+    Scenario {
+        name: SEMANTIC_HIT,
+        run: |bench| Box::pin(semantic_hits(bench)),
+    },
+    Scenario {
+        name: INDEX_LOOKUP,
+        run: |_| Box::pin(async { index_lookups().map(Outcome::Measured) }),
     },
 ];
 
@@ -165,6 +246,357 @@ async fn stream_first_chunk(bench: &Bench) -> Result<Comparison> {
             .await
         })
         .await
+}
+
+/// Where the cache of a hit scenario lives.
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    /// A private `redis-server`, named to thrifty by `THRIFTY_REDIS_URL`.
+    Redis,
+    /// The embedded store in a scratch directory.
+    Embedded,
+}
+
+/// How a scenario loads its target.
+#[derive(Clone, Copy, Debug)]
+enum Load {
+    /// One request at a time, `THRIFTY_BENCH_REQUESTS` of them: latency.
+    Sequential,
+    /// `THRIFTY_BENCH_CONCURRENCY` tasks for `THRIFTY_BENCH_SECS`: throughput.
+    Concurrent,
+}
+
+/// Exact cache hits through a thrifty with the cache on, next to the same request sent straight
+/// to the fake (a miss by construction).
+async fn exact_hits(
+    bench: &Bench,
+    scenario: &'static str,
+    store: Store,
+    load: Load,
+) -> Result<Comparison> {
+    let scratch = ScratchDir::new("hit-store")?;
+    let redis = match store {
+        Store::Redis => Some(redis_server::RedisServer::start()),
+        Store::Embedded => None,
+    };
+    let vars: Vec<(&str, String)> = redis
+        .iter()
+        .map(|redis| ("THRIFTY_REDIS_URL", redis.url()))
+        .collect();
+    let mut raw = config_for(&bench.fake, scratch.path());
+    raw.cache.enabled = true;
+    let (addr, server) = start_thrifty_with_env(raw, bench.settings.proxy_workers, &vars)?;
+    let cached = Target {
+        name: "thrifty",
+        base: format!("http://{addr}"),
+    };
+    let miss = Call::openai_chat(CHAT);
+    warm_entry(bench, &cached, &miss, "hit")
+        .await
+        .with_context(|| format!("{scenario}: warming the cache"))?;
+    let hit = miss.clone().expecting("hit");
+
+    let settings = &bench.settings;
+    let (requests, cap, tasks, secs) = (
+        settings.requests,
+        settings.cap(),
+        settings.concurrency,
+        settings.secs,
+    );
+    let result = bench
+        .compare_with(
+            scenario,
+            &cached,
+            true,
+            async |target: &Target, share: f64| {
+                let call = if target.name == bench.direct.name {
+                    &miss
+                } else {
+                    &hit
+                };
+                match load {
+                    Load::Sequential => {
+                        let n = scaled(requests, share);
+                        sequential(bench, target, call, Probe::WholeBody, n, cap.mul_f64(share))
+                            .await
+                    }
+                    Load::Concurrent => {
+                        let duration = Duration::from_secs_f64(secs * share);
+                        concurrent(bench, target, call, Probe::WholeBody, tasks, duration).await
+                    }
+                }
+            },
+        )
+        .await;
+    drop(server);
+    drop(redis);
+    drop(scratch);
+    result
+}
+
+/// Sends `call` once (a miss that fills the cache), then until its answer says
+/// `x-thrifty-cache: outcome` (the store write may land after the answer).
+async fn warm_entry(bench: &Bench, target: &Target, call: &Call, outcome: &str) -> Result<()> {
+    let uri = call.uri(target)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, seen) = exchange(&bench.client, &uri, call, Probe::WholeBody).await?;
+        if seen.as_deref() == Some(outcome) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no {outcome:?} after 10 s (last x-thrifty-cache: {seen:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The question the semantic scenario caches.
+const SEMANTIC_QUESTION: &str = "How do I reset my password?";
+
+/// A chat with the semantic scenario's system prompt and `question` as the user's message.
+fn semantic_call(question: &str) -> Call {
+    Call::openai_chat_owned(format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"system","content":"Be brief."}},{{"role":"user","content":"{question}"}}]}}"#
+    ))
+}
+
+/// Distinct paraphrases of [`SEMANTIC_QUESTION`] that differ from it only in stop words, casing
+/// and punctuation (so the guard has nothing to reject), in an order that varies every part.
+fn paraphrases() -> Vec<String> {
+    const LEADS: [&str; 7] = [
+        "",
+        "so ",
+        "and ",
+        "please ",
+        "tell me ",
+        "so tell me ",
+        "just tell me ",
+    ];
+    const OPENERS: [&str; 8] = [
+        "how can I",
+        "how do i",
+        "how should I",
+        "how would I",
+        "how could I",
+        "how can i",
+        "how will I",
+        "how do I",
+    ];
+    const TAILS: [&str; 3] = [
+        "reset my password",
+        "reset the password",
+        "reset my password please",
+    ];
+    const ENDS: [&str; 6] = ["", "?", " ?", "??", ".", "!"];
+    let mut seen = std::collections::HashSet::new();
+    let mut texts = Vec::new();
+    for capital in [false, true] {
+        for end in ENDS {
+            for tail in TAILS {
+                for lead in LEADS {
+                    for opener in OPENERS {
+                        let mut text = format!("{lead}{opener} {tail}{end}");
+                        if capital {
+                            text = text[..1].to_uppercase() + &text[1..];
+                        }
+                        if text != SEMANTIC_QUESTION && seen.insert(text.clone()) {
+                            texts.push(text);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    texts
+}
+
+/// Semantic hits end to end (embedding included): one question cached, then distinct
+/// paraphrases of it, one at a time, so that the query-vector LRU never answers.
+async fn semantic_hits(bench: &Bench) -> Result<Outcome> {
+    const WARMUP: usize = 10;
+    let model_dir = std::env::var_os("THRIFTY_EMBED_DIR")
+        .map(PathBuf::from)
+        .context("THRIFTY_EMBED_DIR is not set: it must name the all-MiniLM-L6-v2 directory")?;
+    let scratch = ScratchDir::new("semantic-store")?;
+    let mut raw = config_for(&bench.fake, scratch.path());
+    raw.cache.enabled = true;
+    raw.semantic.enabled = true;
+    raw.semantic.model_dir = Some(model_dir);
+    let (addr, server) = start_thrifty(raw, bench.settings.proxy_workers)?;
+    let target = Target {
+        name: "thrifty",
+        base: format!("http://{addr}"),
+    };
+    // The exact hit shows the answer is stored; the index entry follows it closely.
+    warm_entry(bench, &target, &semantic_call(SEMANTIC_QUESTION), "hit")
+        .await
+        .context("semantic: caching the question")?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let texts = paraphrases();
+    let cap = bench.settings.cap().mul_f64(2.0);
+    let mut latencies = Vec::new();
+    let mut others: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut sent = 0;
+    let mut started = Instant::now();
+    bench.fake.reset();
+    for (i, text) in texts.iter().enumerate() {
+        if i == WARMUP {
+            started = Instant::now();
+            bench.fake.reset();
+            others.clear();
+        }
+        if started.elapsed() >= cap || latencies.len() >= bench.settings.requests {
+            break;
+        }
+        let call = semantic_call(text);
+        let (latency, outcome) =
+            exchange(&bench.client, &call.uri(&target)?, &call, Probe::WholeBody).await?;
+        let outcome = outcome.unwrap_or_else(|| "(none)".to_owned());
+        if i >= WARMUP {
+            sent += 1;
+            if outcome == "semantic-hit" {
+                latencies.push(latency);
+            } else {
+                *others.entry(outcome).or_default() += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let upstream = bench.fake.calls();
+    drop(server);
+    drop(scratch);
+
+    let hits = latencies.len();
+    let non_hits: usize = others.values().sum();
+    ensure!(
+        upstream == non_hits,
+        "semantic: {hits} hits and {non_hits} other answers but {upstream} upstream calls"
+    );
+    let mut note = format!(
+        "{hits} hits of {sent} distinct paraphrases ({} generated, {WARMUP} warm-up), upstream {upstream}",
+        texts.len()
+    );
+    if !others.is_empty() {
+        note.push_str(&format!("; not hits: {others:?}"));
+    }
+    let mut run = Run::new(latencies, elapsed).finish();
+    run.upstream_calls = upstream;
+    Ok(Outcome::Measured(vec![Measured {
+        name: SEMANTIC_HIT.to_owned(),
+        run,
+        note,
+    }]))
+}
+
+/// A small xorshift generator, so the index scenario needs no extra crate and is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in (0, 1].
+    fn unit_interval(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// A standard normal sample (Box-Muller).
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.unit_interval(), self.unit_interval());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+
+    /// A uniformly random unit vector.
+    fn unit_vector(&mut self, dims: usize) -> Vec<f32> {
+        normalised((0..dims).map(|_| self.normal()).collect())
+    }
+}
+
+fn normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// `Index::search` alone, in one partition of random unit 384-dim vectors: brute force at 2k
+/// entries, then HNSW at 10k and (the same index grown) 100k. Each query is a stored vector
+/// with noise added (cosine about 0.95), so that there is a true answer above the threshold.
+fn index_lookups() -> Result<Vec<Measured>> {
+    use thrifty::semantic::index::Index;
+    const DIMS: usize = 384;
+    const QUERIES: usize = 1000;
+    const THRESHOLD: f32 = 0.88;
+    const K: usize = 4;
+    const PARTITION: &str = "bench";
+
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut measured = Vec::new();
+    for (label, sizes) in [
+        ("brute force", &[2_000_usize][..]),
+        ("hnsw", &[10_000, 100_000][..]),
+    ] {
+        let index = Index::new(200_000, 200_000, 2_048);
+        let mut vectors: Vec<Vec<f32>> = Vec::new();
+        let mut build = Duration::ZERO;
+        for &size in sizes {
+            let started = Instant::now();
+            while vectors.len() < size {
+                let v = rng.unit_vector(DIMS);
+                let n = vectors.len();
+                index.insert(PARTITION, &format!("a{n}"), &format!("q{n}"), v.clone());
+                vectors.push(v);
+            }
+            build += started.elapsed();
+            ensure!(
+                index.len() == size,
+                "the index holds {} of {size}",
+                index.len()
+            );
+            let mut latencies = Vec::with_capacity(QUERIES);
+            let mut found = 0;
+            for _ in 0..QUERIES {
+                let target = (rng.next_u64() % size as u64) as usize;
+                let query = normalised(
+                    vectors[target]
+                        .iter()
+                        .map(|x| x + 0.33 / (DIMS as f32).sqrt() * rng.normal())
+                        .collect(),
+                );
+                let started = Instant::now();
+                let candidates = index.search(PARTITION, &query, THRESHOLD, K);
+                latencies.push(started.elapsed());
+                if candidates
+                    .first()
+                    .is_some_and(|c| c.item.answer == format!("a{target}"))
+                {
+                    found += 1;
+                }
+            }
+            let elapsed = latencies.iter().sum();
+            measured.push(Measured {
+                name: format!("{INDEX_LOOKUP} {}k {label}", size / 1000),
+                run: Run::new(latencies, elapsed).finish(),
+                note: format!(
+                    "recall@1 {:.1}%, built in {:.1} s",
+                    found as f64 * 100.0 / QUERIES as f64,
+                    build.as_secs_f64()
+                ),
+            });
+        }
+    }
+    Ok(measured)
 }
 
 fn scaled(total: usize, share: f64) -> usize {
@@ -288,8 +720,17 @@ fn start_fake() -> Result<(FakeLlm, ServerThread)> {
                     return;
                 }
             };
+            // An LLM takes time to answer; THRIFTY_BENCH_UPSTREAM_MS models that (0: none).
+            let upstream_ms = std::env::var("THRIFTY_BENCH_UPSTREAM_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
             runtime.block_on(async move {
-                if ready_tx.send(Ok(FakeLlm::start().await)).is_ok() {
+                let fake = FakeLlm::builder()
+                    .latency(Duration::from_millis(upstream_ms))
+                    .start()
+                    .await;
+                if ready_tx.send(Ok(fake)).is_ok() {
                     let _ = stop_rx.await;
                 }
             });
@@ -356,8 +797,23 @@ impl Drop for ScratchDir {
 /// Starts thrifty (`thrifty::run`, as `tests/common/thrifty.rs` does) on 127.0.0.1:0 in its
 /// own thread with `workers` tokio workers.
 fn start_thrifty(raw: RawConfig, workers: usize) -> Result<(SocketAddr, ServerThread)> {
+    start_thrifty_with_env(raw, workers, &[])
+}
+
+/// [`start_thrifty`] with the config validated against an environment holding only `vars`
+/// (as `tests/common/thrifty.rs` does), e.g. `THRIFTY_REDIS_URL`.
+fn start_thrifty_with_env(
+    raw: RawConfig,
+    workers: usize,
+    vars: &[(&str, String)],
+) -> Result<(SocketAddr, ServerThread)> {
+    let env = |name: &str| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    };
     let config = raw
-        .validate(&|_: &str| None)
+        .validate(&env)
         .context("the benchmark's thrifty config is invalid")?;
     let (ready_tx, ready_rx) = std_mpsc::channel::<std::io::Result<SocketAddr>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -427,6 +883,8 @@ struct Call {
     /// The path on thrifty and on the fake alike (thrifty maps `/v1` onto the fake's `/v1`).
     path: &'static str,
     body: Bytes,
+    /// The `x-thrifty-cache` value every answer must carry, if any.
+    expect_cache: Option<&'static str>,
 }
 
 impl Call {
@@ -434,7 +892,22 @@ impl Call {
         Call {
             path: "/v1/chat/completions",
             body: Bytes::from_static(body.as_bytes()),
+            expect_cache: None,
         }
+    }
+
+    fn openai_chat_owned(body: String) -> Self {
+        Call {
+            path: "/v1/chat/completions",
+            body: Bytes::from(body),
+            expect_cache: None,
+        }
+    }
+
+    /// The same call, failing unless every answer carries `x-thrifty-cache: outcome`.
+    fn expecting(mut self, outcome: &'static str) -> Self {
+        self.expect_cache = Some(outcome);
+        self
     }
 
     fn uri(&self, target: &Target) -> Result<Uri> {
@@ -470,9 +943,22 @@ impl Bench {
         scenario: &'static str,
         measure: impl AsyncFn(&Target, f64) -> Result<Run>,
     ) -> Result<Comparison> {
+        self.compare_with(scenario, &self.thrifty, false, measure)
+            .await
+    }
+
+    /// [`Bench::compare`] against another thrifty; `cached` says its answers come from the
+    /// cache, so that none of its requests may reach the upstream.
+    async fn compare_with(
+        &self,
+        scenario: &'static str,
+        proxy: &Target,
+        cached: bool,
+        measure: impl AsyncFn(&Target, f64) -> Result<Run>,
+    ) -> Result<Comparison> {
         let rounds = self.settings.rounds;
         if self.settings.warmup > 0.0 {
-            for target in [&self.direct, &self.thrifty] {
+            for target in [&self.direct, proxy] {
                 measure(target, self.settings.warmup)
                     .await
                     .with_context(|| format!("{scenario}: warming up {}", target.name))?;
@@ -482,9 +968,9 @@ impl Bench {
         let mut thrifty = Run::default();
         for round in 0..rounds {
             let order = if round % 2 == 0 {
-                [(&self.direct, &mut direct), (&self.thrifty, &mut thrifty)]
+                [(&self.direct, &mut direct), (proxy, &mut thrifty)]
             } else {
-                [(&self.thrifty, &mut thrifty), (&self.direct, &mut direct)]
+                [(proxy, &mut thrifty), (&self.direct, &mut direct)]
             };
             for (target, pooled) in order {
                 self.fake.reset();
@@ -501,6 +987,7 @@ impl Bench {
         }
         Ok(Comparison {
             scenario,
+            cached,
             direct: direct.finish(),
             thrifty: thrifty.finish(),
         })
@@ -558,6 +1045,23 @@ async fn concurrent(
 /// Sends one request and returns its latency as `probe` defines it; fails unless the answer
 /// is a 200 with the fake's echo.
 async fn send(client: &BenchClient, uri: &Uri, call: &Call, probe: Probe) -> Result<Duration> {
+    let (latency, outcome) = exchange(client, uri, call, probe).await?;
+    if let Some(expected) = call.expect_cache {
+        ensure!(
+            outcome.as_deref() == Some(expected),
+            "{uri} answered x-thrifty-cache {outcome:?}, expected {expected:?}"
+        );
+    }
+    Ok(latency)
+}
+
+/// [`send`] without the cache check: the latency and the `x-thrifty-cache` header, if any.
+async fn exchange(
+    client: &BenchClient,
+    uri: &Uri,
+    call: &Call,
+    probe: Probe,
+) -> Result<(Duration, Option<String>)> {
     let mut request = Request::new(Full::new(call.body.clone()));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri.clone();
@@ -571,6 +1075,11 @@ async fn send(client: &BenchClient, uri: &Uri, call: &Call, probe: Probe) -> Res
     let started = Instant::now();
     let response = client.request(request).await.context("request failed")?;
     let status = response.status();
+    let outcome = response
+        .headers()
+        .get("x-thrifty-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut body = response.into_body();
     let mut received = BytesMut::new();
     let mut latency = None;
@@ -606,7 +1115,7 @@ async fn send(client: &BenchClient, uri: &Uri, call: &Call, probe: Probe) -> Res
         "{uri} answered an unexpected body: {}",
         String::from_utf8_lossy(&received)
     );
-    Ok(latency)
+    Ok((latency, outcome))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -683,6 +1192,8 @@ impl Run {
 /// Both targets' runs of one scenario.
 struct Comparison {
     scenario: &'static str,
+    /// The thrifty side answered from its cache.
+    cached: bool,
     direct: Run,
     thrifty: Run,
 }
@@ -794,7 +1305,28 @@ fn print_table(results: &[Comparison]) {
     println!("(CPU per request from /proc at 10 ms resolution: client / fake upstream / thrifty)");
 }
 
-fn print_summary(results: &[Comparison], concurrency: usize) {
+fn print_measured(measured: &[Measured]) {
+    println!();
+    println!(
+        "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8}  note",
+        "measured alone", "samples", "p50 ms", "p90 ms", "p99 ms", "max ms",
+    );
+    println!("{}", "-".repeat(114));
+    for m in measured {
+        println!(
+            "{:<28} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>8.3}  {}",
+            m.name,
+            m.run.requests(),
+            m.run.percentile_ms(50.0),
+            m.run.percentile_ms(90.0),
+            m.run.percentile_ms(99.0),
+            m.run.percentile_ms(100.0),
+            m.note,
+        );
+    }
+}
+
+fn print_summary(results: &[Comparison], measured: &[Measured], concurrency: usize) {
     let find = |name: &str| results.iter().find(|r| r.scenario == name);
     println!();
     if let Some(c) = find(CHAT_CN) {
@@ -828,6 +1360,47 @@ fn print_summary(results: &[Comparison], concurrency: usize) {
                  the first-chunk figures measure that, not thrifty"
             );
         }
+    }
+    print_cache_summary(results, measured, concurrency);
+}
+
+/// The cache's figures against their targets.
+fn print_cache_summary(results: &[Comparison], measured: &[Measured], concurrency: usize) {
+    let find = |name: &str| results.iter().find(|r| r.scenario == name);
+    for (store, name) in [("redis", HIT_REDIS_CN), ("embedded", HIT_EMBEDDED_CN)] {
+        if let Some(c) = find(name) {
+            let ratio = c.thrifty.per_second() / c.direct.per_second();
+            println!(
+                "hit/direct-miss req/s c={concurrency} {store:<8} {ratio:>7.3}     (target >= 2)     {}",
+                verdict(ratio >= 2.0)
+            );
+        }
+    }
+    if let Some(c) = find(HIT_REDIS_C1) {
+        let p50 = c.thrifty.percentile_ms(50.0);
+        println!(
+            "hit p50 at c=1 via redis:        {p50:>7.3} ms  (target <= 0.3)   {}",
+            verdict(p50 <= 0.3)
+        );
+    }
+    if let Some(c) = find(HIT_EMBEDDED_C1) {
+        let p50 = c.thrifty.percentile_ms(50.0);
+        println!("hit p50 at c=1 embedded:         {p50:>7.3} ms");
+    }
+    let alone = |name: &str| measured.iter().find(|m| m.name == name);
+    if let Some(m) = alone(SEMANTIC_HIT) {
+        let p50 = m.run.percentile_ms(50.0);
+        println!(
+            "semantic hit p50 at c=1:         {p50:>7.3} ms  (target <= 10)    {}",
+            verdict(p50 <= 10.0)
+        );
+    }
+    if let Some(m) = alone(&format!("{INDEX_LOOKUP} 100k hnsw")) {
+        let p99 = m.run.percentile_ms(99.0);
+        println!(
+            "index lookup p99 at 100k:        {p99:>7.3} ms  (target <= 1)     {}",
+            verdict(p99 <= 1.0)
+        );
     }
 }
 
@@ -882,25 +1455,37 @@ fn main() -> Result<()> {
                 };
                 let started = Instant::now();
                 let mut results = Vec::new();
+                let mut measured = Vec::new();
                 for scenario in SCENARIOS {
                     if bench.settings.wants(scenario.name) {
-                        results.push((scenario.run)(&bench).await?);
+                        match (scenario.run)(&bench).await? {
+                            Outcome::Compared(comparison) => results.push(comparison),
+                            Outcome::Measured(runs) => measured.extend(runs),
+                        }
                     }
                 }
                 for result in &results {
-                    // Nothing is cached yet: every request must have reached the upstream.
-                    for run in [&result.direct, &result.thrifty] {
+                    // Direct requests always reach the upstream; through thrifty they do unless
+                    // the scenario answers from the cache, when none may.
+                    for (run, cached) in [(&result.direct, false), (&result.thrifty, result.cached)]
+                    {
+                        let expected = if cached { 0 } else { run.requests() };
                         ensure!(
-                            run.upstream_calls == run.requests(),
-                            "{}: {} requests but {} upstream calls",
+                            run.upstream_calls == expected,
+                            "{}: {} requests but {} upstream calls (expected {expected})",
                             result.scenario,
                             run.requests(),
                             run.upstream_calls
                         );
                     }
                 }
-                print_table(&results);
-                print_summary(&results, bench.settings.concurrency);
+                if !results.is_empty() {
+                    print_table(&results);
+                }
+                if !measured.is_empty() {
+                    print_measured(&measured);
+                }
+                print_summary(&results, &measured, bench.settings.concurrency);
                 println!("\nmeasured in {:.1} s", started.elapsed().as_secs_f64());
                 Ok(())
             })
