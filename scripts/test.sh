@@ -20,4 +20,4 @@ export THRIFTY_TEST_PYTHON="$PWD/.venv/bin/python"
 THRIFTY_EMBED_DIR="$(scripts/fetch-model-assets.sh)"
 export THRIFTY_EMBED_DIR
 
-cargo test --all-targets "$@"
+cargo test --lib --bins --tests "$@"
