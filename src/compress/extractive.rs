@@ -924,7 +924,7 @@ mod tests {
 
     #[test]
     fn ollama_tool_results_answer_calls_in_order() {
-        let mut two = call("", "grep", r#"{"pattern":"TODO"}"#);
+        let mut two = call("", "grep", r#"{"pattern":"deprecated"}"#);
         two.tool_calls[0].id = None;
         two.tool_calls.push(ToolCall {
             id: None,
@@ -933,7 +933,7 @@ mod tests {
         });
         let messages = [
             two,
-            Message::text(Role::Tool, "src/a.rs:3: TODO"),
+            Message::text(Role::Tool, "src/a.rs:3: deprecated"),
             Message::text(
                 Role::Tool,
                 "error[E0425]: cannot find value `x` in this scope",
@@ -941,7 +941,7 @@ mod tests {
         ];
         let sources: Vec<Source<'_>> = messages.iter().map(source).collect();
         let text = condense(&sources, 200);
-        assert!(text.contains("grep ×1 (1 ok): TODO"), "{text}");
+        assert!(text.contains("grep ×1 (1 ok): deprecated"), "{text}");
         assert!(
             text.contains("bash ×1 (0 ok, 1 failed): cargo build"),
             "{text}"
