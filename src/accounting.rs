@@ -2,7 +2,8 @@
 //! for the ledger, and sets `x-thrifty-tokens-saved` / `x-thrifty-cost-saved`.
 //!
 //! Answers from the upstream are tapped as they stream to the client; the
-//! record is written when the body ends, from the usage the upstream reported.
+//! record is written when the body ends, from the usage the upstream reported,
+//! or, when it reported none, from thrifty's own token count (marked `estimated`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +14,8 @@ use http_body_util::BodyExt;
 use crate::auth::Tenant;
 use crate::body::{Body, Tap};
 use crate::cache::entry::{Answer, Entry};
-use crate::chat::{Dialect, Endpoint};
+use crate::chat::{Call, Dialect, Endpoint};
+use crate::compress::{Encoding, TokenCounter, models};
 use crate::dialect::{stream, usage};
 use crate::headers;
 use crate::savings::{Ledger, Outcome, Tokens, UsageRecord, money};
@@ -28,6 +30,8 @@ pub struct Account {
     started: Instant,
     /// Prompt tokens compression removed before forwarding, counted by thrifty's tokenizer.
     compressed_away: Option<u64>,
+    /// The client's call, counted with the tokenizer when the upstream reports no usage.
+    call: Option<Arc<Call>>,
 }
 
 /// `x-thrifty-tags: a,b` (projects and apps, for reports).
@@ -64,6 +68,7 @@ impl Account {
             ledger,
             started,
             compressed_away: None,
+            call: None,
             record: UsageRecord {
                 at_ms: crate::cache::now_ms(),
                 tenant: tenant.id.clone(),
@@ -92,6 +97,22 @@ impl Account {
     /// prompt plus what was removed.
     pub fn compressed(&mut self, tokens: u64) {
         self.compressed_away = Some(tokens);
+    }
+
+    /// Keeps the client's call to count its tokens if the upstream reports none.
+    pub fn estimate_from(&mut self, call: Arc<Call>) {
+        self.call = Some(call);
+    }
+
+    /// Adds what thrifty itself spent on this request (a summarizer call) at `model`'s price.
+    pub fn overhead(&mut self, tokens: Tokens, model: &str) {
+        let o = &mut self.record.overhead;
+        o.prompt += tokens.prompt;
+        o.cached_prompt += tokens.cached_prompt;
+        o.completion += tokens.completion;
+        if self.record.model != model {
+            self.record.overhead_model = Some(model.to_owned());
+        }
     }
 
     /// Counts one local embedding made for the semantic stage.
@@ -158,6 +179,7 @@ impl Account {
     }
 
     /// An answer from the upstream: recorded when its body ends, from the usage it reports.
+    /// A compressed request's baseline adds back the prompt tokens compression removed.
     pub fn upstream(
         self,
         outcome: Outcome,
@@ -166,24 +188,65 @@ impl Account {
     ) -> Response<Body> {
         let status = response.status().as_u16();
         let streamed = stream::is_stream(response.headers());
+        let outcome = match self.compressed_away {
+            Some(_) => Outcome::Compressed,
+            None => outcome,
+        };
         response.map(|body| {
             Tap::new(
                 body,
                 TAP_LIMIT,
                 Box::new(move |bytes, _ending| {
-                    let tokens = usage::from_bytes(dialect, streamed, &bytes);
-                    let billed = tokens.unwrap_or_default();
-                    self.finish(
-                        outcome,
-                        status,
-                        billed,
-                        billed,
-                        tokens.is_none() && status < 400,
-                    );
+                    let reported = usage::from_bytes(dialect, streamed, &bytes);
+                    let counted = match (&reported, &self.call) {
+                        (None, Some(call)) if status < 400 => {
+                            Some(estimate(call, dialect, streamed, &bytes))
+                        }
+                        _ => None,
+                    };
+                    let estimated = counted.is_some();
+                    let billed = reported.or(counted).unwrap_or_default();
+                    let mut baseline = billed;
+                    if let Some(removed) = self.compressed_away {
+                        baseline.prompt += removed;
+                    }
+                    self.finish(outcome, status, baseline, billed, estimated);
                 }),
             )
             .boxed_unsync()
         })
+    }
+}
+
+/// Counts a call and its answer with thrifty's tokenizer: the model's encoding when
+/// known, cl100k_base otherwise.
+fn estimate(call: &Call, dialect: Dialect, streamed: bool, answer: &[u8]) -> Tokens {
+    let counter = TokenCounter::new();
+    let encoding = models::known(call.model()).map_or(Encoding::Cl100kBase, |(_, e)| e);
+    let prompt = match call {
+        Call::Chat(chat) => counter.request(encoding, chat).total(),
+        Call::Completion(c) => prompt_tokens(&counter, encoding, &c.prompt),
+        Call::Embedding(_) => 0,
+    };
+    let completion = counter.text(encoding, &usage::answer_text(dialect, streamed, answer));
+    Tokens {
+        prompt: prompt as u64,
+        cached_prompt: 0,
+        completion: completion as u64,
+    }
+}
+
+/// A legacy prompt: a text, token ids, or a list of either.
+fn prompt_tokens(counter: &TokenCounter, encoding: Encoding, prompt: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match prompt {
+        Value::String(text) => counter.text(encoding, text),
+        Value::Number(_) => 1,
+        Value::Array(items) => items
+            .iter()
+            .map(|item| prompt_tokens(counter, encoding, item))
+            .sum(),
+        _ => 0,
     }
 }
 

@@ -186,3 +186,65 @@ impl HttpBody for Tap {
         self.inner.size_hint()
     }
 }
+
+/// Rewrites a body's data as it streams: `rewrite` gets each piece, then `None` at the end.
+pub type RewriteFn = Box<dyn FnMut(Option<&[u8]>) -> Bytes + Send>;
+
+pin_project! {
+    /// A body whose data frames pass through `rewrite`; empty results are skipped.
+    pub struct Rewrite {
+        #[pin]
+        inner: Body,
+        rewrite: RewriteFn,
+        ended: bool,
+    }
+}
+
+impl Rewrite {
+    pub fn new(inner: Body, rewrite: RewriteFn) -> Self {
+        Rewrite {
+            inner,
+            rewrite,
+            ended: false,
+        }
+    }
+}
+
+impl HttpBody for Rewrite {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.ended {
+                return Poll::Ready(None);
+            }
+            let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    *this.ended = true;
+                    let rest = (this.rewrite)(None);
+                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let out = (this.rewrite)(Some(&data));
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                }
+                Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}

@@ -38,6 +38,7 @@ pub mod secret;
 pub mod semantic;
 pub mod server;
 pub mod store;
+pub mod summarizer;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -23,7 +23,7 @@ use tracing::{Instrument, field};
 
 use crate::accounting::Account;
 use crate::auth::{Authenticator, Tenant, UpstreamAuth};
-use crate::body::{Body, boxed, full};
+use crate::body::{Body, Rewrite, RewriteFn, boxed, full};
 use crate::cache::controls::Controls;
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
@@ -31,14 +31,16 @@ use crate::cache::record::{OnStored, Recording, recorder};
 use crate::cache::{Cache, Lookup, Outcome, Plan, embedding, replay};
 use crate::chat::{Call, Dialect, EmbeddingRequest, Endpoint};
 use crate::compress::{self, Compressor, Force};
-use crate::config::{Config, Upstream};
+use crate::config::{Config, Strategy, Upstream};
 use crate::dialect::embedding as embedding_wire;
+use crate::dialect::sse::UsageStripper;
 use crate::error::ProxyError;
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Route};
 use crate::savings::{self as ledger, Ledger};
 use crate::semantic::{self, SemanticCache};
 use crate::store::Store;
+use crate::summarizer::UpstreamSummarizer;
 use crate::upstream::{UpstreamClient, root_store};
 use crate::{dialect, headers, reply};
 
@@ -55,6 +57,14 @@ pub struct Proxy {
     semantic: Option<Arc<SemanticCache>>,
     ledger: Arc<Ledger>,
     compressor: Compressor,
+}
+
+/// What one attempt sent upstream.
+struct Sent {
+    bytes: Bytes,
+    compressed: Option<compress::Outcome>,
+    /// Thrifty asked for the stream's usage chunk, which the client did not ask for.
+    strips_usage: bool,
 }
 
 /// When a request arrived; `handle` puts it in the request's extensions and `admit` reads it.
@@ -267,14 +277,12 @@ impl Proxy {
         tracing::Span::current().record("cache", outcome.as_str());
         let key = plan.key.clone();
         let dialect = exchange.dialect;
-        let (bytes, compressed) = self
-            .compress_stage(dialect, &call, &exchange.parts.headers, bytes)
-            .await;
-        if let Some(outcome) = &compressed {
-            account.compressed(outcome.before.saturating_sub(outcome.after) as u64);
-        }
-        let mut response = self.forward(exchange, full(bytes), true).await?;
-        if let Some(outcome) = &compressed {
+        let call = Arc::new(call);
+        account.estimate_from(call.clone());
+        let (mut response, sent) = self
+            .upstream_stage(&exchange, &call, bytes, &mut account)
+            .await?;
+        if let Some(outcome) = &sent.compressed {
             let h = response.headers_mut();
             headers::set(h, "x-thrifty-compression", &outcome.header_value());
             let removed = outcome.before.saturating_sub(outcome.after);
@@ -306,43 +314,162 @@ impl Proxy {
                 let recording = Recording {
                     flight,
                     plan,
-                    call: Arc::new(call),
+                    call,
                     streamed,
                     on_stored,
                 };
-                Ok(response.map(|body| recorder(body, recording).boxed_unsync()))
+                let response = response.map(|body| recorder(body, recording).boxed_unsync());
+                Ok(strip_usage(response, sent.strips_usage))
             }
-            _ => Ok(response),
+            _ => Ok(strip_usage(response, sent.strips_usage)),
         }
     }
 
-    /// The compression stage: an overlong conversation is condensed before it goes upstream.
-    /// The cache key was taken from the client's own request, so hits do not depend on it.
-    async fn compress_stage(
+    /// What goes upstream for a chat or completion miss, and the one retry after the
+    /// upstream answered that the prompt exceeds the model's context window.
+    async fn upstream_stage(
         &self,
-        dialect: Dialect,
+        exchange: &Exchange,
         call: &Call,
-        headers: &HeaderMap,
         bytes: Bytes,
-    ) -> (Bytes, Option<compress::Outcome>) {
-        let Call::Chat(chat) = call else {
-            return (bytes, None);
+        account: &mut Account,
+    ) -> Result<(Response<Body>, Sent), ProxyError> {
+        let sent = self.outbound(exchange, call, bytes, false, account).await;
+        let response = self
+            .forward(exchange, full(sent.bytes.clone()), true)
+            .await?;
+        if !self.may_retry(exchange, call, &response) {
+            return Ok((response, sent));
+        }
+        let (head, body) = response.into_parts();
+        let raw = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return Err(ProxyError::UpstreamUnavailable {
+                    upstream: self.config.upstreams[exchange.upstream].name.clone(),
+                    reason: format!("error answer could not be read: {e}"),
+                });
+            }
         };
-        let force = Force::from_header(
-            headers
+        let original = Response::from_parts(head, full(raw.clone()));
+        if !dialect::is_context_overflow(&raw) {
+            return Ok((original, sent));
+        }
+        let retry = self
+            .outbound(exchange, call, Bytes::new(), true, account)
+            .await;
+        if retry.compressed.is_none() {
+            return Ok((original, sent));
+        }
+        tracing::info!("context window exceeded: retrying once, compressed harder");
+        let response = self
+            .forward(exchange, full(retry.bytes.clone()), true)
+            .await?;
+        Ok((response, retry))
+    }
+
+    /// A chat answered with an error that may say the prompt was too long, and which
+    /// compression may still help.
+    fn may_retry(&self, exchange: &Exchange, call: &Call, response: &Response<Body>) -> bool {
+        let status = response.status();
+        matches!(call, Call::Chat(_))
+            && self.compressor.config().enabled
+            && self.force(exchange) != Force::Off
+            && matches!(status.as_u16(), 400 | 413 | 500)
+            && !dialect::stream::is_stream(response.headers())
+    }
+
+    fn force(&self, exchange: &Exchange) -> Force {
+        Force::from_header(
+            exchange
+                .parts
+                .headers
                 .get("x-thrifty-compression")
                 .and_then(|v| v.to_str().ok()),
-        );
-        let mut chat = chat.clone();
-        let output = dialect::max_output_tokens(dialect, call);
-        match self
-            .compressor
-            .compress(&mut chat, output, force, None)
-            .await
-        {
-            Some(outcome) => (dialect::encode(dialect, &Call::Chat(chat)), Some(outcome)),
-            None => (bytes, None),
+        )
+    }
+
+    /// The request body sent upstream: the client's call, condensed when it is overlong
+    /// (harder on the retry), and asking for the stream usage the ledger needs. The cache
+    /// key was taken from the client's own call, so hits do not depend on any of this.
+    async fn outbound(
+        &self,
+        exchange: &Exchange,
+        call: &Call,
+        bytes: Bytes,
+        harder: bool,
+        account: &mut Account,
+    ) -> Sent {
+        let dialect = exchange.dialect;
+        let mut changed = None;
+        let mut compressed = None;
+        if let Call::Chat(chat) = call {
+            let mut chat = chat.clone();
+            let output = dialect::max_output_tokens(dialect, call);
+            let summarizer = self.summarizer(exchange);
+            let scribe = summarizer.as_ref().map(|s| s as &dyn compress::Summarizer);
+            let outcome = if harder {
+                self.compressor.harder(&mut chat, output, scribe).await
+            } else {
+                let force = self.force(exchange);
+                self.compressor
+                    .compress(&mut chat, output, force, scribe)
+                    .await
+            };
+            if let Some(summarizer) = &summarizer {
+                let spent = summarizer.spent();
+                if spent.total() > 0 {
+                    account.overhead(spent, summarizer.model);
+                }
+            }
+            if let Some(outcome) = outcome {
+                account.compressed(outcome.before.saturating_sub(outcome.after) as u64);
+                compressed = Some(outcome);
+                changed = Some(Call::Chat(chat));
+            }
         }
+        let strips_usage =
+            self.config.savings.stream_usage && dialect::lacks_stream_usage(dialect, call);
+        if strips_usage {
+            dialect::request_stream_usage(changed.get_or_insert_with(|| call.clone()));
+        }
+        Sent {
+            bytes: changed.map_or(bytes, |c| dialect::encode(dialect, &c)),
+            compressed,
+            strips_usage,
+        }
+    }
+
+    /// The summarize strategy's model, routed like any request for it. It authenticates
+    /// with its upstream's configured key, or with the client's own credentials only when
+    /// it shares the client's upstream in pass-through mode.
+    fn summarizer(&self, exchange: &Exchange) -> Option<UpstreamSummarizer<'_>> {
+        let config = self.compressor.config();
+        if config.strategy != Strategy::Summarize {
+            return None;
+        }
+        let model = config.summarizer_model.as_deref()?;
+        let index = self.select_upstream(Dialect::OpenAi, Some(model));
+        let upstream = &self.config.upstreams[index];
+        let authorization = match &upstream.api_key {
+            Some(key) => HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok(),
+            None if index == exchange.upstream
+                && exchange.upstream_auth == UpstreamAuth::PassThrough =>
+            {
+                exchange.parts.headers.get(AUTHORIZATION).cloned()
+            }
+            None => None,
+        }
+        .map(|mut value| {
+            value.set_sensitive(true);
+            value
+        });
+        Some(UpstreamSummarizer::new(
+            model,
+            upstream,
+            &self.clients[index],
+            authorization,
+        ))
     }
 
     /// The savings record of an intercepted call, filled in as the call goes on.
@@ -419,7 +546,7 @@ impl Proxy {
             );
         };
         if let Some(outcome) = plan.skipped() {
-            let response = self.forward(exchange, full(bytes), true).await?;
+            let response = self.forward(&exchange, full(bytes), true).await?;
             let mut response = account.upstream(ledger::Outcome::Bypass, dialect, response);
             label(&mut response, outcome);
             return Ok(response);
@@ -463,7 +590,7 @@ impl Proxy {
         } else {
             bytes
         };
-        let response = self.forward(exchange, full(outbound), true).await?;
+        let response = self.forward(&exchange, full(outbound), true).await?;
         if !response.status().is_success() {
             let mut response = account.upstream(ledger::Outcome::Miss, dialect, response);
             label(&mut response, Outcome::Miss);
@@ -568,7 +695,7 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = request.into_parts();
         let exchange = self.admit(dialect, parts, None)?;
-        self.forward(exchange, boxed(body), false).await
+        self.forward(&exchange, boxed(body), false).await
     }
 
     /// Selects the upstream, authenticates and applies the rate limit.
@@ -618,7 +745,7 @@ impl Proxy {
     /// Sends the exchange upstream and turns the answer into the downstream response.
     async fn forward(
         &self,
-        exchange: Exchange,
+        exchange: &Exchange,
         body: Body,
         intercepted: bool,
     ) -> Result<Response<Body>, ProxyError> {
@@ -676,6 +803,21 @@ impl Proxy {
         headers::set(&mut head.headers, "x-thrifty-upstream", &upstream.name);
         Ok(Response::from_parts(head, body))
     }
+}
+
+/// Takes the usage thrifty asked for back out of a stream whose client did not ask for it.
+fn strip_usage(response: Response<Body>, strips: bool) -> Response<Body> {
+    if !strips || !dialect::stream::is_stream(response.headers()) {
+        return response;
+    }
+    let (mut head, body) = response.into_parts();
+    head.headers.remove(CONTENT_LENGTH);
+    let mut stripper = UsageStripper::default();
+    let rewrite: RewriteFn = Box::new(move |piece| match piece {
+        Some(piece) => stripper.push(piece),
+        None => stripper.finish(),
+    });
+    Response::from_parts(head, Rewrite::new(body, rewrite).boxed_unsync())
 }
 
 /// Reads a whole request body within the size limit and the read timeout.

@@ -1,10 +1,50 @@
 //! Compression and the savings ledger, end to end through the real server.
+//!
+//! - `recovery`: the retry after `context_length_exceeded`.
+//! - `summarize`: the summarize strategy through thrifty's own routing.
+//! - `usage`: streams billed from the upstream's usage chunk, stripped for clients that did
+//!   not ask for it; the tokenizer's estimate when there is none.
 
 mod common;
+
+#[path = "stages/recovery.rs"]
+mod recovery;
+#[path = "stages/summarize.rs"]
+mod summarize;
+#[path = "stages/usage.rs"]
+mod usage;
 
 use common::fake_llm::FakeLlm;
 use common::thrifty::{Thrifty, config_for};
 use serde_json::{Value, json};
+
+/// Whitespace-separated words, as the fake upstream counts tokens.
+fn words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// The savings report's totals once it holds `requests` records (the thrifty must run
+/// with admin token `adm`). Records are written when an answer's body ends, which may be
+/// just after the client has read it.
+async fn report(thrifty: &Thrifty, requests: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let report: Value = reqwest::Client::new()
+            .get(format!("{}/admin/savings?format=json", thrifty.url()))
+            .bearer_auth("adm")
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        let total = report["total"].clone();
+        if total["requests"] == requests || std::time::Instant::now() > deadline {
+            return total;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 fn long_conversation(turns: usize) -> Value {
     let mut messages = vec![json!({"role": "system", "content": "You are a terse assistant."})];

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::ConfigError;
 use crate::savings::{LedgerOptions, Pricing};
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSavings {
     /// A pricing TOML file; the shipped `config/pricing.toml` is built in when absent.
@@ -16,12 +16,27 @@ pub struct RawSavings {
     pub buffer: Option<usize>,
     /// Raw records the audit log keeps.
     pub log_cap: Option<usize>,
+    /// Ask OpenAI-style upstreams for the usage chunk of every stream (and strip it for
+    /// clients that did not ask), so streamed answers are billed from exact counts.
+    pub stream_usage: bool,
+}
+
+impl Default for RawSavings {
+    fn default() -> Self {
+        RawSavings {
+            pricing: None,
+            buffer: None,
+            log_cap: None,
+            stream_usage: true,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct SavingsConfig {
     pub pricing: Pricing,
     pub ledger: LedgerOptions,
+    pub stream_usage: bool,
 }
 
 pub fn validate_savings(raw: RawSavings) -> Result<SavingsConfig, ConfigError> {
@@ -43,5 +58,9 @@ pub fn validate_savings(raw: RawSavings) -> Result<SavingsConfig, ConfigError> {
         }
         ledger.log_cap = cap;
     }
-    Ok(SavingsConfig { pricing, ledger })
+    Ok(SavingsConfig {
+        pricing,
+        ledger,
+        stream_usage: raw.stream_usage,
+    })
 }

@@ -7,6 +7,7 @@
 pub mod embedding;
 mod ollama;
 mod openai;
+pub mod sse;
 pub mod stream;
 pub mod usage;
 mod wire;
@@ -77,6 +78,55 @@ pub fn wants_stream_usage(dialect: Dialect, call: &Call) -> bool {
     }
 }
 
+/// Whether thrifty should ask the upstream for the usage chunk the client did not ask for:
+/// an OpenAI stream otherwise reports no token counts at all.
+pub fn lacks_stream_usage(dialect: Dialect, call: &Call) -> bool {
+    let streamed = match call {
+        Call::Chat(c) => c.stream,
+        Call::Completion(c) => c.stream,
+        Call::Embedding(_) => false,
+    };
+    dialect == Dialect::OpenAi && streamed && !wants_stream_usage(dialect, call)
+}
+
+/// Sets `stream_options.include_usage`, keeping any other stream option the client sent.
+pub fn request_stream_usage(call: &mut Call) {
+    let incidental = match call {
+        Call::Chat(c) => &mut c.incidental,
+        Call::Completion(c) => &mut c.incidental,
+        Call::Embedding(_) => return,
+    };
+    let options = incidental
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
+    if !options.is_object() {
+        *options = serde_json::json!({});
+    }
+    if let Some(options) = options.as_object_mut() {
+        options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
+    }
+}
+
+/// Whether an error answer says the prompt did not fit the model's context window
+/// (OpenAI's `context_length_exceeded`, Ollama's and compatible servers' wording).
+pub fn is_context_overflow(body: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let error = &value["error"];
+    if error["code"].as_str() == Some("context_length_exceeded") {
+        return true;
+    }
+    let message = error
+        .as_str()
+        .or_else(|| error["message"].as_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    ["context length", "context window", "maximum context"]
+        .iter()
+        .any(|phrase| message.contains(phrase))
+}
+
 /// The sampling temperature the call asks for, if it names one.
 pub fn temperature(dialect: Dialect, call: &Call) -> Option<f64> {
     let shaping = match call {
@@ -106,4 +156,49 @@ pub fn max_output_tokens(dialect: Dialect, call: &Call) -> Option<u64> {
         Dialect::Ollama => shaping.get("options").and_then(|o| o.get("num_predict")),
     }
     .and_then(serde_json::Value::as_u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Call {
+        match decode(Dialect::OpenAi, Endpoint::Chat, body.as_bytes()) {
+            Ok(call) => call,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn usage_is_requested_only_for_openai_streams_that_lack_it() {
+        let plain = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let streamed = r#"{"model":"m","stream":true,"stream_options":{"x":1},"messages":[{"role":"user","content":"hi"}]}"#;
+        let asked = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+        assert!(!lacks_stream_usage(Dialect::OpenAi, &chat(plain)));
+        assert!(!lacks_stream_usage(Dialect::OpenAi, &chat(asked)));
+        let mut call = chat(streamed);
+        assert!(lacks_stream_usage(Dialect::OpenAi, &call));
+        request_stream_usage(&mut call);
+        assert!(wants_stream_usage(Dialect::OpenAi, &call));
+        let sent: serde_json::Value = match serde_json::from_slice(&encode(Dialect::OpenAi, &call))
+        {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            sent["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
+    }
+
+    #[test]
+    fn context_overflow_is_recognised_in_both_dialects() {
+        let openai = br#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        let ollama = br#"{"error":"the input length exceeds the context length"}"#;
+        let other = br#"{"error":{"message":"Invalid value for 'temperature'","code":null}}"#;
+        assert!(is_context_overflow(openai));
+        assert!(is_context_overflow(ollama));
+        assert!(!is_context_overflow(other));
+        assert!(!is_context_overflow(b"not json"));
+    }
 }

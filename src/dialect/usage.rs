@@ -60,6 +60,74 @@ pub fn from_bytes(dialect: Dialect, streamed: bool, bytes: &[u8]) -> Option<Toke
     })
 }
 
+/// The text an answer holds (content, legacy completion text, tool-call arguments), streamed
+/// or not, so its tokens can be counted when the upstream reported none. A truncated
+/// stream yields what arrived.
+pub fn answer_text(dialect: Dialect, streamed: bool, bytes: &[u8]) -> String {
+    let mut text = String::new();
+    let Ok(body) = std::str::from_utf8(bytes) else {
+        return text;
+    };
+    if !streamed {
+        if let Ok(value) = serde_json::from_str::<Value>(body) {
+            collect_text(dialect, &value, &mut text);
+        }
+        return text;
+    }
+    for line in body.lines() {
+        let data = match dialect {
+            Dialect::OpenAi => match line.strip_prefix("data:") {
+                Some(data) => data.trim(),
+                None => continue,
+            },
+            Dialect::Ollama => line.trim(),
+        };
+        if let Ok(value) = serde_json::from_str::<Value>(data) {
+            collect_text(dialect, &value, &mut text);
+        }
+    }
+    text
+}
+
+fn collect_text(dialect: Dialect, value: &Value, text: &mut String) {
+    fn push(text: &mut String, piece: &Value) {
+        if let Some(piece) = piece.as_str() {
+            text.push_str(piece);
+        }
+    }
+    match dialect {
+        Dialect::OpenAi => {
+            for choice in value["choices"].as_array().into_iter().flatten() {
+                let message = choice.get("message").or_else(|| choice.get("delta"));
+                if let Some(message) = message {
+                    push(text, &message["content"]);
+                    push(text, &message["refusal"]);
+                    for call in message["tool_calls"].as_array().into_iter().flatten() {
+                        push(text, &call["function"]["name"]);
+                        push(text, &call["function"]["arguments"]);
+                    }
+                }
+                push(text, &choice["text"]);
+            }
+        }
+        Dialect::Ollama => {
+            push(text, &value["message"]["content"]);
+            push(text, &value["message"]["thinking"]);
+            for call in value["message"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                push(text, &call["function"]["name"]);
+                if let Some(arguments) = call["function"].get("arguments") {
+                    text.push_str(&arguments.to_string());
+                }
+            }
+            push(text, &value["response"]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -93,5 +161,22 @@ mod tests {
             Some(6)
         );
         assert_eq!(from_json(Dialect::OpenAi, &json!({"usage": null})), None);
+    }
+
+    #[test]
+    fn answer_text_reads_json_and_streams_in_both_dialects() {
+        let json_answer = br#"{"choices":[{"message":{"content":"Hello there"}}]}"#;
+        assert_eq!(
+            answer_text(Dialect::OpenAi, false, json_answer),
+            "Hello there"
+        );
+        let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(answer_text(Dialect::OpenAi, true, sse), "Hello");
+        let ndjson = b"{\"message\":{\"content\":\"Hi\"},\"done\":false}\n{\"message\":{\"content\":\"!\"},\"done\":true}\n";
+        assert_eq!(answer_text(Dialect::Ollama, true, ndjson), "Hi!");
+        assert_eq!(
+            answer_text(Dialect::Ollama, false, br#"{"response":"text"}"#),
+            "text"
+        );
     }
 }

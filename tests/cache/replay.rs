@@ -91,11 +91,24 @@ async fn a_stream_is_replayed_chunk_for_chunk() {
                 assert!(recorded.len() > 3, "{what}: the fake streams word by word");
                 let stored = h.api.wait_stored(&miss.key()).await;
                 assert_eq!(stored["entry"]["answer"]["mode"], "stream", "{what}");
+                let chunks = stored["entry"]["answer"]["body"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                // OpenAI streams are recorded with the usage chunk thrifty asked the upstream
+                // for; this client did not ask for it, so it never saw that chunk.
+                let usage_chunk = usize::from(dialect == Dialect::OpenAi);
                 assert_eq!(
-                    stored["entry"]["answer"]["body"].as_array().map(Vec::len),
-                    Some(recorded.len()),
+                    chunks.len(),
+                    recorded.len() + usage_chunk,
                     "{what}: one recorded chunk per upstream event"
                 );
+                if dialect == Dialect::OpenAi {
+                    assert!(
+                        chunks.last().is_some_and(|c| c["usage"].is_object()),
+                        "{what}: the recording keeps the upstream's usage: {chunks:?}"
+                    );
+                }
 
                 let hit = h.api.send(path, &body).await;
                 hit.assert_cache("hit", &what);
@@ -323,12 +336,53 @@ async fn the_usage_chunk_is_replayed_only_to_clients_that_ask() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_recorded_for_a_client_without_usage_answers_one_asking_for_it() {
+    let dialect = Dialect::OpenAi;
+    for backend in BACKENDS {
+        for kind in KINDS {
+            let what = label(
+                backend,
+                dialect,
+                kind,
+                "recorded with the usage thrifty asked for",
+            );
+            let h = Harness::start(backend).await;
+            let path = dialect.path(kind);
+            let text = "recorded for a client without usage";
+            h.api
+                .fill(path, &dialect.request(kind, text, true), &NO_HEADERS)
+                .await;
+            let with_usage = dialect.with_usage(dialect.request(kind, text, true));
+            let reply = h.api.send(path, &with_usage).await;
+            reply.assert_cache("hit", &what);
+            let usage = reply.events().last().map(|e| e["usage"].clone());
+            assert!(
+                usage
+                    .as_ref()
+                    .is_some_and(|u| u["prompt_tokens"].as_u64() > Some(0)),
+                "{what}: the replay ends with the recorded usage: {}",
+                reply.text()
+            );
+            assert_eq!(
+                h.fake.calls_to(path),
+                1,
+                "{what}: a hit never goes upstream"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_without_usage_does_not_answer_a_client_asking_for_it() {
     let dialect = Dialect::OpenAi;
     for backend in BACKENDS {
         for kind in KINDS {
             let what = label(backend, dialect, kind, "entry without usage");
-            let h = Harness::start(backend).await;
+            // With `savings.stream_usage` off, thrifty records streams as the client asked.
+            let h = Harness::setup(backend)
+                .config(|raw| raw.savings.stream_usage = false)
+                .start()
+                .await;
             let path = dialect.path(kind);
             let text = "recorded without usage";
             h.api

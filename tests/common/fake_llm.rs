@@ -23,7 +23,8 @@
 //!
 //! Magic models drive the error paths on every endpoint: `fail-400`, `fail-429` (with
 //! `retry-after`), `fail-500` and `context-overflow` answer with the requesting dialect's error
-//! body; `hang` never sends response headers; `slow-stream` streams 200 words with a delay
+//! body, and `window-N` answers `context-overflow` only when the prompt is over N tokens;
+//! `hang` never sends response headers; `slow-stream` streams 200 words with a delay
 //! between chunks (50 ms unless the builder sets `chunk_delay`).
 //! Malformed JSON sent to a known JSON endpoint is a 400; any other `/v1/*` path (such as
 //! `/v1/files`) accepts any body and echoes its length and SHA-256, to prove byte-for-byte
@@ -437,7 +438,12 @@ fn route(
 
 /// The answer of a magic model, or `None` for an ordinary one.
 fn magic(dialect: Dialect, request: &Value) -> Option<Reply> {
-    let failure = match model_of(request) {
+    let model = model_of(request);
+    if let Some(window) = model.strip_prefix("window-").and_then(|w| w.parse().ok()) {
+        return (prompt_tokens(request) > window)
+            .then(|| Reply::Now(dialect.error(&Failure::context_overflow())));
+    }
+    let failure = match model {
         "fail-400" => Failure::bad_request(),
         "fail-429" => Failure::rate_limited(),
         "fail-500" => Failure::server_error(),

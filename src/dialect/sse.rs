@@ -1,0 +1,195 @@
+//! OpenAI event streams rewritten as they pass: thrifty asks the upstream for the
+//! usage chunk (`stream_options.include_usage`) so the ledger gets exact counts, and
+//! takes it out again for a client that did not ask for it.
+//!
+//! Events are cut at their blank line; an event whose single `data:` line is a JSON
+//! object with a top-level `usage` loses that field (`"usage": null` on every chunk),
+//! and the trailing usage chunk (`choices: []`) is dropped whole. Every other byte,
+//! nested values included, passes through as the upstream wrote it.
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use serde_json::value::RawValue;
+
+/// Strips usage reporting from an SSE byte stream, one piece at a time.
+#[derive(Default)]
+pub struct UsageStripper {
+    pending: Vec<u8>,
+}
+
+impl UsageStripper {
+    /// Takes the next piece of the stream; returns the events it completed, rewritten.
+    pub fn push(&mut self, piece: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(piece);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut start = 0;
+        while let Some(end) = event_end(&self.pending[start..]) {
+            rewrite(&self.pending[start..start + end], &mut out);
+            start += end;
+        }
+        self.pending.drain(..start);
+        Bytes::from(out)
+    }
+
+    /// The stream ended: whatever is left (an event without its blank line) goes out too.
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = Vec::new();
+        let rest = std::mem::take(&mut self.pending);
+        if !rest.is_empty() {
+            rewrite(&rest, &mut out);
+        }
+        Bytes::from(out)
+    }
+}
+
+/// The length of the first complete event (its blank line included), if there is one.
+fn event_end(bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    let mut line_start = 0;
+    while i < bytes.len() {
+        let terminator = match bytes[i] {
+            b'\n' => 1,
+            // A lone `\r` at the end may be the first half of `\r\n`: wait for more.
+            b'\r' if i + 1 == bytes.len() => return None,
+            b'\r' if bytes[i + 1] == b'\n' => 2,
+            b'\r' => 1,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let empty = i == line_start;
+        i += terminator;
+        if empty && line_start > 0 {
+            return Some(i);
+        }
+        line_start = i;
+    }
+    None
+}
+
+/// Appends `event` to `out` without its usage, or not at all when it is the usage chunk.
+fn rewrite(event: &[u8], out: &mut Vec<u8>) {
+    match without_usage(event) {
+        Some(Rewritten::Drop) => {}
+        Some(Rewritten::Event(bytes)) => out.extend_from_slice(&bytes),
+        None => out.extend_from_slice(event),
+    }
+}
+
+enum Rewritten {
+    Drop,
+    Event(Vec<u8>),
+}
+
+/// `None` when the event has no usage to take out.
+fn without_usage(event: &[u8]) -> Option<Rewritten> {
+    if !contains(event, b"\"usage\"") {
+        return None;
+    }
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data_lines = text
+        .split_inclusive('\n')
+        .enumerate()
+        .filter(|(_, line)| line.starts_with("data:"));
+    let (index, line) = data_lines.next()?;
+    if data_lines.next().is_some() {
+        return None;
+    }
+    let body = line.trim_end_matches(['\r', '\n']);
+    let ending = &line[body.len()..];
+    let payload = body["data:".len()..].trim_start_matches(' ');
+    let mut fields: IndexMap<String, &RawValue> = serde_json::from_str(payload).ok()?;
+    let usage = fields.shift_remove("usage")?;
+    let no_choices = fields
+        .get("choices")
+        .and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok())
+        .is_some_and(|c| c.is_empty());
+    if no_choices && usage.get() != "null" {
+        return Some(Rewritten::Drop);
+    }
+    let json = serde_json::to_string(&fields).ok()?;
+    let mut rewritten = Vec::with_capacity(event.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if i == index {
+            rewritten.extend_from_slice(b"data: ");
+            rewritten.extend_from_slice(json.as_bytes());
+            rewritten.extend_from_slice(ending.as_bytes());
+        } else {
+            rewritten.extend_from_slice(line.as_bytes());
+        }
+    }
+    Some(Rewritten::Event(rewritten))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "data: {\"id\":\"c-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi \\\"usage\\\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    const EXPECTED: &str = concat!(
+        "data: {\"id\":\"c-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi \\\"usage\\\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn strip_in_pieces(stream: &[u8], size: usize) -> Vec<u8> {
+        let mut stripper = UsageStripper::default();
+        let mut out = Vec::new();
+        for piece in stream.chunks(size) {
+            out.extend_from_slice(&stripper.push(piece));
+        }
+        out.extend_from_slice(&stripper.finish());
+        out
+    }
+
+    #[test]
+    fn usage_fields_and_the_usage_chunk_are_taken_out() {
+        for size in [1, 2, 3, 7, 64, STREAM.len()] {
+            let out = strip_in_pieces(STREAM.as_bytes(), size);
+            assert_eq!(String::from_utf8_lossy(&out), EXPECTED, "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn streams_without_usage_pass_byte_for_byte() {
+        let stream = concat!(
+            ": keep-alive\r\n\r\n",
+            "event: message\r\nid: 7\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"1e-5 \u{e9}\"}}], \"x\" : 1.50}\r\n\r\n",
+            "data: [DONE]\r\n\r\n",
+        );
+        for size in [1, 5, stream.len()] {
+            assert_eq!(strip_in_pieces(stream.as_bytes(), size), stream.as_bytes());
+        }
+    }
+
+    #[test]
+    fn usage_on_a_content_chunk_is_removed_but_the_chunk_kept() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"end\"}}],\"usage\":{\"prompt_tokens\":1}}\r\n\r\n";
+        let out = strip_in_pieces(stream.as_bytes(), 4);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "data: {\"choices\":[{\"delta\":{\"content\":\"end\"}}]}\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_short_still_delivers_its_last_partial_event() {
+        let stream = "data: {\"choices\":[],\"usage\":null}\n\ndata: {\"partial\":";
+        let out = strip_in_pieces(stream.as_bytes(), 3);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "data: {\"choices\":[]}\n\ndata: {\"partial\":"
+        );
+    }
+}

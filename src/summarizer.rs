@@ -1,0 +1,127 @@
+//! The summarize strategy's model call: the configured summarizer model, reached through
+//! thrifty's own upstream routing as an OpenAI-style chat completion (Ollama upstreams
+//! answer it on their `/v1`), with the tokens it spent kept for the savings ledger.
+
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use serde_json::{Map, Value, json};
+
+use crate::body::{Body, full};
+use crate::chat::{Call, ChatRequest, Dialect, Message};
+use crate::compress::{Summarizer, SummaryFuture};
+use crate::config::Upstream;
+use crate::dialect::{self, usage};
+use crate::savings::Tokens;
+use crate::upstream::UpstreamClient;
+
+/// One request's summarizer: where the summarizer model is routed and how it authenticates.
+pub struct UpstreamSummarizer<'a> {
+    pub model: &'a str,
+    pub upstream: &'a Upstream,
+    pub client: &'a UpstreamClient,
+    /// The upstream's configured key, or the client's own credentials when the summarizer
+    /// shares the request's upstream in pass-through mode; never a key meant for another host.
+    pub authorization: Option<HeaderValue>,
+    spent: Mutex<Tokens>,
+}
+
+impl<'a> UpstreamSummarizer<'a> {
+    pub fn new(
+        model: &'a str,
+        upstream: &'a Upstream,
+        client: &'a UpstreamClient,
+        authorization: Option<HeaderValue>,
+    ) -> Self {
+        UpstreamSummarizer {
+            model,
+            upstream,
+            client,
+            authorization,
+            spent: Mutex::new(Tokens::default()),
+        }
+    }
+
+    /// The tokens every call so far cost, as the summarizer's upstream reported them.
+    pub fn spent(&self) -> Tokens {
+        *self.spent.lock()
+    }
+
+    fn request(&self, prompt: &[Message], max_tokens: u64) -> Result<Request<Body>, String> {
+        let root = self.upstream.root_for(Dialect::OpenAi).ok_or_else(|| {
+            format!(
+                "upstream '{}' does not serve the OpenAI API",
+                self.upstream.name
+            )
+        })?;
+        // OpenAI's current models take `max_completion_tokens`; Ollama's /v1 takes `max_tokens`.
+        let limit = match self.upstream.dialect {
+            Dialect::OpenAi => "max_completion_tokens",
+            Dialect::Ollama => "max_tokens",
+        };
+        let mut shaping = Map::new();
+        shaping.insert(limit.to_owned(), json!(max_tokens));
+        let chat = ChatRequest {
+            model: self.model.to_owned(),
+            messages: prompt.to_vec(),
+            stream: false,
+            shaping,
+            incidental: Map::new(),
+        };
+        let body = dialect::encode(Dialect::OpenAi, &Call::Chat(chat));
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{root}/chat/completions"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(full(body))
+            .map_err(|e| format!("cannot build the summarizer request: {e}"))?;
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
+        }
+        Ok(request)
+    }
+
+    async fn call(&self, prompt: &[Message], max_tokens: u64) -> Result<(String, u64), String> {
+        let request = self.request(prompt, max_tokens)?;
+        let response = self
+            .client
+            .send(self.upstream, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("cannot read the summarizer's answer: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            return Err(format!("summarizer answered {status}: {text}"));
+        }
+        let answer: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the summarizer's answer is not JSON: {e}"))?;
+        let tokens = usage::from_json(Dialect::OpenAi, &answer).unwrap_or_default();
+        {
+            let mut spent = self.spent.lock();
+            spent.prompt += tokens.prompt;
+            spent.cached_prompt += tokens.cached_prompt;
+            spent.completion += tokens.completion;
+        }
+        let text = answer["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or("the summarizer's answer holds no text")?;
+        Ok((text.to_owned(), tokens.prompt + tokens.completion))
+    }
+}
+
+impl Summarizer for UpstreamSummarizer<'_> {
+    fn summarize<'a>(&'a self, prompt: &'a [Message], max_tokens: u64) -> SummaryFuture<'a> {
+        Box::pin(self.call(prompt, max_tokens))
+    }
+}

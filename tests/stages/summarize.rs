@@ -1,0 +1,127 @@
+//! The summarize strategy: the summarizer model is reached through thrifty's own routing,
+//! its summary is reused on the next turn, its tokens are the ledger's overhead, and a
+//! failing summarizer never fails the request.
+
+use serde_json::{Value, json};
+
+use super::common::fake_llm::FakeLlm;
+use super::common::thrifty::{Thrifty, config_for};
+use super::{long_conversation, report, words};
+
+const SUMMARIZER: &str = "summarizer-small";
+
+fn summarizing(fake: &FakeLlm, model: &str) -> thrifty::config::RawConfig {
+    let mut raw = config_for(fake);
+    raw.compression.max_context_tokens = 2_000;
+    raw.compression.preserve_recent_messages = 4;
+    raw.compression.strategy = "summarize".to_owned();
+    raw.compression.summarizer_model = Some(model.to_owned());
+    raw
+}
+
+async fn post(thrifty: &Thrifty, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", thrifty.url()))
+        .header("x-thrifty-cache", "off")
+        .json(body)
+        .send()
+        .await
+        .expect("sent")
+}
+
+fn content(message: &Value) -> String {
+    message["content"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn the_summary_is_written_by_the_routed_model_reused_and_billed_as_overhead() {
+    let fake = FakeLlm::start().await;
+    let thrifty = Thrifty::start_with_env(
+        summarizing(&fake, SUMMARIZER),
+        &[("THRIFTY_ADMIN_TOKEN", "adm")],
+    )
+    .await;
+    let body = long_conversation(30);
+    let response = post(&thrifty, &body).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-thrifty-compression").is_some());
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "the summarizer, then the request itself");
+    assert_eq!(requests[0].path_only(), "/v1/chat/completions");
+    let asked = requests[0].json().expect("json");
+    assert_eq!(asked["model"], SUMMARIZER);
+    assert!(asked["stream"] != json!(true));
+    let system = content(&asked["messages"][0]);
+    let transcript = content(&asked["messages"][1]);
+    assert!(system.starts_with("You compress conversations"), "{system}");
+    assert!(transcript.contains("Question 0: please explain the file src/module_0.rs"));
+    let summary = format!("Echo: {transcript}");
+
+    let forwarded = requests[1].json().expect("json");
+    assert_eq!(forwarded["model"], "gpt-4o-mini");
+    let condensed = forwarded["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(content)
+        .find(|c| c.contains("Echo: Conversation:"))
+        .expect("the summarizer's words reach the upstream");
+    assert!(condensed.len() < summary.len() + 2_000);
+
+    // The fake bills words plus 3 per message, and the echo's words.
+    let overhead_prompt = words(&system) + 3 + words(&transcript) + 3;
+    let overhead_completion = words(&summary);
+    let total = report(&thrifty, 1).await;
+    assert_eq!(
+        total["tokens"]["overhead"]["prompt"], overhead_prompt,
+        "{total:#}"
+    );
+    assert_eq!(
+        total["tokens"]["overhead"]["completion"], overhead_completion,
+        "{total:#}"
+    );
+    assert_eq!(total["outcomes"]["compressed"], 1, "{total:#}");
+
+    // The next turn of the same conversation folds nothing new: the summary is reused.
+    let mut next = body.clone();
+    let messages = next["messages"].as_array_mut().expect("messages");
+    messages.push(json!({"role": "assistant", "content": "Fix the import first."}));
+    messages.push(json!({"role": "user", "content": "And then?"}));
+    fake.reset();
+    let response = post(&thrifty, &next).await;
+    assert_eq!(response.status(), 200);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1, "no second summarizer call");
+    let forwarded = requests[0].json().expect("json");
+    assert!(
+        forwarded["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .any(|m| content(m).contains("Echo: Conversation:")),
+        "the stored summary is reused"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_summarizer_falls_back_to_key_points() {
+    let fake = FakeLlm::start().await;
+    let thrifty = Thrifty::start(summarizing(&fake, "fail-500")).await;
+    let response = post(&thrifty, &long_conversation(30)).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-thrifty-compression").is_some());
+    let requests = fake.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "the failed summarizer call, then the request"
+    );
+    let forwarded = requests[1].json().expect("json");
+    assert_eq!(forwarded["model"], "gpt-4o-mini");
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Echo: So what should I fix first?"
+    );
+}
