@@ -32,6 +32,8 @@ pub struct Account {
     compressed_away: Option<u64>,
     /// The client's call, counted with the tokenizer when the upstream reports no usage.
     call: Option<Arc<Call>>,
+    /// When the first upstream attempt was sent.
+    sent: Option<Instant>,
 }
 
 /// `x-thrifty-tags: a,b` (projects and apps, for reports).
@@ -69,6 +71,7 @@ impl Account {
             started,
             compressed_away: None,
             call: None,
+            sent: None,
             record: UsageRecord {
                 at_ms: crate::cache::now_ms(),
                 tenant: tenant.id.clone(),
@@ -97,6 +100,12 @@ impl Account {
     /// prompt plus what was removed.
     pub fn compressed(&mut self, tokens: u64) {
         self.compressed_away = Some(tokens);
+    }
+
+    /// Notes that the call goes upstream now: the record's upstream time runs from here
+    /// to the end of the answer's body.
+    pub fn sending(&mut self) {
+        self.sent.get_or_insert_with(Instant::now);
     }
 
     /// Keeps the client's call to count its tokens if the upstream reports none.
@@ -135,6 +144,7 @@ impl Account {
         };
         self.record.status = status;
         self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.record.upstream_ms = self.sent.map(|sent| sent.elapsed().as_secs_f64() * 1000.0);
         self.record.baseline = baseline;
         self.record.actual = actual;
         self.record.estimated = estimated;

@@ -335,6 +335,7 @@ impl Proxy {
         account: &mut Account,
     ) -> Result<(Response<Body>, Sent), ProxyError> {
         let sent = self.outbound(exchange, call, bytes, false, account).await;
+        account.sending();
         let response = self
             .forward(exchange, full(sent.bytes.clone()), true)
             .await?;
@@ -534,7 +535,7 @@ impl Proxy {
             self.cache
                 .plan_embedding(dialect, upstream, &exchange.tenant.id, &request, &controls);
         let stats = self.cache.stats();
-        let account = self.account(&exchange, request.endpoint(), &request.model);
+        let mut account = self.account(&exchange, request.endpoint(), &request.model);
         let label = |response: &mut Response<Body>, outcome: Outcome| {
             headers::set(response.headers_mut(), "x-thrifty-cache", outcome.as_str());
             tracing::Span::current().record("cache", outcome.as_str());
@@ -546,6 +547,7 @@ impl Proxy {
             );
         };
         if let Some(outcome) = plan.skipped() {
+            account.sending();
             let response = self.forward(&exchange, full(bytes), true).await?;
             let mut response = account.upstream(ledger::Outcome::Bypass, dialect, response);
             label(&mut response, outcome);
@@ -590,6 +592,7 @@ impl Proxy {
         } else {
             bytes
         };
+        account.sending();
         let response = self.forward(&exchange, full(outbound), true).await?;
         if !response.status().is_success() {
             let mut response = account.upstream(ledger::Outcome::Miss, dialect, response);

@@ -88,6 +88,11 @@ async fn a_stream_without_usage_is_billed_exactly_and_reaches_the_client_without
         total["tokens"]["actual"]["completion"], completion,
         "{total:#}"
     );
+    let upstream_ms = total["avg_upstream_ms"]
+        .as_f64()
+        .expect("upstream time recorded");
+    let latency_ms = total["avg_latency_ms"].as_f64().expect("latency recorded");
+    assert!(upstream_ms > 0.0 && upstream_ms <= latency_ms, "{total:#}");
 }
 
 #[tokio::test]
