@@ -124,6 +124,21 @@ impl Account {
         }
     }
 
+    /// A compressed request's saved headers, known before its answer: the prompt tokens
+    /// compression removed, and their cost net of what the summarizer spent.
+    pub fn compressed_headers(&self, response: &mut Response<Body>) {
+        let Some(removed) = self.compressed_away else {
+            return;
+        };
+        let mut record = self.record.clone();
+        record.baseline = Tokens {
+            prompt: removed,
+            ..Tokens::default()
+        };
+        record.actual = Tokens::default();
+        saved_headers(&self.ledger, &record, response);
+    }
+
     /// Counts one local embedding made for the semantic stage.
     pub fn embedded(&mut self) {
         self.record.embed_calls += 1;

@@ -285,8 +285,7 @@ impl Proxy {
         if let Some(outcome) = &sent.compressed {
             let h = response.headers_mut();
             headers::set(h, "x-thrifty-compression", &outcome.header_value());
-            let removed = outcome.before.saturating_sub(outcome.after);
-            headers::set(h, "x-thrifty-tokens-saved", &removed.to_string());
+            account.compressed_headers(&mut response);
         }
         let billed = match outcome {
             Outcome::Miss => ledger::Outcome::Miss,

@@ -87,6 +87,23 @@ async fn a_long_conversation_is_compressed_before_it_reaches_the_upstream() {
         .and_then(|a| a.trim().parse().ok())
         .expect("a number");
     assert!(after < before / 2, "{header}");
+    let saved = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        saved("x-thrifty-tokens-saved"),
+        Some((before - after).to_string())
+    );
+    // gpt-4o-mini input costs $0.15 per million tokens in the shipped price table.
+    let cost: f64 = saved("x-thrifty-cost-saved")
+        .and_then(|c| c.parse().ok())
+        .expect("x-thrifty-cost-saved is a decimal");
+    let expected = (before - after) as f64 * 0.15 / 1e6;
+    assert!((cost - expected).abs() < 1e-9, "{cost} vs {expected}");
     let answer: Value = response.json().await.expect("json");
     assert_eq!(
         answer["choices"][0]["message"]["content"],
