@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need from the
-# package registries (redis-server from Debian, the official Python clients from
+# package registries (redis-server and chromium from Debian, the official Python clients from
 # PyPI into .venv), then runs every Rust test. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "installing redis-server (tests spawn private instances of it)"
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
+
+if [ -z "${THRIFTY_TEST_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium (the dashboard test drives it headless)"
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+export THRIFTY_TEST_CHROMIUM="${THRIFTY_TEST_CHROMIUM:-/usr/bin/chromium}"
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -1,6 +1,7 @@
 //! The admin API under `/admin`: cache statistics, invalidation, entry
 //! inspection and warm-up. It exists only when `THRIFTY_ADMIN_TOKEN` is set
-//! (404 otherwise) and answers only to that bearer token.
+//! (404 otherwise) and answers only to that bearer token; `/dashboard` also admits the
+//! cookie a browser gets for presenting the token once as `?token=`.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -44,6 +45,9 @@ pub async fn handle(
     proxy: &Proxy,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    if request.uri().path() == "/dashboard" {
+        return dashboard(proxy, &request).await;
+    }
     authorize(proxy, &request)?;
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
@@ -53,7 +57,6 @@ pub async fn handle(
             Ok(reply::json(StatusCode::OK, &proxy.compressor().stats()))
         }
         (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
-        (Method::GET, "/dashboard") => dashboard(proxy, request.uri().query()).await,
         (Method::GET, "/metrics") => Ok(text(
             savings::METRICS_CONTENT_TYPE,
             proxy.ledger().metrics(),
@@ -111,9 +114,37 @@ async fn savings(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, P
     Ok(text(content_type, body))
 }
 
+/// The cookie that admits a browser to `/dashboard` after it presented the admin token once.
+const DASHBOARD_COOKIE: &str = "thrifty_dashboard";
+
 /// `GET /dashboard`: one self-contained page, no external requests.
-async fn dashboard(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, ProxyError> {
-    let query = savings::parse_query(query.unwrap_or("")).map_err(ProxyError::bad_request)?;
+///
+/// A browser cannot send the bearer header, so it opens `/dashboard?token=…` once: the answer
+/// is a redirect to the same page without the token that sets [`DASHBOARD_COOKIE`], which
+/// admits it from then on. The bearer header works as on every admin path.
+async fn dashboard(
+    proxy: &Proxy,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    if request.method() != Method::GET {
+        authorize(proxy, request)?;
+        return Err(ProxyError::NotFound(
+            "unknown admin path /dashboard: use GET".to_owned(),
+        ));
+    }
+    let (token, rest) = take_token(request.uri().query().unwrap_or(""));
+    if let Some(token) = token {
+        return dashboard_login(proxy, &token, &rest);
+    }
+    if !has_dashboard_cookie(proxy, request.headers()) {
+        authorize(proxy, request).map_err(|e| match e {
+            ProxyError::Unauthorized(_) => ProxyError::Unauthorized(
+                "admin token required: send it as a bearer token, or open /dashboard?token=<admin token> in a browser".to_owned(),
+            ),
+            e => e,
+        })?;
+    }
+    let query = savings::parse_query(&rest).map_err(ProxyError::bad_request)?;
     proxy.ledger().flush().await;
     let html = savings::dashboard_html(proxy.ledger(), &query).await;
     let mut response = text("text/html; charset=utf-8", html);
@@ -124,6 +155,110 @@ async fn dashboard(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>,
         ),
     );
     Ok(response)
+}
+
+/// Checks a token presented as `?token=` and answers with the cookie and a redirect to the
+/// page without the token, so it leaves the address bar and the history.
+fn dashboard_login(proxy: &Proxy, token: &str, rest: &str) -> Result<Response<Body>, ProxyError> {
+    let Some(admin) = &proxy.config().admin_token else {
+        return Err(ProxyError::NotFound("unknown path /dashboard".to_owned()));
+    };
+    if Sha256::digest(token.as_bytes()) != Sha256::digest(admin.expose().as_bytes()) {
+        return Err(ProxyError::Unauthorized("wrong admin token".to_owned()));
+    }
+    let location = if rest.is_empty() {
+        "/dashboard".to_owned()
+    } else {
+        format!("/dashboard?{rest}")
+    };
+    let secure = if proxy.config().tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{DASHBOARD_COOKIE}={}; Path=/dashboard; HttpOnly; SameSite=Strict{secure}",
+        dashboard_cookie_value(admin.expose())
+    );
+    let mut response = Response::new(crate::body::empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (http::header::LOCATION, location),
+        (http::header::SET_COOKIE, cookie),
+        (http::header::CACHE_CONTROL, "no-store".to_owned()),
+        (http::header::REFERRER_POLICY, "no-referrer".to_owned()),
+    ] {
+        let value = http::HeaderValue::from_str(&value)
+            .map_err(|_| ProxyError::bad_request("invalid dashboard query"))?;
+        headers.insert(name, value);
+    }
+    Ok(response)
+}
+
+/// The cookie's value: a digest of the admin token, so the cookie opens the dashboard only,
+/// survives restarts, and stops working when the token changes.
+fn dashboard_cookie_value(admin_token: &str) -> String {
+    hex::encode(Sha256::digest(
+        format!("thrifty dashboard cookie\n{admin_token}").as_bytes(),
+    ))
+}
+
+fn has_dashboard_cookie(proxy: &Proxy, headers: &http::HeaderMap) -> bool {
+    let Some(admin) = &proxy.config().admin_token else {
+        return false;
+    };
+    let expected = Sha256::digest(dashboard_cookie_value(admin.expose()).as_bytes());
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| {
+            name == DASHBOARD_COOKIE && Sha256::digest(value.as_bytes()) == expected
+        })
+}
+
+/// Splits `token=` off a query string: the decoded token, and the other pairs as sent.
+fn take_token(query: &str) -> (Option<String>, String) {
+    let mut token = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("token", value)) => token = Some(percent_decode(value)),
+            _ => rest.push(pair),
+        }
+    }
+    (token, rest.join("&"))
+}
+
+/// Decodes `%XX` escapes and `+` in a query value.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], escaped) {
+            (_, Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, None) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
@@ -392,4 +527,27 @@ async fn warm(proxy: &Proxy, warm: WarmRequest) -> Result<Response<Body>, ProxyE
         results.push(outcome);
     }
     Ok(reply::json(StatusCode::OK, &json!({"results": results})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dashboard_token_is_taken_out_of_the_query_and_decoded() {
+        assert_eq!(
+            take_token("from=2025-01-01&token=a%2Bb+c&to=2025-01-31"),
+            (
+                Some("a+b c".to_owned()),
+                "from=2025-01-01&to=2025-01-31".to_owned()
+            )
+        );
+        assert_eq!(take_token(""), (None, String::new()));
+        assert_eq!(
+            take_token("tokens=1&token"),
+            (None, "tokens=1&token".to_owned())
+        );
+        assert_ne!(dashboard_cookie_value("a"), dashboard_cookie_value("b"));
+        assert!(!dashboard_cookie_value("secret").contains("secret"));
+    }
 }
