@@ -180,8 +180,11 @@ impl Account {
             Answer::Stream(chunks) => usage::from_chunks(dialect, chunks),
         };
         // A semantic hit answers a differently worded prompt: its size is the recorded one's.
-        let estimated = tokens.is_none() || outcome == Outcome::SemanticHit;
-        let baseline = tokens.unwrap_or_default();
+        // A compressed answer's baseline adds back what thrifty counted as removed.
+        let estimated =
+            tokens.is_none() || outcome == Outcome::SemanticHit || entry.compressed_away > 0;
+        let mut baseline = tokens.unwrap_or_default();
+        baseline.prompt += entry.compressed_away;
         let ledger = self.ledger.clone();
         let record = self.finish(outcome, 200, baseline, Tokens::default(), estimated);
         saved_headers(&ledger, &record, response);
@@ -229,7 +232,8 @@ impl Account {
                         }
                         _ => None,
                     };
-                    let estimated = counted.is_some();
+                    // A compressed request's baseline is partly thrifty's own count.
+                    let estimated = counted.is_some() || self.compressed_away.is_some();
                     let billed = reported.or(counted).unwrap_or_default();
                     let mut baseline = billed;
                     if let Some(removed) = self.compressed_away {

@@ -315,6 +315,10 @@ impl Proxy {
                     plan,
                     call,
                     streamed,
+                    compressed_away: sent
+                        .compressed
+                        .as_ref()
+                        .map_or(0, |o| o.before.saturating_sub(o.after) as u64),
                     on_stored,
                 };
                 let response = response.map(|body| recorder(body, recording).boxed_unsync());

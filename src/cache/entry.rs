@@ -29,6 +29,14 @@ pub struct Entry {
     pub dialect: String,
     pub endpoint: String,
     pub answer: Answer,
+    /// Prompt tokens compression removed before the answer was asked for (thrifty's
+    /// count); a hit's baseline adds them back to the recorded usage.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compressed_away: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The answer as it was recorded: one JSON body, or the chunks of a stream.

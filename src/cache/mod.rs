@@ -317,6 +317,7 @@ impl Cache {
             dialect: plan.dialect.as_str().to_owned(),
             endpoint: call.endpoint().as_str().to_owned(),
             answer,
+            compressed_away: 0,
         }
     }
 

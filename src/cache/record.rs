@@ -24,6 +24,8 @@ pub struct Recording {
     pub plan: Plan,
     pub call: Arc<Call>,
     pub streamed: bool,
+    /// Prompt tokens compression removed before this answer was asked for.
+    pub compressed_away: u64,
     /// What else should learn of the stored answer (the semantic index).
     pub on_stored: Option<OnStored>,
 }
@@ -59,6 +61,7 @@ fn finish(recording: Recording, bytes: &[u8]) {
         plan,
         call,
         streamed,
+        compressed_away,
         on_stored,
     } = recording;
     let Some(answer) = answer(plan.dialect, streamed, bytes) else {
@@ -66,7 +69,8 @@ fn finish(recording: Recording, bytes: &[u8]) {
         return;
     };
     let cache = flight.cache().clone();
-    let entry: Entry = cache.entry_for(&plan, &call, answer);
+    let mut entry: Entry = cache.entry_for(&plan, &call, answer);
+    entry.compressed_away = compressed_away;
     let tasks = cache.tasks().clone();
     tasks.spawn(async move {
         let stored = cache.put(flight.key(), &entry).await;

@@ -19,21 +19,27 @@ pub fn decimal(pico: i128) -> String {
     format!("{sign}{whole}.{shown}")
 }
 
-/// `part / whole` as a percentage with two decimals, rounded half away from zero.
-pub fn percent(part: i128, whole: i128) -> Option<String> {
+/// `part / whole` in units of `1 / scale`, rounded half away from zero: the one rounding rule
+/// of every ratio a report shows, whatever it is rendered as.
+pub fn scaled_ratio(part: i128, whole: i128, scale: i128) -> Option<i128> {
     if whole == 0 {
         return None;
     }
-    let scaled = part.checked_mul(10_000)?;
+    let scaled = part.checked_mul(scale)?;
     let (q, r) = (scaled / whole, scaled % whole);
     // Round half away from zero: compare twice the remainder with the divisor.
     let bump = r.unsigned_abs().checked_mul(2)? >= whole.unsigned_abs();
     let negative = (scaled < 0) != (whole < 0);
-    let hundredths = if bump {
-        if negative { q - 1 } else { q + 1 }
-    } else {
-        q
-    };
+    Some(match (bump, negative) {
+        (false, _) => q,
+        (true, true) => q - 1,
+        (true, false) => q + 1,
+    })
+}
+
+/// `part / whole` as a percentage with two decimals, rounded half away from zero.
+pub fn percent(part: i128, whole: i128) -> Option<String> {
+    let hundredths = scaled_ratio(part, whole, 10_000)?;
     let sign = if hundredths < 0 { "-" } else { "" };
     let abs = hundredths.unsigned_abs();
     Some(format!("{sign}{}.{:02}", abs / 100, abs % 100))
@@ -66,5 +72,16 @@ mod tests {
         assert_eq!(percent(-2, 3).as_deref(), Some("-66.67"));
         assert_eq!(percent(1, 80_000).as_deref(), Some("0.00"));
         assert_eq!(percent(1, 0), None);
+    }
+
+    #[test]
+    fn ratios_round_half_away_from_zero_at_any_scale() {
+        // 1/32 = 0.03125: a float formatted with {:.4} rounds this tie to even (0.0312).
+        assert_eq!(scaled_ratio(1, 32, 10_000), Some(313));
+        assert_eq!(scaled_ratio(-1, 32, 10_000), Some(-313));
+        assert_eq!(scaled_ratio(1, 16, 1_000), Some(63));
+        assert_eq!(scaled_ratio(1, 3, 10_000), Some(3_333));
+        assert_eq!(scaled_ratio(0, 5, 10_000), Some(0));
+        assert_eq!(scaled_ratio(1, 0, 10_000), None);
     }
 }

@@ -204,8 +204,8 @@ impl Report {
             let mut cells = group;
             cells.push(t.requests.to_string());
             cells.push(
-                t.hit_rate()
-                    .map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
+                money::scaled_ratio(t.hits(), t.requests, 1_000)
+                    .map_or("-".to_owned(), |r| format!("{}.{}%", r / 10, r % 10)),
             );
             cells.push(t.tokens_saved().to_string());
             for cost in [
@@ -325,6 +325,16 @@ fn rate(value: Option<f64>) -> Value {
     value.map_or(Value::Null, |v| json!((v * 10_000.0).round() / 10_000.0))
 }
 
+/// Hits per request in ten-thousandths, rounded exactly, so the JSON number and the CSV text
+/// show the same rate (a float formatted with `{:.4}` rounds ties to even: 1/32 → 0.0312).
+fn hit_rate(t: &Totals) -> Option<i128> {
+    money::scaled_ratio(t.hits(), t.requests, 10_000)
+}
+
+fn hit_rate_text(t: &Totals) -> Option<String> {
+    hit_rate(t).map(|n| format!("{}.{:04}", n / 10_000, n % 10_000))
+}
+
 fn savings_pct(t: &Totals) -> Option<String> {
     money::percent(t.net_saved()?, t.baseline_cost()?)
 }
@@ -348,7 +358,7 @@ fn figures(t: &Totals) -> Map<String, Value> {
             "total": int(t.hits()),
         },
         "outcomes": Outcome::ALL.iter().map(|o| (o.as_str().to_owned(), json!(int(t.outcome(*o))))).collect::<Map<_, _>>(),
-        "hit_rate": rate(t.hit_rate()),
+        "hit_rate": hit_rate(t).map_or(Value::Null, |n| json!(n as f64 / 10_000.0)),
         "tokens": {
             "baseline": tokens(&t.baseline),
             "actual": tokens(&t.actual),
@@ -406,7 +416,7 @@ fn csv_figures(t: &Totals, currency: &str) -> Vec<String> {
         t.requests.to_string(),
         t.outcome(Outcome::ExactHit).to_string(),
         t.outcome(Outcome::SemanticHit).to_string(),
-        t.hit_rate().map(|r| format!("{r:.4}")).unwrap_or_default(),
+        hit_rate_text(t).unwrap_or_default(),
         t.outcome(Outcome::Compressed).to_string(),
         t.outcome(Outcome::Miss).to_string(),
         t.outcome(Outcome::Bypass).to_string(),

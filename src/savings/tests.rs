@@ -354,6 +354,40 @@ async fn csv_and_json_totals_agree() {
     assert!(report.to_table().contains("TOTAL"));
 }
 
+#[test]
+fn json_csv_and_table_round_a_tied_hit_rate_alike() {
+    // One exact hit in 32 requests: 0.03125, a tie that `{:.4}` rounds to even (0.0312).
+    let cell = aggregate::Cell {
+        day: Day::parse("2025-06-02").unwrap(),
+        model: "gpt-4o-mini".to_owned(),
+        team: String::new(),
+        key: "k".to_owned(),
+        outcome: Outcome::Miss,
+    };
+    let hit = aggregate::Cell {
+        outcome: Outcome::ExactHit,
+        ..cell.clone()
+    };
+    let totals = |outcome: Outcome, n: i128| {
+        let mut t = aggregate::Totals {
+            requests: n,
+            ..Default::default()
+        };
+        t.outcomes[Outcome::ALL.iter().position(|o| *o == outcome).unwrap()] = n;
+        t
+    };
+    let cells = BTreeMap::from([
+        (cell, totals(Outcome::Miss, 31)),
+        (hit, totals(Outcome::ExactHit, 1)),
+    ]);
+    let report = Report::build(&query(&[]), &cells, &pricing());
+    assert_eq!(report.to_json()["total"]["hit_rate"], 0.0313);
+    let csv = report.to_csv();
+    let total = csv.trim_end().rsplit("\r\n").next().unwrap();
+    assert_eq!(total.split(',').nth(4), Some("0.0313"), "{csv}");
+    assert!(report.to_table().contains("3.1%"), "{}", report.to_table());
+}
+
 #[tokio::test]
 async fn an_unpriced_model_has_a_null_cost_and_is_listed() {
     let ledger = Ledger::new(embedded(&temp_dir("unpriced")), pricing());

@@ -1,0 +1,105 @@
+//! What the fake upstream bills for a request, from the rules `tests/common/fake_llm.rs`
+//! documents (not from its code, and never from thrifty's): prompt tokens are the words of every
+//! message plus 3 per message; completion tokens are the words of the answer, which is
+//! `"Echo: "` followed by the last user text.
+//!
+//! Also OpenAI's own count of a prompt (tiktoken's o200k_base with the cookbook's framing), for
+//! the one figure no upstream reports: the prompt tokens compression removed.
+
+use serde_json::Value;
+
+/// Token counts of one side of a bill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+impl Tokens {
+    pub fn total(self) -> u64 {
+        self.prompt + self.completion
+    }
+}
+
+/// The text of a message's content: a string, or its `text` parts joined by spaces.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter(|part| part["type"] == "text")
+            .filter_map(|part| part["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn messages(request: &Value) -> &[Value] {
+    request["messages"]
+        .as_array()
+        .map_or(&[], std::vec::Vec::as_slice)
+}
+
+fn words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// The last user text of a chat request.
+pub fn last_user_text(request: &Value) -> String {
+    messages(request)
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(|m| content_text(&m["content"]))
+        .unwrap_or_default()
+}
+
+/// What the fake bills for a chat request it answers (in either dialect).
+pub fn billed(request: &Value) -> Tokens {
+    Tokens {
+        prompt: prompt(request),
+        completion: words(&format!("Echo: {}", last_user_text(request))),
+    }
+}
+
+/// The fake's prompt tokens: words of every message plus 3 per message.
+pub fn prompt(request: &Value) -> u64 {
+    messages(request)
+        .iter()
+        .map(|m| words(&content_text(&m["content"])) + 3)
+        .sum()
+}
+
+/// OpenAI's prompt tokens for a gpt-4o family model: 3 per message, 1 for its role, its text in
+/// o200k_base, and 3 priming the reply.
+pub fn openai_prompt(request: &Value) -> u64 {
+    let bpe = tiktoken_rs::o200k_base_singleton();
+    let per_message: usize = messages(request)
+        .iter()
+        .map(|m| 3 + 1 + bpe.encode_ordinary(&content_text(&m["content"])).len())
+        .sum();
+    (per_message + 3) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn follows_the_fakes_documented_rule() {
+        let request = json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "two words"}]}
+        ]});
+        assert_eq!(
+            billed(&request),
+            Tokens {
+                prompt: 2 + 3 + 2 + 3,
+                completion: 3
+            }
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! The scripted mix: every kind of request the ledger records, for two teams and a key without
+//! one, in both wire formats, with a model that has no price.
+
+use serde_json::{Value, json};
+
+use super::prices::UNPRICED_MODEL;
+
+/// Who sends a request: one of thrifty's configured keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who {
+    Alpha,
+    Beta,
+    Solo,
+}
+
+impl Who {
+    pub const ALL: [Who; 3] = [Who::Alpha, Who::Beta, Who::Solo];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Who::Alpha => "alpha",
+            Who::Beta => "beta",
+            Who::Solo => "solo",
+        }
+    }
+
+    pub fn team(self) -> Option<&'static str> {
+        match self {
+            Who::Alpha => Some("red"),
+            Who::Beta => Some("blue"),
+            Who::Solo => None,
+        }
+    }
+
+    pub fn token(self) -> String {
+        format!("sk-truth-{}", self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Ollama,
+}
+
+impl Dialect {
+    pub fn path(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "/v1/chat/completions",
+            Dialect::Ollama => "/api/chat",
+        }
+    }
+}
+
+/// What thrifty must do with a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Forwarded as sent and answered by the upstream.
+    Miss,
+    /// Forwarded as sent because the client turned the cache off.
+    Bypass,
+    /// Forwarded with a compressed prompt.
+    Compressed,
+    /// The upstream answered with an error.
+    Error,
+    /// Answered from the exact cache with the answer of the named step.
+    ExactHit(&'static str),
+    /// Answered from the semantic cache with the answer of the named step.
+    SemanticHit(&'static str),
+}
+
+/// What to wait for after a step before the next one is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    Nothing,
+    /// The answer is stored in the exact cache.
+    Stored,
+    /// The answer is stored and its question is in the semantic index.
+    Indexed,
+}
+
+pub struct Step {
+    /// Sent as `x-thrifty-tags`, to find the step's raw record in the audit log.
+    pub tag: &'static str,
+    pub who: Who,
+    pub dialect: Dialect,
+    pub body: Value,
+    pub headers: Vec<(&'static str, &'static str)>,
+    pub kind: Kind,
+    pub wait: Wait,
+}
+
+impl Step {
+    fn new(tag: &'static str, who: Who, dialect: Dialect, body: Value, kind: Kind) -> Step {
+        Step {
+            tag,
+            who,
+            dialect,
+            body,
+            headers: Vec::new(),
+            kind,
+            wait: Wait::Nothing,
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: &'static str) -> Step {
+        self.headers.push((name, value));
+        self
+    }
+
+    fn then(mut self, wait: Wait) -> Step {
+        self.wait = wait;
+        self
+    }
+
+    pub fn model(&self) -> &str {
+        self.body["model"].as_str().unwrap_or_default()
+    }
+
+    pub fn streams(&self) -> bool {
+        self.body["stream"].as_bool() == Some(true)
+    }
+
+    /// Whether the client asked for OpenAI's usage chunk.
+    pub fn wants_usage(&self) -> bool {
+        self.body["stream_options"]["include_usage"].as_bool() == Some(true)
+    }
+}
+
+pub const GPT: &str = "gpt-4o-mini";
+pub const LLAMA: &str = "llama3.2";
+
+/// The semantic pair: equal word counts, so the fake would bill the paraphrase exactly what it
+/// billed the question (cosine 0.994 with the shipped model, see tests/semantic.rs).
+pub const SYSTEM: &str = "Be brief.";
+pub const QUESTION: &str = "How do I reset my password?";
+pub const PARAPHRASE: &str = "How do I reset my password";
+
+fn ask(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}], "stream": false})
+}
+
+fn ask_with_system(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": text}
+    ], "stream": false})
+}
+
+fn streamed(mut body: Value, usage: bool) -> Value {
+    body["stream"] = json!(true);
+    if usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+/// A conversation long enough that forced compression condenses its old turns.
+fn long_conversation() -> Value {
+    let mut messages = vec![json!({"role": "system", "content": "You are a terse assistant."})];
+    for i in 0..12 {
+        messages.push(json!({"role": "user", "content": format!(
+            "Question {i}: why did build step {i} fail with error E{i:04} in src/module_{i}.rs? {}",
+            "The log shows a missing import and a stale lock file. ".repeat(8)
+        )}));
+        messages.push(json!({"role": "assistant", "content": format!(
+            "Answer {i}: remove the lock file and add the import. {}",
+            "Then run the build again and check the output. ".repeat(8)
+        )}));
+    }
+    messages.push(json!({"role": "user", "content": "So what should I fix first?"}));
+    json!({"model": GPT, "messages": messages, "stream": false})
+}
+
+/// The mix, in order. Without `semantic` the semantic cache is off and its steps are left out.
+pub fn mix(semantic: bool) -> Vec<Step> {
+    use Dialect::{Ollama, OpenAi};
+    use Who::{Alpha, Beta, Solo};
+    let mut steps = vec![
+        Step::new(
+            "miss",
+            Alpha,
+            OpenAi,
+            ask(GPT, "What is the capital of France?"),
+            Kind::Miss,
+        )
+        .then(Wait::Stored),
+        Step::new(
+            "exact-hit",
+            Alpha,
+            OpenAi,
+            ask(GPT, "What is the capital of France?"),
+            Kind::ExactHit("miss"),
+        ),
+        Step::new(
+            "other-team-miss",
+            Beta,
+            OpenAi,
+            ask(GPT, "What is the capital of France?"),
+            Kind::Miss,
+        ),
+        Step::new(
+            "stream-with-usage",
+            Alpha,
+            OpenAi,
+            streamed(
+                ask(GPT, "Explain how photosynthesis works in green plants."),
+                true,
+            ),
+            Kind::Miss,
+        ),
+        Step::new(
+            "stream-without-usage",
+            Alpha,
+            OpenAi,
+            streamed(
+                ask(GPT, "List three prime numbers greater than ten."),
+                false,
+            ),
+            Kind::Miss,
+        )
+        .then(Wait::Stored),
+        Step::new(
+            "stream-hit",
+            Alpha,
+            OpenAi,
+            streamed(
+                ask(GPT, "List three prime numbers greater than ten."),
+                false,
+            ),
+            Kind::ExactHit("stream-without-usage"),
+        ),
+        Step::new(
+            "compressed",
+            Alpha,
+            OpenAi,
+            long_conversation(),
+            Kind::Compressed,
+        )
+        .header("x-thrifty-compression", "force")
+        .then(Wait::Stored),
+        Step::new(
+            "compressed-hit",
+            Alpha,
+            OpenAi,
+            long_conversation(),
+            Kind::ExactHit("compressed"),
+        )
+        .header("x-thrifty-compression", "force"),
+        Step::new(
+            "bypass",
+            Alpha,
+            OpenAi,
+            ask(GPT, "Describe how castling works in chess."),
+            Kind::Bypass,
+        )
+        .header("x-thrifty-cache", "off"),
+        Step::new(
+            "error",
+            Beta,
+            OpenAi,
+            ask("fail-500", "Will this fail?"),
+            Kind::Error,
+        ),
+        Step::new(
+            "unpriced-miss",
+            Solo,
+            OpenAi,
+            ask(UNPRICED_MODEL, "What causes the tides?"),
+            Kind::Miss,
+        )
+        .then(Wait::Stored),
+        Step::new(
+            "unpriced-hit",
+            Solo,
+            OpenAi,
+            ask(UNPRICED_MODEL, "What causes the tides?"),
+            Kind::ExactHit("unpriced-miss"),
+        ),
+        Step::new(
+            "ollama-miss",
+            Beta,
+            Ollama,
+            ask(LLAMA, "Why do volcanoes erupt?"),
+            Kind::Miss,
+        )
+        .then(Wait::Stored),
+        Step::new(
+            "ollama-hit",
+            Beta,
+            Ollama,
+            ask(LLAMA, "Why do volcanoes erupt?"),
+            Kind::ExactHit("ollama-miss"),
+        ),
+        Step::new(
+            "ollama-stream",
+            Alpha,
+            Ollama,
+            streamed(ask(LLAMA, "How does a rainbow form after rain?"), false),
+            Kind::Miss,
+        ),
+        Step::new(
+            "ollama-error",
+            Alpha,
+            Ollama,
+            ask("context-overflow", "Read this whole book."),
+            Kind::Error,
+        ),
+    ];
+    if semantic {
+        steps.extend([
+            Step::new(
+                "semantic-fill",
+                Beta,
+                OpenAi,
+                ask_with_system(GPT, QUESTION),
+                Kind::Miss,
+            )
+            .then(Wait::Indexed),
+            Step::new(
+                "semantic-hit",
+                Beta,
+                OpenAi,
+                ask_with_system(GPT, PARAPHRASE),
+                Kind::SemanticHit("semantic-fill"),
+            ),
+            Step::new(
+                "ollama-semantic-fill",
+                Solo,
+                Ollama,
+                ask_with_system(LLAMA, QUESTION),
+                Kind::Miss,
+            )
+            .then(Wait::Indexed),
+            Step::new(
+                "ollama-semantic-hit",
+                Solo,
+                Ollama,
+                ask_with_system(LLAMA, PARAPHRASE),
+                Kind::SemanticHit("ollama-semantic-fill"),
+            ),
+        ]);
+    }
+    steps
+}
