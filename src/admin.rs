@@ -226,39 +226,15 @@ fn take_token(query: &str) -> (Option<String>, String) {
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("token", value)) => token = Some(percent_decode(value)),
+            Some(("token", _)) => {
+                token = form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .map(|(_, value)| value.into_owned());
+            }
             _ => rest.push(pair),
         }
     }
     (token, rest.join("&"))
-}
-
-/// Decodes `%XX` escapes and `+` in a query value.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], escaped) {
-            (_, Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, None) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {

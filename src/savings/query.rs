@@ -111,10 +111,9 @@ impl ReportArgs {
 /// Defaults: the last 30 days, grouped by day, as JSON.
 pub fn parse_query(query_string: &str) -> Result<ReportQuery, String> {
     let (mut from, mut to, mut group_by, mut format) = (None, None, None, None);
-    for pair in query_string.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value);
-        let slot = match percent_decode(name).as_str() {
+    for (name, value) in form_urlencoded::parse(query_string.as_bytes()) {
+        let value = value.into_owned();
+        let slot = match name.as_ref() {
             "from" => &mut from,
             "to" => &mut to,
             "group_by" => &mut group_by,
@@ -191,34 +190,6 @@ fn build(
         group_by: dimensions,
         format,
     })
-}
-
-/// Decodes `%XX` escapes and `+` as a space.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (_, Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, None) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
