@@ -15,6 +15,7 @@ use crate::body::Body;
 use crate::cache::controls::tag_matches;
 use crate::cache::entry::{EmbeddingEntry, Entry};
 use crate::cache::{ANSWER_PREFIX, EMBEDDING_PREFIX};
+use crate::compress::conversations;
 use crate::error::ProxyError;
 use crate::pipeline::{Proxy, read_body};
 use crate::semantic::SEMANTIC_PREFIX;
@@ -72,6 +73,10 @@ pub async fn handle(
         (method, p) if p.starts_with("/admin/cache/entries/") => {
             let id = &p["/admin/cache/entries/".len()..];
             entry(proxy, &method, id).await
+        }
+        (method, p) if p.starts_with("/admin/conversations/") => {
+            let name = &p["/admin/conversations/".len()..];
+            conversation(proxy, &method, name, request.uri().query()).await
         }
         (_, p) => Err(ProxyError::NotFound(format!("unknown admin path {p}"))),
     }
@@ -503,6 +508,50 @@ async fn warm(proxy: &Proxy, warm: WarmRequest) -> Result<Response<Body>, ProxyE
         results.push(outcome);
     }
     Ok(reply::json(StatusCode::OK, &json!({"results": results})))
+}
+
+/// `GET|DELETE /admin/conversations/{id}[?tenant=…]`: the summaries written for a
+/// conversation named with `x-thrifty-chat-id`, in one tenant or in all of them.
+async fn conversation(
+    proxy: &Proxy,
+    method: &Method,
+    name: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, ProxyError> {
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+    if name.is_empty() || name.len() > conversations::MAX_NAME {
+        return Err(ProxyError::bad_request(format!(
+            "a conversation id is 1 to {} bytes",
+            conversations::MAX_NAME
+        )));
+    }
+    let tenant = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "tenant")
+        .map(|(_, v)| v.into_owned());
+    let store = proxy.cache().store();
+    match *method {
+        Method::GET => {
+            let listing = conversations::list(store, &name, tenant.as_deref())
+                .await
+                .map_err(store_error)?;
+            Ok(reply::json(
+                StatusCode::OK,
+                &json!({"conversation": name, "tenant": tenant, "summaries": listing.summaries, "tenants": listing.tenants}),
+            ))
+        }
+        Method::DELETE => {
+            let deleted = conversations::forget(store, &name, tenant.as_deref())
+                .await
+                .map_err(store_error)?;
+            Ok(reply::json(
+                StatusCode::OK,
+                &json!({"conversation": name, "tenant": tenant, "deleted_summaries": deleted}),
+            ))
+        }
+        _ => Err(ProxyError::bad_request(
+            "conversations answer GET and DELETE",
+        )),
+    }
 }
 
 #[cfg(test)]

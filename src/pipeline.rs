@@ -30,6 +30,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::record::{OnStored, Recording, recorder};
 use crate::cache::{Cache, Lookup, Outcome, Plan, embedding, replay};
 use crate::chat::{Call, Dialect, EmbeddingRequest, Endpoint};
+use crate::compress::conversations::Conversation;
 use crate::compress::{self, Compressor, Force};
 use crate::config::{Config, Strategy, Upstream};
 use crate::dialect::embedding as embedding_wire;
@@ -447,7 +448,7 @@ impl Proxy {
     /// The summarize strategy's model, routed like any request for it. It authenticates
     /// with its upstream's configured key, or with the client's own credentials only when
     /// it shares the client's upstream in pass-through mode.
-    fn summarizer(&self, exchange: &Exchange) -> Option<UpstreamSummarizer<'_>> {
+    fn summarizer<'a>(&'a self, exchange: &'a Exchange) -> Option<UpstreamSummarizer<'a>> {
         let config = self.compressor.config();
         if config.strategy != Strategy::Summarize {
             return None;
@@ -468,12 +469,16 @@ impl Proxy {
             value.set_sensitive(true);
             value
         });
-        Some(UpstreamSummarizer::new(
-            model,
-            upstream,
-            &self.clients[index],
-            authorization,
-        ))
+        let tenant = &exchange.tenant.id;
+        let mut summarizer =
+            UpstreamSummarizer::new(model, upstream, &self.clients[index], authorization, tenant);
+        let named = exchange
+            .parts
+            .headers
+            .get("x-thrifty-chat-id")
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
+        summarizer.conversation = Conversation::named(named, tenant);
+        Some(summarizer)
     }
 
     /// The savings record of an intercepted call, filled in as the call goes on.

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::body::{Body, full};
 use crate::chat::{Call, ChatRequest, Dialect, Message};
+use crate::compress::conversations::Conversation;
 use crate::compress::{Summarizer, SummaryFuture};
 use crate::config::Upstream;
 use crate::dialect::{self, usage};
@@ -24,6 +25,9 @@ pub struct UpstreamSummarizer<'a> {
     /// The upstream's configured key, or the client's own credentials when the summarizer
     /// shares the request's upstream in pass-through mode; never a key meant for another host.
     pub authorization: Option<HeaderValue>,
+    /// The tenant the summaries belong to, and the conversation the client named.
+    pub tenant: &'a str,
+    pub conversation: Option<Conversation>,
     spent: Mutex<Tokens>,
 }
 
@@ -33,12 +37,15 @@ impl<'a> UpstreamSummarizer<'a> {
         upstream: &'a Upstream,
         client: &'a UpstreamClient,
         authorization: Option<HeaderValue>,
+        tenant: &'a str,
     ) -> Self {
         UpstreamSummarizer {
             model,
             upstream,
             client,
             authorization,
+            tenant,
+            conversation: None,
             spent: Mutex::new(Tokens::default()),
         }
     }
@@ -123,5 +130,13 @@ impl<'a> UpstreamSummarizer<'a> {
 impl Summarizer for UpstreamSummarizer<'_> {
     fn summarize<'a>(&'a self, prompt: &'a [Message], max_tokens: u64) -> SummaryFuture<'a> {
         Box::pin(self.call(prompt, max_tokens))
+    }
+
+    fn tenant(&self) -> &str {
+        self.tenant
+    }
+
+    fn conversation(&self) -> Option<&Conversation> {
+        self.conversation.as_ref()
     }
 }

@@ -20,11 +20,13 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::chat::{Call, ChatRequest, Dialect, Endpoint, Message, Role, ToolCall};
+use crate::chat::{Call, Dialect, Endpoint, Message, Role};
 use crate::config::CompressionConfig;
 use crate::dialect;
 
 use super::{Compressor, Force};
+
+pub use super::synthetic::{synthetic_agent_conversation, synthetic_agent_conversation_seeded};
 
 /// The model conversations are counted for (o200k_base).
 pub const EVAL_MODEL: &str = "gpt-4o";
@@ -390,113 +392,6 @@ fn words(text: &str) -> Vec<String> {
                 && !STOP.contains(&w.as_str())
         })
         .collect()
-}
-
-/// A deterministic agent conversation for tests and benchmarks: a system prompt,
-/// a task, then assistant tool calls and their results (every ninth one fails),
-/// about 800 tokens per message on average.
-pub fn synthetic_agent_conversation(messages: usize) -> ChatRequest {
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn word(&mut self) -> &'static str {
-            WORDS[(self.next() % WORDS.len() as u64) as usize]
-        }
-    }
-    const WORDS: &[&str] = &[
-        "config", "request", "budget", "token", "buffer", "stream", "handler", "store", "cache",
-        "retry", "timeout", "parse", "render", "message", "upstream", "client", "server", "limit",
-        "window", "summary", "result", "value", "error", "index", "offset", "length",
-    ];
-    const TOOLS: &[&str] = &["read_file", "bash", "grep", "write_file"];
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let mut out = vec![
-        Message::text(
-            Role::System,
-            "You are a coding agent. Use the tools to inspect and change the repository. Keep answers short.",
-        ),
-        Message::text(
-            Role::User,
-            "The proxy drops the last chunk of streamed answers when the upstream closes early. Find the cause in src/stream.rs, fix it, and make sure `cargo test` passes.",
-        ),
-    ];
-    let mut step = 0;
-    while out.len() + 2 <= messages {
-        let tool = TOOLS[step % TOOLS.len()];
-        let file = format!("src/{}_{}.rs", rng.word(), step % 23);
-        let id = format!("call_{step:04}");
-        let arguments = match tool {
-            "bash" => json!({"command": format!("cargo test {}_{}", rng.word(), step)}).to_string(),
-            "grep" => json!({"pattern": format!("fn {}_{}", rng.word(), rng.word())}).to_string(),
-            "write_file" => {
-                json!({"path": file, "content": format!("pub fn {}() {{}}", rng.word())})
-                    .to_string()
-            }
-            _ => json!({"path": file}).to_string(),
-        };
-        out.push(Message {
-            tool_calls: vec![ToolCall {
-                id: Some(id.clone()),
-                name: tool.to_owned(),
-                arguments,
-            }],
-            ..Message::text(
-                Role::Assistant,
-                format!(
-                    "Step {step}: checking how `{}_{}` handles the {} in {file} before changing it.",
-                    rng.word(),
-                    rng.word(),
-                    rng.word()
-                ),
-            )
-        });
-        let mut body = String::new();
-        if step % 9 == 4 {
-            let _ = writeln!(
-                body,
-                "error[E0599]: no method named `{}_{}` found for struct `{}` in {file}",
-                rng.word(),
-                rng.word(),
-                rng.word()
-            );
-        }
-        for line in 0..62 {
-            let _ = writeln!(
-                body,
-                "{line:>4}    let {}_{} = self.{}.{}({}, {}_{}) ?; // {} {} {}",
-                rng.word(),
-                rng.next() % 100,
-                rng.word(),
-                rng.word(),
-                rng.next() % 1000,
-                rng.word(),
-                rng.word(),
-                rng.word(),
-                rng.word(),
-                rng.word()
-            );
-        }
-        if step % 9 == 4 {
-            body.push_str("error: could not compile `thrifty` (lib) due to 1 previous error\n");
-        }
-        out.push(Message {
-            tool_call_id: Some(id),
-            ..Message::text(Role::Tool, body)
-        });
-        step += 1;
-    }
-    ChatRequest {
-        model: "gpt-4o".to_owned(),
-        messages: out,
-        stream: false,
-        shaping: serde_json::Map::new(),
-        incidental: serde_json::Map::new(),
-    }
 }
 
 #[cfg(test)]

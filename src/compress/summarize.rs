@@ -2,7 +2,7 @@
 //! summaries stored under the hash of the prefix they cover, and the prompt the
 //! summarizer model is asked.
 //!
-//! h₀ = H(version, summarizer model, leading instructions, tool definitions) and
+//! h₀ = H(version, tenant, summarizer model, leading instructions, tool definitions) and
 //! hᵢ = H(hᵢ₋₁, messageᵢ) over the messages after the leading instructions. The
 //! summary of the first k of them lives under `thrifty:v1:summary:<hex hₖ>`, so the
 //! next turn of the same conversation finds it without any chat id, and a turn
@@ -23,17 +23,29 @@ use sha2::{Digest, Sha256};
 use crate::chat::{ChatRequest, Content, Message, PartKind, Role};
 use crate::store::{KEY_PREFIX, Store};
 
+use super::conversations::Conversation;
 use super::extractive::{ceil_boundary, clip, floor_boundary};
 
 /// What a summarizer call returns: the summary and the tokens it cost (prompt and completion).
 pub type SummaryFuture<'a> =
     Pin<Box<dyn Future<Output = Result<(String, u64), String>> + Send + 'a>>;
 
-/// Writes summaries. The pipeline implements it by sending `prompt` as a chat
-/// request to the configured summarizer model through thrifty's own routing.
+/// A request's summarizer: writes its summaries and says whose they are. The pipeline
+/// implements it by sending `prompt` as a chat request to the configured summarizer
+/// model through thrifty's own routing.
 pub trait Summarizer: Send + Sync {
     /// Answers the prompt (built by [`prompt`]) in at most about `max_tokens` tokens.
     fn summarize<'a>(&'a self, prompt: &'a [Message], max_tokens: u64) -> SummaryFuture<'a>;
+
+    /// The tenant the summaries belong to: they are never reused across tenants.
+    fn tenant(&self) -> &str {
+        ""
+    }
+
+    /// The conversation the client named (`x-thrifty-chat-id`), to list the summaries under.
+    fn conversation(&self) -> Option<&Conversation> {
+        None
+    }
 }
 
 /// Bumped when the canonical form or the prompt changes, so old summaries are not reused.
@@ -47,9 +59,16 @@ const TRANSCRIPT_TAIL: usize = 500;
 pub type Hash = [u8; 32];
 
 /// h₀ … hₙ for the messages from `lead` on: `chain[j]` covers the first `j` of them.
-pub fn chain(chat: &ChatRequest, lead: usize, upto: usize, summarizer_model: &str) -> Vec<Hash> {
+pub fn chain(
+    chat: &ChatRequest,
+    lead: usize,
+    upto: usize,
+    summarizer_model: &str,
+    tenant: &str,
+) -> Vec<Hash> {
     let mut hasher = Sha256::new();
     field(&mut hasher, CHAIN_VERSION);
+    field(&mut hasher, tenant.as_bytes());
     field(&mut hasher, summarizer_model.as_bytes());
     for m in &chat.messages[..lead] {
         canonical(&mut hasher, m);
@@ -256,16 +275,21 @@ mod tests {
 
     #[test]
     fn the_chain_depends_on_the_prefix_only() {
-        let a = chain(&chat(&["one", "two", "three"]), 1, 4, "m");
-        let b = chain(&chat(&["one", "two", "THREE", "four"]), 1, 5, "m");
+        let a = chain(&chat(&["one", "two", "three"]), 1, 4, "m", "t");
+        let b = chain(&chat(&["one", "two", "THREE", "four"]), 1, 5, "m", "t");
         assert_eq!(a.len(), 4);
         assert_eq!(a[..3], b[..3]);
         assert_ne!(a[3], b[3]);
         // A different system prompt, tool set or summarizer is a different chain.
         let mut other = chat(&["one"]);
         other.messages[0] = Message::text(Role::System, "be verbose");
-        assert_ne!(chain(&other, 1, 2, "m")[0], a[0]);
-        assert_ne!(chain(&chat(&["one"]), 1, 2, "n")[0], a[0]);
+        assert_ne!(chain(&other, 1, 2, "m", "t")[0], a[0]);
+        assert_ne!(chain(&chat(&["one"]), 1, 2, "n", "t")[0], a[0]);
+        assert_ne!(
+            chain(&chat(&["one"]), 1, 2, "m", "another tenant")[0],
+            a[0],
+            "summaries are never shared across tenants"
+        );
         assert!(key(&a[1]).starts_with("thrifty:v1:summary:"));
     }
 

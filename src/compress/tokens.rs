@@ -8,9 +8,11 @@
 //! tokens, which is what the recovery retry is for.
 //!
 //! Message framing follows OpenAI's cookbook (3 tokens per message, 1 more for a
-//! `name`, 3 to prime the reply), as `tiktoken-rs` does. Counts of long texts are
-//! cached by a hash of their text: a conversation resends the same history every
-//! turn, so in steady state only the newest messages are tokenized.
+//! `name`, 3 to prime the reply), as `tiktoken-rs` does. A text's tokens are
+//! counted by `bpe`, exactly as `tiktoken-rs` would but without its regular
+//! expressions on plain text. Counts of long texts are cached by a hash of their
+//! text: a conversation resends the same history every turn, so in steady state
+//! only the newest messages are counted.
 //! This room must not decide anything: it only counts.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -19,6 +21,8 @@ use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
 use crate::chat::{ChatRequest, Content, Message, PartKind};
+
+use super::bpe;
 
 /// Framing tokens around every message (`<|start|>{role}<|message|>...<|end|>` less the role).
 pub const TOKENS_PER_MESSAGE: usize = 3;
@@ -60,7 +64,7 @@ impl Encoding {
         }
     }
 
-    fn bpe(self) -> &'static CoreBPE {
+    pub(super) fn bpe(self) -> &'static CoreBPE {
         match self {
             Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
             Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
@@ -110,7 +114,7 @@ impl TokenCounter {
     /// Tokens of a plain text, special-token lookalikes counted as ordinary text.
     pub fn text(&self, encoding: Encoding, text: &str) -> usize {
         if text.len() < CACHE_MIN_BYTES {
-            return encoding.bpe().encode_ordinary(text).len();
+            return bpe::count(encoding, text);
         }
         let mut hasher = DefaultHasher::new();
         encoding.hash(&mut hasher);
@@ -119,7 +123,7 @@ impl TokenCounter {
         if let Some(count) = self.cache.get(&key) {
             return count as usize;
         }
-        let count = encoding.bpe().encode_ordinary(text).len();
+        let count = bpe::count(encoding, text);
         self.cache
             .insert(key, u32::try_from(count).unwrap_or(u32::MAX));
         count

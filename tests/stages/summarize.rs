@@ -125,3 +125,80 @@ async fn a_failing_summarizer_falls_back_to_key_points() {
         "Echo: So what should I fix first?"
     );
 }
+
+async fn post_as(thrifty: &Thrifty, body: &Value, key: &str, chat: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", thrifty.url()))
+        .header("x-thrifty-cache", "off")
+        .header("x-thrifty-chat-id", chat)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("sent")
+}
+
+async fn admin(thrifty: &Thrifty, method: reqwest::Method, path: &str) -> Value {
+    reqwest::Client::new()
+        .request(method, format!("{}{path}", thrifty.url()))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json")
+}
+
+fn summarizer_calls(fake: &FakeLlm) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.json().is_some_and(|j| j["model"] == SUMMARIZER))
+        .count()
+}
+
+#[tokio::test]
+async fn summaries_stay_within_their_tenant_and_a_named_conversation_can_be_dropped() {
+    let fake = FakeLlm::start().await;
+    let thrifty = Thrifty::start_with_env(
+        summarizing(&fake, SUMMARIZER),
+        &[("THRIFTY_ADMIN_TOKEN", "adm")],
+    )
+    .await;
+    let body = long_conversation(30);
+    let chat = "ticket 42/β";
+    let path = "/admin/conversations/ticket%2042%2F%CE%B2";
+
+    assert_eq!(post_as(&thrifty, &body, "sk-one", chat).await.status(), 200);
+    assert_eq!(summarizer_calls(&fake), 1);
+    assert_eq!(post_as(&thrifty, &body, "sk-one", chat).await.status(), 200);
+    assert_eq!(
+        summarizer_calls(&fake),
+        1,
+        "the same tenant reuses its summary"
+    );
+    assert_eq!(post_as(&thrifty, &body, "sk-two", chat).await.status(), 200);
+    assert_eq!(
+        summarizer_calls(&fake),
+        2,
+        "another tenant never gets the first tenant's summary"
+    );
+
+    let listed = admin(&thrifty, reqwest::Method::GET, path).await;
+    assert_eq!(listed["conversation"], chat);
+    assert_eq!(listed["summaries"], 2, "{listed}");
+    assert_eq!(listed["tenants"], 2, "{listed}");
+    let other = admin(&thrifty, reqwest::Method::GET, "/admin/conversations/other").await;
+    assert_eq!(other["summaries"], 0, "{other}");
+
+    let dropped = admin(&thrifty, reqwest::Method::DELETE, path).await;
+    assert_eq!(dropped["deleted_summaries"], 2, "{dropped}");
+    let listed = admin(&thrifty, reqwest::Method::GET, path).await;
+    assert_eq!(listed["summaries"], 0, "{listed}");
+    assert_eq!(post_as(&thrifty, &body, "sk-one", chat).await.status(), 200);
+    assert_eq!(
+        summarizer_calls(&fake),
+        3,
+        "a dropped conversation is summarized afresh"
+    );
+}

@@ -1,0 +1,176 @@
+//! What compression costs: `Compressor::compress` (extractive, the default strategy) on a
+//! 150-message, ~120k-token agent conversation with tool calls, next to the cost of merely
+//! counting that conversation's tokens once, measured in the same run.
+//!
+//! Run it with `cargo bench --bench compress`. `THRIFTY_BENCH_ITERATIONS` (default 200) sets
+//! how many conversations are compressed.
+//!
+//! Every iteration is **cold**: the conversation is generated with a new seed, so its texts
+//! have never been counted and the token counter's per-text cache cannot answer; counting is
+//! included in the compression time. The baseline counts another fresh conversation of the
+//! same shape with the same counter, which is what a direct call would not pay at all. The
+//! two alternate, so noise from other work on the machine hits both alike. The tokenizers are
+//! built before timing starts (about half a second each, once per process). The counter
+//! remembers the counts of short text pieces (words, numbers, punctuation) per thread; the
+//! first compression in the process fills that and is reported on its own, the iterations
+//! after it find the pieces remembered, as a running proxy does.
+//! A **warm** figure is added: the same conversation compressed again, as the next turn of a
+//! chat is, where every earlier message's count is already cached.
+
+#![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use thrifty::compress::synthetic::synthetic_agent_conversation_seeded;
+use thrifty::compress::{Compressor, Encoding, Force};
+use thrifty::config::CompressionConfig;
+
+/// Messages in the benchmark conversation.
+const MESSAGES: usize = 150;
+/// The target for one cold compression, token counting included.
+const TARGET_MS: f64 = 5.0;
+
+fn main() -> Result<()> {
+    let iterations: usize = match std::env::var("THRIFTY_BENCH_ITERATIONS") {
+        Ok(value) => value
+            .parse()
+            .context("THRIFTY_BENCH_ITERATIONS must be a number")?,
+        Err(_) => 200,
+    };
+    ensure!(
+        iterations > 0,
+        "THRIFTY_BENCH_ITERATIONS must be above zero"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = CompressionConfig::default();
+    let compressor = Compressor::offline(config.clone());
+    let build = Instant::now();
+    Encoding::warm_up();
+    let build = build.elapsed();
+
+    // The first conversation this process sees: every piece is new to the counter.
+    let mut chat = synthetic_agent_conversation_seeded(MESSAGES, 0);
+    let started = Instant::now();
+    let first = runtime.block_on(compressor.compress(&mut chat, None, Force::Auto, None));
+    let first_call = started.elapsed();
+    first.context("the conversation is over budget")?;
+
+    let mut cold = Vec::with_capacity(iterations);
+    let mut warm = Vec::with_capacity(iterations);
+    let mut count = Vec::with_capacity(iterations);
+    let mut first = None;
+    for i in 0..iterations {
+        let seed = 2 * i as u64 + 1;
+        let original = synthetic_agent_conversation_seeded(MESSAGES, seed);
+        let mut chat = original.clone();
+        let started = Instant::now();
+        let outcome = runtime.block_on(compressor.compress(&mut chat, None, Force::Auto, None));
+        cold.push(started.elapsed());
+        let outcome = outcome.context("the conversation is over budget")?;
+        ensure!(outcome.budget_met, "budget not met: {outcome:?}");
+
+        let mut again = original.clone();
+        let started = Instant::now();
+        let repeated = runtime.block_on(compressor.compress(&mut again, None, Force::Auto, None));
+        warm.push(started.elapsed());
+        ensure!(
+            again == chat,
+            "compressing the same conversation twice differed"
+        );
+        ensure!(repeated.as_ref().map(|o| o.after) == Some(outcome.after));
+
+        let other = synthetic_agent_conversation_seeded(MESSAGES, seed + 1);
+        let started = Instant::now();
+        let counts = compressor.counter().request(Encoding::O200kBase, &other);
+        count.push(started.elapsed());
+        ensure!(counts.total() > outcome.after, "{counts:?}");
+        first.get_or_insert(outcome);
+    }
+    let outcome = first.context("at least one iteration")?;
+
+    println!(
+        "compress: {MESSAGES} messages, {iterations} cold conversations, model gpt-4o (o200k_base), \
+         budget {}, {} recent kept, block {}",
+        outcome.budget, config.preserve_recent_messages, config.block_size
+    );
+    println!(
+        "tokenizer build (once per process, not timed below): {:.0} ms",
+        ms(build)
+    );
+    println!(
+        "first compression in the process (every text piece new to the counter): {:.3} ms",
+        ms(first_call)
+    );
+    println!(
+        "tokens {} -> {} ({:.3} of the prompt, {:.1}% saved), {} messages condensed",
+        outcome.before,
+        outcome.after,
+        outcome.after as f64 / outcome.before as f64,
+        100.0 * (1.0 - outcome.after as f64 / outcome.before as f64),
+        outcome.condensed_messages,
+    );
+    println!();
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8}",
+        "", "p50 ms", "p99 ms", "mean ms", "max ms"
+    );
+    let cold = Stats::of(cold);
+    let warm = Stats::of(warm);
+    let count = Stats::of(count);
+    cold.print("compress, cold (counting included)");
+    warm.print("compress, warm (same conversation again)");
+    count.print("baseline: count the prompt once, cold");
+    println!();
+    println!(
+        "compression beyond counting: {:.3} ms mean ({:.1}x the count alone)",
+        cold.mean - count.mean,
+        cold.mean / count.mean
+    );
+    println!(
+        "cold p50 {:.3} ms, p99 {:.3} ms (target <= {TARGET_MS} ms)  {}",
+        cold.p50,
+        cold.p99,
+        if cold.p50 <= TARGET_MS {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Percentiles of one series, in milliseconds.
+struct Stats {
+    p50: f64,
+    p99: f64,
+    mean: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(samples: Vec<Duration>) -> Stats {
+        let mut sorted: Vec<f64> = samples.into_iter().map(ms).collect();
+        sorted.sort_by(f64::total_cmp);
+        let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p / 100.0).round() as usize];
+        Stats {
+            p50: at(50.0),
+            p99: at(99.0),
+            mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
+            max: sorted[sorted.len() - 1],
+        }
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<44} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            self.p50, self.p99, self.mean, self.max
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Strategy 1: condense old turns into one message of key points and tool-call
+//! summaries, without calling a model.
+//!
+//! The message has a header (how many messages of each role it covers, main
+//! topics), one line per tool (`read_file ×12 (11 ok, 1 failed): src/a.rs, …`),
+//! the error lines of failed calls, and key points: lines and sentences kept
+//! verbatim (clipped when very long) that mention errors, file paths and file
+//! operations, configuration and installs, code identifiers, decisions, and the
+//! names, dates, numbers, places and preferences people state. Older messages get
+//! a smaller share than recent ones. Everything is a single pass over the text
+//! with no allocation per word, so condensing a long agent loop takes well under
+//! a millisecond. This room must not count tokens exactly or reorder messages:
+//! the caller checks the result against the ratio.
+
+mod key_points;
+#[cfg(test)]
+mod tests;
+mod text;
+mod tools;
+mod topics;
+
+use std::fmt::Write as _;
+
+use crate::chat::{Message, Role};
+
+pub use text::{ceil_boundary, clip, floor_boundary};
+
+/// One message to condense.
+pub struct Source<'a> {
+    pub message: &'a Message,
+    /// Its exact token count, used to estimate what its excerpts cost.
+    pub tokens: usize,
+    /// Whether it came after the latest user message, which stays verbatim above the summary.
+    pub after_request: bool,
+}
+
+/// Topics are listed once this many messages are condensed.
+const TOPICS_FROM: usize = 6;
+/// Generated text (headers, tool lines) is estimated at this many bytes per token.
+const BYTES_PER_TOKEN: usize = 4;
+
+/// Builds the condensed text, keeping key points within about `target_tokens`.
+pub fn condense(sources: &[Source<'_>], target_tokens: usize) -> String {
+    let mut out = header(sources);
+    let split = sources.iter().any(|s| s.after_request) && sources.iter().any(|s| !s.after_request);
+    if sources.len() >= TOPICS_FROM {
+        let topics = topics::topics(sources);
+        if !topics.is_empty() {
+            let _ = writeln!(out, "Topics: {}", topics.join(", "));
+        }
+    }
+    tools::tool_summary(sources, &mut out);
+    let remaining = target_tokens.saturating_sub(out.len().div_ceil(BYTES_PER_TOKEN) + 4);
+    key_points::key_points(sources, remaining, split, &mut out);
+    while out.ends_with('\n') {
+        out.pop();
+    }
+    out
+}
+
+fn header(sources: &[Source<'_>]) -> String {
+    let (mut user, mut assistant, mut tool, mut other) = (0, 0, 0, 0);
+    for s in sources {
+        match s.message.role {
+            Role::User => user += 1,
+            Role::Assistant => assistant += 1,
+            Role::Tool => tool += 1,
+            _ => other += 1,
+        }
+    }
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (user, "user"),
+        (assistant, "assistant"),
+        (tool, "tool results"),
+        (other, "other"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    format!(
+        "[thrifty: {} earlier messages condensed ({})]\n",
+        sources.len(),
+        parts.join(", ")
+    )
+}

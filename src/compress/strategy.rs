@@ -1,0 +1,189 @@
+//! The two ways of writing the condensed message: extractive (key points and
+//! tool-call summaries, rebuilt smaller while it overshoots the ratio) and
+//! summarize (a stored summary of the prefix, reused, extended or created by the
+//! summarizer). This room must not decide where the cut is or splice messages.
+
+use std::sync::atomic::Ordering;
+
+use crate::chat::{ChatRequest, Content, Message, Role};
+use crate::config::Strategy;
+
+use super::compressor::Compressor;
+use super::extractive::{self, Source};
+use super::outcome::SummaryUse;
+use super::plan::Prepared;
+use super::summarize;
+use super::{Summarizer, TokenCounter};
+
+/// How often the extractive text is rebuilt smaller when it overshoots its target.
+const FIT_ATTEMPTS: usize = 3;
+
+/// The condensed message and how it was made.
+pub(super) struct Condensed {
+    pub(super) message: Option<(Message, usize)>,
+    pub(super) strategy: Strategy,
+    pub(super) summary: SummaryUse,
+    pub(super) summarizer_tokens: u64,
+}
+
+impl Condensed {
+    pub(super) fn nothing() -> Self {
+        Condensed {
+            message: None,
+            strategy: Strategy::Extractive,
+            summary: SummaryUse::None,
+            summarizer_tokens: 0,
+        }
+    }
+}
+
+/// The extractive condensed message, rebuilt smaller while it overshoots the ratio.
+pub(super) fn extractive(
+    counter: &TokenCounter,
+    ratio: f64,
+    chat: &ChatRequest,
+    prepared: &Prepared,
+) -> Condensed {
+    let plan = &prepared.plan;
+    if plan.condensed.is_empty() {
+        return Condensed::nothing();
+    }
+    let sources: Vec<Source<'_>> = plan
+        .condensed
+        .iter()
+        .map(|&i| Source {
+            message: &chat.messages[i],
+            tokens: prepared.counts.messages[i],
+            after_request: plan.latest_user.is_some_and(|u| i > u),
+        })
+        .collect();
+    let target = prepared.summary_target(ratio);
+    let mut aim = target;
+    let mut message = Message::text(Role::User, String::new());
+    let mut tokens = 0;
+    for _ in 0..FIT_ATTEMPTS {
+        message.content = Content::Text(extractive::condense(&sources, aim));
+        tokens = counter.message(prepared.encoding, &message);
+        if tokens <= target {
+            break;
+        }
+        aim = aim.saturating_sub(tokens - target + 8);
+    }
+    Condensed {
+        message: Some((message, tokens)),
+        strategy: Strategy::Extractive,
+        summary: SummaryUse::None,
+        summarizer_tokens: 0,
+    }
+}
+
+/// The summarize strategy: reuse, extend or create the summary of the prefix.
+pub(super) async fn summarized(
+    compressor: &Compressor,
+    chat: &ChatRequest,
+    prepared: &Prepared,
+    summarizer: &dyn Summarizer,
+) -> Result<Condensed, String> {
+    let plan = &prepared.plan;
+    let (lead, cut) = (plan.lead, plan.cut);
+    let model = compressor
+        .config
+        .summarizer_model
+        .as_deref()
+        .unwrap_or_default();
+    let hashes = summarize::chain(chat, lead, cut, model, summarizer.tenant());
+    let covers = cut - lead;
+    let boundaries: Vec<usize> = plan
+        .boundaries
+        .iter()
+        .filter(|b| **b <= cut)
+        .map(|b| b - lead)
+        .chain(std::iter::once(covers))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let found = match &compressor.store {
+        Some(store) => summarize::longest(store, &hashes, &boundaries).await,
+        None => None,
+    };
+    let (summary, used, spent) = match found {
+        Some(stored) if stored.covers == covers => {
+            if let Some(store) = &compressor.store {
+                summarize::refresh(
+                    store,
+                    &hashes[covers],
+                    &stored,
+                    compressor.config.summary_ttl,
+                    compressor.config.summary_max_ttl,
+                )
+                .await;
+            }
+            (stored.summary, SummaryUse::Reused, 0)
+        }
+        found => {
+            let (previous, from, used) = match &found {
+                Some(stored) => (
+                    Some(stored.summary.as_str()),
+                    lead + stored.covers,
+                    SummaryUse::Extended,
+                ),
+                None => (None, lead, SummaryUse::Created),
+            };
+            let target = prepared.summary_target(compressor.config.ratio) as u64;
+            let prompt = summarize::prompt(previous, &chat.messages[from..cut], target);
+            let call = summarizer.summarize(&prompt, target);
+            let (text, spent) = tokio::time::timeout(compressor.config.summarizer_timeout, call)
+                .await
+                .map_err(|_| {
+                    format!("timed out after {:?}", compressor.config.summarizer_timeout)
+                })??;
+            let text = text.trim().to_owned();
+            if text.is_empty() {
+                return Err("the summary was empty".to_owned());
+            }
+            if let Some(store) = &compressor.store {
+                let stored = summarize::Stored {
+                    covers,
+                    summary: text.clone(),
+                    created: summarize::now_secs(),
+                };
+                summarize::save(
+                    store,
+                    &hashes[covers],
+                    &stored,
+                    compressor.config.summary_ttl,
+                )
+                .await;
+            }
+            (text, used, spent)
+        }
+    };
+    if let (Some(store), Some(conversation)) = (&compressor.store, summarizer.conversation()) {
+        // Listed for as long as the summary may live; a stale listing points at nothing.
+        let ttl = compressor.config.summary_max_ttl;
+        conversation.mark(store, &hashes[covers], ttl).await;
+    }
+    let counter = match used {
+        SummaryUse::Created => &compressor.stats.summaries_created,
+        SummaryUse::Extended => &compressor.stats.summaries_extended,
+        _ => &compressor.stats.summaries_reused,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    compressor
+        .stats
+        .summarizer_tokens
+        .fetch_add(spent, Ordering::Relaxed);
+    let message = Message::text(
+        Role::User,
+        format!(
+            "[thrifty: summary of the {covers} earlier messages of this conversation]\n{summary}"
+        ),
+    );
+    let tokens = compressor.counter.message(prepared.encoding, &message);
+    Ok(Condensed {
+        message: Some((message, tokens)),
+        strategy: Strategy::Summarize,
+        summary: used,
+        summarizer_tokens: spent,
+    })
+}
