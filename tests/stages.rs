@@ -24,26 +24,9 @@ fn words(text: &str) -> u64 {
 }
 
 /// The savings report's totals once it holds `requests` records (the thrifty must run
-/// with admin token `adm`). Records are written when an answer's body ends, which may be
-/// just after the client has read it.
+/// with admin token `adm`).
 async fn report(thrifty: &Thrifty, requests: u64) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let report: Value = reqwest::Client::new()
-            .get(format!("{}/admin/savings?format=json", thrifty.url()))
-            .bearer_auth("adm")
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
-        let total = report["total"].clone();
-        if total["requests"] == requests || std::time::Instant::now() > deadline {
-            return total;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    thrifty.savings("format=json", "adm", requests).await["total"].clone()
 }
 
 fn long_conversation(turns: usize) -> Value {
@@ -194,18 +177,9 @@ async fn the_savings_report_counts_a_miss_and_a_hit() {
     );
     let calls = fake.calls();
 
-    let report: Value = client
-        .get(format!(
-            "{}/admin/savings?group_by=outcome&format=json",
-            thrifty.url()
-        ))
-        .bearer_auth("adm")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let report = thrifty
+        .savings("group_by=outcome&format=json", "adm", 2)
+        .await;
     let total = &report["total"];
     let billed = prompt + completion;
     assert_eq!(total["requests"], 2, "{report:#}");

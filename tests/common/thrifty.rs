@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::Value;
 use thrifty::config::{RawConfig, RawDialect, RawUpstream};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -115,6 +116,34 @@ impl Thrifty {
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// An admin call (`path` with its query) with bearer `token`, answered in JSON.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, token: &str) -> Value {
+        reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("admin call sent")
+            .json()
+            .await
+            .expect("admin answer is JSON")
+    }
+
+    /// `GET /admin/savings` with `query`, once it counts `requests` requests in all (or
+    /// after 5 s): records are written when an answer's body ends, which may be just
+    /// after the client has read it.
+    pub async fn savings(&self, query: &str, token: &str, requests: u64) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let path = format!("/admin/savings?{query}");
+            let report = self.admin(reqwest::Method::GET, &path, token).await;
+            if report["total"]["requests"] == requests || std::time::Instant::now() > deadline {
+                return report;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Asks the server to shut down and waits up to `timeout` for it to finish.

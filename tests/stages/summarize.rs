@@ -139,15 +139,7 @@ async fn post_as(thrifty: &Thrifty, body: &Value, key: &str, chat: &str) -> reqw
 }
 
 async fn admin(thrifty: &Thrifty, method: reqwest::Method, path: &str) -> Value {
-    reqwest::Client::new()
-        .request(method, format!("{}{path}", thrifty.url()))
-        .bearer_auth("adm")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json")
+    thrifty.admin(method, path, "adm").await
 }
 
 fn summarizer_calls(fake: &FakeLlm) -> usize {
