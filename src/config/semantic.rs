@@ -43,7 +43,7 @@ impl Default for RawSemantic {
             window_messages: 4,
             max_entries: 200_000,
             max_entries_per_partition: 50_000,
-            ann_above: 2_048,
+            ann_above: 100_000,
         }
     }
 }

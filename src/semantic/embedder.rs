@@ -2,8 +2,9 @@
 //! loaded dynamically from the model directory.
 //!
 //! The model runs on one dedicated OS thread (its `embed` takes `&mut self`),
-//! never on the async executor. Queries that arrive while it is busy are
-//! embedded together in one batch, and recent query vectors are kept in an LRU.
+//! with one helper for its matrix products, never on the async executor.
+//! Queries that arrive while it is busy are embedded together in one batch, and
+//! recent query vectors are kept in an LRU.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,11 @@ pub const DIMENSIONS: usize = 384;
 
 /// The most queries embedded in one batch.
 const MAX_BATCH: usize = 32;
+
+/// Threads one inference may use. On two cores, two threads took a semantic hit from 6.0 to
+/// 4.2 ms (p50) for a fifth more CPU per query; more buy little for a dozen tokens. Idle helper
+/// threads sleep rather than spin: spinning doubled the CPU and, on a busy machine, the latency.
+const INTRA_THREADS: usize = 2;
 
 /// Recent query vectors kept in memory.
 const QUERY_CACHE: u64 = 10_000;
@@ -79,9 +85,11 @@ fn load_model(dir: &Path) -> Result<TextEmbedding, String> {
     };
     let model =
         UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer).with_pooling(Pooling::Mean);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(INTRA_THREADS));
     let options = InitOptionsUserDefined::new()
         .with_environment(env)
-        .with_intra_threads(1)
+        .with_intra_threads(threads)
+        .with_session_config("session.intra_op.allow_spinning", "0")
         .with_max_length(256);
     TextEmbedding::try_new_from_user_defined(model, options)
         .map_err(|e| format!("cannot load the embedding model: {e}"))
@@ -162,6 +170,44 @@ impl Embedder {
 }
 
 /// Cosine similarity of two L2-normalised vectors.
+///
+/// Sixteen running sums instead of one let the compiler keep them in vector registers: a plain
+/// `zip().sum()` must add in order, one float at a time, which is several times slower. The
+/// index scores every shortlisted vector with it.
 pub fn similarity(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    const LANES: usize = 16;
+    let (a, b) = (&a[..a.len().min(b.len())], &b[..a.len().min(b.len())]);
+    let mut sums = [0.0_f32; LANES];
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for ((sum, x), y) in sums.iter_mut().zip(x).zip(y) {
+            *sum += x * y;
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::similarity;
+
+    #[test]
+    fn similarity_is_the_dot_product_at_any_length() {
+        for len in [0, 1, 15, 16, 17, 384, 385] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+            let fast = f64::from(similarity(&a, &b));
+            assert!(
+                (plain - fast).abs() < 1e-4,
+                "length {len}: {plain} vs {fast}"
+            );
+        }
+    }
 }

@@ -17,10 +17,14 @@ pub mod embedder;
 pub mod eval;
 pub mod guard;
 pub mod index;
+mod sketch;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::key::{self, CacheKey, Scope};
@@ -38,6 +42,9 @@ const EVENTS: &str = "thrifty:v1:semantic:events";
 
 /// How often the index is reconciled with the store.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
+/// How many records a reconcile reads from the store at once.
+const LOAD_CONCURRENCY: usize = 64;
 
 /// How many candidates above the threshold the guard looks at.
 const CANDIDATES: usize = 4;
@@ -58,6 +65,18 @@ struct Record {
     text: String,
     vector: Vec<f32>,
     created_ms: u64,
+}
+
+impl Record {
+    /// The index entry, if the vector is the model's shape.
+    fn into_entry(self) -> Option<index::Entry> {
+        (self.vector.len() == embedder::DIMENSIONS).then_some(index::Entry {
+            partition: self.partition,
+            answer: self.answer,
+            text: self.text,
+            vector: self.vector,
+        })
+    }
 }
 
 /// A semantic hit: the answer entry to replay and how similar the questions were.
@@ -216,11 +235,14 @@ impl SemanticCache {
         let Ok(Some(raw)) = self.cache.store().get(key).await else {
             return;
         };
-        if let Some(r) = self.cache.sealer().open::<Record>(&raw) {
-            if r.vector.len() == embedder::DIMENSIONS {
-                self.index
-                    .insert(&r.partition, &r.answer, &r.text, r.vector);
-            }
+        if let Some(e) = self
+            .cache
+            .sealer()
+            .open::<Record>(&raw)
+            .and_then(Record::into_entry)
+        {
+            self.index
+                .insert(&e.partition, &e.answer, &e.text, e.vector);
         }
     }
 
@@ -234,26 +256,49 @@ impl SemanticCache {
     }
 
     /// Brings the index in line with the store: loads what is missing, drops what expired.
+    ///
+    /// Missing records are read concurrently and indexed in one batch on a blocking thread, so a
+    /// restart with a large store builds each graph once, with parallel inserts.
     pub async fn reconcile(&self) -> bool {
         let Ok(keys) = self.cache.store().keys(SEMANTIC_PREFIX).await else {
             return false;
         };
-        let live: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let live: HashSet<&str> = keys.iter().map(String::as_str).collect();
         for (partition, answer) in self.index.entries() {
             if !live.contains(record_key(&partition, &answer).as_str()) {
                 self.index.remove(&partition, &answer);
             }
         }
-        let known: std::collections::HashSet<String> = self
+        let known: HashSet<String> = self
             .index
             .entries()
             .into_iter()
             .map(|(p, a)| record_key(&p, &a))
             .collect();
-        for key in keys.iter().filter(|k| !known.contains(*k)) {
-            self.load_record(key).await;
+        let missing: Vec<String> = keys.into_iter().filter(|k| !known.contains(k)).collect();
+        let store = self.cache.store().clone();
+        let raws: Vec<Option<Bytes>> = stream::iter(missing)
+            .map(|key| {
+                let store = store.clone();
+                async move { store.get(&key).await.ok().flatten() }
+            })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .collect()
+            .await;
+        let raws: Vec<Bytes> = raws.into_iter().flatten().collect();
+        if raws.is_empty() {
+            return true;
         }
-        true
+        let (cache, index) = (self.cache.clone(), self.index.clone());
+        let load = tokio::task::spawn_blocking(move || {
+            let entries: Vec<index::Entry> = raws
+                .iter()
+                .filter_map(|raw| cache.sealer().open::<Record>(raw))
+                .filter_map(Record::into_entry)
+                .collect();
+            index.insert_many(entries);
+        });
+        load.await.is_ok()
     }
 
     /// Rebuilds the index from the store, then follows other instances until the task is dropped.

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use moka::sync::Cache;
-use redb::{Database, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::StoreError;
 
@@ -141,11 +141,31 @@ impl EmbeddedStore {
         .await
     }
 
+    /// Extends a live key. The read and the rewrite are one transaction, so a touch racing
+    /// a delete never brings the key back. The memory copy keeps its shorter expiry and is
+    /// read again from disk once it lapses.
     pub async fn touch(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
-        let Some(value) = self.get(key).await? else {
-            return Ok(());
-        };
-        self.put(key, value, ttl).await
+        let owned = key.to_owned();
+        let expires_ms = expiry(ttl);
+        self.blocking(move |db| {
+            let now = now_ms();
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(TABLE).map_err(err)?;
+                let current = table
+                    .get(owned.as_str())
+                    .map_err(err)?
+                    .and_then(|v| decode(v.value()));
+                if let Some(mut entry) = current.filter(|e| e.expires_ms > now) {
+                    entry.expires_ms = expires_ms;
+                    table
+                        .insert(owned.as_str(), encode(&entry).as_slice())
+                        .map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+        .await
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
@@ -214,5 +234,37 @@ impl EmbeddedStore {
     /// Entries evicted from the memory layer for its size (they stay on disk).
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> EmbeddedStore {
+        let dir = std::env::temp_dir().join(format!(
+            "thrifty-embedded-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = EmbeddedStore::open(&dir, 1 << 20).unwrap();
+        // The open database outlives its directory entry; nothing is left behind.
+        let _ = std::fs::remove_dir_all(&dir);
+        store
+    }
+
+    #[tokio::test]
+    async fn touch_extends_a_live_key_and_never_revives_a_deleted_one() {
+        let s = store("touch");
+        s.put("k", Bytes::from_static(b"v"), Duration::from_millis(200))
+            .await
+            .unwrap();
+        s.touch("k", Duration::from_secs(60)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v")));
+
+        s.delete(&["k".to_owned()]).await.unwrap();
+        s.touch("k", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(s.get("k").await.unwrap(), None);
+        assert!(s.keys("k").await.unwrap().is_empty());
     }
 }
