@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use moka::sync::Cache;
+use parking_lot::Mutex;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::StoreError;
@@ -26,6 +27,10 @@ pub struct EmbeddedStore {
     pub(super) db: Arc<Database>,
     memory: Cache<String, Entry>,
     evictions: Arc<AtomicU64>,
+    /// Bumped, under its lock, after every delete. A read from disk copies its value into
+    /// memory under the same lock, and only if no delete finished since the read began,
+    /// so a read racing a delete never leaves a copy of a deleted key in memory.
+    deletes: Arc<Mutex<u64>>,
 }
 
 pub(super) fn now_ms() -> u64 {
@@ -82,6 +87,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             memory,
             evictions,
+            deletes: Arc::new(Mutex::new(0)),
         })
     }
 
@@ -103,6 +109,7 @@ impl EmbeddedStore {
             }
             self.memory.invalidate(key);
         }
+        let generation = *self.deletes.lock();
         let owned = key.to_owned();
         let found = self
             .blocking(move |db| {
@@ -114,7 +121,10 @@ impl EmbeddedStore {
             .await?;
         Ok(match found {
             Some(entry) if entry.expires_ms > now => {
-                self.memory.insert(key.to_owned(), entry.clone());
+                let deletes = self.deletes.lock();
+                if *deletes == generation {
+                    self.memory.insert(key.to_owned(), entry.clone());
+                }
                 Some(entry.value)
             }
             _ => None,
@@ -172,22 +182,29 @@ impl EmbeddedStore {
         for key in keys {
             self.memory.invalidate(key);
         }
-        let keys = keys.to_vec();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            let mut removed = 0;
-            {
-                let mut table = txn.open_table(TABLE).map_err(err)?;
-                for key in &keys {
-                    if table.remove(key.as_str()).map_err(err)?.is_some() {
-                        removed += 1;
+        let owned = keys.to_vec();
+        let removed = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(err)?;
+                let mut removed = 0;
+                {
+                    let mut table = txn.open_table(TABLE).map_err(err)?;
+                    for key in &owned {
+                        if table.remove(key.as_str()).map_err(err)?.is_some() {
+                            removed += 1;
+                        }
                     }
                 }
-            }
-            txn.commit().map_err(err)?;
-            Ok(removed)
-        })
-        .await
+                txn.commit().map_err(err)?;
+                Ok(removed)
+            })
+            .await;
+        let mut deletes = self.deletes.lock();
+        *deletes += 1;
+        for key in keys {
+            self.memory.invalidate(key);
+        }
+        removed
     }
 
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
