@@ -34,6 +34,8 @@ pub struct Account {
     call: Option<Arc<Call>>,
     /// When the first upstream attempt was sent.
     sent: Option<Instant>,
+    /// How many more prompt tokens a semantic hit's question has than the recorded one.
+    reworded: i64,
 }
 
 /// `x-thrifty-tags: a,b` (projects and apps, for reports).
@@ -72,6 +74,7 @@ impl Account {
             compressed_away: None,
             call: None,
             sent: None,
+            reworded: 0,
             record: UsageRecord {
                 at_ms: crate::cache::now_ms(),
                 tenant: tenant.id.clone(),
@@ -106,6 +109,16 @@ impl Account {
     /// to the end of the answer's body.
     pub fn sending(&mut self) {
         self.sent.get_or_insert_with(Instant::now);
+    }
+
+    /// A semantic hit's prompt is worded differently from the recorded one: its baseline
+    /// is the recorded prompt's billed size plus the difference the tokenizer counts
+    /// between the two questions.
+    pub fn reworded(&mut self, counter: &TokenCounter, asked: &str, recorded: &str) {
+        let encoding = encoding_of(&self.record.model);
+        let difference =
+            counter.text(encoding, asked) as i64 - counter.text(encoding, recorded) as i64;
+        self.reworded = difference;
     }
 
     /// Keeps the client's call to count its tokens if the upstream reports none.
@@ -185,6 +198,7 @@ impl Account {
             tokens.is_none() || outcome == Outcome::SemanticHit || entry.compressed_away > 0;
         let mut baseline = tokens.unwrap_or_default();
         baseline.prompt += entry.compressed_away;
+        baseline.prompt = baseline.prompt.saturating_add_signed(self.reworded);
         let ledger = self.ledger.clone();
         let record = self.finish(outcome, 200, baseline, Tokens::default(), estimated);
         saved_headers(&ledger, &record, response);
@@ -251,7 +265,7 @@ impl Account {
 /// known, cl100k_base otherwise.
 fn estimate(call: &Call, dialect: Dialect, streamed: bool, answer: &[u8]) -> Tokens {
     let counter = TokenCounter::new();
-    let encoding = models::known(call.model()).map_or(Encoding::Cl100kBase, |(_, e)| e);
+    let encoding = encoding_of(call.model());
     let prompt = match call {
         Call::Chat(chat) => counter.request(encoding, chat).total(),
         Call::Completion(c) => prompt_tokens(&counter, encoding, &c.prompt),
@@ -263,6 +277,11 @@ fn estimate(call: &Call, dialect: Dialect, streamed: bool, answer: &[u8]) -> Tok
         cached_prompt: 0,
         completion: completion as u64,
     }
+}
+
+/// The model's encoding when known, cl100k_base otherwise.
+fn encoding_of(model: &str) -> Encoding {
+    models::known(model).map_or(Encoding::Cl100kBase, |(_, e)| e)
 }
 
 /// A legacy prompt: a text, token ids, or a list of either.

@@ -60,6 +60,15 @@ pub struct Proxy {
     compressor: Compressor,
 }
 
+/// A recorded answer to a question that means the same, and the two wordings.
+struct SemanticHit {
+    entry: Arc<Entry>,
+    key: CacheKey,
+    similarity: f32,
+    asked: String,
+    recorded: String,
+}
+
 /// What one attempt sent upstream.
 struct Sent {
     bytes: Bytes,
@@ -254,7 +263,14 @@ impl Proxy {
         if semantic_hit.is_some() || query.is_some() {
             account.embedded();
         }
-        if let Some((entry, key, similarity)) = semantic_hit {
+        if let Some(SemanticHit {
+            entry,
+            key,
+            similarity,
+            asked,
+            recorded,
+        }) = semantic_hit
+        {
             stats.record(
                 &plan.tenant,
                 namespace.as_deref(),
@@ -266,6 +282,7 @@ impl Proxy {
             let h = response.headers_mut();
             headers::set(h, "x-thrifty-cache", Outcome::SemanticHit.as_str());
             headers::set(h, "x-thrifty-similarity", &format!("{similarity:.4}"));
+            account.reworded(self.compressor.counter(), &asked, &recorded);
             account.hit(
                 ledger::Outcome::SemanticHit,
                 exchange.dialect,
@@ -502,7 +519,7 @@ impl Proxy {
         plan: &Plan,
         call: &Call,
         upstream: &str,
-    ) -> (Option<(Arc<Entry>, CacheKey, f32)>, Option<semantic::Query>) {
+    ) -> (Option<SemanticHit>, Option<semantic::Query>) {
         let (Some(semantic), Call::Chat(chat)) = (&self.semantic, call) else {
             return (None, None);
         };
@@ -518,7 +535,16 @@ impl Proxy {
         if plan.mode.read() {
             if let Some(hit) = semantic.lookup(&query, plan.controls.semantic_threshold) {
                 match self.cache.read(plan, &hit.answer, call).await {
-                    Some(entry) => return (Some((entry, hit.answer, hit.similarity)), None),
+                    Some(entry) => {
+                        let hit = SemanticHit {
+                            entry,
+                            key: hit.answer,
+                            similarity: hit.similarity,
+                            asked: query.text,
+                            recorded: hit.question,
+                        };
+                        return (Some(hit), None);
+                    }
                     None if self.cache.exists(&hit.answer).await == Some(false) => {
                         semantic.forget(&query.partition, &hit.answer.0).await;
                     }

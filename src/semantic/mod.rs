@@ -83,6 +83,8 @@ impl Record {
 pub struct Hit {
     pub answer: CacheKey,
     pub similarity: f32,
+    /// The recorded question the answer was given to.
+    pub question: String,
 }
 
 pub struct SemanticCache {
@@ -191,6 +193,7 @@ impl SemanticCache {
             .map(|c| Hit {
                 answer: CacheKey(c.item.answer.clone()),
                 similarity: c.similarity,
+                question: c.item.text.clone(),
             })
     }
 

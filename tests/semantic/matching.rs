@@ -484,3 +484,47 @@ async fn a_threshold_header_never_lowers_the_configured_threshold() {
 fn header(name: &str, value: &str) -> Headers {
     vec![(name.to_owned(), value.to_owned())]
 }
+
+/// The recorded answer's billed tokens, from its usage in either dialect.
+fn billed_total(dialect: Dialect, answer: &Value) -> u64 {
+    match dialect {
+        Dialect::OpenAi => answer["usage"]["total_tokens"].as_u64(),
+        Dialect::Ollama => Some(
+            answer["prompt_eval_count"].as_u64().unwrap_or(0)
+                + answer["eval_count"].as_u64().unwrap_or(0),
+        ),
+    }
+    .expect("the fill reports usage")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semantic_hit_saves_the_recorded_answer_resized_to_the_paraphrase() {
+    for dialect in DIALECTS {
+        let what = format!("{dialect:?}: tokens saved by a semantic hit");
+        let w = World::start(Backend::Embedded).await;
+        let fill = w
+            .api
+            .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+            .await;
+        let recorded = billed_total(dialect, &fill.json());
+        let reply = w
+            .api
+            .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+            .await;
+        reply.assert_cache("semantic-hit", &what);
+        // gpt-4o-mini counts in o200k_base; other models in cl100k_base, as thrifty says.
+        let bpe = match dialect {
+            Dialect::OpenAi => tiktoken_rs::o200k_base_singleton(),
+            Dialect::Ollama => tiktoken_rs::cl100k_base_singleton(),
+        };
+        let tokens = |text: &str| bpe.encode_ordinary(text).len() as i64;
+        let difference = tokens(PARAPHRASE) - tokens(QUESTION);
+        assert_ne!(difference, 0, "{what}: the pair differs in size");
+        let expected = (recorded as i64 + difference).to_string();
+        assert_eq!(
+            reply.header("x-thrifty-tokens-saved"),
+            Some(expected.as_str()),
+            "{what}: recorded {recorded}, paraphrase differs by {difference}"
+        );
+    }
+}

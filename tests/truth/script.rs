@@ -130,11 +130,12 @@ impl Step {
 pub const GPT: &str = "gpt-4o-mini";
 pub const LLAMA: &str = "llama3.2";
 
-/// The semantic pair: equal word counts, so the fake would bill the paraphrase exactly what it
-/// billed the question (cosine 0.994 with the shipped model, see tests/semantic.rs).
 pub const SYSTEM: &str = "Be brief.";
+/// The semantic pair: equal word counts and equal token counts (" do" and " can" are one
+/// token each), so the fake would bill the paraphrase exactly what it billed the question and
+/// thrifty's estimate (the recorded prompt plus the questions' token difference) is exact.
 pub const QUESTION: &str = "How do I reset my password?";
-pub const PARAPHRASE: &str = "How do I reset my password";
+pub const PARAPHRASE: &str = "How can I reset my password?";
 
 fn ask(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}], "stream": false})
