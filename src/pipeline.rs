@@ -425,7 +425,8 @@ impl Proxy {
         let dialect = exchange.dialect;
         let mut changed = None;
         let mut compressed = None;
-        if let Call::Chat(chat) = call {
+        let compressing = self.compressor.config().enabled && self.force(exchange) != Force::Off;
+        if let (Call::Chat(chat), true) = (call, compressing) {
             let mut chat = chat.clone();
             let output = dialect::max_output_tokens(dialect, call);
             let summarizer = self.summarizer(exchange);

@@ -6,10 +6,9 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use serde_json::{Map, Value, json};
 
 use crate::body::{Body, full};
-use crate::chat::{Call, ChatRequest, Dialect, Message};
+use crate::chat::{Dialect, Message};
 use crate::compress::conversations::Conversation;
 use crate::compress::{Summarizer, SummaryFuture};
 use crate::config::Upstream;
@@ -62,21 +61,7 @@ impl<'a> UpstreamSummarizer<'a> {
                 self.upstream.name
             )
         })?;
-        // OpenAI's current models take `max_completion_tokens`; Ollama's /v1 takes `max_tokens`.
-        let limit = match self.upstream.dialect {
-            Dialect::OpenAi => "max_completion_tokens",
-            Dialect::Ollama => "max_tokens",
-        };
-        let mut shaping = Map::new();
-        shaping.insert(limit.to_owned(), json!(max_tokens));
-        let chat = ChatRequest {
-            model: self.model.to_owned(),
-            messages: prompt.to_vec(),
-            stream: false,
-            shaping,
-            incidental: Map::new(),
-        };
-        let body = dialect::encode(Dialect::OpenAi, &Call::Chat(chat));
+        let body = dialect::own_chat_request(self.upstream.dialect, self.model, prompt, max_tokens);
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(format!("{root}/chat/completions"))
@@ -109,18 +94,15 @@ impl<'a> UpstreamSummarizer<'a> {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
             return Err(format!("summarizer answered {status}: {text}"));
         }
-        let answer: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the summarizer's answer is not JSON: {e}"))?;
-        let tokens = usage::from_json(Dialect::OpenAi, &answer).unwrap_or_default();
+        let tokens = usage::from_bytes(Dialect::OpenAi, false, &bytes).unwrap_or_default();
         {
             let mut spent = self.spent.lock();
             spent.prompt += tokens.prompt;
             spent.cached_prompt += tokens.cached_prompt;
             spent.completion += tokens.completion;
         }
-        let text = answer["choices"][0]["message"]["content"]
-            .as_str()
-            .map(str::trim)
+        let text = usage::answer_text(Dialect::OpenAi, false, &bytes);
+        let text = Some(text.trim())
             .filter(|t| !t.is_empty())
             .ok_or("the summarizer's answer holds no text")?;
         Ok((text.to_owned(), tokens.prompt + tokens.completion))

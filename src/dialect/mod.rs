@@ -14,7 +14,7 @@ mod wire;
 
 use bytes::Bytes;
 
-use crate::chat::{Call, Dialect, Endpoint};
+use crate::chat::{Call, ChatRequest, Dialect, Endpoint, Message};
 use crate::error::ProxyError;
 
 /// Decodes the body of an intercepted call.
@@ -105,6 +105,31 @@ pub fn request_stream_usage(call: &mut Call) {
     if let Some(options) = options.as_object_mut() {
         options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
     }
+}
+
+/// A non-streamed OpenAI-style chat request thrifty makes itself (the summarizer's), its
+/// answer capped at `max_tokens` in the field the upstream reads: OpenAI's current models
+/// take `max_completion_tokens`, an Ollama server's OpenAI-compatible `/v1` takes `max_tokens`.
+pub fn own_chat_request(
+    upstream: Dialect,
+    model: &str,
+    messages: &[Message],
+    max_tokens: u64,
+) -> Bytes {
+    let limit = match upstream {
+        Dialect::OpenAi => "max_completion_tokens",
+        Dialect::Ollama => "max_tokens",
+    };
+    let mut shaping = serde_json::Map::new();
+    shaping.insert(limit.to_owned(), serde_json::json!(max_tokens));
+    let chat = ChatRequest {
+        model: model.to_owned(),
+        messages: messages.to_vec(),
+        stream: false,
+        shaping,
+        incidental: serde_json::Map::new(),
+    };
+    encode(Dialect::OpenAi, &Call::Chat(chat))
 }
 
 /// Whether an error answer says the prompt did not fit the model's context window
