@@ -4,9 +4,11 @@
 //! Every scenario runs against both stores through [`Backend`], and for both wire formats
 //! through [`Dialect`] wherever the scenario exists in both. Tests assert what a user would
 //! notice: the bytes returned, the `x-thrifty-cache*` headers, how many calls reached the fake
-//! (a hit never does) and what the store holds. The support lives in `tests/cache/client.rs`
-//! (an HTTP client of one thrifty, replies, admin calls) and `tests/cache/harness.rs` (the fake,
-//! the store and thrifty started together, raw Redis commands); the scenarios beside them:
+//! (a hit never does) and what the store holds. The support shared with the semantic suite
+//! (an HTTP client of one thrifty, replies, stores and dialects, raw Redis commands) lives in
+//! `tests/common/client.rs`; this suite adds `tests/cache/client.rs` (admin stats, waits for an
+//! entry) and `tests/cache/harness.rs` (the fake, the store and thrifty started together, the
+//! cache's Redis reads); the scenarios beside them:
 //!
 //! - `replay`: miss then hit, JSON and streams, replay in the client's mode, usage, tool calls.
 //! - `keys`: which fields share an entry, namespaces, tenants.
@@ -47,56 +49,30 @@ mod storing;
 #[path = "cache/ttl.rs"]
 mod ttl;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-pub use client::{Api, Reply};
-pub use harness::{Harness, Probe, start_thrifty};
+pub use common::client::{
+    ADMIN_TOKEN, Api, BACKENDS, Backend, DIALECTS, Dialect, NO_HEADERS, POLL, Probe, Reply, bearer,
+    poll, start_redis, start_thrifty,
+};
+pub use harness::Harness;
 
 /// How long any single wait in these tests may take before it counts as a failure.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// The pause between two probes of a bounded poll.
-pub const POLL: Duration = Duration::from_millis(20);
-
-/// The admin token every harness configures unless told otherwise.
-pub const ADMIN_TOKEN: &str = "adm";
-
 /// The prefix of every recorded answer in the store.
 pub const ANSWER_PREFIX: &str = "thrifty:v1:answer:";
-
-/// No extra request headers.
-pub const NO_HEADERS: [(&str, &str); 0] = [];
 
 /// The arguments of every tool call the fake makes.
 pub use common::fake_llm::TOOL_ARGUMENTS;
 
 // ---------------------------------------------------------------------------------------------
-// Stores and dialects.
+// Dialects.
 // ---------------------------------------------------------------------------------------------
-
-/// Where the cache lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// A private `redis-server`, named to thrifty by `THRIFTY_REDIS_URL`.
-    Redis,
-    /// The embedded store under `store.data_dir`.
-    Embedded,
-}
-
-pub const BACKENDS: [Backend; 2] = [Backend::Redis, Backend::Embedded];
-
-/// The client-facing wire format of a scenario.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Ollama,
-}
-
-pub const DIALECTS: [Dialect; 2] = [Dialect::OpenAi, Dialect::Ollama];
 
 /// The cached answer calls both dialects have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,28 +334,7 @@ pub fn tenant_id(token: &str) -> String {
     )
 }
 
-/// `Authorization: Bearer <token>` as a header pair.
-pub fn bearer(token: &str) -> (&'static str, String) {
-    ("authorization", format!("Bearer {token}"))
-}
-
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Polls `probe` until it returns `Some`, at most `within`.
-pub async fn poll<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(POLL).await;
-    }
 }

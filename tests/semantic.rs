@@ -6,8 +6,9 @@
 //! Every scenario runs for both wire formats through [`Dialect`], and against both stores through
 //! [`Backend`] wherever the store matters. Tests assert what a user would notice: the
 //! `x-thrifty-cache` outcome, `x-thrifty-similarity`, the text of the answer, and how many calls
-//! reached the fake (a semantic hit never does). The support lives in `tests/semantic/world.rs`;
-//! the scenarios beside it:
+//! reached the fake (a semantic hit never does). The support shared with the cache suite
+//! (an HTTP client of one thrifty, replies, stores and dialects, raw Redis commands) lives in
+//! `tests/common/client.rs`; this suite adds `tests/semantic/world.rs`; the scenarios beside it:
 //!
 //! - `matching`: paraphrases hit; unrelated questions, near-misses, other conversations, other
 //!   system prompts, other tenants, other speakers, tool results and images do not; the
@@ -33,16 +34,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-pub use world::{Api, Reply, World, poll};
+pub use common::client::{
+    ADMIN_TOKEN, Api, BACKENDS, Backend, DIALECTS, Dialect, NO_HEADERS, POLL, Reply, bearer, poll,
+};
+pub use world::World;
 
 /// How long any single wait in these tests may take before it counts as a failure.
 pub const WAIT: Duration = Duration::from_secs(20);
-
-/// The pause between two probes of a bounded poll.
-pub const POLL: Duration = Duration::from_millis(20);
-
-/// The admin token every world configures.
-pub const ADMIN_TOKEN: &str = "adm";
 
 /// The question most scenarios cache first.
 pub const QUESTION: &str = "How do I reset my password?";
@@ -52,29 +50,6 @@ pub const PARAPHRASE: &str = "how can I reset my password";
 
 /// The system prompt of [`Dialect::chat`].
 pub const SYSTEM: &str = "Be brief.";
-
-/// No extra request headers.
-pub const NO_HEADERS: [(&str, &str); 0] = [];
-
-/// Where the cache lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// A private `redis-server`, named to thrifty by `THRIFTY_REDIS_URL`.
-    Redis,
-    /// The embedded store under `store.data_dir`.
-    Embedded,
-}
-
-pub const BACKENDS: [Backend; 2] = [Backend::Redis, Backend::Embedded];
-
-/// The client-facing wire format of a scenario.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Ollama,
-}
-
-pub const DIALECTS: [Dialect; 2] = [Dialect::OpenAi, Dialect::Ollama];
 
 /// One message of a conversation a test writes.
 #[derive(Clone, Copy, Debug)]
@@ -218,9 +193,4 @@ impl Dialect {
 /// The fake's answer to `text`.
 pub fn echo(text: &str) -> String {
     format!("Echo: {text}")
-}
-
-/// `Authorization: Bearer <token>` as a header pair.
-pub fn bearer(token: &str) -> (&'static str, String) {
-    ("authorization", format!("Bearer {token}"))
 }

@@ -73,7 +73,7 @@ async fn a_redis_outage_serves_uncached_and_recovers() {
                 let reply = h.api.send(path, &body).await;
                 reply.assert_ok(&what);
                 let prefix = format!("{ANSWER_PREFIX}{}", reply.key());
-                let in_redis = Probe::connect(&url)
+                let in_redis = Probe::connect(&url, WAIT)
                     .await
                     .keys()
                     .await

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::common::fake_llm::{FakeLlm, decode_base64_embedding};
-use crate::{Api, BACKENDS, DIALECTS, Dialect, Harness, NO_HEADERS, Reply};
+use crate::{Api, BACKENDS, DIALECTS, Dialect, Harness, NO_HEADERS, Reply, WAIT};
 
 const FOX: &str = "the quick brown fox";
 const DOG: &str = "jumps over the lazy dog";
@@ -12,7 +12,7 @@ const HELLO: &str = "hello";
 
 /// Asks the fake directly, bypassing thrifty.
 async fn direct(fake: &FakeLlm, path: &str, body: &Value) -> Reply {
-    let reply = Api::new(fake.url()).send(path, body).await;
+    let reply = Api::new(fake.url(), WAIT).send(path, body).await;
     reply.assert_ok("direct call");
     reply
 }

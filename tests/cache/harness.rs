@@ -1,15 +1,14 @@
 //! A scenario's world: the fake upstream, a Redis or the embedded store, and thrifty in front,
-//! started together; and raw Redis commands to see what thrifty stored.
+//! started together; and the Redis reads that show what the cache stored.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
 use thrifty::config::RawConfig;
 
 use crate::common::fake_llm::{FakeLlm, FakeLlmBuilder};
 use crate::common::redis::RedisServer;
 use crate::common::thrifty::{Thrifty, config_for};
-use crate::{ADMIN_TOKEN, ANSWER_PREFIX, Api, Backend, POLL, WAIT};
+use crate::{ADMIN_TOKEN, ANSWER_PREFIX, Api, Backend, Probe, WAIT, start_redis, start_thrifty};
 
 // ---------------------------------------------------------------------------------------------
 // A fake upstream, a store and a thrifty, started together.
@@ -70,47 +69,16 @@ impl Setup {
         if self.admin {
             vars.push(("THRIFTY_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()));
         }
-        let thrifty = start_thrifty(raw.clone(), &vars).await;
+        let thrifty = start_thrifty(raw.clone(), &vars, WAIT).await;
         Harness {
             backend: self.backend,
-            api: Api::new(thrifty.url()),
+            api: Api::new(thrifty.url(), WAIT),
             fake,
             redis,
             thrifty: Some(thrifty),
             raw,
             vars,
         }
-    }
-}
-
-/// Spawns a private Redis off the async runtime (its start polls with blocking sleeps).
-pub async fn start_redis() -> RedisServer {
-    tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .expect("redis start task")
-}
-
-/// Starts thrifty with `vars` as its whole environment and waits until `/readyz` says its store
-/// answers (thrifty serves at once but connects to Redis in the background).
-pub async fn start_thrifty(raw: RawConfig, vars: &[(String, String)]) -> Thrifty {
-    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let thrifty = Thrifty::start_with_env(raw, &pairs).await;
-    let api = Api::new(thrifty.url());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let probe = api.client.get(api.url("/readyz")).send().await;
-        let status = match probe {
-            Ok(response) => response.json::<Value>().await.ok(),
-            Err(_) => None,
-        };
-        if status.is_some_and(|s| s["status"] == "ready") {
-            return thrifty;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "thrifty was not ready within {WAIT:?}"
-        );
-        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -148,7 +116,7 @@ impl Harness {
             .redis
             .as_ref()
             .expect("this scenario needs the Redis backend");
-        Probe::connect(&redis.url()).await
+        Probe::connect(&redis.url(), WAIT).await
     }
 
     /// Shuts thrifty down gracefully and starts it again with `vars` replacing its environment
@@ -164,8 +132,8 @@ impl Harness {
             self.vars.retain(|(k, _)| k != name);
             self.vars.push(((*name).to_owned(), (*value).to_owned()));
         }
-        let thrifty = start_thrifty(self.raw.clone(), &self.vars).await;
-        self.api = Api::new(thrifty.url());
+        let thrifty = start_thrifty(self.raw.clone(), &self.vars, WAIT).await;
+        self.api = Api::new(thrifty.url(), WAIT);
         self.thrifty = Some(thrifty);
     }
 
@@ -182,33 +150,11 @@ impl Harness {
     }
 }
 
-/// Raw Redis commands, to see what thrifty stored.
 /// Where the savings ledger keeps its records in the shared store.
 const LEDGER_PREFIX: &str = "thrifty:v1:{savings}:";
 
-pub struct Probe {
-    connection: redis::aio::MultiplexedConnection,
-}
-
+/// The cache suite's Redis reads.
 impl Probe {
-    pub async fn connect(url: &str) -> Probe {
-        let client = redis::Client::open(url).expect("redis url");
-        let connection = tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
-            .await
-            .expect("redis connects in time")
-            .expect("redis connects");
-        Probe { connection }
-    }
-
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
-        let mut connection = self.connection.clone();
-        tokio::time::timeout(WAIT, cmd.query_async(&mut connection))
-            .await
-            .expect("redis answers in time")
-            .expect("redis command succeeds")
-    }
-
-    /// Every key, walked with SCAN.
     /// The cache's keys. The savings ledger shares the store but is not cache: its keys
     /// (`thrifty:v1:{savings}:*`) never expire and are read with [`Probe::ledger_bytes`].
     pub async fn keys(&self) -> Vec<String> {
@@ -242,19 +188,9 @@ impl Probe {
         out
     }
 
+    /// Every key, walked with SCAN.
     async fn all_keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
-                .await;
-            keys.extend(batch);
-            if next == 0 {
-                return keys;
-            }
-            cursor = next;
-        }
+        self.scan("*").await
     }
 
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {

@@ -4,7 +4,8 @@
 use serde_json::json;
 
 use crate::{
-    Api, BACKENDS, Backend, DIALECTS, Dialect, Harness, KINDS, NO_HEADERS, contains, start_thrifty,
+    Api, BACKENDS, Backend, DIALECTS, Dialect, Harness, KINDS, NO_HEADERS, WAIT, contains,
+    start_thrifty,
 };
 
 const TOKEN: &str = "sk-secret-XYZ";
@@ -175,8 +176,8 @@ async fn encrypted_entries_hide_the_answer_and_need_the_key() {
                     }
 
                     // A replica with the same key reads the entries.
-                    let same = start_thrifty(h.raw.clone(), &h.vars).await;
-                    let same_api = Api::new(same.url());
+                    let same = start_thrifty(h.raw.clone(), &h.vars, WAIT).await;
+                    let same_api = Api::new(same.url(), WAIT);
                     ask(
                         &same_api,
                         dialect,
@@ -189,8 +190,8 @@ async fn encrypted_entries_hide_the_answer_and_need_the_key() {
                     let mut vars = h.vars.clone();
                     vars.retain(|(k, _)| k != KEY_VAR);
                     vars.push((KEY_VAR.to_owned(), KEY_TWO.to_owned()));
-                    let other = start_thrifty(h.raw.clone(), &vars).await;
-                    let other_api = Api::new(other.url());
+                    let other = start_thrifty(h.raw.clone(), &vars, WAIT).await;
+                    let other_api = Api::new(other.url(), WAIT);
                     ask(&other_api, dialect, "miss", &format!("{what}: other key")).await;
                     ask(
                         &other_api,

@@ -1,4 +1,5 @@
-//! Support shared by the integration tests: a fake upstream LLM and a private Redis.
+//! Support shared by the integration tests: a fake upstream LLM, a private Redis, a started
+//! thrifty, and the client side of the scenario suites.
 //!
 //! Each test binary includes this module with `mod common;` and uses only part of it.
 #![allow(
@@ -6,6 +7,7 @@
     reason = "each test binary uses a subset of the shared helpers, and `expect` would fail in the binaries that use them all"
 )]
 
+pub mod client;
 pub mod fake_llm;
 pub mod redis;
 pub mod thrifty;

@@ -9,7 +9,8 @@ use futures_util::future::join_all;
 use serde_json::json;
 use thrifty::semantic::SEMANTIC_PREFIX;
 
-use crate::world::{ANSWER_PREFIX, EVENTS, Probe};
+use crate::common::client::Probe;
+use crate::world::{ANSWER_PREFIX, EVENTS};
 use crate::{
     BACKENDS, Backend, DIALECTS, NO_HEADERS, PARAPHRASE, QUESTION, WAIT, World, echo, poll,
 };

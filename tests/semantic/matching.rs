@@ -5,10 +5,10 @@
 
 use serde_json::{Value, json};
 
-use crate::world::{Headers, Reply, headers};
+use crate::world::{Headers, headers};
 use crate::{
-    BACKENDS, Backend, DIALECTS, Dialect, NO_HEADERS, PARAPHRASE, QUESTION, SYSTEM, Turn, World,
-    bearer, echo,
+    BACKENDS, Backend, DIALECTS, Dialect, NO_HEADERS, PARAPHRASE, QUESTION, Reply, SYSTEM, Turn,
+    World, bearer, echo,
 };
 
 /// Sends `body` and checks that it went upstream as a miss; returns the reply.

@@ -1,18 +1,17 @@
 //! A scenario's world: the fake upstream, a Redis or the embedded store, and thrifty with the
-//! semantic cache in front; an HTTP client of it; raw Redis commands to see what it stored.
+//! semantic cache in front; the semantic calls on top of the shared client
+//! (`tests/common/client.rs`); Redis reads to see what it stored and who listens.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use thrifty::config::RawConfig;
 
+use crate::common::client::{Probe, start_redis, start_thrifty, start_thrifty_until};
 use crate::common::fake_llm::FakeLlm;
 use crate::common::redis::RedisServer;
 use crate::common::thrifty::{Thrifty, fresh_dir, semantic_config_for};
-use crate::{ADMIN_TOKEN, Backend, Dialect, POLL, WAIT};
+use crate::{ADMIN_TOKEN, Api, Backend, Dialect, Reply, WAIT, poll};
 
 /// The pub/sub channel on which instances announce new and removed semantic entries.
 pub const EVENTS: &str = "thrifty:v1:semantic:events";
@@ -21,130 +20,7 @@ pub const EVENTS: &str = "thrifty:v1:semantic:events";
 pub const ANSWER_PREFIX: &str = "thrifty:v1:answer:";
 
 // ---------------------------------------------------------------------------------------------
-// Replies.
-// ---------------------------------------------------------------------------------------------
-
-/// A whole response as the client saw it.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    async fn read(response: reqwest::Response) -> Reply {
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = tokio::time::timeout(WAIT, response.bytes())
-            .await
-            .unwrap_or_else(|_| panic!("the body did not end within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("the body could not be read: {e}"));
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// `x-thrifty-cache`, or "" when absent.
-    pub fn cache(&self) -> &str {
-        self.header("x-thrifty-cache").unwrap_or_default()
-    }
-
-    /// `x-thrifty-cache-key`, the short key of the entry a miss records.
-    pub fn key(&self) -> String {
-        self.header("x-thrifty-cache-key")
-            .unwrap_or_else(|| panic!("no x-thrifty-cache-key: {}", self.describe()))
-            .to_owned()
-    }
-
-    /// `x-thrifty-similarity`, which a semantic hit must carry as a number.
-    pub fn similarity(&self) -> f32 {
-        let raw = self
-            .header("x-thrifty-similarity")
-            .unwrap_or_else(|| panic!("no x-thrifty-similarity: {}", self.describe()));
-        raw.parse()
-            .unwrap_or_else(|e| panic!("x-thrifty-similarity {raw:?} is not a number: {e}"))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.describe()))
-    }
-
-    pub fn is_stream(&self) -> bool {
-        self.header("content-type")
-            .is_some_and(|ct| ct.contains("event-stream") || ct.contains("ndjson"))
-    }
-
-    /// The chunks of a stream: every SSE `data:` event but `[DONE]`, or every NDJSON line.
-    pub fn events(&self) -> Vec<Value> {
-        let text = self.text();
-        let sse = self
-            .header("content-type")
-            .is_some_and(|ct| ct.contains("event-stream"));
-        let parse = |line: &str| -> Value {
-            serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("stream line is not JSON ({e}): {line:?} in {text}"))
-        };
-        if sse {
-            text.split("\n\n")
-                .filter(|event| !event.trim().is_empty())
-                .map(|event| {
-                    event.strip_prefix("data: ").unwrap_or_else(|| {
-                        panic!("SSE event is not one data line: {event:?} in {text}")
-                    })
-                })
-                .filter(|data| *data != "[DONE]")
-                .map(parse)
-                .collect()
-        } else {
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(parse)
-                .collect()
-        }
-    }
-
-    /// Status, cache headers and the start of the body, for failure messages.
-    pub fn describe(&self) -> String {
-        let text = self.text();
-        let cut: String = text.chars().take(600).collect();
-        format!(
-            "status {} cache {:?} similarity {:?} body {cut}",
-            self.status,
-            self.header("x-thrifty-cache"),
-            self.header("x-thrifty-similarity")
-        )
-    }
-
-    pub fn assert_ok(&self, what: &str) {
-        assert_eq!(self.status, StatusCode::OK, "{what}: {}", self.describe());
-    }
-
-    /// Checks status 200 and the `x-thrifty-cache` outcome.
-    pub fn assert_cache(&self, outcome: &str, what: &str) {
-        self.assert_ok(what);
-        assert_eq!(
-            self.cache(),
-            outcome,
-            "{what}: expected x-thrifty-cache {outcome}: {}",
-            self.describe()
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A client of one thrifty.
+// The semantic calls on one thrifty.
 // ---------------------------------------------------------------------------------------------
 
 /// Request headers as owned pairs.
@@ -158,43 +34,7 @@ pub fn headers<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Headers {
         .collect()
 }
 
-/// A client of one running thrifty.
-#[derive(Clone)]
-pub struct Api {
-    pub client: reqwest::Client,
-    pub base: String,
-}
-
 impl Api {
-    pub fn new(base: String) -> Api {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("reqwest client builds");
-        Api { client, base }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub async fn post<K: AsRef<str>, V: AsRef<str>>(
-        &self,
-        path: &str,
-        body: &Value,
-        headers: &[(K, V)],
-    ) -> Reply {
-        let mut request = self.client.post(self.url(path)).json(body);
-        for (name, value) in headers {
-            request = request.header(name.as_ref(), value.as_ref());
-        }
-        let response = tokio::time::timeout(WAIT, request.send())
-            .await
-            .unwrap_or_else(|_| panic!("POST {path} got no answer within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("POST {path} failed: {e}"));
-        Reply::read(response).await
-    }
-
     /// A chat call of `dialect`.
     pub async fn ask<K: AsRef<str>, V: AsRef<str>>(
         &self,
@@ -205,59 +45,13 @@ impl Api {
         self.post(dialect.path(), body, headers).await
     }
 
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Reply {
-        let mut request = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = tokio::time::timeout(WAIT, request.send())
-            .await
-            .unwrap_or_else(|_| panic!("{path} got no answer within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("{path} failed: {e}"));
-        Reply::read(response).await
-    }
-
     /// `POST /admin/cache/invalidate` with `selector`; returns how many keys it deleted.
     pub async fn invalidate(&self, selector: &Value) -> u64 {
-        let reply = self
-            .admin(
-                reqwest::Method::POST,
-                "/admin/cache/invalidate",
-                Some(selector),
-            )
-            .await;
+        let reply = self.admin_post("/admin/cache/invalidate", selector).await;
         reply.assert_ok("admin invalidate");
         reply.json()["deleted"]
             .as_u64()
             .unwrap_or_else(|| panic!("invalidate says how many it deleted: {}", reply.text()))
-    }
-
-    /// Whether the answer with short key `short` is in the store, through the admin API.
-    pub async fn stored(&self, short: &str) -> bool {
-        let path = format!("/admin/cache/entries/{short}");
-        let reply = self.admin(reqwest::Method::GET, &path, None).await;
-        match reply.status {
-            StatusCode::OK => true,
-            StatusCode::NOT_FOUND => false,
-            _ => panic!("admin entry {short}: {}", reply.describe()),
-        }
-    }
-
-    /// `GET /readyz`'s status field.
-    pub async fn readiness(&self) -> String {
-        let response = tokio::time::timeout(WAIT, self.client.get(self.url("/readyz")).send())
-            .await
-            .unwrap_or_else(|_| panic!("/readyz got no answer within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("/readyz failed: {e}"));
-        let reply = Reply::read(response).await;
-        reply.assert_ok("readyz");
-        reply.json()["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
     }
 
     /// Sends a first question (a miss) and waits until a semantic lookup finds it; returns the
@@ -308,7 +102,7 @@ impl Api {
     pub async fn fill_exact(&self, dialect: Dialect, body: &Value) -> Reply {
         let miss = self.ask(dialect, body, &crate::NO_HEADERS).await;
         miss.assert_cache("miss", &format!("{dialect:?}: filling"));
-        let key = miss.key();
+        let key = miss.key_header();
         poll(WAIT, &format!("{dialect:?}: entry {key} is stored"), || {
             let key = &key;
             async move { self.stored(key).await.then_some(()) }
@@ -331,22 +125,6 @@ pub fn with_last_text(body: &Value, change: impl Fn(&str) -> String) -> Value {
         .to_owned();
     last["content"] = json!(change(&text));
     body
-}
-
-/// Polls `probe` until it returns `Some`, at most `within`.
-pub async fn poll<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,25 +157,21 @@ impl World {
         raw.store.timeout = Duration::from_secs(2);
         tweak(&mut raw);
         let redis = match backend {
-            Backend::Redis => Some(
-                tokio::task::spawn_blocking(RedisServer::start)
-                    .await
-                    .expect("redis start task"),
-            ),
+            Backend::Redis => Some(start_redis().await),
             Backend::Embedded => None,
         };
         let mut vars = vec![("THRIFTY_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
         if let Some(redis) = &redis {
             vars.push(("THRIFTY_REDIS_URL".to_owned(), redis.url()));
         }
-        let thrifty = start_thrifty(raw.clone(), &vars).await;
+        let thrifty = start_thrifty(raw.clone(), &vars, WAIT).await;
         World {
             backend,
             fake,
             redis,
             raw,
             vars,
-            api: Api::new(thrifty.url()),
+            api: Api::new(thrifty.url(), WAIT),
             thrifty: Some(thrifty),
         }
     }
@@ -413,8 +187,8 @@ impl World {
         assert_eq!(self.backend, Backend::Redis, "instances share a Redis");
         let mut raw = self.raw.clone();
         raw.store.data_dir = fresh_dir("store");
-        let thrifty = start_thrifty(raw, &self.vars).await;
-        let api = Api::new(thrifty.url());
+        let thrifty = start_thrifty(raw, &self.vars, WAIT).await;
+        let api = Api::new(thrifty.url(), WAIT);
         (thrifty, api)
     }
 
@@ -471,8 +245,8 @@ impl World {
 
     async fn start_again_until(&mut self, statuses: &[&str]) {
         assert!(self.thrifty.is_none(), "thrifty was stopped first");
-        let thrifty = start_thrifty_until(self.raw.clone(), &self.vars, statuses).await;
-        self.api = Api::new(thrifty.url());
+        let thrifty = start_thrifty_until(self.raw.clone(), &self.vars, statuses, WAIT).await;
+        self.api = Api::new(thrifty.url(), WAIT);
         self.thrifty = Some(thrifty);
     }
 
@@ -491,87 +265,19 @@ impl World {
     /// A connection to this world's Redis.
     pub async fn probe(&self) -> Probe {
         let redis = self.redis.as_ref().expect("this scenario needs Redis");
-        Probe::connect(&redis.url()).await
+        Probe::connect(&redis.url(), WAIT).await
     }
 }
 
-/// Starts thrifty with `vars` as its whole environment and waits until `/readyz` says its store
-/// answers (thrifty serves at once but connects to Redis in the background).
-pub async fn start_thrifty(raw: RawConfig, vars: &[(String, String)]) -> Thrifty {
-    start_thrifty_until(raw, vars, &["ready"]).await
-}
-
-/// Starts thrifty and waits until `/readyz` reports one of `statuses`.
-async fn start_thrifty_until(
-    raw: RawConfig,
-    vars: &[(String, String)],
-    statuses: &[&str],
-) -> Thrifty {
-    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let thrifty = Thrifty::start_with_env(raw, &pairs).await;
-    let api = Api::new(thrifty.url());
-    poll(WAIT, &format!("thrifty is {statuses:?}"), || async {
-        let probe = api.client.get(api.url("/readyz")).send().await;
-        let status = match probe {
-            Ok(response) => response.json::<Value>().await.ok(),
-            Err(_) => None,
-        };
-        status
-            .filter(|s| statuses.iter().any(|want| s["status"] == *want))
-            .map(drop)
-    })
-    .await;
-    thrifty
-}
-
 // ---------------------------------------------------------------------------------------------
-// Raw Redis commands.
+// Redis reads.
 // ---------------------------------------------------------------------------------------------
 
-/// Raw Redis commands, to see what thrifty stored and who listens.
-pub struct Probe {
-    connection: redis::aio::MultiplexedConnection,
-}
-
+/// The semantic suite's Redis reads, to see what thrifty stored and who listens.
 impl Probe {
-    pub async fn connect(url: &str) -> Probe {
-        let client = redis::Client::open(url).expect("redis url");
-        let connection = tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
-            .await
-            .expect("redis connects in time")
-            .expect("redis connects");
-        Probe { connection }
-    }
-
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
-        let mut connection = self.connection.clone();
-        tokio::time::timeout(WAIT, cmd.query_async(&mut connection))
-            .await
-            .expect("redis answers in time")
-            .expect("redis command succeeds")
-    }
-
     /// Every key that starts with `prefix`, walked with SCAN.
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(format!("{prefix}*"))
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await;
-            keys.extend(batch);
-            if next == 0 {
-                return keys;
-            }
-            cursor = next;
-        }
+        self.scan(&format!("{prefix}*")).await
     }
 
     /// How many clients are subscribed to `channel`.
