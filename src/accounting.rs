@@ -128,10 +128,7 @@ impl Account {
 
     /// Adds what thrifty itself spent on this request (a summarizer call) at `model`'s price.
     pub fn overhead(&mut self, tokens: Tokens, model: &str) {
-        let o = &mut self.record.overhead;
-        o.prompt += tokens.prompt;
-        o.cached_prompt += tokens.cached_prompt;
-        o.completion += tokens.completion;
+        self.record.overhead += tokens;
         if self.record.model != model {
             self.record.overhead_model = Some(model.to_owned());
         }

@@ -95,12 +95,7 @@ impl<'a> UpstreamSummarizer<'a> {
             return Err(format!("summarizer answered {status}: {text}"));
         }
         let tokens = usage::from_bytes(Dialect::OpenAi, false, &bytes).unwrap_or_default();
-        {
-            let mut spent = self.spent.lock();
-            spent.prompt += tokens.prompt;
-            spent.cached_prompt += tokens.cached_prompt;
-            spent.completion += tokens.completion;
-        }
+        *self.spent.lock() += tokens;
         let text = usage::answer_text(Dialect::OpenAi, false, &bytes);
         let text = Some(text.trim())
             .filter(|t| !t.is_empty())

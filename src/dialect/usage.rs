@@ -40,24 +40,34 @@ pub fn from_chunks(dialect: Dialect, chunks: &[Value]) -> Option<Tokens> {
     chunks.iter().rev().find_map(|c| from_json(dialect, c))
 }
 
+/// The JSON values an answer is made of: the body, or each event of a stream, lazily and
+/// from either end; what does not parse (a cut-off last event, `[DONE]`) is skipped.
+fn values(
+    dialect: Dialect,
+    streamed: bool,
+    bytes: &[u8],
+) -> impl DoubleEndedIterator<Item = Value> + '_ {
+    let text = std::str::from_utf8(bytes).unwrap_or_default();
+    let pieces: Box<dyn DoubleEndedIterator<Item = &str> + '_> = if streamed {
+        Box::new(text.lines())
+    } else {
+        Box::new(std::iter::once(text))
+    };
+    pieces.filter_map(move |piece| {
+        let data = match (streamed, dialect) {
+            (true, Dialect::OpenAi) => piece.strip_prefix("data:")?,
+            _ => piece,
+        };
+        serde_json::from_str(data.trim()).ok()
+    })
+}
+
 /// The usage in a whole answer as it went over the wire, streamed or not; a
 /// truncated stream still yields what it reported.
 pub fn from_bytes(dialect: Dialect, streamed: bool, bytes: &[u8]) -> Option<Tokens> {
-    if !streamed {
-        return serde_json::from_slice::<Value>(bytes)
-            .ok()
-            .and_then(|v| from_json(dialect, &v));
-    }
-    let text = std::str::from_utf8(bytes).ok()?;
-    text.lines().rev().find_map(|line| {
-        let data = match dialect {
-            Dialect::OpenAi => line.strip_prefix("data:")?.trim(),
-            Dialect::Ollama => line.trim(),
-        };
-        serde_json::from_str::<Value>(data)
-            .ok()
-            .and_then(|v| from_json(dialect, &v))
-    })
+    values(dialect, streamed, bytes)
+        .rev()
+        .find_map(|v| from_json(dialect, &v))
 }
 
 /// The text an answer holds (content, legacy completion text, tool-call arguments), streamed
@@ -65,26 +75,8 @@ pub fn from_bytes(dialect: Dialect, streamed: bool, bytes: &[u8]) -> Option<Toke
 /// stream yields what arrived.
 pub fn answer_text(dialect: Dialect, streamed: bool, bytes: &[u8]) -> String {
     let mut text = String::new();
-    let Ok(body) = std::str::from_utf8(bytes) else {
-        return text;
-    };
-    if !streamed {
-        if let Ok(value) = serde_json::from_str::<Value>(body) {
-            collect_text(dialect, &value, &mut text);
-        }
-        return text;
-    }
-    for line in body.lines() {
-        let data = match dialect {
-            Dialect::OpenAi => match line.strip_prefix("data:") {
-                Some(data) => data.trim(),
-                None => continue,
-            },
-            Dialect::Ollama => line.trim(),
-        };
-        if let Ok(value) = serde_json::from_str::<Value>(data) {
-            collect_text(dialect, &value, &mut text);
-        }
+    for value in values(dialect, streamed, bytes) {
+        collect_text(dialect, &value, &mut text);
     }
     text
 }

@@ -74,6 +74,14 @@ impl Tokens {
     }
 }
 
+impl std::ops::AddAssign for Tokens {
+    fn add_assign(&mut self, other: Tokens) {
+        self.prompt += other.prompt;
+        self.cached_prompt += other.cached_prompt;
+        self.completion += other.completion;
+    }
+}
+
 /// One request as the ledger sees it. Never holds a key, a prompt or a completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
