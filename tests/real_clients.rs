@@ -9,34 +9,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::fake_llm::{FakeLlm, Recorded};
+use common::python;
 use common::thrifty::{Thrifty, config_for};
-use tokio::process::Command;
-
-/// How long the whole script may take; it usually needs a few seconds.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The headers the script tags each of its requests with.
 const SIDE_HEADER: &str = "x-clients-test-side";
 const CASE_HEADER: &str = "x-clients-test-case";
-
-/// Environment variables that would point the clients elsewhere or add credentials.
-const SCRUBBED_ENV: [&str; 11] = [
-    "OPENAI_BASE_URL",
-    "OPENAI_API_KEY",
-    "OLLAMA_HOST",
-    "OLLAMA_API_KEY",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "PYTHONPATH",
-];
 
 fn header<'a>(request: &'a Recorded, name: &str) -> Option<&'a str> {
     request.headers.get(name).and_then(|v| v.to_str().ok())
@@ -44,39 +25,19 @@ fn header<'a>(request: &'a Recorded, name: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_clients_get_through_thrifty_what_they_get_directly() {
-    let python = std::env::var("THRIFTY_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "THRIFTY_TEST_PYTHON is not set: run ./scripts/test.sh, which installs the official clients into .venv"
-        )
-    });
     let fake = FakeLlm::start().await;
     let thrifty = Thrifty::start(config_for(&fake)).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py");
-
-    let mut command = Command::new(&python);
-    command
-        .arg(script)
-        .env("DIRECT_OPENAI_BASE", fake.openai_base())
-        .env("PROXY_OPENAI_BASE", format!("{}/v1", thrifty.url()))
-        .env("DIRECT_OLLAMA_HOST", fake.url())
-        .env("PROXY_OLLAMA_HOST", thrifty.url())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for name in SCRUBBED_ENV {
-        command.env_remove(name);
-    }
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {python} {script}: {e}"));
-    // Awaiting (rather than blocking on) the child keeps the runtime serving the fake and thrifty.
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("cannot collect the output of {script}: {e}"));
+    let script = "clients.py";
+    let output = python::run(
+        script,
+        &[
+            ("DIRECT_OPENAI_BASE", fake.openai_base()),
+            ("PROXY_OPENAI_BASE", format!("{}/v1", thrifty.url())),
+            ("DIRECT_OLLAMA_HOST", fake.url()),
+            ("PROXY_OLLAMA_HOST", thrifty.url()),
+        ],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("--- {script} stdout ---\n{stdout}");

@@ -9,5 +9,6 @@
 
 pub mod client;
 pub mod fake_llm;
+pub mod python;
 pub mod redis;
 pub mod thrifty;
