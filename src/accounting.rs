@@ -31,7 +31,7 @@ pub struct Account {
     /// Prompt tokens compression removed before forwarding, counted by thrifty's tokenizer.
     compressed_away: Option<u64>,
     /// The client's call, counted with the tokenizer when the upstream reports no usage.
-    call: Option<Arc<Call>>,
+    call: Option<(Arc<Call>, TokenCounter)>,
     /// When the first upstream attempt was sent.
     sent: Option<Instant>,
     /// How many more prompt tokens a semantic hit's question has than the recorded one.
@@ -121,9 +121,10 @@ impl Account {
         self.reworded = difference;
     }
 
-    /// Keeps the client's call to count its tokens if the upstream reports none.
-    pub fn estimate_from(&mut self, call: Arc<Call>) {
-        self.call = Some(call);
+    /// Keeps the client's call, and the counter to count it with, in case the upstream
+    /// reports no usage.
+    pub fn estimate_from(&mut self, call: Arc<Call>, counter: &TokenCounter) {
+        self.call = Some((call, counter.clone()));
     }
 
     /// Adds what thrifty itself spent on this request (a summarizer call) at `model`'s price.
@@ -238,8 +239,8 @@ impl Account {
                 Box::new(move |bytes, _ending| {
                     let reported = usage::from_bytes(dialect, streamed, &bytes);
                     let counted = match (&reported, &self.call) {
-                        (None, Some(call)) if status < 400 => {
-                            Some(estimate(call, dialect, streamed, &bytes))
+                        (None, Some((call, counter))) if status < 400 => {
+                            Some(estimate(counter, call, dialect, streamed, &bytes))
                         }
                         _ => None,
                     };
@@ -260,12 +261,17 @@ impl Account {
 
 /// Counts a call and its answer with thrifty's tokenizer: the model's encoding when
 /// known, cl100k_base otherwise.
-fn estimate(call: &Call, dialect: Dialect, streamed: bool, answer: &[u8]) -> Tokens {
-    let counter = TokenCounter::new();
+fn estimate(
+    counter: &TokenCounter,
+    call: &Call,
+    dialect: Dialect,
+    streamed: bool,
+    answer: &[u8],
+) -> Tokens {
     let encoding = encoding_of(call.model());
     let prompt = match call {
         Call::Chat(chat) => counter.request(encoding, chat).total(),
-        Call::Completion(c) => prompt_tokens(&counter, encoding, &c.prompt),
+        Call::Completion(c) => prompt_tokens(counter, encoding, &c.prompt),
         Call::Embedding(_) => 0,
     };
     let completion = counter.text(encoding, &usage::answer_text(dialect, streamed, answer));

@@ -296,7 +296,7 @@ impl Proxy {
         let key = plan.key.clone();
         let dialect = exchange.dialect;
         let call = Arc::new(call);
-        account.estimate_from(call.clone());
+        account.estimate_from(call.clone(), self.compressor.counter());
         let (mut response, sent) = self
             .upstream_stage(&exchange, &call, bytes, &mut account)
             .await?;

@@ -93,7 +93,8 @@ impl Counts {
     }
 }
 
-/// Counts tokens, remembering the counts of long texts it has seen.
+/// Counts tokens, remembering the counts of long texts it has seen. Clones share that memory.
+#[derive(Clone)]
 pub struct TokenCounter {
     cache: moka::sync::Cache<u64, u32>,
 }
