@@ -1,7 +1,8 @@
 //! Records an upstream answer while it streams to the client, and stores it
-//! only after a clean end: a complete JSON body, or a stream that ended with
-//! `[DONE]` / `done: true` and a finish reason. Errors, truncated and
-//! client-aborted streams are never stored.
+//! only after a clean end: a complete JSON body, or a stream that carried its
+//! terminal event (`[DONE]` / `done: true`) and a finish reason, even when the
+//! client hung up right after it. Errors, truncated and client-aborted streams
+//! are never stored.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +40,10 @@ pub fn recorder(inner: Body, recording: Recording) -> Tap {
         inner,
         limit,
         Box::new(move |bytes, ending| {
-            if ending.clean && ending.whole {
+            // A client may hang up the moment it reads a stream's terminal event, before
+            // the upstream's end of body reaches us; such a stream is still complete, and
+            // `answer` only accepts streams that carry their terminal event.
+            if ending.whole && (ending.clean || recording.streamed) {
                 finish(recording, &bytes);
             }
         }),

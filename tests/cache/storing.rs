@@ -93,6 +93,57 @@ async fn a_stream_the_client_left_is_never_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_left_after_its_last_event_is_stored() {
+    // SDKs stop reading at `[DONE]` / `done: true` and may close the connection before the
+    // upstream's end of body arrives; the answer is complete and a JSON call replays it.
+    for backend in BACKENDS {
+        for dialect in DIALECTS {
+            let what = format!("{backend:?}/{dialect:?}");
+            let h = Harness::setup(backend)
+                .fake(FakeLlm::builder().linger(Duration::from_secs(30)))
+                .start()
+                .await;
+            let path = dialect.chat_path();
+            let mut response = h
+                .api
+                .open(
+                    path,
+                    &dialect.chat("left after the last event", true),
+                    &NO_HEADERS,
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::OK, "{what}");
+            let terminal = match dialect {
+                Dialect::OpenAi => "data: [DONE]",
+                Dialect::Ollama => "\"done\":true",
+            };
+            let mut received = Vec::new();
+            while !String::from_utf8_lossy(&received).contains(terminal) {
+                let chunk = tokio::time::timeout(WAIT, response.chunk())
+                    .await
+                    .expect("a chunk in time")
+                    .expect("a chunk")
+                    .unwrap_or_else(|| panic!("{what}: the stream ended before its last event"));
+                received.extend_from_slice(&chunk);
+            }
+            drop(response);
+
+            let replay = h
+                .api
+                .send(path, &dialect.chat("left after the last event", false))
+                .await;
+            replay.assert_cache("hit", &what);
+            assert_eq!(
+                h.fake.calls_to(path),
+                1,
+                "{what}: the replay stayed in thrifty"
+            );
+            assert_eq!(h.answer_count().await, 1, "{what}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_went_idle_is_never_stored() {
     for backend in BACKENDS {
         for dialect in DIALECTS {

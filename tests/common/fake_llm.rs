@@ -101,6 +101,7 @@ impl Recorded {
 pub struct FakeLlmBuilder {
     latency: Duration,
     chunk_delay: Option<Duration>,
+    linger: Duration,
 }
 
 impl FakeLlmBuilder {
@@ -116,6 +117,13 @@ impl FakeLlmBuilder {
         self
     }
 
+    /// Holds every stream open for `linger` after its last event before ending the body, as
+    /// a slow upstream or a proxy in front of it may.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving; the server stops when the [`FakeLlm`] is dropped.
     pub async fn start(self) -> FakeLlm {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -127,6 +135,7 @@ impl FakeLlmBuilder {
         let state = Arc::new(State {
             latency: self.latency,
             chunk_delay: self.chunk_delay,
+            linger: self.linger,
             requests: Mutex::new(Vec::new()),
             cancelled_streams: AtomicUsize::new(0),
             cancelled_hangs: AtomicUsize::new(0),
@@ -265,6 +274,7 @@ impl Drop for FakeLlm {
 struct State {
     latency: Duration,
     chunk_delay: Option<Duration>,
+    linger: Duration,
     requests: Mutex<Vec<Recorded>>,
     cancelled_streams: AtomicUsize,
     cancelled_hangs: AtomicUsize,
@@ -1278,6 +1288,11 @@ fn streaming_response(
                 producer_state.bump(&producer_state.cancelled_streams);
                 return;
             }
+        }
+        // The body ends when the sender is dropped; a client that leaves first is no cancel.
+        tokio::select! {
+            () = tokio::time::sleep(producer_state.linger) => {}
+            () = sender.closed() => {}
         }
     });
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
