@@ -46,6 +46,7 @@ async fn the_report_tells_the_truth(backend: Backend, semantic: bool) {
     let records = drive::run(&world, &script::mix(semantic), &mut v).await;
     let (from, to) = world::span();
     let span = (from.as_str(), to.as_str());
+    world.wait_recorded(span, records.len()).await;
 
     // The raw records first: they name the request a wrong total comes from.
     if let Some(log) = world.audit_log().await {

@@ -216,6 +216,24 @@ impl World {
         }
     }
 
+    /// Waits until the ledger holds `n` records: its aggregates count them all and, on Redis,
+    /// its audit log lists them all. Records are written when an answer's body ends, which may
+    /// be just after the client has read it.
+    pub async fn wait_recorded(&self, span: (&str, &str), n: usize) {
+        poll(&format!("the ledger counts {n} requests"), || async {
+            let report: Value =
+                serde_json::from_str(&self.report(span, "day", "json").await).ok()?;
+            (report["total"]["requests"] == n).then_some(())
+        })
+        .await;
+        if self.redis.is_some() {
+            poll(&format!("the audit log lists {n} records"), || async {
+                (self.audit_log().await?.len() >= n).then_some(())
+            })
+            .await;
+        }
+    }
+
     /// The raw records of the ledger's audit log, when the store is Redis.
     pub async fn audit_log(&self) -> Option<Vec<Value>> {
         self.redis.as_ref()?;
