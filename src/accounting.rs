@@ -17,6 +17,7 @@ use crate::cache::entry::{Answer, Entry};
 use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::{Encoding, TokenCounter, models};
 use crate::dialect::{stream, usage};
+use crate::error::ProxyError;
 use crate::headers;
 use crate::savings::{Ledger, Outcome, Tokens, UsageRecord, money};
 
@@ -176,6 +177,19 @@ impl Account {
         self.record.estimated = estimated;
         self.ledger.record(self.record.clone());
         self.record
+    }
+
+    /// A call that failed before an answer came back (the upstream unreachable or silent):
+    /// nothing billed but what thrifty itself spent. Returns the error for the caller.
+    pub fn failed(self, error: ProxyError) -> ProxyError {
+        self.finish(
+            Outcome::Error,
+            error.status().as_u16(),
+            Tokens::default(),
+            Tokens::default(),
+            false,
+        );
+        error
     }
 
     /// A hit: nothing billed; the baseline is what the recorded answer cost.

@@ -10,6 +10,7 @@
 //! Stages never call each other; each is a function or object this file calls in order.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -77,9 +78,14 @@ struct Sent {
     strips_usage: bool,
 }
 
-/// When a request arrived; `handle` puts it in the request's extensions and `admit` reads it.
-#[derive(Clone, Copy)]
-struct Arrival(Instant);
+/// When a request arrived, and whether a savings record will describe it. `handle` puts it
+/// in the request's extensions; `admit` reads the time and `account` raises the flag, so that
+/// `handle` counts in the metrics only the requests no record counts.
+#[derive(Clone)]
+struct Arrival {
+    at: Instant,
+    accounted: Arc<AtomicBool>,
+}
 
 /// One request on its way through the stages.
 struct Exchange {
@@ -143,7 +149,11 @@ impl Proxy {
     /// Serves one request; never fails, errors become responses in the caller's dialect.
     pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        request.extensions_mut().insert(Arrival(started));
+        let accounted = Arc::new(AtomicBool::new(false));
+        request.extensions_mut().insert(Arrival {
+            at: started,
+            accounted: accounted.clone(),
+        });
         let request_id = request_id(request.headers());
         let route = router::route(request.method(), request.uri().path());
         let span = tracing::info_span!(
@@ -170,20 +180,31 @@ impl Proxy {
                     request.uri().path()
                 ))),
             };
+            let metrics = self.ledger.metrics_hooks();
             let mut response = result.unwrap_or_else(|e| {
                 if e.fault() != crate::error::Fault::Downstream {
                     tracing::warn!(error = %e, fault = ?e.fault(), "request failed");
+                }
+                if matches!(e, ProxyError::RateLimited { .. }) {
+                    metrics.rate_limited();
                 }
                 reply::error(route.dialect(), &e)
             });
             let h = response.headers_mut();
             headers::set(h, "x-request-id", &request_id);
             headers::set(h, "x-thrifty-request-id", &request_id);
-            tracing::info!(
-                status = response.status().as_u16(),
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "served"
-            );
+            let status = response.status().as_u16();
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            if !accounted.load(Ordering::Relaxed) {
+                let outcome = match route {
+                    _ if status >= 400 => "error",
+                    Route::Passthrough { .. } => "passthrough",
+                    _ => "none",
+                };
+                let dialect = route.dialect().as_str();
+                metrics.request(route.name(), dialect, outcome, status, latency_ms);
+            }
+            tracing::info!(status, latency_ms, "served");
             response
         }
         .instrument(span)
@@ -297,9 +318,13 @@ impl Proxy {
         let dialect = exchange.dialect;
         let call = Arc::new(call);
         account.estimate_from(call.clone(), self.compressor.counter());
-        let (mut response, sent) = self
+        let (mut response, sent) = match self
             .upstream_stage(&exchange, &call, bytes, &mut account)
-            .await?;
+            .await
+        {
+            Ok(answered) => answered,
+            Err(e) => return Err(account.failed(e)),
+        };
         if let Some(outcome) = &sent.compressed {
             let h = response.headers_mut();
             headers::set(h, "x-thrifty-compression", &outcome.header_value());
@@ -499,8 +524,12 @@ impl Proxy {
         Some(summarizer)
     }
 
-    /// The savings record of an intercepted call, filled in as the call goes on.
+    /// The savings record of an intercepted call, filled in as the call goes on. Every path
+    /// from here on ends in one of its recording methods (`failed` for an error).
     fn account(&self, exchange: &Exchange, endpoint: Endpoint, model: &str) -> Account {
+        if let Some(arrival) = exchange.parts.extensions.get::<Arrival>() {
+            arrival.accounted.store(true, Ordering::Relaxed);
+        }
         Account::new(
             self.ledger.clone(),
             exchange.arrived,
@@ -583,7 +612,10 @@ impl Proxy {
         };
         if let Some(outcome) = plan.skipped() {
             account.sending();
-            let response = self.forward(&exchange, full(bytes), true).await?;
+            let response = match self.forward(&exchange, full(bytes), true).await {
+                Ok(response) => response,
+                Err(e) => return Err(account.failed(e)),
+            };
             let mut response = account.upstream(ledger::Outcome::Bypass, dialect, response);
             label(&mut response, outcome);
             return Ok(response);
@@ -628,7 +660,10 @@ impl Proxy {
             bytes
         };
         account.sending();
-        let response = self.forward(&exchange, full(outbound), true).await?;
+        let response = match self.forward(&exchange, full(outbound), true).await {
+            Ok(response) => response,
+            Err(e) => return Err(account.failed(e)),
+        };
         if !response.status().is_success() {
             let mut response = account.upstream(ledger::Outcome::Miss, dialect, response);
             label(&mut response, Outcome::Miss);
@@ -753,7 +788,7 @@ impl Proxy {
         let arrived = parts
             .extensions
             .get::<Arrival>()
-            .map_or_else(Instant::now, |a| a.0);
+            .map_or_else(Instant::now, |a| a.at);
         Ok(Exchange {
             dialect,
             parts,
@@ -829,9 +864,26 @@ impl Proxy {
             }
         }
         let started = Instant::now();
-        let response = self.clients[exchange.upstream]
+        let metrics = self.ledger.metrics_hooks();
+        let response = match self.clients[exchange.upstream]
             .send(upstream, request)
-            .await?;
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => {
+                let kind = match e {
+                    ProxyError::UpstreamTimeout { .. } => "timeout",
+                    _ => "unreachable",
+                };
+                metrics.upstream_error(&upstream.name, kind);
+                return Err(e);
+            }
+        };
+        match response.status().as_u16() {
+            429 => metrics.upstream_error(&upstream.name, "rate_limited"),
+            500.. => metrics.upstream_error(&upstream.name, "server_error"),
+            _ => {}
+        }
         tracing::debug!(
             upstream_ms = started.elapsed().as_secs_f64() * 1000.0,
             "upstream answered"

@@ -1,5 +1,6 @@
 //! Compression and the savings ledger, end to end through the real server.
 //!
+//! - `failures`: unreachable upstreams, upstream errors and refusals in the ledger and metrics.
 //! - `recovery`: the retry after `context_length_exceeded`.
 //! - `summarize`: the summarize strategy through thrifty's own routing.
 //! - `usage`: streams billed from the upstream's usage chunk, stripped for clients that did
@@ -7,6 +8,8 @@
 
 mod common;
 
+#[path = "stages/failures.rs"]
+mod failures;
 #[path = "stages/recovery.rs"]
 mod recovery;
 #[path = "stages/summarize.rs"]

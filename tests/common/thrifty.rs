@@ -120,15 +120,21 @@ impl Thrifty {
 
     /// An admin call (`path` with its query) with bearer `token`, answered in JSON.
     pub async fn admin(&self, method: reqwest::Method, path: &str, token: &str) -> Value {
+        let text = self.admin_text(method, path, token).await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
+    }
+
+    /// An admin call with bearer `token`, answered in any text (`/metrics`, CSV).
+    pub async fn admin_text(&self, method: reqwest::Method, path: &str, token: &str) -> String {
         reqwest::Client::new()
             .request(method, format!("{}{path}", self.url()))
             .bearer_auth(token)
             .send()
             .await
             .expect("admin call sent")
-            .json()
+            .text()
             .await
-            .expect("admin answer is JSON")
+            .expect("admin answer is text")
     }
 
     /// `GET /admin/savings` with `query`, once it counts `requests` requests in all (or
