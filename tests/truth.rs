@@ -10,6 +10,8 @@
 //!   what reached the fake. `expect`: sums those records the way a report groups them.
 //! - `report`: compares every figure of every grouping; `verdict` lists every difference.
 //!
+//! Last, `thrifty report` runs as a command on the same store and must print the same reports.
+//!
 //! What "the truth" is, per request: the baseline is the prompt as the client sent it and the
 //! completion of the answer it got, as the fake would bill them; the actual cost is what the
 //! fake billed (nothing for a hit); the overhead is zero (local embeddings, no summarizer). The
@@ -65,6 +67,19 @@ async fn the_report_tells_the_truth(backend: Backend, semantic: bool) {
         let label = format!("group_by={} after the restart", b.group_by);
         v.eq(format!("{label}: the JSON report"), &b.json, &a.json);
         v.eq(format!("{label}: the CSV report"), &b.csv, &a.csv);
+    }
+
+    // `thrifty report` reads the same store on its own and prints the same figures.
+    world.stop().await;
+    for fetched in &before {
+        let group_by = fetched.group_by.as_str();
+        let label = format!("thrifty report --group-by={group_by}");
+        let csv = world.cli_report(span, group_by, "csv").await;
+        v.eq(format!("{label} --format=csv"), &fetched.csv, &csv);
+        let json = world.cli_report(span, group_by, "json").await;
+        let json: serde_json::Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("{label} --format=json parses: {e}"));
+        v.eq(format!("{label} --format=json"), &fetched.json, &json);
     }
     v.finish();
 }

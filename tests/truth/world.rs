@@ -116,12 +116,7 @@ impl World {
 
     /// Shuts thrifty down gracefully and starts a new instance on the same store and config.
     pub async fn restart(&mut self) {
-        if let Some(thrifty) = self.thrifty.take() {
-            assert!(
-                thrifty.shutdown(WAIT).await,
-                "thrifty did not shut down within {WAIT:?}"
-            );
-        }
+        self.stop().await;
         self.launch().await;
     }
 
@@ -232,6 +227,53 @@ impl World {
             })
             .await;
         }
+    }
+
+    /// Stops thrifty (the embedded store admits one process at a time).
+    pub async fn stop(&mut self) {
+        if let Some(thrifty) = self.thrifty.take() {
+            assert!(
+                thrifty.shutdown(WAIT).await,
+                "thrifty did not shut down within {WAIT:?}"
+            );
+        }
+    }
+
+    /// `thrifty report` run as a command on this world's store and prices.
+    pub async fn cli_report(&self, span: (&str, &str), group_by: &str, format: &str) -> String {
+        let dir = fresh_dir("truth-cli");
+        let config = dir.join("thrifty.toml");
+        let toml = format!(
+            "[store]\ndata_dir = {:?}\n\n[savings]\npricing = {:?}\n",
+            self.raw.store.data_dir,
+            self.raw
+                .savings
+                .pricing
+                .as_ref()
+                .expect("the test's prices"),
+        );
+        std::fs::write(&config, toml).expect("the report's config is written");
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_thrifty"));
+        command
+            .env_clear()
+            .env("THRIFTY_CONFIG", &config)
+            .args(["report", "--from", span.0, "--to", span.1])
+            .arg(format!("--group-by={group_by}"))
+            .arg(format!("--format={format}"));
+        if let Some(redis) = &self.redis {
+            command.env("THRIFTY_REDIS_URL", redis.url());
+        }
+        let output = tokio::time::timeout(WAIT, command.output())
+            .await
+            .expect("thrifty report finishes in time")
+            .expect("thrifty report runs");
+        assert!(
+            output.status.success(),
+            "thrifty report --group-by={group_by} --format={format}: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("the report is UTF-8")
     }
 
     /// The raw records of the ledger's audit log, when the store is Redis.
