@@ -1,0 +1,355 @@
+//! The life of a request, top to bottom. This folder orders the stages and nothing else.
+//!
+//! ```text
+//!  downstream ──► route ──► read body ──► decode (dialect) ──► select upstream
+//!            ──► authenticate ──► rate limit ──► forward ──► upstream
+//!  downstream ◄── response head + x-thrifty-* ◄── stream body (idle timeout) ◄──┘
+//! ```
+//!
+//! Passthrough routes skip reading and decoding: the body streams through untouched.
+//! Stages never call each other; each is a function or object these files call in order:
+//!
+//! - `mod.rs`: the door (`handle`), admission (route, upstream, tenant, rate limit) and the
+//!   savings record every intercepted call gets.
+//! - `answer.rs`: chat and completion calls: exact lookup, semantic lookup, upstream, recording.
+//! - `forward.rs`: what goes upstream (compression, the stream usage request, the one retry
+//!   after a context overflow) and the upstream call itself.
+//! - `embed.rs`: embedding calls, answered per input from the cache where it can.
+
+mod answer;
+mod embed;
+mod forward;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::request::Parts;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use tracing::{Instrument, field};
+
+use crate::accounting::Account;
+use crate::auth::{Authenticator, Tenant, UpstreamAuth};
+use crate::body::{Body, boxed};
+use crate::cache::Cache;
+use crate::cache::controls::Controls;
+use crate::chat::{Call, Dialect, Endpoint};
+use crate::compress::Compressor;
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::ratelimit::RateLimiter;
+use crate::router::{self, Route};
+use crate::savings::Ledger;
+use crate::semantic::SemanticCache;
+use crate::store::Store;
+use crate::upstream::{UpstreamClient, root_store};
+use crate::{dialect, headers, reply};
+
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything the pipeline shares across requests.
+pub struct Proxy {
+    config: Arc<Config>,
+    clients: Vec<UpstreamClient>,
+    auth: Authenticator,
+    limiter: RateLimiter,
+    cache: Arc<Cache>,
+    semantic: Option<Arc<SemanticCache>>,
+    ledger: Arc<Ledger>,
+    compressor: Compressor,
+}
+
+/// When a request arrived, and whether a savings record will describe it. `handle` puts it
+/// in the request's extensions; `admit` reads the time and `account` raises the flag, so that
+/// `handle` counts in the metrics only the requests no record counts.
+#[derive(Clone)]
+struct Arrival {
+    at: Instant,
+    accounted: Arc<AtomicBool>,
+}
+
+/// One request on its way through the stages.
+struct Exchange {
+    dialect: Dialect,
+    parts: Parts,
+    upstream: usize,
+    tenant: Tenant,
+    upstream_auth: UpstreamAuth,
+    arrived: Instant,
+}
+
+impl Proxy {
+    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Result<Self, rustls::Error> {
+        let roots = Arc::new(root_store());
+        let clients = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamClient::new(u, roots.clone()))
+            .collect::<Result<_, _>>()?;
+        let cache = Cache::new(&config.cache, store);
+        Ok(Proxy {
+            auth: Authenticator::new(&config.keys),
+            limiter: RateLimiter::new(config.rate_limit, &config.keys),
+            semantic: SemanticCache::load(&config.semantic, cache.clone()),
+            compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
+            ledger: Ledger::with_options(
+                cache.store().clone(),
+                config.savings.pricing.clone(),
+                config.savings.ledger,
+            ),
+            cache,
+            clients,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub fn semantic(&self) -> Option<&Arc<SemanticCache>> {
+        self.semantic.as_ref()
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    pub fn compressor(&self) -> &Compressor {
+        &self.compressor
+    }
+
+    /// Serves one request; never fails, errors become responses in the caller's dialect.
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let accounted = Arc::new(AtomicBool::new(false));
+        request.extensions_mut().insert(Arrival {
+            at: started,
+            accounted: accounted.clone(),
+        });
+        let request_id = request_id(request.headers());
+        let route = router::route(request.method(), request.uri().path());
+        let span = tracing::info_span!(
+            "request",
+            id = %request_id,
+            dialect = route.dialect().as_str(),
+            route = route.name(),
+            model = field::Empty,
+            upstream = field::Empty,
+            tenant = field::Empty,
+            cache = field::Empty,
+        );
+        async move {
+            let result = match route {
+                Route::Health => Ok(reply::json(StatusCode::OK, &json!({"status": "ok"}))),
+                Route::Ready => Ok(self.readiness().await),
+                Route::Admin => crate::admin::handle(self, request).await,
+                Route::Api { dialect, endpoint } => {
+                    self.intercept(dialect, endpoint, request).await
+                }
+                Route::Passthrough { dialect } => self.pass_through(dialect, request).await,
+                Route::NotFound => Err(ProxyError::NotFound(format!(
+                    "unknown path {}: thrifty serves /v1/* and /api/*",
+                    request.uri().path()
+                ))),
+            };
+            let metrics = self.ledger.metrics_hooks();
+            let mut response = result.unwrap_or_else(|e| {
+                if e.fault() != crate::error::Fault::Downstream {
+                    tracing::warn!(error = %e, fault = ?e.fault(), "request failed");
+                }
+                if matches!(e, ProxyError::RateLimited { .. }) {
+                    metrics.rate_limited();
+                }
+                reply::error(route.dialect(), &e)
+            });
+            let h = response.headers_mut();
+            headers::set(h, "x-request-id", &request_id);
+            headers::set(h, "x-thrifty-request-id", &request_id);
+            let status = response.status().as_u16();
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            if !accounted.load(Ordering::Relaxed) {
+                let outcome = match route {
+                    _ if status >= 400 => "error",
+                    Route::Passthrough { .. } => "passthrough",
+                    _ => "none",
+                };
+                let dialect = route.dialect().as_str();
+                metrics.request(route.name(), dialect, outcome, status, latency_ms);
+            }
+            tracing::info!(status, latency_ms, "served");
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// An intercepted call: decoded, checked, then forwarded.
+    async fn intercept(
+        &self,
+        dialect: Dialect,
+        endpoint: Endpoint,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let bytes = read_body(body, &parts.headers, self.config.max_body_bytes).await?;
+        self.intercept_bytes(dialect, endpoint, parts, bytes).await
+    }
+
+    /// An intercepted call whose body has been read; the admin API's warm-up enters here.
+    pub(crate) async fn intercept_bytes(
+        &self,
+        dialect: Dialect,
+        endpoint: Endpoint,
+        parts: Parts,
+        bytes: Bytes,
+    ) -> Result<Response<Body>, ProxyError> {
+        let call = dialect::decode(dialect, endpoint, &bytes)?;
+        tracing::Span::current().record("model", call.model());
+        let exchange = self.admit(dialect, parts, Some(&call))?;
+        let controls = Controls::from_headers(&exchange.parts.headers)?;
+        match call {
+            Call::Embedding(request) => self.embed(exchange, request, bytes, controls).await,
+            call => self.answer(exchange, call, bytes, controls).await,
+        }
+    }
+
+    /// The savings record of an intercepted call, filled in as the call goes on. Every path
+    /// from here on ends in one of its recording methods (`failed` for an error).
+    fn account(&self, exchange: &Exchange, endpoint: Endpoint, model: &str) -> Account {
+        if let Some(arrival) = exchange.parts.extensions.get::<Arrival>() {
+            arrival.accounted.store(true, Ordering::Relaxed);
+        }
+        Account::new(
+            self.ledger.clone(),
+            exchange.arrived,
+            &exchange.tenant,
+            &exchange.parts.headers,
+            exchange.dialect,
+            endpoint,
+            model,
+            &self.config.upstreams[exchange.upstream].name,
+        )
+    }
+
+    /// `/readyz`: ready when the store answers; degraded (still serving, uncached) when not.
+    async fn readiness(&self) -> Response<Body> {
+        let store = self.cache.store();
+        match store.ping().await {
+            Ok(()) => reply::json(
+                StatusCode::OK,
+                &json!({"status": "ready", "store": store.kind()}),
+            ),
+            Err(e) => reply::json(
+                StatusCode::OK,
+                &json!({"status": "degraded", "store": store.kind(), "error": e.to_string()}),
+            ),
+        }
+    }
+
+    /// Any other path of a dialect's API: the body streams through untouched.
+    async fn pass_through(
+        &self,
+        dialect: Dialect,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let exchange = self.admit(dialect, parts, None)?;
+        self.forward(&exchange, boxed(body), false).await
+    }
+
+    /// Selects the upstream, authenticates and applies the rate limit.
+    fn admit(
+        &self,
+        dialect: Dialect,
+        parts: Parts,
+        call: Option<&Call>,
+    ) -> Result<Exchange, ProxyError> {
+        let upstream = self.select_upstream(dialect, call.map(Call::model));
+        let target = &self.config.upstreams[upstream];
+        let span = tracing::Span::current();
+        span.record("upstream", target.name.as_str());
+        let (tenant, upstream_auth) = self.auth.authenticate(&parts.headers, target)?;
+        span.record("tenant", tenant.id.as_str());
+        self.limiter.check(&tenant)?;
+        let arrived = parts
+            .extensions
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |a| a.at);
+        Ok(Exchange {
+            dialect,
+            parts,
+            upstream,
+            tenant,
+            upstream_auth,
+            arrived,
+        })
+    }
+
+    /// The first route whose glob matches the model, else the dialect's default upstream.
+    fn select_upstream(&self, dialect: Dialect, model: Option<&str>) -> usize {
+        let routing = &self.config.routing;
+        let routed = model.and_then(|model| {
+            routing
+                .routes
+                .iter()
+                .find(|(glob, _)| glob.is_match(model))
+                .map(|(_, index)| *index)
+        });
+        routed.unwrap_or(match dialect {
+            Dialect::OpenAi => routing.default_openai,
+            Dialect::Ollama => routing.default_ollama,
+        })
+    }
+}
+
+/// Reads a whole request body within the size limit and the read timeout.
+pub(crate) async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ProxyError::PayloadTooLarge { limit });
+    }
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ProxyError::bad_request("timed out reading the request body"))?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(ProxyError::bad_request(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+/// The client's `x-request-id` when it is reasonable header text, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
