@@ -101,16 +101,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// The URL prefix under which this upstream serves the given client dialect, if it does.
-    ///
-    /// An OpenAI upstream's base URL already ends in its API root (`.../v1`); an Ollama
-    /// server serves its native API under `/api` and OpenAI's under `/v1`.
     pub fn root_for(&self, client: Dialect) -> Option<String> {
-        match (self.dialect, client) {
-            (Dialect::OpenAi, Dialect::OpenAi) => Some(self.base_url.clone()),
-            (Dialect::OpenAi, Dialect::Ollama) => None,
-            (Dialect::Ollama, Dialect::OpenAi) => Some(format!("{}/v1", self.base_url)),
-            (Dialect::Ollama, Dialect::Ollama) => Some(format!("{}/api", self.base_url)),
-        }
+        crate::dialect::api_root(self.dialect, client, &self.base_url)
     }
 }
 
@@ -120,6 +112,16 @@ pub struct Routing {
     pub routes: Vec<(GlobMatcher, usize)>,
     pub default_openai: usize,
     pub default_ollama: usize,
+}
+
+impl Routing {
+    /// The upstream for calls of `dialect` that no route matches.
+    pub fn default_for(&self, dialect: Dialect) -> usize {
+        match dialect {
+            Dialect::OpenAi => self.default_openai,
+            Dialect::Ollama => self.default_ollama,
+        }
+    }
 }
 
 pub fn validate_upstreams(

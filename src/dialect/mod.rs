@@ -60,6 +60,17 @@ pub fn prefix(dialect: Dialect) -> &'static str {
     }
 }
 
+/// The URL prefix under which an upstream speaking `server` serves clients of `client`, if
+/// it does. An OpenAI upstream's base URL already ends in its API root (`.../v1`); an Ollama
+/// server serves its native API under `/api` and OpenAI's under `/v1`.
+pub fn api_root(server: Dialect, client: Dialect, base_url: &str) -> Option<String> {
+    match (server, client) {
+        (Dialect::OpenAi, Dialect::OpenAi) => Some(base_url.to_owned()),
+        (Dialect::OpenAi, Dialect::Ollama) => None,
+        (Dialect::Ollama, client) => Some(format!("{base_url}{}", prefix(client))),
+    }
+}
+
 /// Whether the client asked for token usage in its stream (`stream_options.include_usage`);
 /// Ollama always reports counts in its final chunk.
 pub fn wants_stream_usage(dialect: Dialect, call: &Call) -> bool {

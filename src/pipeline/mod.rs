@@ -310,10 +310,7 @@ impl Proxy {
                 .find(|(glob, _)| glob.is_match(model))
                 .map(|(_, index)| *index)
         });
-        routed.unwrap_or(match dialect {
-            Dialect::OpenAi => routing.default_openai,
-            Dialect::Ollama => routing.default_ollama,
-        })
+        routed.unwrap_or_else(|| routing.default_for(dialect))
     }
 }
 
