@@ -1,5 +1,6 @@
 //! Compression and the savings ledger, end to end through the real server.
 //!
+//! - `compression`: `/admin/compression/stats` against the response header; `off` is untouched.
 //! - `failures`: unreachable upstreams, upstream errors and refusals in the ledger and metrics.
 //! - `recovery`: the retry after `context_length_exceeded`.
 //! - `summarize`: the summarize strategy through thrifty's own routing.
@@ -8,6 +9,8 @@
 
 mod common;
 
+#[path = "stages/compression.rs"]
+mod compression;
 #[path = "stages/failures.rs"]
 mod failures;
 #[path = "stages/recovery.rs"]

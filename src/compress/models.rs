@@ -1,79 +1,151 @@
-//! What thrifty knows about models: context window and tokenizer, from a built-in
-//! table that `[[compression.model]]` entries override.
+//! What thrifty knows about models: context window and tokenizer, from a models
+//! table (the shipped `config/models.toml`, or the file `compression.models_file`
+//! names) that `[[compression.model]]` entries override.
 //!
 //! Windows are the model's own maximum. Ollama serves with a smaller `num_ctx`
 //! unless told otherwise; an override with `context_window` describes that.
 //! This room must not count tokens or touch requests.
 
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use globset::{GlobBuilder, GlobMatcher};
+use serde::Deserialize;
+
 use crate::config::CompressionConfig;
 
 use super::tokens::Encoding;
 
-use Encoding::{Cl100kBase as CL100K, O200kBase as O200K};
+/// The file shipped in `config/models.toml`, built in as the default.
+const SHIPPED: &str = include_str!("../../config/models.toml");
 
-/// Built-in models, most specific pattern first; `*` matches any run of characters.
-/// Names are compared in lower case after any `namespace/` and `ft:` prefix.
-const TABLE: &[(&str, u64, Encoding)] = &[
-    // OpenAI, o200k_base.
-    ("gpt-5-chat*", 128_000, O200K),
-    ("gpt-5*", 400_000, O200K),
-    ("gpt-4.1*", 1_047_576, O200K),
-    ("gpt-4.5*", 128_000, O200K),
-    ("chatgpt-4o*", 128_000, O200K),
-    ("gpt-4o*", 128_000, O200K),
-    ("o1-mini*", 128_000, O200K),
-    ("o1-preview*", 128_000, O200K),
-    ("o1*", 200_000, O200K),
-    ("o3*", 200_000, O200K),
-    ("o4*", 200_000, O200K),
-    ("codex-mini*", 200_000, O200K),
-    ("gpt-oss*", 131_072, O200K),
-    // OpenAI, cl100k_base.
-    ("gpt-4-turbo*", 128_000, CL100K),
-    ("gpt-4-0125*", 128_000, CL100K),
-    ("gpt-4-1106*", 128_000, CL100K),
-    ("gpt-4-32k*", 32_768, CL100K),
-    ("gpt-4*", 8_192, CL100K),
-    ("gpt-3.5-turbo-instruct*", 4_096, CL100K),
-    ("gpt-3.5*", 16_385, CL100K),
-    ("gpt-35-turbo*", 16_385, CL100K),
-    // Ollama library models, counted with cl100k_base as an approximation.
-    ("llama3.1*", 131_072, CL100K),
-    ("llama3.2*", 131_072, CL100K),
-    ("llama3.3*", 131_072, CL100K),
-    ("llama3*", 8_192, CL100K),
-    ("llama2*", 4_096, CL100K),
-    ("codellama*", 16_384, CL100K),
-    ("qwen3-coder*", 262_144, CL100K),
-    ("qwen3*", 40_960, CL100K),
-    ("qwq*", 40_960, CL100K),
-    ("qwen2.5*", 32_768, CL100K),
-    ("qwen2*", 32_768, CL100K),
-    ("mistral-nemo*", 131_072, CL100K),
-    ("mistral-small3*", 131_072, CL100K),
-    ("mistral-small*", 32_768, CL100K),
-    ("mistral-large*", 131_072, CL100K),
-    ("mistral*", 32_768, CL100K),
-    ("mixtral*", 32_768, CL100K),
-    ("devstral*", 131_072, CL100K),
-    ("gemma3:1b*", 32_768, CL100K),
-    ("gemma3:270m*", 32_768, CL100K),
-    ("gemma3n*", 32_768, CL100K),
-    ("gemma3*", 131_072, CL100K),
-    ("gemma2*", 8_192, CL100K),
-    ("gemma*", 8_192, CL100K),
-    ("phi4-mini*", 131_072, CL100K),
-    ("phi4-reasoning*", 32_768, CL100K),
-    ("phi4*", 16_384, CL100K),
-    ("phi3.5*", 131_072, CL100K),
-    ("phi3*128k*", 131_072, CL100K),
-    ("phi3*", 4_096, CL100K),
-    ("deepseek-r1*", 131_072, CL100K),
-    ("deepseek-v3*", 163_840, CL100K),
-    ("deepseek-coder-v2*", 163_840, CL100K),
-    ("deepseek-coder*", 16_384, CL100K),
-    ("command-r*", 131_072, CL100K),
-];
+/// Parsed once; `the_shipped_table_parses_and_keeps_its_order` keeps it valid.
+static SHIPPED_TABLE: LazyLock<Arc<ModelTable>> = LazyLock::new(|| {
+    Arc::new(
+        ModelTable::parse(SHIPPED, "built-in models.toml")
+            .unwrap_or_else(|e| panic!("the shipped config/models.toml is invalid: {e}")),
+    )
+});
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelTableError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    model: Vec<RawEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    model: String,
+    context_window: u64,
+    encoding: String,
+}
+
+/// One row: the models a glob matches, their window and tokenizer.
+#[derive(Clone, Debug)]
+struct Entry {
+    glob: GlobMatcher,
+    context_window: u64,
+    encoding: Encoding,
+}
+
+/// The validated models table, in file order: the first matching entry wins.
+#[derive(Clone)]
+pub struct ModelTable {
+    entries: Vec<Entry>,
+    origin: String,
+}
+
+impl std::fmt::Debug for ModelTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelTable")
+            .field("origin", &self.origin)
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl ModelTable {
+    /// The shipped `config/models.toml`.
+    pub fn shipped() -> Arc<ModelTable> {
+        SHIPPED_TABLE.clone()
+    }
+
+    /// A table file that replaces the shipped one.
+    pub fn load(path: &Path) -> Result<ModelTable, ModelTableError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelTableError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        ModelTable::parse(&text, &path.display().to_string())
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<ModelTable, ModelTableError> {
+        ModelTable::parse(text, "models")
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<ModelTable, ModelTableError> {
+        let invalid = |message: String| ModelTableError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut entries = Vec::with_capacity(raw.model.len());
+        for (i, entry) in raw.model.into_iter().enumerate() {
+            let bad = |field: &str, expected: &str| {
+                invalid(format!(
+                    "model[{i}] ({}): {field}: expected {expected}",
+                    entry.model
+                ))
+            };
+            let glob =
+                glob(&entry.model).ok_or_else(|| bad("model", "a non-empty model name or glob"))?;
+            if entry.context_window == 0 {
+                return Err(bad("context_window", "a number of tokens above zero"));
+            }
+            let encoding = Encoding::parse(&entry.encoding)
+                .ok_or_else(|| bad("encoding", "\"o200k_base\" or \"cl100k_base\""))?;
+            entries.push(Entry {
+                glob,
+                context_window: entry.context_window,
+                encoding,
+            });
+        }
+        Ok(ModelTable {
+            entries,
+            origin: origin.to_owned(),
+        })
+    }
+
+    /// The first matching entry for a model: its context window and encoding.
+    pub fn get(&self, model: &str) -> Option<(u64, Encoding)> {
+        let name = normalize(model);
+        self.entries
+            .iter()
+            .find(|e| e.glob.is_match(&name))
+            .map(|e| (e.context_window, e.encoding))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
 
 /// When a request names no output limit, this share of a known window is kept for the answer…
 const DEFAULT_OUTPUT_SHARE: u64 = 8;
@@ -102,18 +174,15 @@ impl ModelLimits {
     }
 }
 
-/// The built-in entry for a model, if any: its context window and encoding.
+/// The shipped table's entry for a model, if any: its context window and encoding.
+/// For callers without a config (the savings stage's token estimates).
 pub fn known(model: &str) -> Option<(u64, Encoding)> {
-    let name = normalize(model);
-    TABLE
-        .iter()
-        .find(|(pattern, _, _)| wildcard(pattern, &name))
-        .map(|(_, window, encoding)| (*window, *encoding))
+    SHIPPED_TABLE.get(model)
 }
 
 /// The limits for a model: the first matching override, then the table, then the defaults.
 pub fn limits(config: &CompressionConfig, model: &str) -> ModelLimits {
-    let table = known(model);
+    let table = config.model_table.get(model);
     let mut limits = ModelLimits {
         max_context_tokens: config.max_context_tokens,
         context_window: table.map(|(window, _)| window),
@@ -133,33 +202,61 @@ fn normalize(model: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-/// Matches `pattern`, where `*` stands for any run of characters, against all of `name`.
-fn wildcard(pattern: &str, name: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let Some(first) = pieces.next() else {
-        return name.is_empty();
-    };
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = pieces.collect();
-    let Some((last, middle)) = pieces.split_last() else {
-        // No `*` at all: the whole name must match.
-        return rest.is_empty();
-    };
-    for piece in middle {
-        match rest.find(piece) {
-            Some(at) => rest = &rest[at + piece.len()..],
-            None => return false,
-        }
+/// Globs as `savings/pricing.rs` builds them: case-insensitive, `{a,}` allowed.
+fn glob(pattern: &str) -> Option<GlobMatcher> {
+    if pattern.trim().is_empty() {
+        return None;
     }
-    rest.ends_with(last)
+    GlobBuilder::new(pattern)
+        .case_insensitive(true)
+        .empty_alternates(true)
+        .build()
+        .ok()
+        .map(|g| g.compile_matcher())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{RawCompression, RawCompressionModel, validate_compression};
+
+    use Encoding::{Cl100kBase as CL100K, O200kBase as O200K};
+
+    fn with_overrides(models: Vec<RawCompressionModel>) -> CompressionConfig {
+        let raw = RawCompression {
+            models,
+            ..RawCompression::default()
+        };
+        validate_compression(raw).expect("valid")
+    }
+
+    fn entry(model: &str, window: Option<u64>, encoding: Option<&str>) -> RawCompressionModel {
+        RawCompressionModel {
+            model: model.to_owned(),
+            max_context_tokens: None,
+            context_window: window,
+            encoding: encoding.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_shipped_table_parses_and_keeps_its_order() {
+        let table = ModelTable::from_toml_str(SHIPPED).expect("config/models.toml is valid");
+        assert_eq!(table.len(), ModelTable::shipped().len());
+        assert!(table.len() >= 50, "{}", table.len());
+        // First match wins: the specific entries sit above the broad ones.
+        assert_eq!(table.get("gpt-5-chat-latest"), Some((128_000, O200K)));
+        assert_eq!(table.get("gpt-5"), Some((400_000, O200K)));
+        assert_eq!(table.get("gpt-4-32k-0613"), Some((32_768, CL100K)));
+        assert_eq!(table.get("gpt-4"), Some((8_192, CL100K)));
+        assert_eq!(
+            format!("{:?}", ModelTable::shipped()),
+            format!(
+                "ModelTable {{ origin: \"built-in models.toml\", entries: {} }}",
+                table.len()
+            )
+        );
+    }
 
     #[test]
     fn openai_families_get_their_encoding_and_window() {
@@ -197,6 +294,8 @@ mod tests {
             ("gemma3:12b", 131_072),
             ("phi3:mini", 4_096),
             ("phi3:mini-128k", 131_072),
+            ("phi3:medium-128k-instruct", 131_072),
+            ("phi3:medium", 4_096),
             ("phi4:14b", 16_384),
             ("deepseek-r1:7b", 131_072),
             ("Qwen3:4B", 40_960),
@@ -205,10 +304,53 @@ mod tests {
             assert_eq!(known(model).map(|k| k.1), Some(CL100K), "{model}");
         }
         assert_eq!(known("my-own-model"), None);
-        assert!(wildcard("phi3*128k*", "phi3:medium-128k-instruct"));
-        assert!(!wildcard("phi3*128k*", "phi3:medium"));
-        assert!(wildcard("exact", "exact"));
-        assert!(!wildcard("exact", "exactly"));
+    }
+
+    #[test]
+    fn globs_match_the_whole_normalized_name() {
+        let table = ModelTable::from_toml_str(
+            r#"
+            model = [
+                { model = "exact", context_window = 1_000, encoding = "o200k_base" },
+                { model = "acme-{small,large}*", context_window = 2_000, encoding = "cl100k_base" },
+            ]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(table.get("exact"), Some((1_000, O200K)));
+        assert_eq!(table.get("team/EXACT"), Some((1_000, O200K)));
+        assert_eq!(table.get("exactly"), None);
+        assert_eq!(table.get("acme-large:q4"), Some((2_000, CL100K)));
+        assert_eq!(table.get("acme-medium"), None);
+    }
+
+    #[test]
+    fn a_bad_table_names_the_entry_and_field() {
+        for (text, expected) in [
+            (
+                r#"model = [{ model = "", context_window = 1, encoding = "o200k_base" }]"#,
+                "models: model[0] (): model: expected",
+            ),
+            (
+                r#"model = [{ model = "m", context_window = 0, encoding = "o200k_base" }]"#,
+                "model[0] (m): context_window: expected",
+            ),
+            (
+                r#"model = [{ model = "m", context_window = 1, encoding = "p50k_base" }]"#,
+                "model[0] (m): encoding: expected",
+            ),
+            (
+                r#"model = [{ model = "m", context_window = 1, encoding = "o200k_base", window = 2 }]"#,
+                "window",
+            ),
+            (
+                r#"model = [{ model = "m", encoding = "o200k_base" }]"#,
+                "context_window",
+            ),
+        ] {
+            let err = ModelTable::from_toml_str(text).expect_err(text);
+            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+        }
     }
 
     #[test]
@@ -220,10 +362,41 @@ mod tests {
         let llama3 = limits(&config, "llama3:8b");
         assert_eq!(llama3.budget(Some(1_000)), 7_192);
         assert_eq!(llama3.budget(None), 8_192 - 1_024);
+    }
+
+    #[test]
+    fn an_unknown_model_is_counted_with_cl100k_base_and_has_no_window() {
+        let config = CompressionConfig::default();
         let unknown = limits(&config, "acme-large");
+        assert_eq!(known("acme-large"), None);
         assert_eq!(unknown.context_window, None);
         assert_eq!(unknown.encoding, CL100K);
+        assert_eq!(unknown.max_context_tokens, 35_000);
         assert_eq!(unknown.budget(Some(1_000_000)), 35_000);
+    }
+
+    #[test]
+    fn a_config_entry_overrides_a_shipped_one_and_adds_new_ones() {
+        let config = with_overrides(vec![
+            entry("gpt-4o-mini*", Some(64_000), Some("cl100k_base")),
+            entry("acme-large*", Some(16_384), None),
+        ]);
+        assert_eq!(known("gpt-4o-mini"), Some((128_000, O200K)));
+        let mini = limits(&config, "gpt-4o-mini");
+        assert_eq!(mini.context_window, Some(64_000));
+        assert_eq!(mini.encoding, CL100K);
+        // Other entries of the shipped table are untouched.
+        let gpt4o = limits(&config, "gpt-4o");
+        assert_eq!(gpt4o.context_window, Some(128_000));
+        assert_eq!(gpt4o.encoding, O200K);
+        // A model the table does not know gets the entry's window and the fallback encoding.
+        let acme = limits(&config, "acme-large-2");
+        assert_eq!(acme.context_window, Some(16_384));
+        assert_eq!(acme.encoding, CL100K);
+        // A field the entry leaves out comes from the table.
+        let config = with_overrides(vec![entry("gpt-4.1*", None, None)]);
+        let l = limits(&config, "gpt-4.1-mini");
+        assert_eq!((l.context_window, l.encoding), (Some(1_047_576), O200K));
     }
 
     #[test]
@@ -242,5 +415,35 @@ mod tests {
         assert_eq!(l.encoding, O200K);
         assert_eq!(l.budget(Some(96)), 4_000);
         assert_eq!(limits(&config, "llama3.2").max_context_tokens, 35_000);
+    }
+
+    #[test]
+    fn models_file_replaces_the_shipped_table() {
+        let path = std::env::temp_dir().join(format!(
+            "thrifty-models-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(
+            &path,
+            r#"model = [{ model = "house-model*", context_window = 10_000, encoding = "o200k_base" }]"#,
+        )
+        .expect("writes");
+        let raw = RawCompression {
+            models_file: Some(path.clone()),
+            ..RawCompression::default()
+        };
+        let config = validate_compression(raw);
+        let _ = std::fs::remove_file(&path);
+        let config = config.expect("valid");
+        let house = limits(&config, "house-model:7b");
+        assert_eq!(
+            (house.context_window, house.encoding),
+            (Some(10_000), O200K)
+        );
+        assert_eq!(house.budget(Some(2_000)), 8_000);
+        // The shipped entries are gone with the shipped table.
+        let gpt4o = limits(&config, "gpt-4o");
+        assert_eq!((gpt4o.context_window, gpt4o.encoding), (None, CL100K));
     }
 }

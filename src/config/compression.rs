@@ -1,11 +1,14 @@
 //! `[compression]`: when old turns of a conversation are condensed before forwarding, and how.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
 use super::{ConfigError, Env};
+use crate::compress::models::ModelTable;
 use crate::compress::tokens::Encoding;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -32,7 +35,10 @@ pub struct RawCompression {
     pub summary_max_ttl: Duration,
     /// The compression boundary moves in steps of this many messages.
     pub block_size: usize,
-    /// `[[compression.model]]`: per-model limits, first match wins.
+    /// A models table file (context windows, encodings); the shipped
+    /// `config/models.toml` is built in when absent.
+    pub models_file: Option<PathBuf>,
+    /// `[[compression.model]]`: per-model limits over the table's, first match wins.
     #[serde(rename = "model")]
     pub models: Vec<RawCompressionModel>,
 }
@@ -50,6 +56,7 @@ impl Default for RawCompression {
             summary_ttl: Duration::from_secs(3600),
             summary_max_ttl: Duration::from_secs(24 * 3600),
             block_size: 8,
+            models_file: None,
             models: Vec::new(),
         }
     }
@@ -61,7 +68,7 @@ pub struct RawCompressionModel {
     /// A glob over model names, such as `llama3*` or `gpt-4o*`.
     pub model: String,
     pub max_context_tokens: Option<u64>,
-    /// The model's context window when the built-in table does not know it (or Ollama's `num_ctx`).
+    /// The model's context window, over the models table's (or Ollama's `num_ctx`).
     pub context_window: Option<u64>,
     /// `o200k_base` or `cl100k_base`.
     pub encoding: Option<String>,
@@ -123,6 +130,8 @@ pub struct CompressionConfig {
     pub summary_ttl: Duration,
     pub summary_max_ttl: Duration,
     pub block_size: usize,
+    /// Context windows and encodings: the shipped table or `models_file`.
+    pub model_table: Arc<ModelTable>,
     pub models: Vec<ModelOverride>,
 }
 
@@ -140,6 +149,7 @@ impl Default for CompressionConfig {
             summary_ttl: raw.summary_ttl,
             summary_max_ttl: raw.summary_max_ttl,
             block_size: raw.block_size,
+            model_table: ModelTable::shipped(),
             models: Vec::new(),
         }
     }
@@ -202,6 +212,16 @@ pub fn validate_compression(raw: RawCompression) -> Result<CompressionConfig, Co
             "at least 1 message",
         ));
     }
+    let model_table = match &raw.models_file {
+        Some(path) => ModelTable::load(path).map(Arc::new),
+        None => Ok(ModelTable::shipped()),
+    }
+    .map_err(|e| {
+        ConfigError::invalid(
+            "compression.models_file",
+            &format!("a valid models table ({e})"),
+        )
+    })?;
     let mut models = Vec::new();
     for (i, entry) in raw.models.into_iter().enumerate() {
         let key = |field: &str| format!("compression.model[{i}].{field}");
@@ -243,6 +263,7 @@ pub fn validate_compression(raw: RawCompression) -> Result<CompressionConfig, Co
         summary_ttl: raw.summary_ttl,
         summary_max_ttl: raw.summary_max_ttl,
         block_size: raw.block_size,
+        model_table,
         models,
     })
 }
@@ -301,6 +322,7 @@ mod tests {
         assert_eq!(config.models.len(), 1);
         assert!(config.models[0].glob.is_match("llama3.1:8b"));
         assert_eq!(config.models[0].encoding, Some(Encoding::Cl100kBase));
+        assert_eq!(config.model_table.len(), ModelTable::shipped().len());
     }
 
     #[test]
@@ -317,6 +339,10 @@ mod tests {
             ("strategy = \"summarize\"", "compression.summarizer_model:"),
             ("summary_ttl = \"2d\"", "compression.summary_max_ttl:"),
             ("block_size = 0", "compression.block_size:"),
+            (
+                "models_file = \"/nonexistent/thrifty/models.toml\"",
+                "compression.models_file:",
+            ),
             (
                 "[[compression.model]]\nmodel = \"a[\"",
                 "compression.model[0].model:",

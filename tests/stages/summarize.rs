@@ -194,3 +194,118 @@ async fn summaries_stay_within_their_tenant_and_a_named_conversation_can_be_drop
         "a dropped conversation is summarized afresh"
     );
 }
+
+/// The summarizer's transcript line for one client message (`summarize::prompt`'s format).
+fn transcript_line(message: &Value) -> String {
+    format!(
+        "[{}] {}\n\n",
+        message["role"].as_str().unwrap_or_default(),
+        content(message)
+    )
+}
+
+/// How many earlier messages the forwarded summary says it covers.
+fn covered(forwarded: &Value) -> usize {
+    forwarded["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .find_map(|m| {
+            let text = content(m);
+            let rest = text.strip_prefix("[thrifty: summary of the ")?;
+            rest.split(' ').next()?.parse().ok()
+        })
+        .expect("the forwarded request carries the summary")
+}
+
+#[tokio::test]
+async fn a_grown_conversation_only_extends_the_earlier_summary() {
+    let fake = FakeLlm::start().await;
+    let thrifty = Thrifty::start_with_env(
+        summarizing(&fake, SUMMARIZER),
+        &[("THRIFTY_ADMIN_TOKEN", "adm")],
+    )
+    .await;
+    let body = long_conversation(30);
+    assert_eq!(post(&thrifty, &body).await.status(), 200);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "the summarizer, then the request itself");
+    let first = requests[0].json().expect("json");
+    // The fake echoes the prompt; thrifty keeps the answer trimmed.
+    let summary = format!("Echo: {}", content(&first["messages"][1]))
+        .trim()
+        .to_owned();
+    let old = covered(&requests[1].json().expect("json"));
+
+    // Eight more full turns: the boundary moves at least one block further. The first 30
+    // turns of `long_conversation(38)` are the same messages as `long_conversation(30)`'s.
+    let later = long_conversation(38);
+    let later = later["messages"].as_array().expect("messages");
+    let mut grown = body.clone();
+    let messages = grown["messages"].as_array_mut().expect("messages");
+    messages.push(json!({"role": "assistant", "content": "Fix the import first."}));
+    messages.extend_from_slice(&later[61..]);
+    let grown_messages = grown["messages"].as_array().expect("messages").clone();
+    fake.reset();
+    let response = post(&thrifty, &grown).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-thrifty-compression").is_some());
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "one summarizer call, then the request");
+    let asked = requests[0].json().expect("json");
+    assert_eq!(asked["model"], SUMMARIZER);
+    let forwarded = requests[1].json().expect("json");
+    let new = covered(&forwarded);
+    assert!(new > old, "the boundary moved: {old} -> {new}");
+
+    // What reached the summarizer: the earlier summary, then only the newly aged-out messages.
+    let prompt = content(&asked["messages"][1]);
+    let (previous, fold) = prompt
+        .split_once(
+            "\n\nFold these later messages into it and return the whole updated summary:\n\n",
+        )
+        .unwrap_or_else(|| panic!("an extension prompt: {prompt}"));
+    assert!(
+        previous == format!("Summary of the conversation so far:\n{summary}"),
+        "the earlier summary, verbatim ({} bytes sent, {} stored)",
+        previous.len(),
+        summary.len()
+    );
+    // Message 0 is the system prompt; the summaries cover the messages after it.
+    let aged: String = grown_messages[1 + old..1 + new]
+        .iter()
+        .map(transcript_line)
+        .collect();
+    assert!(
+        fold == aged,
+        "exactly the messages {old}..{new} after the system prompt, got: {}",
+        &fold[..fold.len().min(400)]
+    );
+    assert!(
+        !fold.contains("Question 0:"),
+        "no message the summary already covers"
+    );
+    assert!(
+        fold.contains("[user] So what should I fix first?") && fold.contains("Question 30:"),
+        "the previous question and the first new turns are folded in"
+    );
+    assert!(
+        !fold.contains("Question 37:"),
+        "the recent turns stay verbatim"
+    );
+    assert!(
+        forwarded["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .any(|m| content(m).contains("Echo: Summary of the conversation so far:")),
+        "the extended summary reaches the upstream"
+    );
+
+    let stats = admin(&thrifty, reqwest::Method::GET, "/admin/compression/stats").await;
+    assert_eq!(stats["summaries"]["created"], 1, "{stats:#}");
+    assert_eq!(stats["summaries"]["extended"], 1, "{stats:#}");
+    assert_eq!(stats["summaries"]["reused"], 0, "{stats:#}");
+    assert_eq!(stats["requests_compressed"], 2, "{stats:#}");
+}
