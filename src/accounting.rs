@@ -15,7 +15,7 @@ use crate::auth::Tenant;
 use crate::body::{Body, Tap};
 use crate::cache::entry::{Answer, Entry};
 use crate::chat::{Call, Dialect, Endpoint};
-use crate::compress::{Encoding, TokenCounter, models};
+use crate::compress::{Encoding, TokenCounter};
 use crate::dialect::{stream, usage};
 use crate::error::ProxyError;
 use crate::headers;
@@ -31,8 +31,9 @@ pub struct Account {
     started: Instant,
     /// Prompt tokens compression removed before forwarding, counted by thrifty's tokenizer.
     compressed_away: Option<u64>,
-    /// The client's call, counted with the tokenizer when the upstream reports no usage.
-    call: Option<(Arc<Call>, TokenCounter)>,
+    /// The client's call, counted with the tokenizer and the model's encoding when the
+    /// upstream reports no usage.
+    call: Option<(Arc<Call>, TokenCounter, Encoding)>,
     /// When the first upstream attempt was sent.
     sent: Option<Instant>,
     /// How many more prompt tokens a semantic hit's question has than the recorded one.
@@ -115,17 +116,22 @@ impl Account {
     /// A semantic hit's prompt is worded differently from the recorded one: its baseline
     /// is the recorded prompt's billed size plus the difference the tokenizer counts
     /// between the two questions.
-    pub fn reworded(&mut self, counter: &TokenCounter, asked: &str, recorded: &str) {
-        let encoding = encoding_of(&self.record.model);
+    pub fn reworded(
+        &mut self,
+        counter: &TokenCounter,
+        encoding: Encoding,
+        asked: &str,
+        recorded: &str,
+    ) {
         let difference =
             counter.text(encoding, asked) as i64 - counter.text(encoding, recorded) as i64;
         self.reworded = difference;
     }
 
-    /// Keeps the client's call, and the counter to count it with, in case the upstream
-    /// reports no usage.
-    pub fn estimate_from(&mut self, call: Arc<Call>, counter: &TokenCounter) {
-        self.call = Some((call, counter.clone()));
+    /// Keeps the client's call, and the counter and encoding to count it with, in case the
+    /// upstream reports no usage.
+    pub fn estimate_from(&mut self, call: Arc<Call>, counter: &TokenCounter, encoding: Encoding) {
+        self.call = Some((call, counter.clone(), encoding));
     }
 
     /// Adds what thrifty itself spent on this request (a summarizer call) at `model`'s price.
@@ -253,8 +259,8 @@ impl Account {
                 Box::new(move |bytes, _ending| {
                     let reported = usage::from_bytes(dialect, streamed, &bytes);
                     let counted = match (&reported, &self.call) {
-                        (None, Some((call, counter))) if status < 400 => {
-                            Some(estimate(counter, call, dialect, streamed, &bytes))
+                        (None, Some((call, counter, encoding))) if status < 400 => {
+                            Some(estimate(counter, *encoding, call, dialect, streamed, &bytes))
                         }
                         _ => None,
                     };
@@ -273,16 +279,15 @@ impl Account {
     }
 }
 
-/// Counts a call and its answer with thrifty's tokenizer: the model's encoding when
-/// known, cl100k_base otherwise.
+/// Counts a call and its answer with thrifty's tokenizer in the model's encoding.
 fn estimate(
     counter: &TokenCounter,
+    encoding: Encoding,
     call: &Call,
     dialect: Dialect,
     streamed: bool,
     answer: &[u8],
 ) -> Tokens {
-    let encoding = encoding_of(call.model());
     let prompt = match call {
         Call::Chat(chat) => counter.request(encoding, chat).total(),
         Call::Completion(c) => prompt_tokens(counter, encoding, &c.prompt),
@@ -294,11 +299,6 @@ fn estimate(
         cached_prompt: 0,
         completion: completion as u64,
     }
-}
-
-/// The model's encoding when known, cl100k_base otherwise.
-fn encoding_of(model: &str) -> Encoding {
-    models::known(model).map_or(Encoding::Cl100kBase, |(_, e)| e)
 }
 
 /// A legacy prompt: a text, token ids, or a list of either.

@@ -64,6 +64,12 @@ impl Compressor {
         &self.counter
     }
 
+    /// The encoding `model` is counted in: its override or models-table entry, else
+    /// cl100k_base.
+    pub fn encoding(&self, model: &str) -> Encoding {
+        models::limits(&self.config, model).encoding
+    }
+
     /// Compresses `chat` in place when it is over budget (or `force` says so);
     /// `None` when it was left alone. Never fails: a failing summarizer or store
     /// falls back to the extractive strategy.

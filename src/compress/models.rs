@@ -175,8 +175,9 @@ impl ModelLimits {
 }
 
 /// The shipped table's entry for a model, if any: its context window and encoding.
-/// For callers without a config (the savings stage's token estimates).
-pub fn known(model: &str) -> Option<(u64, Encoding)> {
+/// Requests use [`limits`], which applies the configured table and overrides.
+#[cfg(test)]
+fn known(model: &str) -> Option<(u64, Encoding)> {
     SHIPPED_TABLE.get(model)
 }
 

@@ -95,7 +95,8 @@ impl Proxy {
             let h = response.headers_mut();
             headers::set(h, "x-thrifty-cache", Outcome::SemanticHit.as_str());
             headers::set(h, "x-thrifty-similarity", &format!("{similarity:.4}"));
-            account.reworded(self.compressor.counter(), &asked, &recorded);
+            let encoding = self.compressor.encoding(call.model());
+            account.reworded(self.compressor.counter(), encoding, &asked, &recorded);
             account.hit(
                 ledger::Outcome::SemanticHit,
                 exchange.dialect,
@@ -109,7 +110,8 @@ impl Proxy {
         let key = plan.key.clone();
         let dialect = exchange.dialect;
         let call = Arc::new(call);
-        account.estimate_from(call.clone(), self.compressor.counter());
+        let encoding = self.compressor.encoding(call.model());
+        account.estimate_from(call.clone(), self.compressor.counter(), encoding);
         let (mut response, sent) = match self
             .upstream_stage(&exchange, &call, bytes, &mut account)
             .await
