@@ -259,9 +259,9 @@ impl Account {
                 Box::new(move |bytes, _ending| {
                     let reported = usage::from_bytes(dialect, streamed, &bytes);
                     let counted = match (&reported, &self.call) {
-                        (None, Some((call, counter, encoding))) if status < 400 => {
-                            Some(estimate(counter, *encoding, call, dialect, streamed, &bytes))
-                        }
+                        (None, Some((call, counter, encoding))) if status < 400 => Some(estimate(
+                            counter, *encoding, call, dialect, streamed, &bytes,
+                        )),
                         _ => None,
                     };
                     // A compressed request's baseline is partly thrifty's own count.

@@ -13,9 +13,11 @@
 //! - `matching`: paraphrases hit; unrelated questions, near-misses, other conversations, other
 //!   system prompts, other tenants, other speakers, tool results and images do not; the
 //!   per-request controls.
+//! - `context`: which earlier messages must match, the whole conversation (the default) or a
+//!   window of its last messages.
 //! - `lifecycle`: two instances on one Redis converge, a restart rebuilds the index (also when
-//!   Redis comes up after thrifty), a stopped thrifty has closed its store, admin invalidation,
-//!   a Redis outage.
+//!   Redis comes up after thrifty), a stopped thrifty has closed its store, an expired answer
+//!   leaves the index, admin invalidation, a Redis outage.
 //! - `eval`: the guard's effect on precision, measured on a small pair file.
 
 mod common;
@@ -23,6 +25,8 @@ mod common;
 #[path = "semantic/world.rs"]
 mod world;
 
+#[path = "semantic/context.rs"]
+mod context;
 #[path = "semantic/eval.rs"]
 mod eval;
 #[path = "semantic/lifecycle.rs"]

@@ -23,6 +23,9 @@ use crate::{dialect, headers};
 
 use super::{Exchange, Proxy};
 
+/// How many guarded semantic candidates are tried, best first, before going upstream.
+const SEMANTIC_CANDIDATES: usize = 3;
+
 /// A recorded answer to a question that means the same, and the two wordings.
 struct SemanticHit {
     entry: Arc<Entry>,
@@ -186,7 +189,9 @@ impl Proxy {
             return (None, None);
         };
         if plan.mode.read() {
-            if let Some(hit) = semantic.lookup(&query, plan.controls.semantic_threshold) {
+            let threshold = plan.controls.semantic_threshold;
+            // The best answer may have expired since it was indexed; the next one may serve.
+            for hit in semantic.candidates(&query, threshold, SEMANTIC_CANDIDATES) {
                 match self.cache.read(plan, &hit.answer, call).await {
                     Some(entry) => {
                         let hit = SemanticHit {

@@ -18,6 +18,8 @@ pub mod eval;
 pub mod guard;
 pub mod index;
 mod sketch;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -46,7 +48,7 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How many records a reconcile reads from the store at once.
 const LOAD_CONCURRENCY: usize = 64;
 
-/// How many candidates above the threshold the guard looks at.
+/// How many candidates above the threshold the guard looks at for one hit.
 const CANDIDATES: usize = 4;
 
 /// A question ready to look up or to remember.
@@ -185,16 +187,31 @@ impl SemanticCache {
 
     /// The best candidate that clears the threshold (never below the configured one) and the guard.
     pub fn lookup(&self, query: &Query, threshold: Option<f32>) -> Option<Hit> {
+        self.candidates(query, threshold, 1).into_iter().next()
+    }
+
+    /// Up to `limit` candidates that clear the threshold (never below the configured one) and
+    /// the guard, best first, so a caller whose best answer has gone can serve the next.
+    ///
+    /// The index is asked for `CANDIDATES - 1` more than `limit`, so the guard can turn away
+    /// that many near-misses without costing a hit.
+    pub fn candidates(&self, query: &Query, threshold: Option<f32>, limit: usize) -> Vec<Hit> {
+        if limit == 0 {
+            return Vec::new();
+        }
         let threshold = threshold.map_or(self.config.threshold, |t| t.max(self.config.threshold));
+        let shortlist = limit.saturating_add(CANDIDATES - 1);
         self.index
-            .search(&query.partition, &query.vector, threshold, CANDIDATES)
+            .search(&query.partition, &query.vector, threshold, shortlist)
             .into_iter()
-            .find(|c| !self.config.guard || guard::check(&query.text, &c.item.text).is_ok())
+            .filter(|c| !self.config.guard || guard::check(&query.text, &c.item.text).is_ok())
+            .take(limit)
             .map(|c| Hit {
                 answer: CacheKey(c.item.answer.clone()),
                 similarity: c.similarity,
                 question: c.item.text.clone(),
             })
+            .collect()
     }
 
     /// Indexes a freshly stored answer, persists its vector and tells the other instances.

@@ -1,7 +1,7 @@
 //! The semantic index over time and across processes: instances sharing a Redis learn each
 //! other's entries, a restarted instance rebuilds its index from the store (so its store must be
-//! closed when it stops), admin invalidation takes semantic hits and records away, and a Redis
-//! outage degrades to the upstream and recovers.
+//! closed when it stops), an expired answer and admin invalidation take semantic hits and
+//! records away, and a Redis outage degrades to the upstream and recovers.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// How soon an entry written by one instance must be a semantic hit on another.
-const CONVERGENCE: Duration = Duration::from_secs(2);
+const CONVERGENCE: Duration = Duration::from_secs(1);
 
 /// How many times the shutdown race is run per dialect.
 const ROUNDS: usize = 3;
@@ -69,6 +69,7 @@ async fn instances_sharing_a_redis_converge() {
         )
         .await;
         let converged = stored.elapsed();
+        eprintln!("{what}: instance B converged {converged:?} after the record was stored");
 
         let calls = w.fake.calls_to(dialect.path());
         for stream in [false, true] {
@@ -224,6 +225,112 @@ async fn a_stopped_thrifty_has_closed_its_embedded_store() {
                 opened.is_ok(),
                 "{what}: `run` returned but the store is still open, so thrifty cannot start \
                  again on the same data_dir right away: {opened:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_answer_leaves_the_semantic_index() {
+    for backend in BACKENDS {
+        for dialect in DIALECTS {
+            let what = format!("{backend:?}/{dialect:?}");
+            let w = World::start(backend).await;
+            let path = dialect.path();
+            // A hit renews the answer by its own TTL, so once the fill's probes stop hitting
+            // it, it is gone within a second.
+            let short_lived = [("x-thrifty-cache-ttl", "1")];
+            let miss = w
+                .api
+                .fill(dialect, &dialect.chat(QUESTION, false), &short_lived)
+                .await;
+            let answer = miss.key_header();
+            let record = match backend {
+                Backend::Redis => {
+                    let probe = w.probe().await;
+                    wait_for_records(&probe, &what).await;
+                    let records = probe.keys(SEMANTIC_PREFIX).await;
+                    assert!(
+                        records.len() == 1 && records[0].contains(&answer),
+                        "{what}: one semantic record, for the answer {answer}: {records:?}"
+                    );
+                    records.into_iter().next()
+                }
+                Backend::Embedded => None,
+            };
+
+            poll(WAIT, &format!("{what}: the answer expires"), || async {
+                (!w.api.stored(&answer).await).then_some(())
+            })
+            .await;
+            let calls = w.fake.calls_to(path);
+            let reply = w
+                .api
+                .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+                .await;
+            reply.assert_cache("miss", &format!("{what}: a paraphrase after expiry"));
+            assert_eq!(
+                dialect.text(&reply),
+                echo(PARAPHRASE),
+                "{what}: a fresh answer"
+            );
+            assert_eq!(w.fake.calls_to(path), calls + 1, "{what}: it went upstream");
+
+            if let Some(record) = record {
+                // The paraphrase's own answer and record may follow; the expired one's is gone.
+                let records = w.probe().await.keys(SEMANTIC_PREFIX).await;
+                assert!(
+                    !records.contains(&record),
+                    "{what}: the expired answer's semantic record {record} is still in Redis"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_candidate_serves_when_the_best_has_expired() {
+    for backend in BACKENDS {
+        for dialect in DIALECTS {
+            let what = format!("{backend:?}/{dialect:?}");
+            let w = World::start(backend).await;
+            let path = dialect.path();
+            // A lasting answer to the paraphrase, then a short-lived one to the question itself
+            // (its strict threshold keeps it from being a hit of the first).
+            w.api
+                .fill(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+                .await;
+            let short_lived = [
+                ("x-thrifty-cache-ttl", "1"),
+                ("x-thrifty-semantic-threshold", "0.9999"),
+            ];
+            let best = w
+                .api
+                .fill(dialect, &dialect.chat(QUESTION, false), &short_lived)
+                .await
+                .key_header();
+            poll(
+                WAIT,
+                &format!("{what}: the best answer expires"),
+                || async { (!w.api.stored(&best).await).then_some(()) },
+            )
+            .await;
+
+            let calls = w.fake.calls_to(path);
+            let reply = w
+                .api
+                .ask(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+                .await;
+            reply.assert_cache("semantic-hit", &format!("{what}: the next candidate"));
+            assert_eq!(
+                dialect.text(&reply),
+                echo(PARAPHRASE),
+                "{what}: the paraphrase's answer"
+            );
+            assert_eq!(
+                w.fake.calls_to(path),
+                calls,
+                "{what}: nothing went upstream"
             );
         }
     }

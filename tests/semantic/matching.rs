@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// Sends `body` and checks that it went upstream as a miss; returns the reply.
-async fn assert_upstream(
+pub async fn assert_upstream(
     w: &World,
     dialect: Dialect,
     body: &Value,
@@ -42,7 +42,7 @@ async fn assert_upstream(
 }
 
 /// Sends `body` and checks that it is a semantic hit on the answer to `cached`, not upstream.
-async fn assert_semantic_hit(
+pub async fn assert_semantic_hit(
     w: &World,
     dialect: Dialect,
     body: &Value,

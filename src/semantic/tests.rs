@@ -1,0 +1,165 @@
+//! Unit tests of the semantic cache over the real model (from `THRIFTY_EMBED_DIR`; a missing
+//! model fails, it never skips) and an embedded store: which candidates a lookup offers, and in
+//! what order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::config::RawConfig;
+use crate::store::{EmbeddedStore, Store};
+
+/// The partition every question here is asked in.
+const PARTITION: &str = "p";
+
+/// A semantic cache over a fresh embedded store, with the default config and the fetched model.
+fn semantic_cache() -> Arc<SemanticCache> {
+    let model_dir = std::env::var("THRIFTY_EMBED_DIR").expect(
+        "THRIFTY_EMBED_DIR is not set: run ./scripts/test.sh, which fetches the embedding model",
+    );
+    let env = |name: &str| (name == "THRIFTY_EMBED_DIR").then(|| model_dir.clone());
+    let config = RawConfig::default()
+        .validate(&env)
+        .expect("the default config is valid");
+    let dir = std::env::temp_dir().join(format!(
+        "thrifty-semantic-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let store = EmbeddedStore::open(&dir, 1 << 20).expect("the embedded store opens");
+    // The open database outlives its directory entry; nothing is left behind.
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = Cache::new(
+        &config.cache,
+        Store::embedded(store, Duration::from_secs(5)),
+    );
+    SemanticCache::load(&config.semantic, cache).unwrap_or_else(|| {
+        panic!("no embedding model in {model_dir}: run scripts/fetch-model-assets.sh")
+    })
+}
+
+/// `text` embedded by the real model, as a question in [`PARTITION`].
+async fn query(semantic: &SemanticCache, text: &str) -> Query {
+    Query {
+        partition: PARTITION.to_owned(),
+        text: text.to_owned(),
+        vector: semantic
+            .embedder
+            .embed(text)
+            .await
+            .expect("the model embeds"),
+    }
+}
+
+/// Records `text` as the question whose answer is the entry `answer`.
+async fn remember(semantic: &SemanticCache, text: &str, answer: &str) {
+    let question = query(semantic, text).await;
+    semantic
+        .remember(
+            question,
+            &CacheKey(answer.to_owned()),
+            Duration::from_secs(60),
+        )
+        .await;
+}
+
+/// The answers of `hits`, in order.
+fn answers(hits: &[Hit]) -> Vec<&str> {
+    hits.iter().map(|h| h.answer.0.as_str()).collect()
+}
+
+#[tokio::test]
+async fn candidates_are_guarded_hits_best_first_and_the_next_serves_when_the_best_is_gone() {
+    let semantic = semantic_cache();
+    remember(&semantic, "How do I reset my password?", "best").await;
+    remember(&semantic, "how can I reset my password", "next").await;
+    remember(&semantic, "turn dark mode on", "unrelated").await;
+    let asked = query(&semantic, "How do I reset my password").await;
+
+    let hits = semantic.candidates(&asked, None, 4);
+    assert_eq!(
+        answers(&hits),
+        ["best", "next"],
+        "both paraphrases, best first"
+    );
+    assert!(
+        hits[0].similarity > hits[1].similarity && hits[1].similarity >= semantic.config.threshold,
+        "similarities {} then {}, threshold {}",
+        hits[0].similarity,
+        hits[1].similarity,
+        semantic.config.threshold
+    );
+    assert_eq!(hits[0].question, "How do I reset my password?");
+    assert_eq!(answers(&semantic.candidates(&asked, None, 1)), ["best"]);
+    assert!(semantic.candidates(&asked, None, 0).is_empty(), "limit 0");
+    assert_eq!(
+        semantic.lookup(&asked, None).map(|h| h.answer.0),
+        Some("best".to_owned()),
+        "lookup is the first candidate"
+    );
+
+    semantic.forget(PARTITION, "best").await;
+    assert_eq!(
+        answers(&semantic.candidates(&asked, None, 4)),
+        ["next"],
+        "the best answer is gone, the next one serves"
+    );
+    assert_eq!(
+        semantic.lookup(&asked, None).map(|h| h.answer.0),
+        Some("next".to_owned())
+    );
+    assert_eq!(
+        semantic
+            .cache
+            .store()
+            .keys(SEMANTIC_PREFIX)
+            .await
+            .ok()
+            .map(|k| k.len()),
+        Some(2),
+        "the forgotten question's record left the store"
+    );
+}
+
+#[tokio::test]
+async fn candidates_skip_near_misses_without_spending_the_limit() {
+    let semantic = semantic_cache();
+    // Both above the threshold (cosine 0.948 and 0.934); the closer one differs in its number,
+    // which the guard rejects.
+    remember(&semantic, "give me 3 ideas for dinner", "three").await;
+    remember(&semantic, "what are 5 ideas for dinner", "five").await;
+    let asked = query(&semantic, "give me 5 ideas for dinner").await;
+    let raw = semantic
+        .index
+        .search(PARTITION, &asked.vector, semantic.config.threshold, 4);
+    let ranked: Vec<(&str, f32)> = raw
+        .iter()
+        .map(|c| (c.item.answer.as_str(), c.similarity))
+        .collect();
+    assert_eq!(
+        ranked.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        ["three", "five"],
+        "the near-miss ranks first on similarity alone: {ranked:?}"
+    );
+
+    for limit in [1, 4] {
+        let hits = semantic.candidates(&asked, None, limit);
+        assert_eq!(
+            answers(&hits),
+            ["five"],
+            "limit {limit}: the guard passed over {ranked:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_requested_threshold_only_narrows_the_candidates() {
+    let semantic = semantic_cache();
+    remember(&semantic, "How do I reset my password?", "question").await;
+    // Cosine 0.984 with the recorded question.
+    let asked = query(&semantic, "how can I reset my password").await;
+    assert_eq!(
+        answers(&semantic.candidates(&asked, Some(0.5), 4)),
+        ["question"]
+    );
+    assert!(semantic.candidates(&asked, Some(0.999), 4).is_empty());
+}
