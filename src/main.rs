@@ -65,8 +65,9 @@ enum Command {
     EvalSemantic {
         #[arg(long = "pairs", required = true)]
         pairs: Vec<PathBuf>,
-        /// Also write every pair's similarity, guard verdict and label as TSV here.
-        #[arg(long)]
+        /// Also write, per pairs file, every pair's similarity, guard verdict (pass or the rule
+        /// that rejected it), label and texts to DIR/<file stem>.tsv.
+        #[arg(long, value_name = "DIR")]
         dump: Option<PathBuf>,
     },
 }
@@ -180,12 +181,7 @@ fn eval_semantic(
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
-            let lines: String = scores
-                .iter()
-                .map(|(sim, guard, same)| {
-                    format!("{sim}\t{}\t{}\n", u8::from(*guard), u8::from(*same))
-                })
-                .collect();
+            let lines: String = scores.iter().map(|pair| pair.tsv()).collect();
             std::fs::write(dir.join(format!("{name}.tsv")), lines)?;
         }
         let rows = thrifty::semantic::eval::sweep(&scores, &thrifty::semantic::eval::thresholds());

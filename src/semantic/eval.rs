@@ -46,6 +46,34 @@ impl Counts {
     }
 }
 
+/// One pair, scored: its similarity, the guard's verdict, its label and its texts.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    pub similarity: f32,
+    pub guard: Result<(), guard::Rejection>,
+    pub same: bool,
+    pub a: String,
+    pub b: String,
+}
+
+impl Scored {
+    /// One TSV line for `--dump`: similarity, the guard's verdict (`pass` or the rule that
+    /// rejected), the label, and both texts.
+    pub fn tsv(&self) -> String {
+        let verdict = self
+            .guard
+            .map_or_else(guard::Rejection::as_str, |()| "pass");
+        let clean = |t: &str| t.replace(['\t', '\n'], " ");
+        format!(
+            "{}\t{verdict}\t{}\t{}\t{}\n",
+            self.similarity,
+            u8::from(self.same),
+            clean(&self.a),
+            clean(&self.b)
+        )
+    }
+}
+
 /// One row of the report.
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -54,8 +82,8 @@ pub struct Row {
     pub guarded: Counts,
 }
 
-/// Scores pairs: similarity and whether the guard passes, per pair.
-pub async fn score(embedder: &Embedder, path: &Path) -> Result<Vec<(f32, bool, bool)>, String> {
+/// Scores pairs: similarity and the guard's verdict, per pair.
+pub async fn score(embedder: &Embedder, path: &Path) -> Result<Vec<Scored>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let pairs: Vec<Pair> = text
@@ -77,21 +105,27 @@ pub async fn score(embedder: &Embedder, path: &Path) -> Result<Vec<(f32, bool, b
             let (Some(a), Some(b)) = (&vectors[2 * i], &vectors[2 * i + 1]) else {
                 return Err("the model failed to embed a pair".to_owned());
             };
-            let sim = similarity(a, b);
-            Ok((sim, guard::check(&p.a, &p.b).is_ok(), p.label == 1))
+            Ok(Scored {
+                similarity: similarity(a, b),
+                guard: guard::check(&p.a, &p.b),
+                same: p.label == 1,
+                a: p.a.clone(),
+                b: p.b.clone(),
+            })
         })
         .collect()
 }
 
 /// Precision and recall at each threshold, raw and guarded.
-pub fn sweep(scores: &[(f32, bool, bool)], thresholds: &[f32]) -> Vec<Row> {
+pub fn sweep(scores: &[Scored], thresholds: &[f32]) -> Vec<Row> {
     thresholds
         .iter()
         .map(|&t| {
             let mut raw = Counts::default();
             let mut guarded = Counts::default();
-            for &(sim, passes, same) in scores {
-                for (counts, allowed) in [(&mut raw, true), (&mut guarded, passes)] {
+            for pair in scores {
+                let (sim, same) = (pair.similarity, pair.same);
+                for (counts, allowed) in [(&mut raw, true), (&mut guarded, pair.guard.is_ok())] {
                     if same {
                         counts.same += 1;
                     }

@@ -55,10 +55,12 @@ async fn the_guard_never_lowers_precision() {
         .await
         .expect("the pairs score");
     assert_eq!(scores.len(), PAIRS.len(), "one score per pair");
-    for ((similarity, _, same), (a, b, label)) in scores.iter().zip(PAIRS) {
-        assert_eq!(*same, label, "{a:?} / {b:?}: the label is read back");
+    for (scored, (a, b, label)) in scores.iter().zip(PAIRS) {
+        assert_eq!(scored.same, label, "{a:?} / {b:?}: the label is read back");
+        assert_eq!((scored.a.as_str(), scored.b.as_str()), (a, b), "the texts");
+        let similarity = scored.similarity;
         assert!(
-            (-1.0001..=1.0001).contains(similarity),
+            (-1.0001..=1.0001).contains(&similarity),
             "{a:?} / {b:?}: cosine {similarity}"
         );
     }
