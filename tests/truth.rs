@@ -3,8 +3,9 @@
 //! CSV, must equal the figures the test computes on its own, before and after a restart.
 //!
 //! - `script`: the mix (misses, exact and semantic hits, a compressed conversation and its hit,
-//!   streams with and without usage, a bypass, errors, Ollama, two teams and a key without one,
-//!   a model without a price).
+//!   streams with and without usage, a stream whose upstream reports no usage at all (thrifty
+//!   counts it), a bypass, errors, Ollama, two teams and a key without one, a model without a
+//!   price).
 //! - `billing`: what the fake bills, from its documented rule; `prices`: the test's price table.
 //! - `drive`: sends the mix and derives each request's expected record from what was sent and
 //!   what reached the fake. `expect`: sums those records the way a report groups them.
@@ -15,9 +16,10 @@
 //! What "the truth" is, per request: the baseline is the prompt as the client sent it and the
 //! completion of the answer it got, as the fake would bill them; the actual cost is what the
 //! fake billed (nothing for a hit); the overhead is zero (local embeddings, no summarizer). The
-//! one figure no upstream can report, the prompt tokens compression removed, is counted with
-//! OpenAI's tokenizer. Records are estimated exactly when part of their baseline was never
-//! counted by an upstream: semantic hits, compressed requests and hits of their answers.
+//! figures no upstream reports, the prompt tokens compression removed and a stream whose upstream
+//! sent no usage, are counted with OpenAI's tokenizer (cl100k_base for a model no table knows).
+//! Records are estimated exactly when part of their baseline was never counted by an upstream:
+//! semantic hits, compressed requests and hits of their answers, and that stream.
 
 mod common;
 

@@ -25,7 +25,8 @@
 //! `retry-after`), `fail-500` and `context-overflow` answer with the requesting dialect's error
 //! body, and `window-N` answers `context-overflow` only when the prompt is over N tokens;
 //! `hang` never sends response headers; `slow-stream` streams 200 words with a delay
-//! between chunks (50 ms unless the builder sets `chunk_delay`).
+//! between chunks (50 ms unless the builder sets `chunk_delay`); `quiet-*` models stream
+//! OpenAI answers without a usage chunk even when asked for one.
 //! Malformed JSON sent to a known JSON endpoint is a 400; any other `/v1/*` path (such as
 //! `/v1/files`) accepts any body and echoes its length and SHA-256, to prove byte-for-byte
 //! passthrough.
@@ -768,7 +769,9 @@ fn openai_chat(state: &Arc<State>, request: &Value) -> Response<Body> {
         return Dialect::OpenAi.json(StatusCode::OK, &body);
     }
 
-    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    // `quiet-*` models ignore `stream_options`, as OpenAI-compatible servers that lack it do.
+    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true)
+        && !model.starts_with("quiet-");
     let chunk = |choices: Value| {
         let mut chunk = json!({
             "id": id,
@@ -859,7 +862,9 @@ fn openai_completion(state: &Arc<State>, request: &Value) -> Response<Body> {
         return Dialect::OpenAi.json(StatusCode::OK, &body);
     }
 
-    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    // `quiet-*` models ignore `stream_options`, as OpenAI-compatible servers that lack it do.
+    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true)
+        && !model.starts_with("quiet-");
     let chunk = |choices: Value| {
         let mut chunk = json!({
             "id": id,

@@ -4,7 +4,8 @@
 //! `"Echo: "` followed by the last user text.
 //!
 //! Also OpenAI's own count of a prompt (tiktoken's o200k_base with the cookbook's framing), for
-//! the one figure no upstream reports: the prompt tokens compression removed.
+//! the figures no upstream reports: the prompt tokens compression removed, and a stream whose
+//! upstream sent no usage (counted in cl100k_base, the stand-in for models no table knows).
 
 use serde_json::Value;
 
@@ -74,7 +75,22 @@ pub fn prompt(request: &Value) -> u64 {
 /// OpenAI's prompt tokens for a gpt-4o family model: 3 per message, 1 for its role, its text in
 /// o200k_base, and 3 priming the reply.
 pub fn openai_prompt(request: &Value) -> u64 {
-    let bpe = tiktoken_rs::o200k_base_singleton();
+    framed_prompt(request, tiktoken_rs::o200k_base_singleton())
+}
+
+/// A model no table knows, counted the way OpenAI's cookbook frames a chat, in cl100k_base
+/// (the stated stand-in): its prompt, and its answer (`"Echo: "` and the last user text).
+pub fn stand_in_count(request: &Value) -> Tokens {
+    let bpe = tiktoken_rs::cl100k_base_singleton();
+    let answer = format!("Echo: {}", last_user_text(request));
+    Tokens {
+        prompt: framed_prompt(request, bpe),
+        completion: bpe.encode_ordinary(&answer).len() as u64,
+    }
+}
+
+/// 3 per message, 1 for its role, its text in `bpe`, and 3 priming the reply.
+fn framed_prompt(request: &Value, bpe: &tiktoken_rs::CoreBPE) -> u64 {
     let per_message: usize = messages(request)
         .iter()
         .map(|m| 3 + 1 + bpe.encode_ordinary(&content_text(&m["content"])).len())

@@ -63,6 +63,8 @@ pub enum Kind {
     Compressed,
     /// The upstream answered with an error.
     Error,
+    /// Forwarded as sent and answered by an upstream that reported no usage.
+    Unreported,
     /// Answered from the exact cache with the answer of the named step.
     ExactHit(&'static str),
     /// Answered from the semantic cache with the answer of the named step.
@@ -299,6 +301,13 @@ pub fn mix(semantic: bool) -> Vec<Step> {
             Ollama,
             streamed(ask(LLAMA, "How does a rainbow form after rain?"), false),
             Kind::Miss,
+        ),
+        Step::new(
+            "unreported-usage",
+            Beta,
+            OpenAi,
+            streamed(ask("quiet-gpt", "Which planet has the most moons?"), false),
+            Kind::Unreported,
         ),
         Step::new(
             "ollama-error",
