@@ -4,10 +4,11 @@
 //! The model runs on one dedicated OS thread (its `embed` takes `&mut self`),
 //! with one helper for its matrix products, never on the async executor.
 //! Queries that arrive while it is busy are embedded together in one batch, and
-//! recent query vectors are kept in an LRU.
+//! recent query vectors are kept in a bounded in-memory cache (moka).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fastembed::{
@@ -45,6 +46,8 @@ type Job = (String, oneshot::Sender<Option<Arc<Vec<f32>>>>);
 pub struct Embedder {
     jobs: mpsc::UnboundedSender<Job>,
     recent: moka::sync::Cache<String, Arc<Vec<f32>>>,
+    /// How many times the model has run (each run embeds one batch).
+    runs: Arc<AtomicU64>,
 }
 
 /// ONNX Runtime allows one environment per process; it is created once and kept.
@@ -110,6 +113,8 @@ impl Embedder {
     fn load(dir: &Path) -> Result<Embedder, String> {
         let mut model = load_model(dir)?;
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let runs = Arc::new(AtomicU64::new(0));
+        let counted = runs.clone();
         std::thread::Builder::new()
             .name("thrifty-embed".to_owned())
             .spawn(move || {
@@ -123,6 +128,7 @@ impl Embedder {
                     }
                     let texts: Vec<&str> = batch.iter().map(|(t, _)| t.as_str()).collect();
                     let vectors = model.embed(&texts, Some(MAX_BATCH)).ok();
+                    counted.fetch_add(1, Ordering::Relaxed);
                     for (i, (_, reply)) in batch.into_iter().enumerate() {
                         let vector = vectors
                             .as_ref()
@@ -136,7 +142,13 @@ impl Embedder {
         Ok(Embedder {
             jobs,
             recent: moka::sync::Cache::new(QUERY_CACHE),
+            runs,
         })
+    }
+
+    /// How many batches the model has embedded since it was loaded.
+    pub fn model_runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// The L2-normalised embedding of a text; `None` if the model failed.
@@ -195,7 +207,65 @@ pub fn similarity(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::similarity;
+    use std::sync::Arc;
+
+    use super::{Embedder, similarity};
+
+    /// A model of its own (not the process's shared one), so its run count is this test's.
+    fn private_embedder() -> Arc<Embedder> {
+        let dir = std::env::var("THRIFTY_EMBED_DIR").expect(
+            "THRIFTY_EMBED_DIR is not set: run ./scripts/test.sh, which fetches the embedding model",
+        );
+        Arc::new(Embedder::load(std::path::Path::new(&dir)).expect("the model loads"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_queries_share_model_runs_and_repeats_come_from_memory() {
+        let embedder = private_embedder();
+        let texts: Vec<String> = (0..24)
+            .map(|i| format!("how do I reset the password of account number {i}"))
+            .collect();
+        // Each text alone, one run each, for reference (`embed_many` skips the query cache).
+        let mut alone = Vec::new();
+        for text in &texts {
+            let vectors = embedder.embed_many(std::slice::from_ref(text)).await;
+            alone.push(vectors[0].clone().expect("embedded alone"));
+        }
+        assert_eq!(embedder.model_runs(), 24);
+
+        let tasks: Vec<_> = texts
+            .iter()
+            .map(|text| {
+                let (embedder, text) = (embedder.clone(), text.clone());
+                tokio::spawn(async move { embedder.embed(&text).await })
+            })
+            .collect();
+        let mut together = Vec::new();
+        for task in tasks {
+            together.push(task.await.expect("task").expect("embedded together"));
+        }
+        let runs = embedder.model_runs() - 24;
+        assert!(
+            runs < 24,
+            "24 concurrent queries took {runs} model runs: they were not batched"
+        );
+        for ((a, b), text) in alone.iter().zip(&together).zip(&texts) {
+            let cosine = similarity(a, b);
+            assert!(
+                cosine > 0.9999,
+                "{text:?}: batched vector differs ({cosine})"
+            );
+        }
+
+        let before = embedder.model_runs();
+        let again = embedder.embed(&texts[0]).await.expect("embedded again");
+        assert_eq!(
+            embedder.model_runs(),
+            before,
+            "a repeated query is not re-embedded"
+        );
+        assert_eq!(again, together[0]);
+    }
 
     #[test]
     fn similarity_is_the_dot_product_at_any_length() {
