@@ -3,6 +3,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The price table and the models table are built into the binary.
+COPY config ./config
 COPY benches ./benches
 RUN cargo build --release --locked --bin thrifty
 
