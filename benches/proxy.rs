@@ -492,8 +492,9 @@ async fn semantic_hits(bench: &Bench) -> Result<Outcome> {
         loaded.latencies.len()
     );
     let mut loaded_note = format!(
-        "{} hits from {SEMANTIC_TASKS} clients sending distinct paraphrases",
-        loaded.latencies.len()
+        "{} hits from {SEMANTIC_TASKS} clients sending distinct paraphrases, {:.0} hits/s",
+        loaded.latencies.len(),
+        loaded.latencies.len() as f64 / loaded.elapsed.as_secs_f64()
     );
     if !loaded_others.is_empty() {
         loaded_note.push_str(&format!("; not hits: {loaded_others:?}"));
@@ -506,8 +507,10 @@ async fn semantic_hits(bench: &Bench) -> Result<Outcome> {
         "semantic: {hits} hits and {non_hits} other answers but {upstream} upstream calls"
     );
     let mut note = format!(
-        "{hits} hits of {sent} distinct paraphrases ({} generated, {WARMUP} warm-up), upstream {upstream}",
-        texts.len()
+        "{hits} hits of {sent} distinct paraphrases ({} generated, {WARMUP} warm-up), upstream \
+         {upstream}, {:.0} hits/s",
+        texts.len(),
+        hits as f64 / elapsed.as_secs_f64()
     );
     if !others.is_empty() {
         note.push_str(&format!("; not hits: {others:?}"));
