@@ -126,16 +126,24 @@ impl SemanticCache {
             return None;
         }
         match Embedder::shared(&config.model_dir) {
-            Ok(embedder) => Some(Arc::new(SemanticCache {
-                embedder,
-                index: Index::new(
-                    config.max_entries,
-                    config.max_entries_per_partition,
-                    config.ann_above,
-                ),
-                cache,
-                config: config.clone(),
-            })),
+            Ok(embedder) => {
+                tracing::info!(
+                    model_dir = %config.model_dir.display(),
+                    threshold = config.threshold,
+                    guard = config.guard,
+                    "semantic cache on"
+                );
+                Some(Arc::new(SemanticCache {
+                    embedder,
+                    index: Index::new(
+                        config.max_entries,
+                        config.max_entries_per_partition,
+                        config.ann_above,
+                    ),
+                    cache,
+                    config: config.clone(),
+                }))
+            }
             Err(reason) => {
                 tracing::warn!(%reason, "semantic cache is off");
                 None
