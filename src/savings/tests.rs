@@ -514,6 +514,18 @@ async fn the_dashboard_shows_the_seeded_figures_and_loads_nothing() {
         "exact net saved on hover"
     );
     assert!(html.contains(&report.total.requests.to_string()));
+    // The compression card: the compressed requests' forwarded prompt over their baseline.
+    let (kept, of): (u64, u64) = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Compressed)
+        .fold((0, 0), |(k, o), r| {
+            (k + r.actual.prompt, o + r.baseline.prompt)
+        });
+    let card = format!(
+        "<div class=\"label\">Compression</div><div class=\"value \">{:.0}%</div>",
+        kept as f64 * 100.0 / of as f64
+    );
+    assert!(of > 0 && html.contains(&card), "missing {card}");
     assert!(
         !html.contains("<script>"),
         "client-supplied names are escaped"
