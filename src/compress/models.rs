@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock};
 use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
-use crate::config::CompressionConfig;
+use crate::config::{CompressionConfig, ModelOverride};
 
 use super::tokens::Encoding;
 
@@ -189,7 +189,11 @@ pub fn limits(config: &CompressionConfig, model: &str) -> ModelLimits {
         context_window: table.map(|(window, _)| window),
         encoding: table.map_or(Encoding::Cl100kBase, |(_, encoding)| encoding),
     };
-    if let Some(o) = config.models.iter().find(|o| o.glob.is_match(model)) {
+    // An override matches the name as sent or as the table reads it (lower case, without a
+    // `namespace/` part or an `ft:` prefix), so `llama3*` also covers `library/llama3:8b`.
+    let plain = normalize(model);
+    let matches = |o: &&ModelOverride| o.glob.is_match(model) || o.glob.is_match(&plain);
+    if let Some(o) = config.models.iter().find(matches) {
         limits.max_context_tokens = o.max_context_tokens.unwrap_or(limits.max_context_tokens);
         limits.context_window = o.context_window.or(limits.context_window);
         limits.encoding = o.encoding.unwrap_or(limits.encoding);
@@ -416,6 +420,11 @@ mod tests {
         assert_eq!(l.encoding, O200K);
         assert_eq!(l.budget(Some(96)), 4_000);
         assert_eq!(limits(&config, "llama3.2").max_context_tokens, 35_000);
+        // The name as the table reads it matches too.
+        assert_eq!(
+            limits(&config, "library/Llama3.1:8b").max_context_tokens,
+            6_000
+        );
     }
 
     #[test]
