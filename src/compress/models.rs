@@ -9,9 +9,10 @@
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 use serde::Deserialize;
 
+use crate::config::table::{self, TableError, glob};
 use crate::config::{CompressionConfig, ModelOverride};
 
 use super::tokens::Encoding;
@@ -26,17 +27,6 @@ static SHIPPED_TABLE: LazyLock<Arc<ModelTable>> = LazyLock::new(|| {
             .unwrap_or_else(|e| panic!("the shipped config/models.toml is invalid: {e}")),
     )
 });
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelTableError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{origin}: {message}")]
-    Invalid { origin: String, message: String },
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,24 +74,17 @@ impl ModelTable {
     }
 
     /// A table file that replaces the shipped one.
-    pub fn load(path: &Path) -> Result<ModelTable, ModelTableError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelTableError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        ModelTable::parse(&text, &path.display().to_string())
+    pub fn load(path: &Path) -> Result<ModelTable, TableError> {
+        table::load(path, ModelTable::parse)
     }
 
-    pub fn from_toml_str(text: &str) -> Result<ModelTable, ModelTableError> {
+    pub fn from_toml_str(text: &str) -> Result<ModelTable, TableError> {
         ModelTable::parse(text, "models")
     }
 
-    fn parse(text: &str, origin: &str) -> Result<ModelTable, ModelTableError> {
-        let invalid = |message: String| ModelTableError::Invalid {
-            origin: origin.to_owned(),
-            message,
-        };
-        let raw: RawFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    fn parse(text: &str, origin: &str) -> Result<ModelTable, TableError> {
+        let invalid = |message: String| TableError::invalid(origin, message);
+        let raw: RawFile = table::raw(text, origin)?;
         let mut entries = Vec::with_capacity(raw.model.len());
         for (i, entry) in raw.model.into_iter().enumerate() {
             let bad = |field: &str, expected: &str| {
@@ -205,19 +188,6 @@ fn normalize(model: &str) -> String {
     let name = model.strip_prefix("ft:").unwrap_or(model);
     let name = name.rsplit('/').next().unwrap_or(name);
     name.to_ascii_lowercase()
-}
-
-/// Globs as `savings/pricing.rs` builds them: case-insensitive, `{a,}` allowed.
-fn glob(pattern: &str) -> Option<GlobMatcher> {
-    if pattern.trim().is_empty() {
-        return None;
-    }
-    GlobBuilder::new(pattern)
-        .case_insensitive(true)
-        .empty_alternates(true)
-        .build()
-        .ok()
-        .map(|g| g.compile_matcher())
 }
 
 #[cfg(test)]

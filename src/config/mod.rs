@@ -8,6 +8,7 @@ mod compression;
 mod keys;
 mod savings;
 mod semantic;
+pub mod table;
 mod upstream;
 
 use std::net::SocketAddr;

@@ -32,7 +32,7 @@ pub use dashboard::dashboard_html;
 pub use day::Day;
 pub use ledger::{AuditEntry, Ledger, LedgerOptions};
 pub use metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
-pub use pricing::{Price, Pricing, PricingError};
+pub use pricing::{Price, Pricing};
 pub use query::{Dimension, Format, ReportArgs, ReportQuery, parse_query};
 pub use record::{Outcome, Tokens, UsageRecord};
 pub use report::Report;

@@ -6,8 +6,10 @@
 
 use std::path::Path;
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 use serde::Deserialize;
+
+use crate::config::table::{self, TableError, glob};
 
 use super::day::Day;
 use super::record::{Tokens, UsageRecord};
@@ -17,17 +19,6 @@ pub const PICO: i128 = 1_000_000_000_000;
 
 /// The file shipped in `config/pricing.toml`, built in as the default.
 const SHIPPED: &str = include_str!("../../config/pricing.toml");
-
-#[derive(Debug, thiserror::Error)]
-pub enum PricingError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{origin}: {message}")]
-    Invalid { origin: String, message: String },
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,28 +155,21 @@ pub struct Pricing {
 
 impl Pricing {
     /// The shipped `config/pricing.toml`.
-    pub fn default_file() -> Result<Pricing, PricingError> {
+    pub fn default_file() -> Result<Pricing, TableError> {
         Pricing::parse(SHIPPED, "built-in pricing.toml")
     }
 
-    pub fn load(path: &Path) -> Result<Pricing, PricingError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PricingError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Pricing::parse(&text, &path.display().to_string())
+    pub fn load(path: &Path) -> Result<Pricing, TableError> {
+        table::load(path, Pricing::parse)
     }
 
-    pub fn from_toml_str(text: &str) -> Result<Pricing, PricingError> {
+    pub fn from_toml_str(text: &str) -> Result<Pricing, TableError> {
         Pricing::parse(text, "pricing")
     }
 
-    fn parse(text: &str, origin: &str) -> Result<Pricing, PricingError> {
-        let invalid = |message: String| PricingError::Invalid {
-            origin: origin.to_owned(),
-            message,
-        };
-        let raw: RawFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    fn parse(text: &str, origin: &str) -> Result<Pricing, TableError> {
+        let invalid = |message: String| TableError::invalid(origin, message);
+        let raw: RawFile = table::raw(text, origin)?;
         let mut groups: Vec<Group> = Vec::new();
         let mut currency: Option<String> = None;
         for (i, entry) in raw.price.into_iter().enumerate() {
@@ -343,18 +327,6 @@ impl Pricing {
     pub fn versions(&self) -> impl Iterator<Item = &Price> {
         self.groups.iter().flat_map(|g| &g.versions)
     }
-}
-
-fn glob(pattern: &str) -> Option<GlobMatcher> {
-    if pattern.trim().is_empty() {
-        return None;
-    }
-    GlobBuilder::new(pattern)
-        .case_insensitive(true)
-        .empty_alternates(true)
-        .build()
-        .ok()
-        .map(|g| g.compile_matcher())
 }
 
 #[cfg(test)]
