@@ -193,11 +193,6 @@ impl SemanticCache {
         })
     }
 
-    /// The best candidate that clears the threshold (never below the configured one) and the guard.
-    pub fn lookup(&self, query: &Query, threshold: Option<f32>) -> Option<Hit> {
-        self.candidates(query, threshold, 1).into_iter().next()
-    }
-
     /// Up to `limit` candidates that clear the threshold (never below the configured one) and
     /// the guard, best first, so a caller whose best answer has gone can serve the next.
     ///
