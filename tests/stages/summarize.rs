@@ -29,6 +29,15 @@ async fn post(thrifty: &Thrifty, body: &Value) -> reqwest::Response {
         .expect("sent")
 }
 
+/// Thrifty summarizing with [`SUMMARIZER`] in front of `fake`, admin token `adm`.
+async fn start(fake: &FakeLlm) -> Thrifty {
+    Thrifty::start_with_env(
+        summarizing(fake, SUMMARIZER),
+        &[("THRIFTY_ADMIN_TOKEN", "adm")],
+    )
+    .await
+}
+
 fn content(message: &Value) -> String {
     message["content"].as_str().unwrap_or_default().to_owned()
 }
@@ -36,11 +45,7 @@ fn content(message: &Value) -> String {
 #[tokio::test]
 async fn the_summary_is_written_by_the_routed_model_reused_and_billed_as_overhead() {
     let fake = FakeLlm::start().await;
-    let thrifty = Thrifty::start_with_env(
-        summarizing(&fake, SUMMARIZER),
-        &[("THRIFTY_ADMIN_TOKEN", "adm")],
-    )
-    .await;
+    let thrifty = start(&fake).await;
     let body = long_conversation(30);
     let response = post(&thrifty, &body).await;
     assert_eq!(response.status(), 200);
@@ -152,11 +157,7 @@ fn summarizer_calls(fake: &FakeLlm) -> usize {
 #[tokio::test]
 async fn summaries_stay_within_their_tenant_and_a_named_conversation_can_be_dropped() {
     let fake = FakeLlm::start().await;
-    let thrifty = Thrifty::start_with_env(
-        summarizing(&fake, SUMMARIZER),
-        &[("THRIFTY_ADMIN_TOKEN", "adm")],
-    )
-    .await;
+    let thrifty = start(&fake).await;
     let body = long_conversation(30);
     let chat = "ticket 42/β";
     let path = "/admin/conversations/ticket%2042%2F%CE%B2";
@@ -221,11 +222,7 @@ fn covered(forwarded: &Value) -> usize {
 #[tokio::test]
 async fn a_grown_conversation_only_extends_the_earlier_summary() {
     let fake = FakeLlm::start().await;
-    let thrifty = Thrifty::start_with_env(
-        summarizing(&fake, SUMMARIZER),
-        &[("THRIFTY_ADMIN_TOKEN", "adm")],
-    )
-    .await;
+    let thrifty = start(&fake).await;
     let body = long_conversation(30);
     assert_eq!(post(&thrifty, &body).await.status(), 200);
     let requests = fake.requests();
