@@ -114,10 +114,14 @@ impl ModelTable {
 
     /// The first matching entry for a model: its context window and encoding.
     pub fn get(&self, model: &str) -> Option<(u64, Encoding)> {
-        let name = normalize(model);
+        self.get_plain(&normalize(model))
+    }
+
+    /// [`ModelTable::get`] for a name already in the table's form ([`normalize`]).
+    fn get_plain(&self, plain: &str) -> Option<(u64, Encoding)> {
         self.entries
             .iter()
-            .find(|e| e.glob.is_match(&name))
+            .find(|e| e.glob.is_match(plain))
             .map(|e| (e.context_window, e.encoding))
     }
 
@@ -166,7 +170,8 @@ fn known(model: &str) -> Option<(u64, Encoding)> {
 
 /// The limits for a model: the first matching override, then the table, then the defaults.
 pub fn limits(config: &CompressionConfig, model: &str) -> ModelLimits {
-    let table = config.model_table.get(model);
+    let plain = normalize(model);
+    let table = config.model_table.get_plain(&plain);
     let mut limits = ModelLimits {
         max_context_tokens: config.max_context_tokens,
         context_window: table.map(|(window, _)| window),
@@ -174,7 +179,6 @@ pub fn limits(config: &CompressionConfig, model: &str) -> ModelLimits {
     };
     // An override matches the name as sent or as the table reads it (lower case, without a
     // `namespace/` part or an `ft:` prefix), so `llama3*` also covers `library/llama3:8b`.
-    let plain = normalize(model);
     let matches = |o: &&ModelOverride| o.glob.is_match(model) || o.glob.is_match(&plain);
     if let Some(o) = config.models.iter().find(matches) {
         limits.max_context_tokens = o.max_context_tokens.unwrap_or(limits.max_context_tokens);
@@ -184,6 +188,8 @@ pub fn limits(config: &CompressionConfig, model: &str) -> ModelLimits {
     limits
 }
 
+/// A model name as the table reads it: lower case, without an `ft:` prefix or a
+/// `namespace/` part.
 fn normalize(model: &str) -> String {
     let name = model.strip_prefix("ft:").unwrap_or(model);
     let name = name.rsplit('/').next().unwrap_or(name);
