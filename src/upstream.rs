@@ -1,6 +1,7 @@
 //! The upstream client: a pooled hyper-util client per upstream over rustls
 //! (webpki and native roots, HTTP/1.1 and HTTP/2 by ALPN) with connect,
-//! first-byte and idle-between-chunks timeouts.
+//! first-byte and idle-between-chunks timeouts. Every call through it, the pipeline's and the
+//! summarizer's, counts its failures in the metrics.
 
 use std::sync::Arc;
 
@@ -15,9 +16,11 @@ use rustls::RootCertStore;
 use crate::body::{Body, IdleTimeout, boxed};
 use crate::config::Upstream;
 use crate::error::ProxyError;
+use crate::savings::Metrics;
 
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    metrics: Arc<Metrics>,
 }
 
 /// Roots trusted for upstream TLS: Mozilla's webpki set plus the system's own.
@@ -33,7 +36,11 @@ pub fn root_store() -> RootCertStore {
 }
 
 impl UpstreamClient {
-    pub fn new(upstream: &Upstream, roots: Arc<RootCertStore>) -> Result<Self, rustls::Error> {
+    pub fn new(
+        upstream: &Upstream,
+        roots: Arc<RootCertStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, rustls::Error> {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -51,28 +58,45 @@ impl UpstreamClient {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(https);
-        Ok(UpstreamClient { client })
+        Ok(UpstreamClient { client, metrics })
     }
 
     /// Sends a request and waits for the response head within the first-byte timeout.
-    /// The response body fails if the upstream goes quiet for the idle timeout.
+    /// The response body fails if the upstream goes quiet for the idle timeout. Failures
+    /// are counted by kind: unreachable, timeout, and 429 or 5xx answers.
     pub async fn send(
         &self,
         upstream: &Upstream,
         request: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
-        let response =
-            tokio::time::timeout(upstream.first_byte_timeout, self.client.request(request))
-                .await
-                .map_err(|_| ProxyError::UpstreamTimeout {
-                    upstream: upstream.name.clone(),
-                    after: upstream.first_byte_timeout,
-                })?
-                .map_err(|e| ProxyError::UpstreamUnavailable {
+        let sent = tokio::time::timeout(upstream.first_byte_timeout, self.client.request(request));
+        let (kind, error) = match sent.await {
+            Ok(Ok(response)) => {
+                match response.status().as_u16() {
+                    429 => self.metrics.upstream_error(&upstream.name, "rate_limited"),
+                    500.. => self.metrics.upstream_error(&upstream.name, "server_error"),
+                    _ => {}
+                }
+                return Ok(response
+                    .map(|body: Incoming| boxed(IdleTimeout::new(body, upstream.idle_timeout))));
+            }
+            Ok(Err(e)) => (
+                "unreachable",
+                ProxyError::UpstreamUnavailable {
                     upstream: upstream.name.clone(),
                     reason: describe(&e),
-                })?;
-        Ok(response.map(|body: Incoming| boxed(IdleTimeout::new(body, upstream.idle_timeout))))
+                },
+            ),
+            Err(_) => (
+                "timeout",
+                ProxyError::UpstreamTimeout {
+                    upstream: upstream.name.clone(),
+                    after: upstream.first_byte_timeout,
+                },
+            ),
+        };
+        self.metrics.upstream_error(&upstream.name, kind);
+        Err(error)
     }
 }
 

@@ -233,26 +233,9 @@ impl Proxy {
             }
         }
         let started = Instant::now();
-        let metrics = self.ledger.metrics_hooks();
-        let response = match self.clients[exchange.upstream]
+        let response = self.clients[exchange.upstream]
             .send(upstream, request)
-            .await
-        {
-            Ok(response) => response,
-            Err(e) => {
-                let kind = match e {
-                    ProxyError::UpstreamTimeout { .. } => "timeout",
-                    _ => "unreachable",
-                };
-                metrics.upstream_error(&upstream.name, kind);
-                return Err(e);
-            }
-        };
-        match response.status().as_u16() {
-            429 => metrics.upstream_error(&upstream.name, "rate_limited"),
-            500.. => metrics.upstream_error(&upstream.name, "server_error"),
-            _ => {}
-        }
+            .await?;
         tracing::debug!(
             upstream_ms = started.elapsed().as_secs_f64() * 1000.0,
             "upstream answered"

@@ -86,23 +86,24 @@ struct Exchange {
 
 impl Proxy {
     pub fn new(config: Arc<Config>, store: Arc<Store>) -> Result<Self, rustls::Error> {
+        let cache = Cache::new(&config.cache, store);
+        let ledger = Ledger::with_options(
+            cache.store().clone(),
+            config.savings.pricing.clone(),
+            config.savings.ledger,
+        );
         let roots = Arc::new(root_store());
         let clients = config
             .upstreams
             .iter()
-            .map(|u| UpstreamClient::new(u, roots.clone()))
+            .map(|u| UpstreamClient::new(u, roots.clone(), ledger.metrics_hooks().clone()))
             .collect::<Result<_, _>>()?;
-        let cache = Cache::new(&config.cache, store);
         Ok(Proxy {
             auth: Authenticator::new(&config.keys),
             limiter: RateLimiter::new(config.rate_limit, &config.keys),
             semantic: SemanticCache::load(&config.semantic, cache.clone()),
             compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
-            ledger: Ledger::with_options(
-                cache.store().clone(),
-                config.savings.pricing.clone(),
-                config.savings.ledger,
-            ),
+            ledger,
             cache,
             clients,
             config,

@@ -211,7 +211,7 @@ impl Ledger {
 
     /// The Prometheus hooks for what usage records do not cover: other routes, refusals
     /// by the rate limiter, upstream errors.
-    pub fn metrics_hooks(&self) -> &Metrics {
+    pub fn metrics_hooks(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use dashboard::dashboard_html;
 pub use day::Day;
 pub use ledger::{AuditEntry, Ledger, LedgerOptions};
-pub use metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 pub use pricing::{Price, Pricing};
 pub use query::{Dimension, Format, ReportArgs, ReportQuery, parse_query};
 pub use record::{Outcome, Tokens, UsageRecord};
