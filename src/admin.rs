@@ -58,10 +58,13 @@ pub async fn handle(
             Ok(reply::json(StatusCode::OK, &proxy.compressor().stats()))
         }
         (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
-        (Method::GET, "/metrics") => Ok(text(
-            savings::METRICS_CONTENT_TYPE,
-            proxy.ledger().metrics(),
-        )),
+        (Method::GET, "/metrics") => {
+            let semantic: Vec<_> = proxy.semantic().map(|s| s.metrics()).into_iter().collect();
+            Ok(text(
+                savings::METRICS_CONTENT_TYPE,
+                proxy.ledger().metrics(&semantic),
+            ))
+        }
         (Method::POST, "/admin/cache/invalidate") => {
             let body = json_body(proxy, request).await?;
             invalidate(proxy, body).await
@@ -266,6 +269,9 @@ async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
             out["bytes"] = json!(bytes);
         }
         Err(e) => out["entries_error"] = json!(e.to_string()),
+    }
+    if let Some(semantic) = proxy.semantic() {
+        out["semantic"] = semantic.stats_json();
     }
     out["evictions"] = json!(store.evictions());
     out["store"] = json!(store.kind());

@@ -19,12 +19,16 @@
 //!   Redis comes up after thrifty), a stopped thrifty has closed its store, an expired answer
 //!   leaves the index, admin invalidation, a Redis outage.
 //! - `eval`: the guard's effect on precision, measured on a small pair file.
+//! - `budget`: what the stage may spend on a request: no embedding unless a hit is possible,
+//!   long messages exact-cache only, a busy model skipped, a bounded index queue.
 
 mod common;
 
 #[path = "semantic/world.rs"]
 mod world;
 
+#[path = "semantic/budget.rs"]
+mod budget;
 #[path = "semantic/context.rs"]
 mod context;
 #[path = "semantic/eval.rs"]

@@ -1,6 +1,7 @@
 //! `[semantic]`: the semantic cache's model, threshold, guard and index bounds.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -19,6 +20,13 @@ pub struct RawSemantic {
     pub max_entries: usize,
     pub max_entries_per_partition: usize,
     pub ann_above: usize,
+    /// Longest last user message, in the model's word pieces, that is matched semantically.
+    pub max_question_tokens: usize,
+    /// How long a lookup may wait for the model to start on its question.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Questions waiting to be embedded and indexed after their answers.
+    pub index_queue: usize,
 }
 
 /// Which earlier messages must match exactly for a semantic hit.
@@ -44,6 +52,9 @@ impl Default for RawSemantic {
             max_entries: 200_000,
             max_entries_per_partition: 50_000,
             ann_above: 100_000,
+            max_question_tokens: 128,
+            max_wait: Duration::from_millis(5),
+            index_queue: 1024,
         }
     }
 }
@@ -59,6 +70,9 @@ pub struct SemanticConfig {
     pub max_entries: usize,
     pub max_entries_per_partition: usize,
     pub ann_above: usize,
+    pub max_question_tokens: usize,
+    pub max_wait: Duration,
+    pub index_queue: usize,
 }
 
 /// Where the fetch script puts the model when nothing else is said.
@@ -83,6 +97,12 @@ pub fn validate_semantic(raw: RawSemantic, env: &Env<'_>) -> Result<SemanticConf
             "sizes above zero",
         ));
     }
+    if raw.max_question_tokens == 0 || raw.index_queue == 0 {
+        return Err(ConfigError::invalid(
+            "semantic.max_question_tokens",
+            "max_question_tokens and index_queue above zero",
+        ));
+    }
     Ok(SemanticConfig {
         enabled: raw.enabled,
         model_dir: raw.model_dir.unwrap_or_else(|| default_model_dir(env)),
@@ -93,5 +113,8 @@ pub fn validate_semantic(raw: RawSemantic, env: &Env<'_>) -> Result<SemanticConf
         max_entries: raw.max_entries,
         max_entries_per_partition: raw.max_entries_per_partition,
         ann_above: raw.ann_above,
+        max_question_tokens: raw.max_question_tokens,
+        max_wait: raw.max_wait,
+        index_queue: raw.index_queue,
     })
 }

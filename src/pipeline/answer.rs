@@ -75,8 +75,8 @@ impl Proxy {
             }
             Lookup::Miss { outcome, flight } => (outcome, flight),
         };
-        let (semantic_hit, query) = self.semantic_stage(&plan, &call, upstream).await;
-        if semantic_hit.is_some() || query.is_some() {
+        let (semantic_hit, question) = self.semantic_stage(&plan, &call, upstream).await;
+        if semantic_hit.is_some() || question.as_ref().is_some_and(|q| q.vector.is_some()) {
             account.embedded();
         }
         if let Some(SemanticHit {
@@ -140,11 +140,12 @@ impl Proxy {
         match flight {
             Some(flight) if response.status().is_success() => {
                 let streamed = dialect::stream::is_stream(response.headers());
-                let on_stored = match (&self.semantic, query) {
-                    (Some(semantic), Some(query)) => {
+                let on_stored = match (&self.semantic, question) {
+                    (Some(semantic), Some(question)) => {
                         let semantic = semantic.clone();
                         let remember: OnStored = Box::new(move |key, ttl| {
-                            Box::pin(async move { semantic.remember(query, &key, ttl).await })
+                            semantic.remember_later(question, key, ttl);
+                            Box::pin(std::future::ready(()))
                         });
                         Some(remember)
                     }
@@ -169,48 +170,54 @@ impl Proxy {
     }
 
     /// The semantic stage: a recorded answer to a question that means the same, in the same
-    /// context, or the embedded question to remember once this call's answer is recorded.
+    /// context, or the question to remember once this call's answer is recorded. Nothing is
+    /// embedded here unless a hit is possible (see [`semantic::SemanticCache::lookup`]).
     async fn semantic_stage(
         &self,
         plan: &Plan,
         call: &Call,
         upstream: &str,
-    ) -> (Option<SemanticHit>, Option<semantic::Query>) {
+    ) -> (Option<SemanticHit>, Option<semantic::Question>) {
         let (Some(semantic), Call::Chat(chat)) = (&self.semantic, call) else {
             return (None, None);
         };
         if !plan.controls.semantic || plan.key.is_none() {
             return (None, None);
         }
-        let Some(query) = semantic
-            .prepare(&plan.scope, plan.dialect, upstream, chat)
-            .await
+        let Some(mut question) = semantic.question(&plan.scope, plan.dialect, upstream, chat)
         else {
             return (None, None);
         };
-        if plan.mode.read() {
-            let threshold = plan.controls.semantic_threshold;
-            // The best answer may have expired since it was indexed; the next one may serve.
-            for hit in semantic.candidates(&query, threshold, SEMANTIC_CANDIDATES) {
-                match self.cache.read(plan, &hit.answer, call).await {
-                    Some(entry) => {
-                        let hit = SemanticHit {
-                            entry,
-                            key: hit.answer,
-                            similarity: hit.similarity,
-                            asked: query.text,
-                            recorded: hit.question,
-                        };
-                        return (Some(hit), None);
-                    }
-                    None if self.cache.exists(&hit.answer).await == Some(false) => {
-                        semantic.forget(&query.partition, &hit.answer.0).await;
-                    }
-                    None => {}
+        if !plan.mode.read() {
+            return (None, Some(question));
+        }
+        let threshold = plan.controls.semantic_threshold;
+        let semantic::Lookup::Searched(hits) = semantic
+            .lookup(&mut question, threshold, SEMANTIC_CANDIDATES)
+            .await
+        else {
+            return (None, Some(question));
+        };
+        // The best answer may have expired since it was indexed; the next one may serve.
+        for hit in hits {
+            match self.cache.read(plan, &hit.answer, call).await {
+                Some(entry) => {
+                    let hit = SemanticHit {
+                        entry,
+                        key: hit.answer,
+                        similarity: hit.similarity,
+                        asked: question.text,
+                        recorded: hit.question,
+                    };
+                    return (Some(hit), None);
                 }
+                None if self.cache.exists(&hit.answer).await == Some(false) => {
+                    semantic.forget(&question.partition, &hit.answer.0).await;
+                }
+                None => {}
             }
         }
-        (None, Some(query))
+        (None, Some(question))
     }
 }
 

@@ -215,9 +215,10 @@ impl Ledger {
         &self.metrics
     }
 
-    /// Prometheus text exposition (see [`super::METRICS_CONTENT_TYPE`]).
-    pub fn metrics(&self) -> String {
-        self.metrics.render()
+    /// Prometheus text exposition (see [`super::METRICS_CONTENT_TYPE`]), followed by the
+    /// metrics of other rooms (`more`).
+    pub fn metrics(&self, more: &[prometheus_client::registry::Registry]) -> String {
+        self.metrics.render(more)
     }
 
     /// Records lost to a full queue or buffer since start.

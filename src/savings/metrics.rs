@@ -360,10 +360,15 @@ impl Metrics {
         self.live.pending.load(Ordering::Relaxed)
     }
 
-    /// The OpenMetrics text exposition, `# EOF` included.
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text exposition of these metrics and then `more`, `# EOF` included.
+    pub fn render(&self, more: &[Registry]) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let encoded = std::iter::once(&self.registry)
+            .chain(more)
+            .try_for_each(|registry| encode_registry(&mut out, registry))
+            .and_then(|()| encode_eof(&mut out));
+        if let Err(e) = encoded {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out

@@ -459,7 +459,7 @@ async fn metrics_expose_requests_hits_tokens_costs_and_store_health() {
         .metrics_hooks()
         .request("health", "", "none", 200, 0.3);
     ledger.flush().await;
-    let text = ledger.metrics();
+    let text = ledger.metrics(&[]);
     for needle in [
         "thrifty_requests_total{route=\"chat\",dialect=\"openai\",outcome=\"exact_hit\",status=\"200\"}",
         "thrifty_cache_hits_total{kind=\"exact\"} 2",
@@ -729,7 +729,7 @@ async fn a_full_buffer_drops_and_counts_the_excess() {
     );
     assert!(
         ledger
-            .metrics()
+            .metrics(&[])
             .contains("thrifty_ledger_dropped_records_total 15")
     );
 }

@@ -2,33 +2,45 @@
 //! loaded dynamically from the model directory.
 //!
 //! The model runs on one dedicated OS thread (its `embed` takes `&mut self`),
-//! with one helper for its matrix products, never on the async executor.
-//! Queries that arrive while it is busy are embedded together in one batch, and
-//! recent query vectors are kept in a bounded in-memory cache (moka).
+//! never on the async executor. Work comes in two queues: lookups, which a request
+//! is waiting on, and background work (indexing answered questions, evaluation).
+//! Lookups always go first, and a lookup the model cannot start within its bound is
+//! withdrawn, so a request never queues behind the model. Queries that arrive while it
+//! is busy are embedded together in one batch, and recent vectors are kept in a bounded
+//! in-memory cache (moka).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use fastembed::{
     InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
 };
-use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use parking_lot::{Condvar, Mutex};
+use tokenizers::Tokenizer;
+use tokio::sync::oneshot;
 
 /// The vector length of all-MiniLM-L6-v2.
 pub const DIMENSIONS: usize = 384;
 
-/// The most queries embedded in one batch.
+/// The most lookups embedded in one batch.
 const MAX_BATCH: usize = 32;
 
-/// Threads one inference may use. On two cores, two threads took a semantic hit from 6.0 to
-/// 4.2 ms (p50) for a fifth more CPU per query; more buy little for a dozen tokens. Idle helper
-/// threads sleep rather than spin: spinning doubled the CPU and, on a busy machine, the latency.
-const INTRA_THREADS: usize = 2;
+/// The most background texts embedded in one batch: small, so that a lookup arriving
+/// meanwhile waits for little more than one short question's run.
+const BACKGROUND_BATCH: usize = 4;
 
-/// Recent query vectors kept in memory.
+/// Threads one inference may use. Measured on two cores with the proxy under load (README,
+/// "Semantic stage cost"): one thread leaves the other core to the proxy and costs the
+/// least CPU per embedding; the second thread only shortens an idle machine's hit.
+const INTRA_THREADS: usize = 1;
+
+/// The longest input the model reads, in word pieces; longer texts are truncated by it.
+pub const MODEL_MAX_TOKENS: usize = 256;
+
+/// Recent vectors kept in memory.
 const QUERY_CACHE: u64 = 10_000;
 
 /// The files a model directory must hold.
@@ -41,13 +53,69 @@ pub const MODEL_FILES: [&str; 6] = [
     "libonnxruntime.so",
 ];
 
-type Job = (String, oneshot::Sender<Option<Arc<Vec<f32>>>>);
+/// A job's life: queued, then either started by the model or withdrawn by its caller.
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+type Reply = oneshot::Sender<Option<Arc<Vec<f32>>>>;
+
+/// One text to embed, and where its vector goes.
+struct Job {
+    text: String,
+    state: Arc<AtomicU8>,
+    reply: Reply,
+}
+
+/// Work for the model thread.
+enum Work {
+    Embed(Job),
+    /// Keeps the model thread busy until the sender is dropped (see [`Embedder::hold`]).
+    Hold {
+        entered: oneshot::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+    },
+}
+
+#[derive(Default)]
+struct Queues {
+    lookups: VecDeque<Work>,
+    background: VecDeque<Work>,
+    closed: bool,
+}
+
+/// What the caller of a lookup gets.
+#[derive(Clone, Debug)]
+pub enum Embedded {
+    Vector(Arc<Vec<f32>>),
+    /// The model could not start on the text within the bound; nothing was embedded.
+    Busy,
+    /// The model failed.
+    Failed,
+}
+
+/// How much the model has done since it was loaded.
+#[derive(Default)]
+pub struct Counters {
+    /// Model runs; each embeds one batch.
+    pub runs: AtomicU64,
+    /// Texts embedded.
+    pub texts: AtomicU64,
+    /// Time the model spent running, in microseconds.
+    pub busy_micros: AtomicU64,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+    counters: Counters,
+}
 
 pub struct Embedder {
-    jobs: mpsc::UnboundedSender<Job>,
+    shared: Arc<Shared>,
+    /// The model's own tokenizer, without truncation, for counting a question's word pieces.
+    tokenizer: Tokenizer,
     recent: moka::sync::Cache<String, Arc<Vec<f32>>>,
-    /// How many times the model has run (each run embeds one batch).
-    runs: Arc<AtomicU64>,
 }
 
 /// ONNX Runtime allows one environment per process; it is created once and kept.
@@ -93,9 +161,108 @@ fn load_model(dir: &Path) -> Result<TextEmbedding, String> {
         .with_environment(env)
         .with_intra_threads(threads)
         .with_session_config("session.intra_op.allow_spinning", "0")
-        .with_max_length(256);
+        .with_max_length(MODEL_MAX_TOKENS);
     TextEmbedding::try_new_from_user_defined(model, options)
         .map_err(|e| format!("cannot load the embedding model: {e}"))
+}
+
+impl Shared {
+    fn push(&self, work: Work, lookup: bool) -> bool {
+        let mut queues = self.queues.lock();
+        if queues.closed {
+            return false;
+        }
+        if lookup {
+            queues.lookups.push_back(work);
+        } else {
+            queues.background.push_back(work);
+        }
+        drop(queues);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next batch: lookups first, then a few background texts. Jobs their callers
+    /// withdrew are dropped here, and the rest are marked started. `None` once closed.
+    fn next(&self) -> Option<Vec<Work>> {
+        let mut queues = self.queues.lock();
+        loop {
+            if queues.closed {
+                return None;
+            }
+            let (queue, limit) = if queues.lookups.is_empty() {
+                (&mut queues.background, BACKGROUND_BATCH)
+            } else {
+                (&mut queues.lookups, MAX_BATCH)
+            };
+            let mut batch = Vec::new();
+            while batch.len() < limit {
+                let Some(work) = queue.pop_front() else { break };
+                match work {
+                    Work::Hold { .. } if batch.is_empty() => return Some(vec![work]),
+                    Work::Hold { .. } => {
+                        queue.push_front(work);
+                        break;
+                    }
+                    Work::Embed(job) => {
+                        let started = job
+                            .state
+                            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok();
+                        if started {
+                            batch.push(Work::Embed(job));
+                        }
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            if queues.lookups.is_empty() && queues.background.is_empty() {
+                self.ready.wait(&mut queues);
+            }
+        }
+    }
+
+    fn run(&self, model: &mut TextEmbedding) {
+        while let Some(batch) = self.next() {
+            let mut jobs = Vec::with_capacity(batch.len());
+            for work in batch {
+                match work {
+                    Work::Embed(job) => jobs.push(job),
+                    Work::Hold { entered, release } => {
+                        let _ = entered.send(());
+                        let _ = release.recv();
+                    }
+                }
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            let texts: Vec<&str> = jobs.iter().map(|j| j.text.as_str()).collect();
+            let started = Instant::now();
+            let vectors = model.embed(&texts, Some(MAX_BATCH)).ok();
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let counters = &self.counters;
+            counters.runs.fetch_add(1, Ordering::Relaxed);
+            counters
+                .texts
+                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            counters.busy_micros.fetch_add(micros, Ordering::Relaxed);
+            for (i, job) in jobs.into_iter().enumerate() {
+                let vector = vectors
+                    .as_ref()
+                    .and_then(|v| v.get(i))
+                    .map(|v| Arc::new(v.clone()));
+                let _ = job.reply.send(vector);
+            }
+        }
+    }
+}
+
+/// While it lives, the model thread runs nothing else (see [`Embedder::hold`]).
+pub struct Hold {
+    _release: std::sync::mpsc::Sender<()>,
 }
 
 impl Embedder {
@@ -112,64 +279,129 @@ impl Embedder {
 
     fn load(dir: &Path) -> Result<Embedder, String> {
         let mut model = load_model(dir)?;
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        let runs = Arc::new(AtomicU64::new(0));
-        let counted = runs.clone();
+        let mut tokenizer = model.tokenizer.clone();
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| format!("cannot set up the tokenizer: {e}"))?;
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues::default()),
+            ready: Condvar::new(),
+            counters: Counters::default(),
+        });
+        let worker = shared.clone();
         std::thread::Builder::new()
             .name("thrifty-embed".to_owned())
-            .spawn(move || {
-                while let Some(first) = queue.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    let texts: Vec<&str> = batch.iter().map(|(t, _)| t.as_str()).collect();
-                    let vectors = model.embed(&texts, Some(MAX_BATCH)).ok();
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    for (i, (_, reply)) in batch.into_iter().enumerate() {
-                        let vector = vectors
-                            .as_ref()
-                            .and_then(|v| v.get(i))
-                            .map(|v| Arc::new(v.clone()));
-                        let _ = reply.send(vector);
-                    }
-                }
-            })
+            .spawn(move || worker.run(&mut model))
             .map_err(|e| format!("cannot start the embedding thread: {e}"))?;
         Ok(Embedder {
-            jobs,
+            shared,
+            tokenizer,
             recent: moka::sync::Cache::new(QUERY_CACHE),
-            runs,
         })
+    }
+
+    /// What the model has done since it was loaded.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
     /// How many batches the model has embedded since it was loaded.
     pub fn model_runs(&self) -> u64 {
-        self.runs.load(Ordering::Relaxed)
+        self.shared.counters.runs.load(Ordering::Relaxed)
     }
 
-    /// The L2-normalised embedding of a text; `None` if the model failed.
-    pub async fn embed(&self, text: &str) -> Option<Arc<Vec<f32>>> {
-        if let Some(v) = self.recent.get(text) {
-            return Some(v);
+    /// Whether `text` is at most `limit` word pieces long for the model, counting at most
+    /// `limit` pieces' worth of bytes (no word piece is longer than 32 bytes), so a huge text
+    /// costs no more than a long question.
+    pub fn fits(&self, text: &str, limit: usize) -> bool {
+        if text.len() > limit.saturating_mul(32) {
+            return false;
         }
-        let (reply, answer) = oneshot::channel();
-        self.jobs.send((text.to_owned(), reply)).ok()?;
-        let vector = answer.await.ok()??;
-        self.recent.insert(text.to_owned(), vector.clone());
-        Some(vector)
+        self.tokenizer
+            .encode(text, false)
+            .is_ok_and(|e| e.len() <= limit)
     }
 
-    /// Embeds many texts at once (for evaluation and warm-up), bypassing the LRU.
+    /// The L2-normalised embedding of a question a request is waiting on. The model must start
+    /// on it within `max_wait`, or the lookup is withdrawn and [`Embedded::Busy`] returned.
+    pub async fn embed(&self, text: &str, max_wait: Duration) -> Embedded {
+        if let Some(v) = self.recent.get(text) {
+            return Embedded::Vector(v);
+        }
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let (reply, mut answer) = oneshot::channel();
+        let job = Job {
+            text: text.to_owned(),
+            state: state.clone(),
+            reply,
+        };
+        if !self.shared.push(Work::Embed(job), true) {
+            return Embedded::Failed;
+        }
+        let vector = match tokio::time::timeout(max_wait, &mut answer).await {
+            Ok(vector) => vector,
+            Err(_) => {
+                let withdrawn = state
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if withdrawn {
+                    return Embedded::Busy;
+                }
+                // The model started on it just now: the vector is a run away.
+                answer.await
+            }
+        };
+        match vector.ok().flatten() {
+            Some(vector) => {
+                self.recent.insert(text.to_owned(), vector.clone());
+                Embedded::Vector(vector)
+            }
+            None => Embedded::Failed,
+        }
+    }
+
+    /// Embeds texts as background work, after every waiting lookup; repeats come from memory.
+    pub async fn embed_background(&self, texts: &[String]) -> Vec<Option<Arc<Vec<f32>>>> {
+        let mut out = vec![None; texts.len()];
+        let mut pending = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            if let Some(v) = self.recent.get(text) {
+                out[i] = Some(v);
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                text: text.clone(),
+                state: Arc::new(AtomicU8::new(QUEUED)),
+                reply,
+            };
+            if self.shared.push(Work::Embed(job), false) {
+                pending.push((i, answer));
+            }
+        }
+        for (i, answer) in pending {
+            if let Some(vector) = answer.await.ok().flatten() {
+                self.recent.insert(texts[i].clone(), vector.clone());
+                out[i] = Some(vector);
+            }
+        }
+        out
+    }
+
+    /// Embeds many texts at once (evaluation, warm-up) as background work, bypassing the
+    /// memory of recent vectors.
     pub async fn embed_many(&self, texts: &[String]) -> Vec<Option<Arc<Vec<f32>>>> {
         let receivers: Vec<_> = texts
             .iter()
             .map(|t| {
                 let (reply, answer) = oneshot::channel();
-                let _ = self.jobs.send((t.clone(), reply));
+                let job = Job {
+                    text: t.clone(),
+                    state: Arc::new(AtomicU8::new(QUEUED)),
+                    reply,
+                };
+                self.shared.push(Work::Embed(job), false);
                 answer
             })
             .collect();
@@ -178,6 +410,28 @@ impl Embedder {
             out.push(r.await.ok().flatten());
         }
         out
+    }
+
+    /// Occupies the model thread until the returned guard is dropped, as a long batch would;
+    /// returns once the thread is held. For tests and measurements of a busy model.
+    pub async fn hold(&self) -> Hold {
+        let (entered, held) = oneshot::channel();
+        let (release, wait) = std::sync::mpsc::channel();
+        let work = Work::Hold {
+            entered,
+            release: wait,
+        };
+        if self.shared.push(work, true) {
+            let _ = held.await;
+        }
+        Hold { _release: release }
+    }
+}
+
+impl Drop for Embedder {
+    fn drop(&mut self) {
+        self.shared.queues.lock().closed = true;
+        self.shared.ready.notify_all();
     }
 }
 
@@ -208,8 +462,19 @@ pub fn similarity(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
-    use super::{Embedder, similarity};
+    use super::{Embedded, Embedder, similarity};
+
+    /// Long enough that a lookup in these tests is never withdrawn.
+    const PATIENT: Duration = Duration::from_secs(60);
+
+    fn vector(embedded: Embedded) -> Arc<Vec<f32>> {
+        match embedded {
+            Embedded::Vector(v) => v,
+            other => panic!("not embedded: {other:?}"),
+        }
+    }
 
     /// A model of its own (not the process's shared one), so its run count is this test's.
     fn private_embedder() -> Arc<Embedder> {
@@ -237,12 +502,12 @@ mod tests {
             .iter()
             .map(|text| {
                 let (embedder, text) = (embedder.clone(), text.clone());
-                tokio::spawn(async move { embedder.embed(&text).await })
+                tokio::spawn(async move { vector(embedder.embed(&text, PATIENT).await) })
             })
             .collect();
         let mut together = Vec::new();
         for task in tasks {
-            together.push(task.await.expect("task").expect("embedded together"));
+            together.push(task.await.expect("task"));
         }
         let runs = embedder.model_runs() - 24;
         assert!(
@@ -258,7 +523,7 @@ mod tests {
         }
 
         let before = embedder.model_runs();
-        let again = embedder.embed(&texts[0]).await.expect("embedded again");
+        let again = vector(embedder.embed(&texts[0], PATIENT).await);
         assert_eq!(
             embedder.model_runs(),
             before,

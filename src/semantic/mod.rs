@@ -5,6 +5,12 @@
 //!   model, parameters, tools, instructions and the conversation before the
 //!   last user message (or a window of it). Only the last user message is
 //!   embedded ([`embedder`]) and compared, within its partition ([`index`]).
+//! - Nothing is embedded before forwarding unless a hit is possible: a question
+//!   is looked up only when its partition holds entries, when it is short enough
+//!   to be a question (`max_question_tokens`), and when the model can start on it
+//!   within `max_wait`. Questions to remember are embedded after their answers,
+//!   in the background, through a bounded queue that drops what it cannot keep up
+//!   with ([`Indexer`]). [`stats`] counts each decision.
 //! - A candidate above the threshold must also pass the [`guard`].
 //! - Vectors are persisted next to the answers they point to, so a restart
 //!   rebuilds the index from the store, and instances sharing Redis tell each
@@ -18,6 +24,7 @@ pub mod eval;
 pub mod guard;
 pub mod index;
 mod sketch;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -27,14 +34,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::cache::key::{self, CacheKey, Scope};
 use crate::cache::{Cache, now_ms};
 use crate::chat::{ChatRequest, Content, Dialect, Message, PartKind, Role};
 use crate::config::{ContextRule, SemanticConfig};
-use embedder::Embedder;
+use embedder::{Embedded, Embedder};
 use index::Index;
+use stats::{Skip, Stats};
 
 /// Prefix of persisted vectors in the store.
 pub const SEMANTIC_PREFIX: &str = "thrifty:v1:semantic:";
@@ -51,12 +61,38 @@ const LOAD_CONCURRENCY: usize = 64;
 /// How many candidates above the threshold the guard looks at for one hit.
 const CANDIDATES: usize = 4;
 
+/// How many answered questions the indexer embeds and stores at once.
+const INDEX_BATCH: usize = 16;
+
 /// A question ready to look up or to remember.
 #[derive(Clone, Debug)]
 pub struct Query {
     pub partition: String,
     pub text: String,
     pub vector: Arc<Vec<f32>>,
+}
+
+/// A question the stage may look up or remember, not yet embedded.
+#[derive(Clone, Debug)]
+pub struct Question {
+    pub partition: String,
+    pub text: String,
+    /// Its vector, when a lookup already embedded it.
+    pub vector: Option<Arc<Vec<f32>>>,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// Candidates, best first (possibly none), for a question that was embedded.
+    Searched(Vec<Hit>),
+    Skipped(Skip),
+}
+
+/// A question to index once its answer is stored.
+struct Pending {
+    question: Question,
+    answer: CacheKey,
+    ttl: Duration,
 }
 
 /// A persisted index entry.
@@ -94,6 +130,11 @@ pub struct SemanticCache {
     index: Index,
     cache: Arc<Cache>,
     config: SemanticConfig,
+    stats: Stats,
+    /// Answered questions waiting to be indexed; bounded by `semantic.index_queue`.
+    queue: mpsc::Sender<Pending>,
+    /// The queue's far end, taken by [`SemanticCache::sync`].
+    waiting: Mutex<Option<mpsc::Receiver<Pending>>>,
 }
 
 /// The text of the last message when it is a user's text; otherwise the stage is skipped.
@@ -115,6 +156,15 @@ pub fn last_user_text(chat: &ChatRequest) -> Option<&str> {
     }
 }
 
+/// Aborts a task when dropped, so the indexer stops with the sync task that started it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn record_key(partition: &str, answer: &str) -> String {
     format!("{SEMANTIC_PREFIX}{partition}:{answer}")
 }
@@ -133,6 +183,7 @@ impl SemanticCache {
                     guard = config.guard,
                     "semantic cache on"
                 );
+                let (queue, waiting) = mpsc::channel(config.index_queue);
                 Some(Arc::new(SemanticCache {
                     embedder,
                     index: Index::new(
@@ -142,6 +193,9 @@ impl SemanticCache {
                     ),
                     cache,
                     config: config.clone(),
+                    stats: Stats::default(),
+                    queue,
+                    waiting: Mutex::new(Some(waiting)),
                 }))
             }
             Err(reason) => {
@@ -169,15 +223,35 @@ impl SemanticCache {
         }
     }
 
-    /// Embeds the last user message; `None` when the call is not for this stage.
-    pub async fn prepare(
+    pub fn embedder(&self) -> &Arc<Embedder> {
+        &self.embedder
+    }
+
+    /// The stage's counters and the model's work, as `/admin/cache/stats` shows them.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let queued = self.config.index_queue - self.queue.capacity();
+        self.stats.json(self.embedder.counters(), queued)
+    }
+
+    /// The stage's counters for `/metrics`.
+    pub fn metrics(&self) -> prometheus_client::registry::Registry {
+        self.stats.registry(self.embedder.counters())
+    }
+
+    /// The question this call asks, with its partition; `None` when the call is not for this
+    /// stage or its last message is too long to be a question (counted). Embeds nothing.
+    pub fn question(
         &self,
         scope: &Scope,
         dialect: Dialect,
         upstream: &str,
         chat: &ChatRequest,
-    ) -> Option<Query> {
+    ) -> Option<Question> {
         let text = last_user_text(chat)?;
+        if !self.embedder.fits(text, self.config.max_question_tokens) {
+            self.stats.skipped(Skip::Long);
+            return None;
+        }
         let (last, prior) = chat.messages.split_last()?;
         // Everything about the last message but its text must match too (a speaker's `name`).
         let mut shape = last.clone();
@@ -185,12 +259,93 @@ impl SemanticCache {
         let mut context = self.context(prior);
         context.push(&shape);
         let partition = key::partition_key(scope, dialect, upstream, chat, &context);
-        let vector = self.embedder.embed(text).await?;
-        Some(Query {
+        Some(Question {
             partition: partition.0,
             text: text.to_owned(),
-            vector,
+            vector: None,
         })
+    }
+
+    /// Looks a question up: embeds it only when its partition holds entries and the model can
+    /// start on it within `semantic.max_wait`, then offers up to `limit` candidates (see
+    /// [`SemanticCache::candidates`]). The vector stays on the question for remembering.
+    pub async fn lookup(
+        &self,
+        question: &mut Question,
+        threshold: Option<f32>,
+        limit: usize,
+    ) -> Lookup {
+        if !self.index.holds(&question.partition) {
+            self.stats.skipped(Skip::Empty);
+            return Lookup::Skipped(Skip::Empty);
+        }
+        let vector = match self
+            .embedder
+            .embed(&question.text, self.config.max_wait)
+            .await
+        {
+            Embedded::Vector(v) => v,
+            Embedded::Busy => {
+                self.stats.skipped(Skip::Busy);
+                return Lookup::Skipped(Skip::Busy);
+            }
+            Embedded::Failed => {
+                self.stats.skipped(Skip::Failed);
+                return Lookup::Skipped(Skip::Failed);
+            }
+        };
+        self.stats.looked_up();
+        let query = Query {
+            partition: question.partition.clone(),
+            text: question.text.clone(),
+            vector: vector.clone(),
+        };
+        question.vector = Some(vector);
+        Lookup::Searched(self.candidates(&query, threshold, limit))
+    }
+
+    /// Queues an answered question for indexing; never waits. When the queue is full the
+    /// question is dropped (counted) and simply not indexed.
+    pub fn remember_later(&self, question: Question, answer: CacheKey, ttl: Duration) {
+        let pending = Pending {
+            question,
+            answer,
+            ttl,
+        };
+        if self.queue.try_send(pending).is_err() {
+            self.stats.dropped();
+        }
+    }
+
+    /// Embeds queued questions in small batches, as background work for the model, then
+    /// indexes, persists and announces them. Runs until the queue closes.
+    async fn index_questions(&self, mut waiting: mpsc::Receiver<Pending>) {
+        let mut batch = Vec::with_capacity(INDEX_BATCH);
+        while waiting.recv_many(&mut batch, INDEX_BATCH).await > 0 {
+            let texts: Vec<String> = batch
+                .iter()
+                .filter(|p| p.question.vector.is_none())
+                .map(|p| p.question.text.clone())
+                .collect();
+            let mut vectors = self.embedder.embed_background(&texts).await.into_iter();
+            let mut stored = Vec::with_capacity(batch.len());
+            for pending in batch.drain(..) {
+                let vector = match pending.question.vector {
+                    Some(v) => Some(v),
+                    None => vectors.next().flatten(),
+                };
+                let Some(vector) = vector else { continue };
+                let query = Query {
+                    partition: pending.question.partition,
+                    text: pending.question.text,
+                    vector,
+                };
+                stored.push(self.remember(query, pending.answer, pending.ttl));
+            }
+            let n = stored.len() as u64;
+            futures_util::future::join_all(stored).await;
+            self.stats.indexed(n);
+        }
     }
 
     /// Up to `limit` candidates that clear the threshold (never below the configured one) and
@@ -218,7 +373,7 @@ impl SemanticCache {
     }
 
     /// Indexes a freshly stored answer, persists its vector and tells the other instances.
-    pub async fn remember(&self, query: Query, answer: &CacheKey, ttl: Duration) {
+    pub async fn remember(&self, query: Query, answer: CacheKey, ttl: Duration) {
         self.index.insert(
             &query.partition,
             &answer.0,
@@ -324,8 +479,14 @@ impl SemanticCache {
         load.await.is_ok()
     }
 
-    /// Rebuilds the index from the store, then follows other instances until the task is dropped.
+    /// Indexes answered questions, rebuilds the index from the store, then follows other
+    /// instances, until the task is dropped.
     pub async fn sync(self: Arc<Self>) {
+        let indexer = self.waiting.lock().take().map(|waiting| {
+            let this = self.clone();
+            tokio::spawn(async move { this.index_questions(waiting).await })
+        });
+        let _indexer = indexer.map(|task| task.abort_handle()).map(AbortOnDrop);
         let mut events = self.cache.store().subscribe(EVENTS);
         // Redis connects in the background: rebuild as soon as the store answers.
         while !self.reconcile().await {

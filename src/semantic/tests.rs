@@ -42,11 +42,10 @@ async fn query(semantic: &SemanticCache, text: &str) -> Query {
     Query {
         partition: PARTITION.to_owned(),
         text: text.to_owned(),
-        vector: semantic
-            .embedder
-            .embed(text)
-            .await
-            .expect("the model embeds"),
+        vector: match semantic.embedder.embed(text, Duration::from_secs(60)).await {
+            embedder::Embedded::Vector(v) => v,
+            other => panic!("the model did not embed {text:?}: {other:?}"),
+        },
     }
 }
 
@@ -56,7 +55,7 @@ async fn remember(semantic: &SemanticCache, text: &str, answer: &str) {
     semantic
         .remember(
             question,
-            &CacheKey(answer.to_owned()),
+            CacheKey(answer.to_owned()),
             Duration::from_secs(60),
         )
         .await;

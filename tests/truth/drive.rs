@@ -12,10 +12,30 @@ use super::script::{Dialect, Kind, Step, Wait};
 use super::verdict::Verdict;
 use super::world::{Reply, World};
 
+/// What must match for two questions to be compared by the semantic cache: who asks, in
+/// which dialect, and the whole request but the wording of its last message (and whether it
+/// streams, which never changes an answer).
+fn partition(step: &Step) -> Value {
+    let mut body = step.body.clone();
+    if let Some(object) = body.as_object_mut() {
+        object.remove("stream");
+        object.remove("stream_options");
+    }
+    if let Some(last) = body["messages"].as_array_mut().and_then(|m| m.last_mut()) {
+        last["content"] = Value::Null;
+    }
+    serde_json::json!([step.who.name(), format!("{:?}", step.dialect), body])
+}
+
 /// Sends every step in order and returns the record the ledger must hold for each.
+///
+/// With the semantic cache on, a question is embedded only when its partition already holds
+/// an indexed question; so that this is known, every answered question is waited for until
+/// it is indexed before the next step.
 pub async fn run(world: &World, steps: &[Step], v: &mut Verdict) -> Vec<Record> {
     let mut records: BTreeMap<&str, Record> = BTreeMap::new();
     let mut order = Vec::with_capacity(steps.len());
+    let mut indexed: Vec<Value> = Vec::new();
     for step in steps {
         assert!(
             !records.contains_key(step.tag),
@@ -28,7 +48,8 @@ pub async fn run(world: &World, steps: &[Step], v: &mut Verdict) -> Vec<Record> 
             .iter()
             .map(|r| r.json().expect("the fake got JSON"))
             .collect();
-        let record = expect(world, step, &reply, &reached, &records);
+        let looked_up = indexed.contains(&partition(step));
+        let record = expect(world, step, &reply, &reached, &records, looked_up);
         check_billed(v, step, &reply, &record);
         check_stream(v, step, &reply, &record);
         check_headers(v, step, &reply, &record);
@@ -43,6 +64,15 @@ pub async fn run(world: &World, steps: &[Step], v: &mut Verdict) -> Vec<Record> 
                     world.wait_indexed(short).await;
                 }
             }
+        }
+        let remembered = reply.header("x-thrifty-cache") == Some("miss") && reply.status < 400;
+        if world.semantic && remembered {
+            let short = reply
+                .header("x-thrifty-cache-key")
+                .unwrap_or_else(|| panic!("{}: no x-thrifty-cache-key", step.tag));
+            world.wait_stored(short).await;
+            world.wait_indexed(short).await;
+            indexed.push(partition(step));
         }
         order.push(step.tag);
         records.insert(step.tag, record);
@@ -62,6 +92,7 @@ fn expect(
     reply: &Reply,
     reached: &[Value],
     earlier: &BTreeMap<&str, Record>,
+    looked_up: bool,
 ) -> Record {
     let tag = step.tag;
     let cache = reply.header("x-thrifty-cache").unwrap_or_default();
@@ -156,7 +187,13 @@ fn expect(
             (Outcome::SemanticHit, baseline, Tokens::default(), true)
         }
     };
-    let embeds = world.semantic && !matches!(step.kind, Kind::ExactHit(_) | Kind::Bypass);
+    // A hit embeds its question; anything else only when its partition held a question.
+    let embeds = world.semantic
+        && match step.kind {
+            Kind::ExactHit(_) | Kind::Bypass => false,
+            Kind::SemanticHit(_) => true,
+            _ => looked_up,
+        };
     Record {
         tag: tag.to_owned(),
         key: step.who.name(),

@@ -107,6 +107,16 @@ impl Index {
         self.len() == 0
     }
 
+    /// Whether a partition holds any entry, so that a search in it could find one.
+    pub fn holds(&self, partition: &str) -> bool {
+        self.shared
+            .state
+            .read()
+            .partitions
+            .get(partition)
+            .is_some_and(|p| p.live > 0)
+    }
+
     /// Whether searches in a partition go through its graph (rather than the sketch scan).
     pub fn searches_graph(&self, partition: &str) -> bool {
         self.shared
