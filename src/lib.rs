@@ -106,9 +106,10 @@ pub async fn run(
             limiter_proxy.limiter().forget_idle();
         }
     });
-    if let Some(semantic) = proxy.semantic() {
+    let indexer = proxy.semantic().map(|semantic| {
         background.spawn(semantic.clone().sync());
-    }
+        tokio::spawn(semantic.clone().index_questions())
+    });
     let sweep_store = proxy.cache().store().clone();
     background.spawn(async move {
         let mut tick = tokio::time::interval(STORE_SWEEP);
@@ -128,6 +129,15 @@ pub async fn run(
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("cache writes not finished at shutdown");
+    }
+    // Questions answered before shutdown are indexed and their vectors persisted.
+    if let (Some(semantic), Some(indexer)) = (proxy.semantic(), indexer) {
+        semantic.close_queue();
+        let abort = indexer.abort_handle();
+        if tokio::time::timeout(grace, indexer).await.is_err() {
+            abort.abort();
+            tracing::warn!("questions not yet indexed at shutdown");
+        }
     }
     if !proxy.ledger().shutdown(grace).await {
         tracing::warn!(

@@ -131,9 +131,10 @@ pub struct SemanticCache {
     cache: Arc<Cache>,
     config: SemanticConfig,
     stats: Stats,
-    /// Answered questions waiting to be indexed; bounded by `semantic.index_queue`.
-    queue: mpsc::Sender<Pending>,
-    /// The queue's far end, taken by [`SemanticCache::sync`].
+    /// Answered questions waiting to be indexed, bounded by `semantic.index_queue`; `None`
+    /// once closed at shutdown.
+    queue: Mutex<Option<mpsc::Sender<Pending>>>,
+    /// The queue's far end, taken by [`SemanticCache::index_questions`].
     waiting: Mutex<Option<mpsc::Receiver<Pending>>>,
 }
 
@@ -153,15 +154,6 @@ pub fn last_user_text(chat: &ChatRequest) -> Option<&str> {
             _ => None,
         },
         _ => None,
-    }
-}
-
-/// Aborts a task when dropped, so the indexer stops with the sync task that started it.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -194,7 +186,7 @@ impl SemanticCache {
                     cache,
                     config: config.clone(),
                     stats: Stats::default(),
-                    queue,
+                    queue: Mutex::new(Some(queue)),
                     waiting: Mutex::new(Some(waiting)),
                 }))
             }
@@ -229,7 +221,8 @@ impl SemanticCache {
 
     /// The stage's counters and the model's work, as `/admin/cache/stats` shows them.
     pub fn stats_json(&self) -> serde_json::Value {
-        let queued = self.config.index_queue - self.queue.capacity();
+        let free = self.queue.lock().as_ref().map_or(0, mpsc::Sender::capacity);
+        let queued = self.config.index_queue.saturating_sub(free);
         self.stats.json(self.embedder.counters(), queued)
     }
 
@@ -312,14 +305,26 @@ impl SemanticCache {
             answer,
             ttl,
         };
-        if self.queue.try_send(pending).is_err() {
+        let queue = self.queue.lock();
+        let sent = queue.as_ref().is_some_and(|q| q.try_send(pending).is_ok());
+        if !sent {
             self.stats.dropped();
         }
     }
 
+    /// Closes the queue of questions to index: [`SemanticCache::index_questions`] finishes
+    /// what it holds, then returns.
+    pub fn close_queue(&self) {
+        self.queue.lock().take();
+    }
+
     /// Embeds queued questions in small batches, as background work for the model, then
-    /// indexes, persists and announces them. Runs until the queue closes.
-    async fn index_questions(&self, mut waiting: mpsc::Receiver<Pending>) {
+    /// indexes, persists and announces them. Runs until the queue is closed and drained; a
+    /// second call returns at once.
+    pub async fn index_questions(self: Arc<Self>) {
+        let Some(mut waiting) = self.waiting.lock().take() else {
+            return;
+        };
         let mut batch = Vec::with_capacity(INDEX_BATCH);
         while waiting.recv_many(&mut batch, INDEX_BATCH).await > 0 {
             let texts: Vec<String> = batch
@@ -479,14 +484,8 @@ impl SemanticCache {
         load.await.is_ok()
     }
 
-    /// Indexes answered questions, rebuilds the index from the store, then follows other
-    /// instances, until the task is dropped.
+    /// Rebuilds the index from the store, then follows other instances until the task is dropped.
     pub async fn sync(self: Arc<Self>) {
-        let indexer = self.waiting.lock().take().map(|waiting| {
-            let this = self.clone();
-            tokio::spawn(async move { this.index_questions(waiting).await })
-        });
-        let _indexer = indexer.map(|task| task.abort_handle()).map(AbortOnDrop);
         let mut events = self.cache.store().subscribe(EVENTS);
         // Redis connects in the background: rebuild as soon as the store answers.
         while !self.reconcile().await {
