@@ -69,6 +69,10 @@ enum Command {
         /// that rejected it), label and texts to DIR/<file stem>.tsv.
         #[arg(long, value_name = "DIR")]
         dump: Option<PathBuf>,
+        /// Instead, measure the model's wall and CPU time per question by length, one lookup
+        /// at a time and in background batches, on questions built from the pairs' texts.
+        #[arg(long)]
+        cost: bool,
     },
 }
 
@@ -123,7 +127,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::EvalSemantic { pairs, dump } => eval_semantic(cli.config, &pairs, dump.as_deref()),
+        Command::EvalSemantic { pairs, dump, cost } => {
+            if cost {
+                eval_cost(cli.config, &pairs)
+            } else {
+                eval_semantic(cli.config, &pairs, dump.as_deref())
+            }
+        }
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key)?;
@@ -192,6 +202,38 @@ fn eval_semantic(
         )?;
         writeln!(out)?;
     }
+    Ok(())
+}
+
+fn eval_cost(config: Option<PathBuf>, files: &[PathBuf]) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let threads = config.semantic.threads;
+    let embedder =
+        thrifty::semantic::embedder::Embedder::shared_with(&config.semantic.model_dir, threads)
+            .map_err(anyhow::Error::msg)?;
+    let mut sentences = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let pair: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}: not a pairs file", file.display()))?;
+            sentences.extend(
+                ["a", "b"]
+                    .iter()
+                    .filter_map(|k| pair[k].as_str().map(str::to_owned)),
+            );
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let costs = runtime
+        .block_on(thrifty::semantic::cost::measure(&embedder, &sentences))
+        .map_err(anyhow::Error::msg)?;
+    write!(
+        std::io::stdout(),
+        "{}",
+        thrifty::semantic::cost::render(threads, &costs)
+    )?;
     Ok(())
 }
 

@@ -27,6 +27,8 @@ pub struct RawSemantic {
     pub max_wait: Duration,
     /// Questions waiting to be embedded and indexed after their answers.
     pub index_queue: usize,
+    /// Threads one embedding may use.
+    pub threads: usize,
 }
 
 /// Which earlier messages must match exactly for a semantic hit.
@@ -55,6 +57,7 @@ impl Default for RawSemantic {
             max_question_tokens: 128,
             max_wait: Duration::from_millis(5),
             index_queue: 1024,
+            threads: crate::semantic::embedder::DEFAULT_THREADS,
         }
     }
 }
@@ -73,6 +76,7 @@ pub struct SemanticConfig {
     pub max_question_tokens: usize,
     pub max_wait: Duration,
     pub index_queue: usize,
+    pub threads: usize,
 }
 
 /// Where the fetch script puts the model when nothing else is said.
@@ -116,5 +120,6 @@ pub fn validate_semantic(raw: RawSemantic, env: &Env<'_>) -> Result<SemanticConf
         max_question_tokens: raw.max_question_tokens,
         max_wait: raw.max_wait,
         index_queue: raw.index_queue,
+        threads: raw.threads.max(1),
     })
 }

@@ -28,14 +28,14 @@ pub const DIMENSIONS: usize = 384;
 /// The most lookups embedded in one batch.
 const MAX_BATCH: usize = 32;
 
-/// The most background texts embedded in one batch: small, so that a lookup arriving
-/// meanwhile waits for little more than one short question's run.
-const BACKGROUND_BATCH: usize = 4;
+/// The most background texts embedded in one run: one, so that a lookup arriving meanwhile
+/// waits for at most one question's run. Batching saved no CPU per text in measurements
+/// (`eval-semantic --cost`: padding to the longest text eats what it saves).
+const BACKGROUND_BATCH: usize = 1;
 
-/// Threads one inference may use. Measured on two cores with the proxy under load (README,
-/// "Semantic stage cost"): one thread leaves the other core to the proxy and costs the
-/// least CPU per embedding; the second thread only shortens an idle machine's hit.
-const INTRA_THREADS: usize = 1;
+/// Threads one inference may use unless `semantic.threads` says otherwise (README, "What the
+/// semantic stage costs", has the measurements behind the default).
+pub const DEFAULT_THREADS: usize = 1;
 
 /// The longest input the model reads, in word pieces; longer texts are truncated by it.
 pub const MODEL_MAX_TOKENS: usize = 256;
@@ -121,8 +121,10 @@ pub struct Embedder {
 /// ONNX Runtime allows one environment per process; it is created once and kept.
 static ORT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-/// Loaded embedders by model directory, so several servers in one process share one model.
-static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<Embedder>>>> = OnceLock::new();
+/// Loaded embedders by model directory and thread count, so several servers in one process
+/// share one model.
+type Loaded = Mutex<HashMap<(PathBuf, usize), Arc<Embedder>>>;
+static LOADED: OnceLock<Loaded> = OnceLock::new();
 
 fn environment(library: &Path) -> Result<ort::environment::Environment, String> {
     ORT.get_or_init(|| {
@@ -136,7 +138,7 @@ fn environment(library: &Path) -> Result<ort::environment::Environment, String> 
     .clone()
 }
 
-fn load_model(dir: &Path) -> Result<TextEmbedding, String> {
+fn load_model(dir: &Path, threads: usize) -> Result<TextEmbedding, String> {
     for file in MODEL_FILES {
         if !dir.join(file).is_file() {
             return Err(format!(
@@ -156,7 +158,7 @@ fn load_model(dir: &Path) -> Result<TextEmbedding, String> {
     };
     let model =
         UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer).with_pooling(Pooling::Mean);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(INTRA_THREADS));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(threads.max(1)));
     let options = InitOptionsUserDefined::new()
         .with_environment(env)
         .with_intra_threads(threads)
@@ -266,19 +268,26 @@ pub struct Hold {
 }
 
 impl Embedder {
-    /// The embedder for a model directory, loading it on first use.
+    /// The embedder for a model directory with the default thread count, loading it on first
+    /// use.
     pub fn shared(dir: &Path) -> Result<Arc<Embedder>, String> {
+        Embedder::shared_with(dir, DEFAULT_THREADS)
+    }
+
+    /// The embedder for a model directory whose inferences use `threads` threads.
+    pub fn shared_with(dir: &Path, threads: usize) -> Result<Arc<Embedder>, String> {
         let loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
-        if let Some(e) = loaded.lock().get(dir) {
+        let key = (dir.to_owned(), threads);
+        if let Some(e) = loaded.lock().get(&key) {
             return Ok(e.clone());
         }
-        let embedder = Arc::new(Embedder::load(dir)?);
-        loaded.lock().insert(dir.to_owned(), embedder.clone());
+        let embedder = Arc::new(Embedder::load(dir, threads)?);
+        loaded.lock().insert(key, embedder.clone());
         Ok(embedder)
     }
 
-    fn load(dir: &Path) -> Result<Embedder, String> {
-        let mut model = load_model(dir)?;
+    fn load(dir: &Path, threads: usize) -> Result<Embedder, String> {
+        let mut model = load_model(dir, threads)?;
         let mut tokenizer = model.tokenizer.clone();
         tokenizer.with_padding(None);
         tokenizer
@@ -481,7 +490,10 @@ mod tests {
         let dir = std::env::var("THRIFTY_EMBED_DIR").expect(
             "THRIFTY_EMBED_DIR is not set: run ./scripts/test.sh, which fetches the embedding model",
         );
-        Arc::new(Embedder::load(std::path::Path::new(&dir)).expect("the model loads"))
+        Arc::new(
+            Embedder::load(std::path::Path::new(&dir), super::DEFAULT_THREADS)
+                .expect("the model loads"),
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,6 +542,74 @@ mod tests {
             "a repeated query is not re-embedded"
         );
         assert_eq!(again, together[0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lookup_the_model_cannot_start_in_time_is_withdrawn_and_never_run() {
+        let embedder = private_embedder();
+        let held = embedder.hold().await;
+        let runs = embedder.model_runs();
+        let started = std::time::Instant::now();
+        let busy = embedder
+            .embed("how do I reset my password", Duration::from_millis(20))
+            .await;
+        assert!(matches!(busy, Embedded::Busy), "{busy:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the lookup gave up after its bound, not after the model: {:?}",
+            started.elapsed()
+        );
+        drop(held);
+        // The withdrawn lookup is skipped by the model: the next one is the only run.
+        vector(embedder.embed("how do I change my email", PATIENT).await);
+        assert_eq!(embedder.model_runs(), runs + 1, "only the later lookup ran");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_go_before_background_work() {
+        let embedder = private_embedder();
+        let held = embedder.hold().await;
+        let background: Vec<String> = (0..6)
+            .map(|i| format!("a question to index later, number {i}"))
+            .collect();
+        let indexing = {
+            let (embedder, texts) = (embedder.clone(), background.clone());
+            tokio::spawn(async move { embedder.embed_background(&texts).await })
+        };
+        // Let the background texts reach the queue before the lookup does.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let lookup = {
+            let embedder = embedder.clone();
+            tokio::spawn(async move { embedder.embed("what is a lookup", PATIENT).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let runs = embedder.model_runs();
+        drop(held);
+        vector(lookup.await.expect("lookup task"));
+        assert_eq!(
+            embedder.model_runs(),
+            runs + 1,
+            "the lookup was the model's first run after the hold, ahead of the background texts"
+        );
+        let indexed = indexing.await.expect("indexing task");
+        assert!(
+            indexed.iter().all(Option::is_some),
+            "background texts embedded too"
+        );
+    }
+
+    #[test]
+    fn fits_counts_word_pieces_and_refuses_huge_texts_without_tokenizing_them() {
+        let embedder = private_embedder();
+        assert!(embedder.fits("How do I reset my password?", 16));
+        assert!(!embedder.fits("How do I reset my password?", 4));
+        let huge = "word ".repeat(1_000_000);
+        let started = std::time::Instant::now();
+        assert!(!embedder.fits(&huge, 128));
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "no tokenizing"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! It never answers by itself: a hit names an exact cache entry, which the
 //! pipeline reads and replays.
 
+pub mod cost;
 pub mod embedder;
 pub mod eval;
 pub mod guard;
@@ -167,7 +168,7 @@ impl SemanticCache {
         if !config.enabled {
             return None;
         }
-        match Embedder::shared(&config.model_dir) {
+        match Embedder::shared_with(&config.model_dir, config.threads) {
             Ok(embedder) => {
                 tracing::info!(
                     model_dir = %config.model_dir.display(),
