@@ -52,6 +52,16 @@ async fn world_with_own_model(index_queue: usize) -> (World, Arc<Embedder>) {
     (w, embedder)
 }
 
+/// Waits until `n` questions are indexed and persisted and none waits; returns the stats.
+/// (A vector is searchable a moment before it is persisted and counted.)
+async fn settled(w: &World, n: u64) -> Value {
+    poll(WAIT, &format!("{n} questions indexed"), || async {
+        let stats = semantic_stats(w).await;
+        (count(&stats, &["indexed"]) == n && count(&stats, &["index_queue"]) == 0).then_some(stats)
+    })
+    .await
+}
+
 /// Waits until `body`'s exact answer is stored.
 async fn wait_stored(w: &World, reply: &crate::Reply) {
     let key = reply.key_header();
@@ -71,7 +81,7 @@ async fn a_long_message_is_never_embedded_and_is_still_exact_cached() {
         w.api
             .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
             .await;
-        let before = semantic_stats(&w).await;
+        let before = settled(&w, 1).await;
         let pasted = format!(
             "Please review this log and tell me what went wrong. {}",
             "The worker restarted after the health check failed on port 8080. ".repeat(40)
@@ -162,7 +172,7 @@ async fn a_busy_model_never_holds_up_a_miss_and_its_answer_is_still_stored() {
     w.api
         .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
         .await;
-    let busy_before = count(&semantic_stats(&w).await, &["skipped", "busy"]);
+    let busy_before = count(&settled(&w, 1).await, &["skipped", "busy"]);
     let held = embedder.hold().await;
     // A paraphrase could hit, but the model cannot start on it: with the model held for as
     // long as the test lasts, an answer at all proves the lookup did not wait for it.
@@ -184,13 +194,14 @@ async fn a_busy_model_never_holds_up_a_miss_and_its_answer_is_still_stored() {
     wait_stored(&w, &miss).await;
     let hit = w.api.ask(dialect, &body, &NO_HEADERS).await;
     hit.assert_cache("hit", "the same question, still with the model busy");
-    let indexed = count(&semantic_stats(&w).await, &["indexed"]);
+    assert_eq!(
+        count(&semantic_stats(&w).await, &["indexed"]),
+        1,
+        "nothing is indexed while the model is held"
+    );
     drop(held);
     // Once the model is free, the question answered meanwhile is indexed after all.
-    poll(WAIT, "the question asked while busy is indexed", || async {
-        (count(&semantic_stats(&w).await, &["indexed"]) > indexed).then_some(())
-    })
-    .await;
+    settled(&w, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
