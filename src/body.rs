@@ -100,6 +100,9 @@ where
 pub struct Ending {
     /// The body reached its end (not an error, not dropped early).
     pub clean: bool,
+    /// The body itself failed (the upstream reset the connection, or went silent), as
+    /// opposed to being dropped early by its reader.
+    pub failed: bool,
     /// Every byte fit under the limit.
     pub whole: bool,
 }
@@ -108,8 +111,8 @@ pub struct Ending {
 pub type TapEnd = Box<dyn FnOnce(Bytes, Ending) + Send>;
 
 pin_project! {
-    /// Passes a body through unchanged and hands its bytes to `on_end` when it ends
-    /// (or is dropped early, with `false`).
+    /// Passes a body through unchanged and hands its bytes to `on_end` when it ends, fails,
+    /// or is dropped early.
     pub struct Tap {
         #[pin]
         inner: Body,
@@ -123,7 +126,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(on_end) = this.on_end.take() {
-                let ending = Ending { clean: false, whole: *this.whole };
+                let ending = Ending { clean: false, failed: false, whole: *this.whole };
                 on_end(Bytes::from(std::mem::take(this.buffer)), ending);
             }
         }
@@ -170,6 +173,7 @@ impl HttpBody for Tap {
             if let Some(on_end) = this.on_end.take() {
                 let ending = Ending {
                     clean,
+                    failed: !clean,
                     whole: *this.whole,
                 };
                 on_end(Bytes::from(std::mem::take(this.buffer)), ending);
