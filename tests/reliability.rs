@@ -1,10 +1,16 @@
 //! thrifty under faults and abuse, driven over real sockets against the fake upstream and a
 //! private `redis-server`. The scenarios live in `tests/reliability/`, one file per fault:
 //!
+//! - `shutdown`: streams still running when the grace period ends are cut and recorded.
 //! - `streams`: upstreams that break a stream off, midway or after its terminal event.
+//! - `connections`: silent sockets and the connection cap.
 
 mod common;
 
+#[path = "reliability/connections.rs"]
+mod connections;
+#[path = "reliability/shutdown.rs"]
+mod shutdown;
 #[path = "reliability/streams.rs"]
 mod streams;
 

@@ -145,11 +145,15 @@ impl Ledger {
             Ok(()) => {
                 self.accepted.fetch_add(1, Ordering::SeqCst);
             }
-            Err(_) => {
+            Err(error) => {
                 let dropped = self.metrics.dropped(1);
                 // Logged at 1, 2, 4, 8, ... drops: loud at first, never a flood.
                 if dropped.is_power_of_two() {
-                    tracing::warn!(dropped, "savings ledger queue full: usage record dropped");
+                    let why = match error {
+                        mpsc::error::TrySendError::Full(_) => "savings ledger queue full",
+                        mpsc::error::TrySendError::Closed(_) => "savings ledger already stopped",
+                    };
+                    tracing::warn!(dropped, "{why}: usage record dropped");
                 }
             }
         }
