@@ -191,6 +191,42 @@ impl HttpBody for Tap {
     }
 }
 
+/// The start of a body, read up to a limit.
+pub enum Prefix {
+    /// The body ended within the limit: all of it.
+    Whole(Bytes),
+    /// The body goes on: what was read (at least the limit), and the rest, unread.
+    Longer(Bytes, Body),
+}
+
+/// Reads `body` until it ends or `limit` bytes have arrived, whichever comes first, so a
+/// body can be inspected without holding more than about `limit` of it.
+pub async fn read_prefix(mut body: Body, limit: usize) -> Result<Prefix, BoxError> {
+    let mut prefix = Vec::new();
+    while prefix.len() < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    prefix.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Ok(Prefix::Whole(Bytes::from(prefix))),
+        }
+    }
+    if body.is_end_stream() {
+        return Ok(Prefix::Whole(Bytes::from(prefix)));
+    }
+    Ok(Prefix::Longer(Bytes::from(prefix), body))
+}
+
+/// A body that sends `prefix` and then the rest of `body`.
+pub fn prepend(prefix: Bytes, body: Body) -> Body {
+    let first = futures_util::stream::iter([Ok(Frame::data(prefix))]);
+    let rest = http_body_util::BodyStream::new(body);
+    http_body_util::StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed_unsync()
+}
+
 /// Rewrites a body's data as it streams: `rewrite` gets each piece, then `None` at the end.
 pub type RewriteFn = Box<dyn FnMut(Option<&[u8]>) -> Bytes + Send>;
 

@@ -3,12 +3,15 @@
 //!
 //! - `shutdown`: streams still running when the grace period ends are cut and recorded.
 //! - `streams`: upstreams that break a stream off, midway or after its terminal event.
+//! - `errors`: an upstream error answer too large to hold.
 //! - `connections`: silent sockets and the connection cap.
 
 mod common;
 
 #[path = "reliability/connections.rs"]
 mod connections;
+#[path = "reliability/errors.rs"]
+mod errors;
 #[path = "reliability/shutdown.rs"]
 mod shutdown;
 #[path = "reliability/streams.rs"]
