@@ -5,6 +5,7 @@
 //! - `streams`: upstreams that break a stream off, midway or after its terminal event.
 //! - `errors`: an upstream error answer too large to hold.
 //! - `connections`: silent sockets and the connection cap.
+//! - `ledger`: clients that invent model names or rotate tokens.
 
 mod common;
 
@@ -12,6 +13,8 @@ mod common;
 mod connections;
 #[path = "reliability/errors.rs"]
 mod errors;
+#[path = "reliability/ledger.rs"]
+mod ledger;
 #[path = "reliability/shutdown.rs"]
 mod shutdown;
 #[path = "reliability/streams.rs"]
