@@ -6,9 +6,12 @@
 //! - `errors`: an upstream error answer too large to hold.
 //! - `connections`: silent sockets and the connection cap.
 //! - `ledger`: clients that invent model names or rotate tokens.
+//! - `admin`: the dashboard cookie's lifetime.
 
 mod common;
 
+#[path = "reliability/admin.rs"]
+mod admin;
 #[path = "reliability/connections.rs"]
 mod connections;
 #[path = "reliability/errors.rs"]
