@@ -4,6 +4,8 @@
 //! Answers from the upstream are tapped as they stream to the client; the
 //! record is written when the body ends, from the usage the upstream reported,
 //! or, when it reported none, from thrifty's own token count (marked `estimated`).
+//! A body that breaks off before its end (the upstream failed, or the connection was
+//! cut at shutdown) is recorded as an `error` marked `partial`, with the tokens seen.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +26,9 @@ use crate::savings::{Ledger, Outcome, Tokens, UsageRecord, money};
 /// The most of an answer kept to read its usage from.
 const TAP_LIMIT: usize = 16 * 1024 * 1024;
 
+/// The most of an error answer kept: it carries no usage, so only enough to count it.
+const ERROR_TAP_LIMIT: usize = 64 * 1024;
+
 /// A request's record before its tokens are known.
 pub struct Account {
     ledger: Arc<Ledger>,
@@ -38,9 +43,40 @@ pub struct Account {
     sent: Option<Instant>,
     /// How many more prompt tokens a semantic hit's question has than the recorded one.
     reworded: i64,
+    /// The record was handed to the ledger.
+    done: bool,
 }
 
-/// `x-thrifty-tags: a,b` (projects and apps, for reports).
+/// The status of a call dropped before its answer came back (nginx's "client closed request").
+const DROPPED: u16 = 499;
+
+impl Drop for Account {
+    /// A call dropped after it went upstream but before its answer came back (its client
+    /// left, or shutdown cut it) may still be billed for its prompt: it is recorded as a
+    /// partial error with thrifty's count of that prompt.
+    fn drop(&mut self) {
+        if self.done || self.sent.is_none() {
+            return;
+        }
+        let prompt = match &self.call {
+            Some((call, counter, encoding)) => prompt_of(counter, *encoding, call),
+            None => 0,
+        };
+        let tokens = Tokens {
+            prompt: prompt as u64,
+            ..Tokens::default()
+        };
+        let mut baseline = tokens;
+        baseline.prompt += self.compressed_away.unwrap_or(0);
+        self.record.partial = true;
+        self.write(Outcome::Error, DROPPED, baseline, tokens, true);
+    }
+}
+
+/// The most tags a record keeps.
+const MAX_TAGS: usize = 16;
+
+/// `x-thrifty-tags: a,b` (projects and apps, for reports), at most [`MAX_TAGS`] of 64 bytes.
 fn tags(headers: &HeaderMap) -> Vec<String> {
     headers
         .get("x-thrifty-tags")
@@ -49,6 +85,7 @@ fn tags(headers: &HeaderMap) -> Vec<String> {
             v.split(',')
                 .map(str::trim)
                 .filter(|t| !t.is_empty() && t.len() <= 64)
+                .take(MAX_TAGS)
                 .map(str::to_owned)
                 .collect()
         })
@@ -77,6 +114,7 @@ impl Account {
             call: None,
             sent: None,
             reworded: 0,
+            done: false,
             record: UsageRecord {
                 at_ms: crate::cache::now_ms(),
                 tenant: tenant.id.clone(),
@@ -97,6 +135,7 @@ impl Account {
                 overhead_model: None,
                 embed_calls: 0,
                 estimated: false,
+                partial: false,
             },
         }
     }
@@ -170,6 +209,18 @@ impl Account {
         actual: Tokens,
         estimated: bool,
     ) -> UsageRecord {
+        self.write(outcome, status, baseline, actual, estimated)
+    }
+
+    fn write(
+        &mut self,
+        outcome: Outcome,
+        status: u16,
+        baseline: Tokens,
+        actual: Tokens,
+        estimated: bool,
+    ) -> UsageRecord {
+        self.done = true;
         self.record.outcome = if status >= 400 {
             Outcome::Error
         } else {
@@ -182,7 +233,7 @@ impl Account {
         self.record.actual = actual;
         self.record.estimated = estimated;
         self.ledger.record(self.record.clone());
-        self.record
+        self.record.clone()
     }
 
     /// A call that failed before an answer came back (the upstream unreachable or silent):
@@ -241,7 +292,7 @@ impl Account {
     /// An answer from the upstream: recorded when its body ends, from the usage it reports.
     /// A compressed request's baseline adds back the prompt tokens compression removed.
     pub fn upstream(
-        self,
+        mut self,
         outcome: Outcome,
         dialect: Dialect,
         response: Response<Body>,
@@ -255,8 +306,17 @@ impl Account {
         response.map(|body| {
             Tap::new(
                 body,
-                TAP_LIMIT,
-                Box::new(move |bytes, _ending| {
+                if status >= 400 {
+                    ERROR_TAP_LIMIT
+                } else {
+                    TAP_LIMIT
+                },
+                Box::new(move |bytes, ending| {
+                    // A client that hangs up right after a stream's terminal event got it all.
+                    let complete = ending.clean
+                        || (streamed && ending.whole && stream::parse(dialect, &bytes).is_some());
+                    let broken = !complete;
+                    let outcome = if broken { Outcome::Error } else { outcome };
                     let reported = usage::from_bytes(dialect, streamed, &bytes);
                     let counted = match (&reported, &self.call) {
                         (None, Some((call, counter, encoding))) if status < 400 => Some(estimate(
@@ -271,6 +331,7 @@ impl Account {
                     if let Some(removed) = self.compressed_away {
                         baseline.prompt += removed;
                     }
+                    self.record.partial = broken;
                     self.finish(outcome, status, baseline, billed, estimated);
                 }),
             )
@@ -288,16 +349,21 @@ fn estimate(
     streamed: bool,
     answer: &[u8],
 ) -> Tokens {
-    let prompt = match call {
-        Call::Chat(chat) => counter.request(encoding, chat).total(),
-        Call::Completion(c) => prompt_tokens(counter, encoding, &c.prompt),
-        Call::Embedding(_) => 0,
-    };
+    let prompt = prompt_of(counter, encoding, call);
     let completion = counter.text(encoding, &usage::answer_text(dialect, streamed, answer));
     Tokens {
         prompt: prompt as u64,
         cached_prompt: 0,
         completion: completion as u64,
+    }
+}
+
+/// A call's prompt counted with thrifty's tokenizer (embedding inputs are not counted).
+fn prompt_of(counter: &TokenCounter, encoding: Encoding, call: &Call) -> usize {
+    match call {
+        Call::Chat(chat) => counter.request(encoding, chat).total(),
+        Call::Completion(c) => prompt_tokens(counter, encoding, &c.prompt),
+        Call::Embedding(_) => 0,
     }
 }
 

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::body::Body;
 use crate::cache::controls::tag_matches;
@@ -21,7 +22,15 @@ use crate::pipeline::{Proxy, read_body};
 use crate::semantic::SEMANTIC_PREFIX;
 use crate::{dialect, reply, router, savings};
 
-/// Checks the bearer token; comparing digests keeps the comparison free of early exits on content.
+/// Whether a presented secret equals the expected one: their digests are compared in constant
+/// time, so neither the content nor the length of the expected one shows in the timing.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    let presented = Sha256::digest(presented.as_bytes());
+    let expected = Sha256::digest(expected.as_bytes());
+    presented.as_slice().ct_eq(expected.as_slice()).into()
+}
+
+/// Checks the bearer token.
 fn authorize(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), ProxyError> {
     let Some(token) = &proxy.config().admin_token else {
         return Err(ProxyError::NotFound(format!(
@@ -35,7 +44,7 @@ fn authorize(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), ProxyErro
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if Sha256::digest(presented.as_bytes()) == Sha256::digest(token.expose().as_bytes()) {
+    if same_secret(presented, token.expose()) {
         Ok(())
     } else {
         Err(ProxyError::Unauthorized("admin token required".to_owned()))
@@ -125,6 +134,9 @@ async fn savings(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, P
 /// The cookie that admits a browser to `/dashboard` after it presented the admin token once.
 const DASHBOARD_COOKIE: &str = "thrifty_dashboard";
 
+/// How long the dashboard cookie admits a browser, in seconds; then the token is asked again.
+const DASHBOARD_COOKIE_LIFETIME: u64 = 12 * 3600;
+
 /// `GET /dashboard`: one self-contained page, no external requests.
 ///
 /// A browser cannot send the bearer header, so it opens `/dashboard?token=…` once: the answer
@@ -171,7 +183,7 @@ fn dashboard_login(proxy: &Proxy, token: &str, rest: &str) -> Result<Response<Bo
     let Some(admin) = &proxy.config().admin_token else {
         return Err(ProxyError::NotFound("unknown path /dashboard".to_owned()));
     };
-    if Sha256::digest(token.as_bytes()) != Sha256::digest(admin.expose().as_bytes()) {
+    if !same_secret(token, admin.expose()) {
         return Err(ProxyError::Unauthorized("wrong admin token".to_owned()));
     }
     let location = if rest.is_empty() {
@@ -184,9 +196,10 @@ fn dashboard_login(proxy: &Proxy, token: &str, rest: &str) -> Result<Response<Bo
     } else {
         ""
     };
+    let expires = now_s() + DASHBOARD_COOKIE_LIFETIME;
     let cookie = format!(
-        "{DASHBOARD_COOKIE}={}; Path=/dashboard; HttpOnly; SameSite=Strict{secure}",
-        dashboard_cookie_value(admin.expose())
+        "{DASHBOARD_COOKIE}={}; Max-Age={DASHBOARD_COOKIE_LIFETIME}; Path=/dashboard; HttpOnly; SameSite=Strict{secure}",
+        dashboard_cookie_value(admin.expose(), expires)
     );
     let mut response = Response::new(crate::body::empty());
     *response.status_mut() = StatusCode::SEE_OTHER;
@@ -204,19 +217,36 @@ fn dashboard_login(proxy: &Proxy, token: &str, rest: &str) -> Result<Response<Bo
     Ok(response)
 }
 
-/// The cookie's value: a digest of the admin token, so the cookie opens the dashboard only,
-/// survives restarts, and stops working when the token changes.
-fn dashboard_cookie_value(admin_token: &str) -> String {
-    hex::encode(Sha256::digest(
-        format!("thrifty dashboard cookie\n{admin_token}").as_bytes(),
-    ))
+fn now_s() -> u64 {
+    crate::cache::now_ms() / 1000
+}
+
+/// The cookie's value: when it expires (Unix seconds) and a digest of that time and the admin
+/// token, so the cookie opens the dashboard only, survives restarts, stops working when it
+/// expires or the token changes, and cannot be given a later expiry without the token.
+fn dashboard_cookie_value(admin_token: &str, expires: u64) -> String {
+    let digest = Sha256::digest(format!(
+        "thrifty dashboard cookie\n{expires}\n{admin_token}"
+    ));
+    format!("{expires}.{}", hex::encode(digest))
+}
+
+/// Whether `value` is a dashboard cookie for `admin_token` that has not expired at `now`.
+fn valid_dashboard_cookie(admin_token: &str, value: &str, now: u64) -> bool {
+    let Some(expires) = value
+        .split_once('.')
+        .and_then(|(expires, _)| expires.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    expires > now && same_secret(value, &dashboard_cookie_value(admin_token, expires))
 }
 
 fn has_dashboard_cookie(proxy: &Proxy, headers: &http::HeaderMap) -> bool {
     let Some(admin) = &proxy.config().admin_token else {
         return false;
     };
-    let expected = Sha256::digest(dashboard_cookie_value(admin.expose()).as_bytes());
+    let now = now_s();
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -224,7 +254,7 @@ fn has_dashboard_cookie(proxy: &Proxy, headers: &http::HeaderMap) -> bool {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .any(|(name, value)| {
-            name == DASHBOARD_COOKIE && Sha256::digest(value.as_bytes()) == expected
+            name == DASHBOARD_COOKIE && valid_dashboard_cookie(admin.expose(), value, now)
         })
 }
 
@@ -578,7 +608,28 @@ mod tests {
             take_token("tokens=1&token"),
             (None, "tokens=1&token".to_owned())
         );
-        assert_ne!(dashboard_cookie_value("a"), dashboard_cookie_value("b"));
-        assert!(!dashboard_cookie_value("secret").contains("secret"));
+        assert_ne!(
+            dashboard_cookie_value("a", 9),
+            dashboard_cookie_value("b", 9)
+        );
+        assert!(!dashboard_cookie_value("secret", 9).contains("secret"));
+    }
+
+    #[test]
+    fn the_dashboard_cookie_expires_and_cannot_be_extended() {
+        let cookie = dashboard_cookie_value("tok", 1_000);
+        assert!(valid_dashboard_cookie("tok", &cookie, 999));
+        assert!(!valid_dashboard_cookie("tok", &cookie, 1_000), "expired");
+        assert!(
+            !valid_dashboard_cookie("other", &cookie, 999),
+            "another token"
+        );
+        let extended = cookie.replacen("1000.", "9000.", 1);
+        assert!(
+            !valid_dashboard_cookie("tok", &extended, 999),
+            "forged expiry"
+        );
+        assert!(!valid_dashboard_cookie("tok", "garbage", 0));
+        assert!(same_secret("tok", "tok") && !same_secret("tok", "tok2"));
     }
 }

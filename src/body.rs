@@ -100,6 +100,9 @@ where
 pub struct Ending {
     /// The body reached its end (not an error, not dropped early).
     pub clean: bool,
+    /// The body itself failed (the upstream reset the connection, or went silent), as
+    /// opposed to being dropped early by its reader.
+    pub failed: bool,
     /// Every byte fit under the limit.
     pub whole: bool,
 }
@@ -108,8 +111,8 @@ pub struct Ending {
 pub type TapEnd = Box<dyn FnOnce(Bytes, Ending) + Send>;
 
 pin_project! {
-    /// Passes a body through unchanged and hands its bytes to `on_end` when it ends
-    /// (or is dropped early, with `false`).
+    /// Passes a body through unchanged and hands its bytes to `on_end` when it ends, fails,
+    /// or is dropped early.
     pub struct Tap {
         #[pin]
         inner: Body,
@@ -123,7 +126,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(on_end) = this.on_end.take() {
-                let ending = Ending { clean: false, whole: *this.whole };
+                let ending = Ending { clean: false, failed: false, whole: *this.whole };
                 on_end(Bytes::from(std::mem::take(this.buffer)), ending);
             }
         }
@@ -170,6 +173,7 @@ impl HttpBody for Tap {
             if let Some(on_end) = this.on_end.take() {
                 let ending = Ending {
                     clean,
+                    failed: !clean,
                     whole: *this.whole,
                 };
                 on_end(Bytes::from(std::mem::take(this.buffer)), ending);
@@ -185,6 +189,42 @@ impl HttpBody for Tap {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The start of a body, read up to a limit.
+pub enum Prefix {
+    /// The body ended within the limit: all of it.
+    Whole(Bytes),
+    /// The body goes on: what was read (at least the limit), and the rest, unread.
+    Longer(Bytes, Body),
+}
+
+/// Reads `body` until it ends or `limit` bytes have arrived, whichever comes first, so a
+/// body can be inspected without holding more than about `limit` of it.
+pub async fn read_prefix(mut body: Body, limit: usize) -> Result<Prefix, BoxError> {
+    let mut prefix = Vec::new();
+    while prefix.len() < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    prefix.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Ok(Prefix::Whole(Bytes::from(prefix))),
+        }
+    }
+    if body.is_end_stream() {
+        return Ok(Prefix::Whole(Bytes::from(prefix)));
+    }
+    Ok(Prefix::Longer(Bytes::from(prefix), body))
+}
+
+/// A body that sends `prefix` and then the rest of `body`.
+pub fn prepend(prefix: Bytes, body: Body) -> Body {
+    let first = futures_util::stream::iter([Ok(Frame::data(prefix))]);
+    let rest = http_body_util::BodyStream::new(body);
+    http_body_util::StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed_unsync()
 }
 
 /// Rewrites a body's data as it streams: `rewrite` gets each piece, then `None` at the end.

@@ -121,6 +121,8 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, tls = tls.is_some(), "thrifty listening");
     }
+    // Returns once every connection is gone: the ones still running when the grace period
+    // ended were cut, and their answers recorded as partial, before the ledger stops below.
     server::serve(listener, proxy.clone(), tls, shutdown).await;
     // Every request recorded so far reaches the store before the process goes.
     let grace = proxy.config().shutdown_grace;

@@ -2,7 +2,8 @@
 //! only after a clean end: a complete JSON body, or a stream that carried its
 //! terminal event (`[DONE]` / `done: true`) and a finish reason, even when the
 //! client hung up right after it. Errors, truncated and client-aborted streams
-//! are never stored.
+//! are never stored, nor is a stream whose upstream failed after its terminal event:
+//! its client saw a transport error.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,8 +43,9 @@ pub fn recorder(inner: Body, recording: Recording) -> Tap {
         Box::new(move |bytes, ending| {
             // A client may hang up the moment it reads a stream's terminal event, before
             // the upstream's end of body reaches us; such a stream is still complete, and
-            // `answer` only accepts streams that carry their terminal event.
-            if ending.whole && (ending.clean || recording.streamed) {
+            // `answer` only accepts streams that carry their terminal event. An upstream that
+            // fails instead of ending its body fails the client's body too: not stored.
+            if ending.whole && (ending.clean || (recording.streamed && !ending.failed)) {
                 finish(recording, &bytes);
             }
         }),

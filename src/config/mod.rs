@@ -96,6 +96,12 @@ pub struct RawServer {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers; on a new connection the
+    /// clock starts at accept, so it bounds the TLS handshake and a silent socket too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; beyond it new connections wait in the listen backlog.
+    pub max_connections: usize,
     pub tls: Option<RawTls>,
 }
 
@@ -105,6 +111,8 @@ impl Default for RawServer {
             listen: "127.0.0.1:8080".to_owned(),
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
             tls: None,
         }
     }
@@ -137,6 +145,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     pub tls: Option<RawTls>,
     pub log_format: LogFormat,
     pub upstreams: Vec<Upstream>,
@@ -223,6 +233,18 @@ impl RawConfig {
                 "a size above zero",
             ));
         }
+        if self.server.header_read_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.header_read_timeout",
+                "a duration above zero, such as \"30s\"",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "a number of connections above zero",
+            ));
+        }
         if let Some(tls) = &self.server.tls {
             for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
                 if !path.is_file() {
@@ -237,6 +259,8 @@ impl RawConfig {
             listen,
             max_body_bytes: self.server.max_body_bytes,
             shutdown_grace: self.server.shutdown_grace,
+            header_read_timeout: self.server.header_read_timeout,
+            max_connections: self.server.max_connections,
             tls: self.server.tls,
             log_format: self.log.format,
             upstreams,

@@ -19,6 +19,11 @@ pub struct RawSavings {
     /// Ask OpenAI-style upstreams for the usage chunk of every stream (and strip it for
     /// clients that did not ask), so streamed answers are billed from exact counts.
     pub stream_usage: bool,
+    /// Model names a day's aggregate counts by name; later ones count as `other`.
+    pub max_models_per_day: Option<usize>,
+    /// Tenants without a configured key (pass-through callers) a day's aggregate counts by
+    /// name; later ones count as `other`.
+    pub max_tenants_per_day: Option<usize>,
 }
 
 impl Default for RawSavings {
@@ -28,6 +33,8 @@ impl Default for RawSavings {
             buffer: None,
             log_cap: None,
             stream_usage: true,
+            max_models_per_day: None,
+            max_tenants_per_day: None,
         }
     }
 }
@@ -57,6 +64,24 @@ pub fn validate_savings(raw: RawSavings) -> Result<SavingsConfig, ConfigError> {
             ));
         }
         ledger.log_cap = cap;
+    }
+    for (key, value, slot) in [
+        (
+            "savings.max_models_per_day",
+            raw.max_models_per_day,
+            &mut ledger.models_per_day,
+        ),
+        (
+            "savings.max_tenants_per_day",
+            raw.max_tenants_per_day,
+            &mut ledger.tenants_per_day,
+        ),
+    ] {
+        match value {
+            Some(0) => return Err(ConfigError::invalid(key, "a number above zero")),
+            Some(n) => *slot = n,
+            None => {}
+        }
     }
     Ok(SavingsConfig {
         pricing,

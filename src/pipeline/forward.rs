@@ -6,11 +6,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
-use http_body_util::BodyExt;
 
 use crate::accounting::Account;
 use crate::auth::UpstreamAuth;
-use crate::body::{Body, full};
+use crate::body::{Body, Prefix, full, prepend, read_prefix};
 use crate::chat::{Call, Dialect};
 use crate::compress::conversations::Conversation;
 use crate::compress::{self, Force};
@@ -21,6 +20,10 @@ use crate::summarizer::UpstreamSummarizer;
 use crate::{dialect, headers};
 
 use super::{Exchange, Proxy};
+
+/// The most of an upstream error answer read to see whether it is a context overflow; such
+/// errors are a few hundred bytes, and anything longer streams through to the client.
+const ERROR_PREFIX: usize = 64 * 1024;
 
 /// What one attempt sent upstream.
 pub(super) struct Sent {
@@ -49,8 +52,12 @@ impl Proxy {
             return Ok((response, sent));
         }
         let (head, body) = response.into_parts();
-        let raw = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
+        let raw = match read_prefix(body, ERROR_PREFIX).await {
+            Ok(Prefix::Whole(raw)) => raw,
+            // An error answer this long is not a context overflow: it streams on, unread.
+            Ok(Prefix::Longer(prefix, rest)) => {
+                return Ok((Response::from_parts(head, prepend(prefix, rest)), sent));
+            }
             Err(e) => {
                 return Err(ProxyError::UpstreamUnavailable {
                     upstream: self.config.upstreams[exchange.upstream].name.clone(),

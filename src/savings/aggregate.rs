@@ -87,6 +87,8 @@ pub struct Totals {
     pub priced: i128,
     pub unpriced: i128,
     pub estimated: i128,
+    /// Requests whose answer broke off, counted with the tokens seen.
+    pub partial: i128,
     pub embed_calls: i128,
     pub baseline: TokenSums,
     pub actual: TokenSums,
@@ -112,6 +114,7 @@ impl Totals {
         self.priced += other.priced;
         self.unpriced += other.unpriced;
         self.estimated += other.estimated;
+        self.partial += other.partial;
         self.embed_calls += other.embed_calls;
         self.baseline.add(&other.baseline);
         self.actual.add(&other.actual);
@@ -242,6 +245,7 @@ pub fn increments(record: &UsageRecord, quote: &Quote) -> Vec<(String, i64)> {
     };
     add("requests", 1);
     add("estimated", i64::from(record.estimated));
+    add("partial", i64::from(record.partial));
     add("embed_calls", int(record.embed_calls));
     for (side, tokens) in [
         ("b", &record.baseline),
@@ -315,6 +319,7 @@ pub fn read_day(
             "priced" => t.priced += v,
             "unpriced" => t.unpriced += v,
             "estimated" => t.estimated += v,
+            "partial" => t.partial += v,
             "embed_calls" => t.embed_calls += v,
             "b_prompt" => t.baseline.prompt += v,
             "b_cached" => t.baseline.cached_prompt += v,

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::aggregate::{self, Cell, Totals};
+use super::bounds::Bounds;
 use super::day::Day;
 use super::metrics::Metrics;
 use super::money;
@@ -53,6 +54,11 @@ pub struct LedgerOptions {
     pub batch: usize,
     /// Raw records the audit log keeps.
     pub log_cap: usize,
+    /// Model names a day's aggregate counts by name; later ones count as `other`.
+    pub models_per_day: usize,
+    /// Tenants without a configured key a day's aggregate counts by name; later ones count
+    /// as `other`.
+    pub tenants_per_day: usize,
 }
 
 impl Default for LedgerOptions {
@@ -62,6 +68,8 @@ impl Default for LedgerOptions {
             buffer: 200_000,
             batch: 256,
             log_cap: 100_000,
+            models_per_day: 200,
+            tenants_per_day: 1_000,
         }
     }
 }
@@ -125,6 +133,7 @@ impl Ledger {
             options,
             settle,
             failing: false,
+            bounds: Bounds::new(options.models_per_day, options.tenants_per_day),
         };
         let writer = tokio::spawn(writer.run());
         Arc::new(Ledger {
@@ -145,11 +154,15 @@ impl Ledger {
             Ok(()) => {
                 self.accepted.fetch_add(1, Ordering::SeqCst);
             }
-            Err(_) => {
+            Err(error) => {
                 let dropped = self.metrics.dropped(1);
                 // Logged at 1, 2, 4, 8, ... drops: loud at first, never a flood.
                 if dropped.is_power_of_two() {
-                    tracing::warn!(dropped, "savings ledger queue full: usage record dropped");
+                    let why = match error {
+                        mpsc::error::TrySendError::Full(_) => "savings ledger queue full",
+                        mpsc::error::TrySendError::Closed(_) => "savings ledger already stopped",
+                    };
+                    tracing::warn!(dropped, "{why}: usage record dropped");
                 }
             }
         }
@@ -235,6 +248,8 @@ impl Ledger {
 struct Pending {
     record: UsageRecord,
     quote: Quote,
+    /// The record and quote as the aggregate counts them, when bounds folded a name.
+    folded: Option<(UsageRecord, Quote)>,
 }
 
 /// The one task that writes to the store.
@@ -252,6 +267,7 @@ struct Writer {
     options: LedgerOptions,
     settle: watch::Sender<u64>,
     failing: bool,
+    bounds: Bounds,
 }
 
 impl Writer {
@@ -321,7 +337,7 @@ impl Writer {
                 .map_or(0, |(_, n)| usize::try_from(*n).unwrap_or(usize::MAX))
     }
 
-    fn accept(&mut self, record: UsageRecord) {
+    fn accept(&mut self, mut record: UsageRecord) {
         if self.pending() >= self.options.buffer.max(1) {
             let dropped = self.metrics.dropped(1);
             self.settled(1);
@@ -330,9 +346,15 @@ impl Writer {
             }
             return;
         }
+        Bounds::trim(&mut record);
         let quote = self.pricing.quote(&record);
         self.metrics.cost(quote.costs.as_ref());
-        self.buffer.push_back(Pending { record, quote });
+        let folded = self.bounds.fold(&record, &quote);
+        self.buffer.push_back(Pending {
+            record,
+            quote,
+            folded,
+        });
         self.metrics.set_pending(self.pending());
     }
 
@@ -351,7 +373,11 @@ impl Writer {
             let fields = days
                 .entry(aggregate::day_key(pending.record.day()))
                 .or_default();
-            for (field, delta) in aggregate::increments(&pending.record, &pending.quote) {
+            let (counted, quote) = match &pending.folded {
+                Some((record, quote)) => (record, quote),
+                None => (&pending.record, &pending.quote),
+            };
+            for (field, delta) in aggregate::increments(counted, quote) {
                 let sum = fields.entry(field).or_default();
                 *sum = sum.saturating_add(delta);
             }
@@ -377,7 +403,7 @@ impl Writer {
 }
 
 fn audit_entry(pending: Pending, currency: &str) -> AuditEntry {
-    let Pending { record, quote } = pending;
+    let Pending { record, quote, .. } = pending;
     let cost = quote.costs.map(|c| AuditCost {
         currency: currency.to_owned(),
         baseline: money::decimal(wide(c.baseline)),

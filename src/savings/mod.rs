@@ -4,7 +4,8 @@
 //! - [`record`]: the [`UsageRecord`] the pipeline hands over, tokens three ways.
 //! - [`pricing`]: dated price versions per model glob; the exact integer cost of a record.
 //! - [`ledger`]: the [`Ledger`], a writer task that prices records and stores them once,
-//!   buffering through store outages. [`aggregate`]: the key and field layout it writes.
+//!   buffering through store outages. [`aggregate`]: the key and field layout it writes;
+//!   [`bounds`]: the caps on the names it aggregates by.
 //! - [`query`], [`report`]: what a report covers and its JSON, CSV and table renderings.
 //! - [`dashboard`]: one self-contained HTML page. [`metrics`]: the Prometheus exposition.
 //! - [`day`], [`money`]: UTC days and exact decimals of integer pico-unit sums.
@@ -15,6 +16,7 @@
 //! for the store and never fails a request.
 
 pub mod aggregate;
+pub mod bounds;
 pub mod dashboard;
 pub mod day;
 pub mod ledger;

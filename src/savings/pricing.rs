@@ -492,6 +492,7 @@ mod tests {
             overhead_model: None,
             embed_calls: 0,
             estimated: false,
+            partial: false,
         };
         let quote = p.quote(&record);
         assert_eq!(quote.costs, None);

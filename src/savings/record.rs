@@ -116,6 +116,10 @@ pub struct UsageRecord {
     pub embed_calls: u64,
     /// Token counts came from thrifty's tokenizer because the upstream reported none.
     pub estimated: bool,
+    /// The answer broke off before its end (the upstream failed midway, or thrifty shut
+    /// down): the tokens are those seen until then, and the outcome is `error`.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 impl UsageRecord {

@@ -375,6 +375,7 @@ fn figures(t: &Totals) -> Map<String, Value> {
         "priced_requests": int(t.priced),
         "unpriced_requests": int(t.unpriced),
         "estimated_requests": int(t.estimated),
+        "partial_requests": int(t.partial),
         "embed_calls": int(t.embed_calls),
         "avg_latency_ms": rate(t.avg_latency_ms()),
         "avg_upstream_ms": rate(t.avg_upstream_ms()),

@@ -149,6 +149,7 @@ fn sample(i: u64) -> UsageRecord {
         overhead_model: (outcome == Outcome::Compressed).then(|| "gpt-4o-mini".to_owned()),
         embed_calls: u64::from(outcome == Outcome::SemanticHit),
         estimated: i % 10 == 0,
+        partial: false,
     }
 }
 

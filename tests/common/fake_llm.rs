@@ -21,18 +21,24 @@
 //!   share most words land close together.
 //!   [`embedding_for`] computes the same vector for a test's expectations.
 //!
-//! Magic models drive the error paths on every endpoint: `fail-400`, `fail-429` (with
-//! `retry-after`), `fail-500` and `context-overflow` answer with the requesting dialect's error
-//! body, and `window-N` answers `context-overflow` only when the prompt is over N tokens;
+//! Magic models drive the error paths on every endpoint: `fail-400` (and any name starting
+//! with it, such as `fail-400-x`), `fail-429` (with `retry-after`), `fail-500` and
+//! `context-overflow` answer with the requesting dialect's error body, and `window-N` answers `context-overflow` only when the prompt is over N tokens;
 //! `hang` never sends response headers; `slow-stream` streams 200 words with a delay
 //! between chunks (50 ms unless the builder sets `chunk_delay`); `quiet-*` models stream
 //! OpenAI answers without a usage chunk even when asked for one.
+//! `reset-midway` streams half of its answer and `reset-after-done` all of it, terminal event
+//! included, and then each breaks the connection instead of ending the body.
+//! `big-error` answers 500 with an error body of [`BIG_ERROR_BYTES`] ([`big_error_body`]
+//! gives its bytes), sending the second half only once [`FakeLlm::release_big_errors`] is called
+//! (or 10 s have passed).
 //! Malformed JSON sent to a known JSON endpoint is a 400; any other `/v1/*` path (such as
 //! `/v1/files`) accepts any body and echoes its length and SHA-256, to prove byte-for-byte
 //! passthrough.
 //! `n` is ignored: every answer has exactly one choice.
 
 use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,7 +55,7 @@ use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// The length of every embedding the fake returns before `dimensions` truncates it.
@@ -64,8 +70,17 @@ pub const SLOW_STREAM_DEFAULT_DELAY: Duration = Duration::from_millis(50);
 /// The arguments of every tool call the fake makes.
 pub const TOOL_ARGUMENTS: &str = r#"{"city":"Paris"}"#;
 
+/// Why a body broke off (the `reset-*` models).
+type BoxError = Box<dyn StdError + Send + Sync>;
+
 /// The response body type of every route.
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The size of the `big-error` model's error body.
+pub const BIG_ERROR_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long a `big-error` body waits for [`FakeLlm::release_big_errors`] before its second half.
+const BIG_ERROR_HOLD: Duration = Duration::from_secs(10);
 
 const OPENAI_JSON: &str = "application/json";
 const OLLAMA_JSON: &str = "application/json; charset=utf-8";
@@ -142,6 +157,7 @@ impl FakeLlmBuilder {
             cancelled_hangs: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             changed: Notify::new(),
+            released: watch::channel(false).0,
         });
         let server = tokio::spawn(serve(listener, Arc::clone(&state)));
         FakeLlm {
@@ -237,6 +253,11 @@ impl FakeLlm {
             .await
     }
 
+    /// Lets every `big-error` body, held or yet to come, send its second half.
+    pub fn release_big_errors(&self) {
+        self.state.released.send_replace(true);
+    }
+
     /// Forgets the recorded requests and zeroes the cancellation counters.
     pub fn reset(&self) {
         self.state.lock().clear();
@@ -282,6 +303,8 @@ struct State {
     next_id: AtomicU64,
     /// Woken whenever a request is recorded or a counter grows.
     changed: Notify,
+    /// Whether `big-error` bodies may send their second half.
+    released: watch::Sender<bool>,
 }
 
 impl State {
@@ -315,7 +338,46 @@ impl State {
             None => Duration::ZERO,
         }
     }
+
+    /// How a stream for `model` is paced and how it ends.
+    fn pacing(&self, model: &str) -> Pacing {
+        Pacing {
+            delay: self.chunk_delay_for(model),
+            reset: match model {
+                "reset-midway" => Reset::Midway,
+                "reset-after-done" => Reset::AfterLast,
+                _ => Reset::Never,
+            },
+        }
+    }
 }
+
+/// The delay between a stream's chunks, and where it breaks off.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    delay: Duration,
+    reset: Reset,
+}
+
+/// Where a stream breaks the connection instead of ending its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reset {
+    Never,
+    Midway,
+    AfterLast,
+}
+
+/// The error a `reset-*` stream ends with.
+#[derive(Debug)]
+struct ConnectionReset;
+
+impl std::fmt::Display for ConnectionReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the fake upstream broke the connection")
+    }
+}
+
+impl StdError for ConnectionReset {}
 
 /// Counts a `hang` request as released when hyper drops its handler.
 struct HangGuard(Arc<State>);
@@ -421,7 +483,7 @@ fn route(
             let Some(request) = json_object(&body) else {
                 return Reply::Now(dialect.error(&Failure::malformed_json()));
             };
-            if let Some(reply) = magic(dialect, &request) {
+            if let Some(reply) = magic(state, dialect, &request) {
                 return reply;
             }
             match path {
@@ -437,7 +499,9 @@ fn route(
             }
         }
         (_, p) if p.starts_with("/v1/") => {
-            if let Some(reply) = json_object(&body).and_then(|request| magic(dialect, &request)) {
+            if let Some(reply) =
+                json_object(&body).and_then(|request| magic(state, dialect, &request))
+            {
                 return reply;
             }
             passthrough_echo(method, path_and_query, headers, &body)
@@ -448,18 +512,19 @@ fn route(
 }
 
 /// The answer of a magic model, or `None` for an ordinary one.
-fn magic(dialect: Dialect, request: &Value) -> Option<Reply> {
+fn magic(state: &Arc<State>, dialect: Dialect, request: &Value) -> Option<Reply> {
     let model = model_of(request);
     if let Some(window) = model.strip_prefix("window-").and_then(|w| w.parse().ok()) {
         return (prompt_tokens(request) > window)
             .then(|| Reply::Now(dialect.error(&Failure::context_overflow())));
     }
     let failure = match model {
-        "fail-400" => Failure::bad_request(),
+        m if m.starts_with("fail-400") => Failure::bad_request(),
         "fail-429" => Failure::rate_limited(),
         "fail-500" => Failure::server_error(),
         "context-overflow" => Failure::context_overflow(),
         "hang" => return Some(Reply::Hang),
+        "big-error" => return Some(Reply::Now(big_error(state, dialect))),
         _ => return None,
     };
     Some(Reply::Now(dialect.error(&failure)))
@@ -833,7 +898,7 @@ fn openai_chat(state: &Arc<State>, request: &Value) -> Response<Body> {
         last["usage"] = usage;
         events.push(last);
     }
-    sse_response(state, &events, state.chunk_delay_for(model))
+    sse_response(state, &events, state.pacing(model))
 }
 
 fn openai_completion(state: &Arc<State>, request: &Value) -> Response<Body> {
@@ -889,7 +954,7 @@ fn openai_completion(state: &Arc<State>, request: &Value) -> Response<Body> {
         last["usage"] = usage;
         events.push(last);
     }
-    sse_response(state, &events, state.chunk_delay_for(model))
+    sse_response(state, &events, state.pacing(model))
 }
 
 /// One input of an embeddings request.
@@ -1090,7 +1155,7 @@ fn ollama_chat(state: &Arc<State>, request: &Value) -> Response<Body> {
         Answer::ToolCall { .. } => vec![line(message)],
     };
     lines.push(last(json!({"role": "assistant", "content": ""})));
-    ndjson_response(state, &lines, state.chunk_delay_for(model))
+    ndjson_response(state, &lines, state.pacing(model))
 }
 
 fn ollama_generate(state: &Arc<State>, request: &Value) -> Response<Body> {
@@ -1122,7 +1187,7 @@ fn ollama_generate(state: &Arc<State>, request: &Value) -> Response<Body> {
         })
         .collect();
     lines.push(last(""));
-    ndjson_response(state, &lines, state.chunk_delay_for(model))
+    ndjson_response(state, &lines, state.pacing(model))
 }
 
 fn ollama_embed(request: &Value) -> Response<Body> {
@@ -1235,7 +1300,7 @@ fn ollama_pull(state: &Arc<State>, request: &Value) -> Response<Body> {
     lines.push(json!({"status": "verifying sha256 digest"}));
     lines.push(json!({"status": "writing manifest"}));
     lines.push(json!({"status": "success"}));
-    ndjson_response(state, &lines, state.chunk_delay.unwrap_or_default())
+    ndjson_response(state, &lines, state.pacing(""))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1243,7 +1308,8 @@ fn ollama_pull(state: &Arc<State>, request: &Value) -> Response<Body> {
 // ---------------------------------------------------------------------------------------------
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
+    let body = Full::new(body.into()).map_err(|never| match never {});
+    let mut response = Response::new(body.boxed_unsync());
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -1256,43 +1322,51 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 /// Frames each event as `data: {json}\n\n` and ends with `data: [DONE]\n\n`, as OpenAI does.
-fn sse_response(state: &Arc<State>, events: &[Value], delay: Duration) -> Response<Body> {
+fn sse_response(state: &Arc<State>, events: &[Value], pacing: Pacing) -> Response<Body> {
     let frames = events
         .iter()
         .map(|event| Bytes::from(format!("data: {event}\n\n")))
         .chain([Bytes::from_static(b"data: [DONE]\n\n")])
         .collect();
-    streaming_response(state, SSE, frames, delay)
+    streaming_response(state, SSE, frames, pacing)
 }
 
 /// Writes one JSON object per line, as Ollama does.
-fn ndjson_response(state: &Arc<State>, lines: &[Value], delay: Duration) -> Response<Body> {
+fn ndjson_response(state: &Arc<State>, lines: &[Value], pacing: Pacing) -> Response<Body> {
     let frames = lines
         .iter()
         .map(|line| Bytes::from(format!("{line}\n")))
         .collect();
-    streaming_response(state, NDJSON, frames, delay)
+    streaming_response(state, NDJSON, frames, pacing)
 }
 
-/// Streams `frames` through a channel, `delay` apart, and counts the stream as cancelled when
-/// the channel's receiver (the response body) is dropped before the last frame was handed over.
+/// Streams `frames` through a channel, paced by `pacing`, and counts the stream as cancelled
+/// when the channel's receiver (the response body) is dropped before the last frame was handed
+/// over. A `reset` stream breaks off with an error where its pacing says.
 fn streaming_response(
     state: &Arc<State>,
     content_type: &'static str,
-    frames: Vec<Bytes>,
-    delay: Duration,
+    mut frames: Vec<Bytes>,
+    pacing: Pacing,
 ) -> Response<Body> {
-    let (sender, receiver) = mpsc::channel::<Bytes>(1);
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, BoxError>>(1);
     let producer_state = Arc::clone(state);
+    if pacing.reset == Reset::Midway {
+        frames.truncate(frames.len() / 2);
+    }
     tokio::spawn(async move {
         for (i, frame) in frames.into_iter().enumerate() {
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+            if i > 0 && !pacing.delay.is_zero() {
+                tokio::time::sleep(pacing.delay).await;
             }
-            if sender.send(frame).await.is_err() {
+            if sender.send(Ok(frame)).await.is_err() {
                 producer_state.bump(&producer_state.cancelled_streams);
                 return;
             }
+        }
+        if pacing.reset != Reset::Never {
+            let _ = sender.send(Err(Box::new(ConnectionReset))).await;
+            return;
         }
         // The body ends when the sender is dropped; a client that leaves first is no cancel.
         tokio::select! {
@@ -1302,12 +1376,63 @@ fn streaming_response(
     });
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let frame = receiver.recv().await?;
-        Some((Ok::<_, Infallible>(Frame::data(frame)), receiver))
+        Some((frame.map(Frame::data), receiver))
     });
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The `big-error` model's error body in `dialect` (Ollama's when `ollama`): a real error
+/// object whose message is padded to make the whole body [`BIG_ERROR_BYTES`] long.
+pub fn big_error_body(ollama: bool) -> Bytes {
+    let frame = |message: &str| {
+        if ollama {
+            json!({"error": message}).to_string()
+        } else {
+            json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}})
+                .to_string()
+        }
+    };
+    let padding = BIG_ERROR_BYTES - frame("").len();
+    Bytes::from(frame(&"x".repeat(padding)))
+}
+
+/// A 500 with [`big_error_body`], sent in 64 KiB pieces; the second half waits for
+/// [`FakeLlm::release_big_errors`] (or [`BIG_ERROR_HOLD`]).
+fn big_error(state: &Arc<State>, dialect: Dialect) -> Response<Body> {
+    let body = big_error_body(dialect == Dialect::Ollama);
+    let mut released = state.released.subscribe();
+    let (sender, receiver) = mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        let half = body.len() / 2;
+        let mut at = 0;
+        while at < body.len() {
+            if at == half {
+                let _ = tokio::time::timeout(BIG_ERROR_HOLD, released.wait_for(|r| *r)).await;
+            }
+            let end = (at + 64 * 1024).min(body.len());
+            if sender.send(body.slice(at..end)).await.is_err() {
+                return;
+            }
+            at = end;
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let piece = receiver.recv().await?;
+        Some((Ok::<_, BoxError>(Frame::data(piece)), receiver))
+    });
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    let content_type = match dialect {
+        Dialect::OpenAi => OPENAI_JSON,
+        Dialect::Ollama => OLLAMA_JSON,
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

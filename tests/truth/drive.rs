@@ -204,6 +204,7 @@ fn expect(
         actual,
         estimated,
         embed_calls: u64::from(embeds),
+        refused: (400..500).contains(&reply.status),
     }
 }
 

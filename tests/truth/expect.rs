@@ -67,6 +67,9 @@ pub struct Record {
     pub actual: Tokens,
     pub estimated: bool,
     pub embed_calls: u64,
+    /// The upstream refused the call with a 4xx: the aggregate counts it under `other`, never
+    /// under the model it asked for (the audit log keeps that name).
+    pub refused: bool,
 }
 
 impl Record {
@@ -77,6 +80,7 @@ impl Record {
     /// The record's value of a report dimension; a key without a team has the empty team.
     pub fn value(&self, dimension: &str) -> String {
         match dimension {
+            "model" if self.refused => "other".to_owned(),
             "model" => self.model.clone(),
             "team" => self.team.unwrap_or_default().to_owned(),
             "key" => self.key.to_owned(),
@@ -206,11 +210,11 @@ pub fn versions(records: &[Record]) -> BTreeMap<(String, Option<String>, String)
     out
 }
 
-/// Models without a price and how many requests used them.
+/// Models without a price, as the aggregate names them, and how many requests used them.
 pub fn unpriced(records: &[Record]) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     for r in records.iter().filter(|r| r.price().is_none()) {
-        *out.entry(r.model.clone()).or_default() += 1;
+        *out.entry(r.value("model")).or_default() += 1;
     }
     out
 }

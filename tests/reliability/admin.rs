@@ -1,0 +1,46 @@
+//! The dashboard cookie a browser gets for presenting the admin token has a lifetime.
+
+use reqwest::StatusCode;
+
+use crate::common::client::ADMIN_TOKEN;
+use crate::common::fake_llm::FakeLlm;
+use crate::common::thrifty::{Thrifty, config_for};
+
+#[tokio::test]
+async fn the_dashboard_cookie_expires() {
+    let fake = FakeLlm::start().await;
+    let thrifty =
+        Thrifty::start_with_env(config_for(&fake), &[("THRIFTY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let login = client
+        .get(format!("{}/dashboard?token={ADMIN_TOKEN}", thrifty.url()))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let cookie = login
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let max_age: Option<u64> = cookie
+        .split(';')
+        .filter_map(|part| part.trim().strip_prefix("Max-Age="))
+        .find_map(|v| v.parse().ok());
+    assert_eq!(max_age, Some(12 * 3600), "{cookie}");
+
+    let wrong = client
+        .get(format!(
+            "{}/dashboard?token=not-{ADMIN_TOKEN}",
+            thrifty.url()
+        ))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+}

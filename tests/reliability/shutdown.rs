@@ -1,0 +1,131 @@
+//! Shutdown with streams still running when `shutdown_grace` ends: the connections are cut,
+//! and every cut stream is in the ledger as a partial `error` with the tokens it carried. A
+//! call still waiting for its answer's head is recorded too, with its prompt.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+
+use crate::common::client::{DIALECTS, Probe, start_redis, start_thrifty};
+use crate::common::fake_llm::FakeLlm;
+use crate::common::thrifty::config_for;
+use crate::{WAIT, audit_log, client, read_stream, redis_env};
+
+/// Streams per dialect left running at shutdown.
+const STREAMS: usize = 3;
+
+/// Words each client reads before shutdown begins.
+const WORDS_BEFORE: usize = 3;
+
+fn words(bytes: &[u8]) -> usize {
+    String::from_utf8_lossy(bytes).matches("word").count()
+}
+
+#[tokio::test]
+async fn streams_cut_at_shutdown_are_recorded_with_the_tokens_they_carried() {
+    let redis = start_redis().await;
+    // 200 words 100 ms apart: every stream outlives the grace period by far.
+    let fake = FakeLlm::builder()
+        .chunk_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let mut raw = config_for(&fake);
+    raw.server.shutdown_grace = Duration::from_millis(300);
+    let thrifty = start_thrifty(raw, &redis_env(&redis), WAIT).await;
+    let client = client();
+
+    let mut streams = Vec::new();
+    for dialect in DIALECTS {
+        for i in 0..STREAMS {
+            let response = client
+                .post(format!("{}{}", thrifty.url(), dialect.chat_path()))
+                .json(&dialect.chat("slow-stream", &format!("stream number {i}"), true))
+                .send()
+                .await
+                .expect("request is sent");
+            assert_eq!(response.status(), StatusCode::OK, "{dialect:?}");
+            let mut body = response.bytes_stream();
+            let mut seen = Vec::new();
+            while words(&seen) < WORDS_BEFORE {
+                let chunk = tokio::time::timeout(WAIT, body.next())
+                    .await
+                    .expect("a chunk arrives in time")
+                    .expect("the stream goes on")
+                    .expect("the chunk is not an error");
+                seen.extend_from_slice(&chunk);
+            }
+            streams.push((dialect, body, seen));
+        }
+    }
+
+    // A call the upstream never answers: it went upstream, so its prompt may be billed.
+    let waiting = client
+        .post(format!("{}/v1/chat/completions", thrifty.url()))
+        .json(&crate::Dialect::OpenAi.chat("hang", "are you there", false))
+        .send();
+    let waiting = tokio::spawn(waiting);
+    assert!(fake.wait_for_calls(2 * STREAMS + 1, WAIT).await);
+
+    let server = thrifty.begin_shutdown();
+    let ended = tokio::time::timeout(WAIT, server).await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the server ends soon after the grace period"
+    );
+
+    let probe = Probe::connect(&redis.url(), WAIT).await;
+    let records: Vec<_> = audit_log(&probe)
+        .await
+        .into_iter()
+        .filter(|r| r["model"] == "slow-stream")
+        .collect();
+    assert_eq!(
+        records.len(),
+        2 * STREAMS,
+        "one record per cut stream: {records:#?}"
+    );
+    let mut completion = 0;
+    for record in &records {
+        assert_eq!(record["outcome"], "error", "{record:#}");
+        assert_eq!(record["partial"], true, "{record:#}");
+        assert_eq!(record["status"], 200, "{record:#}");
+        assert!(record["actual"]["prompt"].as_u64() > Some(0), "{record:#}");
+        let tokens = record["actual"]["completion"].as_u64().unwrap_or(0);
+        assert!(tokens >= WORDS_BEFORE as u64, "{record:#}");
+        completion += tokens;
+    }
+    let hung: Vec<_> = audit_log(&probe)
+        .await
+        .into_iter()
+        .filter(|r| r["model"] == "hang")
+        .collect();
+    assert_eq!(hung.len(), 1, "the call waiting for its answer: {hung:#?}");
+    assert_eq!(hung[0]["outcome"], "error", "{:#}", hung[0]);
+    assert_eq!(hung[0]["partial"], true, "{:#}", hung[0]);
+    assert!(
+        hung[0]["actual"]["prompt"].as_u64() > Some(0),
+        "{:#}",
+        hung[0]
+    );
+    assert!(
+        waiting.await.expect("waiting task").is_err(),
+        "the waiting client's connection was cut"
+    );
+
+    // The clients' streams were cut too, and every word they got was counted.
+    let mut received = 0;
+    for (dialect, body, seen) in streams {
+        let streamed = read_stream(body, seen, WAIT).await;
+        assert!(
+            !dialect.has_terminal_event(&streamed.bytes),
+            "{dialect:?}: the stream was cut, not finished"
+        );
+        received += words(&streamed.bytes);
+    }
+    // Every word a client got was relayed, so counted: at least one token each.
+    assert!(
+        completion >= received as u64,
+        "{completion} completion tokens recorded for {received} words received"
+    );
+}
