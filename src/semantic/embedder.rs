@@ -320,12 +320,22 @@ impl Embedder {
         self.shared.counters.runs.load(Ordering::Relaxed)
     }
 
-    /// Whether `text` is at most `limit` word pieces long for the model, counting at most
-    /// `limit` pieces' worth of bytes (no word piece is longer than 32 bytes), so a huge text
-    /// costs no more than a long question.
+    /// Whether `text` is surely more than `limit` word pieces long, judged without the
+    /// tokenizer: every whitespace-separated word is at least one word piece, and no word piece
+    /// is longer than 32 bytes. A few microseconds for a long message.
+    pub fn surely_longer(text: &str, limit: usize) -> bool {
+        text.len() > limit.saturating_mul(32) || text.split_whitespace().nth(limit).is_some()
+    }
+
+    /// Whether `text` is at most `limit` word pieces long for the model. The tokenizer runs only
+    /// when neither bound decides: a text of at most `limit` characters fits (every word piece
+    /// covers at least one), and [`Embedder::surely_longer`] texts do not.
     pub fn fits(&self, text: &str, limit: usize) -> bool {
-        if text.len() > limit.saturating_mul(32) {
+        if Embedder::surely_longer(text, limit) {
             return false;
+        }
+        if text.chars().nth(limit).is_none() {
+            return true;
         }
         self.tokenizer
             .encode(text, false)

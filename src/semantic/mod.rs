@@ -80,6 +80,8 @@ pub struct Question {
     pub text: String,
     /// Its vector, when a lookup already embedded it.
     pub vector: Option<Arc<Vec<f32>>>,
+    /// Found too long by a lookup: never embedded, never indexed.
+    pub long: bool,
 }
 
 /// What a lookup found.
@@ -233,7 +235,8 @@ impl SemanticCache {
     }
 
     /// The question this call asks, with its partition; `None` when the call is not for this
-    /// stage or its last message is too long to be a question (counted). Embeds nothing.
+    /// stage or its last message is surely too long to be a question (counted). Embeds and
+    /// tokenizes nothing: the exact length is checked only where the model would run anyway.
     pub fn question(
         &self,
         scope: &Scope,
@@ -242,7 +245,7 @@ impl SemanticCache {
         chat: &ChatRequest,
     ) -> Option<Question> {
         let text = last_user_text(chat)?;
-        if !self.embedder.fits(text, self.config.max_question_tokens) {
+        if Embedder::surely_longer(text, self.config.max_question_tokens) {
             self.stats.skipped(Skip::Long);
             return None;
         }
@@ -257,7 +260,19 @@ impl SemanticCache {
             partition: partition.0,
             text: text.to_owned(),
             vector: None,
+            long: false,
         })
+    }
+
+    /// Whether a question is longer than `semantic.max_question_tokens` word pieces (counted).
+    fn too_long(&self, question: &Question) -> bool {
+        let long = !self
+            .embedder
+            .fits(&question.text, self.config.max_question_tokens);
+        if long {
+            self.stats.skipped(Skip::Long);
+        }
+        long
     }
 
     /// Looks a question up: embeds it only when its partition holds entries and the model can
@@ -272,6 +287,10 @@ impl SemanticCache {
         if !self.index.holds(&question.partition) {
             self.stats.skipped(Skip::Empty);
             return Lookup::Skipped(Skip::Empty);
+        }
+        if self.too_long(question) {
+            question.long = true;
+            return Lookup::Skipped(Skip::Long);
         }
         let vector = match self
             .embedder
@@ -301,6 +320,9 @@ impl SemanticCache {
     /// Queues an answered question for indexing; never waits. When the queue is full the
     /// question is dropped (counted) and simply not indexed.
     pub fn remember_later(&self, question: Question, answer: CacheKey, ttl: Duration) {
+        if question.long {
+            return;
+        }
         let pending = Pending {
             question,
             answer,
@@ -328,6 +350,8 @@ impl SemanticCache {
         };
         let mut batch = Vec::with_capacity(INDEX_BATCH);
         while waiting.recv_many(&mut batch, INDEX_BATCH).await > 0 {
+            // Questions no lookup has measured are measured here, off the request path.
+            batch.retain(|p| p.question.vector.is_some() || !self.too_long(&p.question));
             let texts: Vec<String> = batch
                 .iter()
                 .filter(|p| p.question.vector.is_none())
@@ -340,7 +364,10 @@ impl SemanticCache {
                     Some(v) => Some(v),
                     None => vectors.next().flatten(),
                 };
-                let Some(vector) = vector else { continue };
+                let Some(vector) = vector else {
+                    self.stats.skipped(Skip::Failed);
+                    continue;
+                };
                 let query = Query {
                     partition: pending.question.partition,
                     text: pending.question.text,
