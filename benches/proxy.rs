@@ -883,6 +883,7 @@ async fn semantic_hits(bench: &Bench) -> Result<Outcome> {
     let rest: Vec<String> = texts.iter().skip(sent + WARMUP).cloned().collect();
     let (loaded, loaded_others) = semantic_load(bench, &target, rest, cap).await?;
     let loaded_upstream = bench.fake.calls() - upstream;
+    let loaded_stats = thrifty.semantic_stats(&bench.client).await?;
     drop(thrifty);
     let loaded_non_hits: usize = loaded_others.values().sum();
     ensure!(
@@ -899,6 +900,7 @@ async fn semantic_hits(bench: &Bench) -> Result<Outcome> {
     if !loaded_others.is_empty() {
         loaded_note.push_str(&format!("; not hits: {loaded_others:?}"));
     }
+    loaded_note.push_str(&format!("; {}", semantic_note(&stats, &loaded_stats)));
 
     let hits = latencies.len();
     let non_hits: usize = others.values().sum();
