@@ -179,7 +179,11 @@ impl Proxy {
                 reply::error(route.dialect(), &e)
             });
             let h = response.headers_mut();
-            headers::set(h, "x-request-id", &request_id);
+            // The upstream's own id stays, as its support can look it up; only an answer no
+            // upstream gave (a hit, thrifty's own refusal) carries thrifty's id there.
+            if !h.contains_key("x-request-id") {
+                headers::set(h, "x-request-id", &request_id);
+            }
             headers::set(h, "x-thrifty-request-id", &request_id);
             let status = response.status().as_u16();
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;

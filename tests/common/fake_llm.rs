@@ -312,9 +312,14 @@ impl State {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn record(&self, request: Recorded) {
-        self.lock().push(request);
+    /// Keeps a request; returns how many there are now.
+    fn record(&self, request: Recorded) -> usize {
+        let mut requests = self.lock();
+        requests.push(request);
+        let n = requests.len();
+        drop(requests);
         self.changed.notify_waiters();
+        n
     }
 
     fn bump(&self, counter: &AtomicUsize) {
@@ -408,6 +413,11 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
     }
 }
 
+/// The `x-request-id` the fake gives its OpenAI answer to the `n`th call (counting from 1).
+pub fn request_id(n: usize) -> String {
+    format!("req_fake{n:06}")
+}
+
 /// What a route decided: answer now, or hold the request until the client leaves.
 enum Reply {
     Now(Response<Body>),
@@ -426,7 +436,7 @@ async fn handle(
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
-    state.record(Recorded {
+    let call = state.record(Recorded {
         method: parts.method.to_string(),
         path: path.clone(),
         headers: parts.headers.clone(),
@@ -443,7 +453,14 @@ async fn handle(
         &parts.headers,
         body,
     ) {
-        Reply::Now(response) => Ok(response),
+        Reply::Now(mut response) => {
+            // OpenAI names every answer, errors included, with an id of its own.
+            if Dialect::of(parts.uri.path()) == Dialect::OpenAi {
+                let id = HeaderValue::from_str(&request_id(call)).expect("a header value");
+                response.headers_mut().insert("x-request-id", id);
+            }
+            Ok(response)
+        }
         Reply::Hang => {
             let _released = HangGuard(Arc::clone(&state));
             let never: Infallible = std::future::pending().await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::fake_llm::FakeLlm;
+use crate::common::fake_llm::{self, FakeLlm};
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{
     CALLS, Call, DIALECTS, Dialect, assert_status, client, content_type, header, post, post_with,
@@ -108,16 +108,41 @@ async fn request_ids_are_issued_and_propagated(dialect: Dialect) {
     assert_ne!(a, b, "each request gets its own id");
 
     let request = dialect.chat("gpt-4o-mini", &unique("traced"));
-    let traced = post_with(url, &request, &[("x-request-id", "trace-7f3a-0001")]).await;
+    let traced = post_with(
+        url.clone(),
+        &request,
+        &[("x-request-id", "trace-7f3a-0001")],
+    )
+    .await;
     assert_status(&traced, StatusCode::OK, "traced request");
-    assert_eq!(traced.header("x-request-id"), "trace-7f3a-0001");
     assert_eq!(traced.header("x-thrifty-request-id"), "trace-7f3a-0001");
+    // The upstream's own id reaches the client as it came (OpenAI names every answer; the
+    // fake's Ollama does not, so there the client's id comes back).
+    let expected = match dialect {
+        Dialect::OpenAi => fake_llm::request_id(fake.calls()),
+        Dialect::Ollama => "trace-7f3a-0001".to_owned(),
+    };
+    assert_eq!(traced.header("x-request-id"), expected, "x-request-id");
     let recorded = fake.last_request().expect("the upstream was called");
     assert_eq!(
         header(&recorded.headers, "x-request-id"),
         "trace-7f3a-0001",
         "the client's request id travels upstream"
     );
+    if dialect == Dialect::OpenAi {
+        // So does it on an upstream error, which SDKs report with the id.
+        let failed = post(url.clone(), &dialect.chat("fail-500", &unique("fail"))).await;
+        assert_status(&failed, StatusCode::INTERNAL_SERVER_ERROR, "upstream error");
+        assert_eq!(
+            failed.header("x-request-id"),
+            fake_llm::request_id(fake.calls()),
+            "the upstream's id on its error"
+        );
+        assert_ne!(
+            failed.header("x-thrifty-request-id"),
+            failed.header("x-request-id")
+        );
+    }
 }
 
 #[tokio::test]
