@@ -19,6 +19,7 @@
 //! It never answers by itself: a hit names an exact cache entry, which the
 //! pipeline reads and replays.
 
+pub mod calibration;
 pub mod cost;
 pub mod embedder;
 pub mod eval;
