@@ -25,6 +25,7 @@ pub mod embedder;
 pub mod eval;
 pub mod guard;
 pub mod index;
+pub mod online;
 mod sketch;
 pub mod stats;
 #[cfg(test)]
