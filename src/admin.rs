@@ -66,6 +66,10 @@ pub async fn handle(
         (Method::GET, "/admin/compression/stats") => {
             Ok(reply::json(StatusCode::OK, &proxy.compressor().stats()))
         }
+        (Method::GET, "/admin/semantic/calibration") => Ok(reply::json(
+            StatusCode::OK,
+            &proxy.calibration().report(None).await,
+        )),
         (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
         (Method::GET, "/metrics") => {
             let semantic: Vec<_> = proxy.semantic().map(|s| s.metrics()).into_iter().collect();

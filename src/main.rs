@@ -73,6 +73,16 @@ enum Command {
         /// at a time and in background batches, on questions built from the pairs' texts.
         #[arg(long)]
         cost: bool,
+        /// Stream each file's questions (then all files mixed) through the guard, index and
+        /// calibration, answered by class, and report served precision and recall over time.
+        #[arg(long)]
+        online: bool,
+        /// With --online: the seed of the question order and of exploration.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// With --online: measure semantic.mode = "static" instead of the configured mode.
+        #[arg(long = "static")]
+        fixed: bool,
     },
 }
 
@@ -127,7 +137,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::EvalSemantic { pairs, dump, cost } => {
+        Command::EvalSemantic {
+            pairs,
+            online: true,
+            seed,
+            fixed,
+            ..
+        } => eval_online(cli.config, &pairs, seed, fixed),
+        Command::EvalSemantic {
+            pairs, dump, cost, ..
+        } => {
             if cost {
                 eval_cost(cli.config, &pairs)
             } else {
@@ -234,6 +253,47 @@ fn eval_cost(config: Option<PathBuf>, files: &[PathBuf]) -> anyhow::Result<()> {
         "{}",
         thrifty::semantic::cost::render(threads, &costs)
     )?;
+    Ok(())
+}
+
+fn eval_online(
+    config: Option<PathBuf>,
+    files: &[PathBuf],
+    seed: u64,
+    fixed: bool,
+) -> anyhow::Result<()> {
+    use thrifty::semantic::online::{self, Workload};
+    let mut config = Config::load(config.as_deref())?;
+    if fixed {
+        config.semantic.mode = thrifty::config::SemanticMode::Static;
+    }
+    let embedder = thrifty::semantic::embedder::Embedder::shared(&config.semantic.model_dir)
+        .map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut out = std::io::stdout();
+    let mut parts = Vec::new();
+    let mut all_vectors = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        let workload =
+            Workload::read(&name, std::slice::from_ref(file)).map_err(anyhow::Error::msg)?;
+        let vectors = runtime
+            .block_on(online::embed(&embedder, &workload))
+            .map_err(anyhow::Error::msg)?;
+        let run = runtime.block_on(online::run(&workload, &vectors, &config.semantic, seed));
+        writeln!(
+            out,
+            "{}",
+            online::render(&workload, &run, config.semantic.mode)
+        )?;
+        all_vectors.extend(vectors);
+        parts.push(workload);
+    }
+    if parts.len() > 1 {
+        let mix = Workload::mix("all files mixed", &parts);
+        let run = runtime.block_on(online::run(&mix, &all_vectors, &config.semantic, seed));
+        writeln!(out, "{}", online::render(&mix, &run, config.semantic.mode))?;
+    }
     Ok(())
 }
 

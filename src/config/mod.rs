@@ -21,7 +21,7 @@ pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore, StoreConfig};
 pub use compression::*;
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
 pub use savings::{RawSavings, SavingsConfig};
-pub use semantic::{ContextRule, RawSemantic, SemanticConfig};
+pub use semantic::{ContextRule, RawSemantic, SemanticConfig, SemanticMode};
 pub use upstream::{RawDialect, RawRoute, RawRouting, RawUpstream, Routing, Upstream};
 
 use crate::secret::Secret;

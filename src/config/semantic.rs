@@ -1,4 +1,4 @@
-//! `[semantic]`: the semantic cache's model, threshold, guard and index bounds.
+//! `[semantic]`: the semantic cache's model, threshold, guard, serving mode and index bounds.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +29,21 @@ pub struct RawSemantic {
     pub index_queue: usize,
     /// Threads one embedding may use.
     pub threads: usize,
+    pub mode: SemanticMode,
+    pub max_error: f64,
+    pub explore: f64,
+}
+
+/// How a candidate that passes the guard is judged.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SemanticMode {
+    /// Served only where outcomes verified on this deployment's traffic bound the error
+    /// rate below `max_error`.
+    #[default]
+    Verified,
+    /// Served above the fixed threshold, with no verification.
+    Static,
 }
 
 /// Which earlier messages must match exactly for a semantic hit.
@@ -58,6 +73,9 @@ impl Default for RawSemantic {
             max_wait: Duration::from_millis(5),
             index_queue: 1024,
             threads: crate::semantic::embedder::DEFAULT_THREADS,
+            mode: SemanticMode::Verified,
+            max_error: 0.05,
+            explore: 0.03,
         }
     }
 }
@@ -77,6 +95,11 @@ pub struct SemanticConfig {
     pub max_wait: Duration,
     pub index_queue: usize,
     pub threads: usize,
+    pub mode: SemanticMode,
+    /// The largest error rate verified serving accepts (its bound is on 1 - max_error).
+    pub max_error: f64,
+    /// The fraction of allowed semantic hits still verified upstream.
+    pub explore: f64,
 }
 
 /// Where the fetch script puts the model when nothing else is said.
@@ -107,6 +130,18 @@ pub fn validate_semantic(raw: RawSemantic, env: &Env<'_>) -> Result<SemanticConf
             "max_question_tokens and index_queue above zero",
         ));
     }
+    if !(raw.max_error > 0.0 && raw.max_error < 1.0) {
+        return Err(ConfigError::invalid(
+            "semantic.max_error",
+            "an error rate above 0 and below 1",
+        ));
+    }
+    if !(0.0..=1.0).contains(&raw.explore) {
+        return Err(ConfigError::invalid(
+            "semantic.explore",
+            "a fraction between 0 and 1",
+        ));
+    }
     Ok(SemanticConfig {
         enabled: raw.enabled,
         model_dir: raw.model_dir.unwrap_or_else(|| default_model_dir(env)),
@@ -121,5 +156,8 @@ pub fn validate_semantic(raw: RawSemantic, env: &Env<'_>) -> Result<SemanticConf
         max_wait: raw.max_wait,
         index_queue: raw.index_queue,
         threads: raw.threads.max(1),
+        mode: raw.mode,
+        max_error: raw.max_error,
+        explore: raw.explore,
     })
 }

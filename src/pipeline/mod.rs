@@ -46,6 +46,7 @@ use crate::ratelimit::RateLimiter;
 use crate::router::{self, Route};
 use crate::savings::Ledger;
 use crate::semantic::SemanticCache;
+use crate::semantic::calibration::Calibration;
 use crate::store::Store;
 use crate::upstream::{UpstreamClient, root_store};
 use crate::{dialect, headers, reply};
@@ -61,6 +62,8 @@ pub struct Proxy {
     limiter: RateLimiter,
     cache: Arc<Cache>,
     semantic: Option<Arc<SemanticCache>>,
+    /// Verified outcomes of semantic candidates, shared through the store.
+    calibration: Arc<Calibration>,
     ledger: Arc<Ledger>,
     compressor: Compressor,
 }
@@ -102,6 +105,11 @@ impl Proxy {
             auth: Authenticator::new(&config.keys),
             limiter: RateLimiter::new(config.rate_limit, &config.keys),
             semantic: SemanticCache::load(&config.semantic, cache.clone()),
+            calibration: Arc::new(Calibration::new(
+                &config.semantic,
+                Some(cache.store().clone()),
+                crate::cache::now_ms(),
+            )),
             compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
             ledger,
             cache,
@@ -124,6 +132,10 @@ impl Proxy {
 
     pub fn semantic(&self) -> Option<&Arc<SemanticCache>> {
         self.semantic.as_ref()
+    }
+
+    pub fn calibration(&self) -> &Arc<Calibration> {
+        &self.calibration
     }
 
     pub fn ledger(&self) -> &Arc<Ledger> {

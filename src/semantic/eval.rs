@@ -50,7 +50,7 @@ impl Counts {
 #[derive(Clone, Debug)]
 pub struct Scored {
     pub similarity: f32,
-    pub guard: Result<(), guard::Rejection>,
+    pub guard: Result<guard::Features, guard::Rejection>,
     pub same: bool,
     pub a: String,
     pub b: String,
@@ -58,14 +58,24 @@ pub struct Scored {
 
 impl Scored {
     /// One TSV line for `--dump`: similarity, the guard's verdict (`pass` or the rule that
-    /// rejected), the label, and both texts.
+    /// rejected), the label, both texts, then a passing pair's content-word overlap, length
+    /// ratio and whether a rule came close (empty when rejected).
     pub fn tsv(&self) -> String {
-        let verdict = self
-            .guard
-            .map_or_else(guard::Rejection::as_str, |()| "pass");
+        let verdict = self.guard.map_or_else(guard::Rejection::as_str, |_| "pass");
+        let features = self.guard.map_or_else(
+            |_| "\t\t".to_owned(),
+            |f| {
+                format!(
+                    "{:.3}\t{:.3}\t{}",
+                    f.overlap,
+                    f.length_ratio,
+                    u8::from(f.one_sided)
+                )
+            },
+        );
         let clean = |t: &str| t.replace(['\t', '\n'], " ");
         format!(
-            "{}\t{verdict}\t{}\t{}\t{}\n",
+            "{}\t{verdict}\t{}\t{}\t{}\t{features}\n",
             self.similarity,
             u8::from(self.same),
             clean(&self.a),

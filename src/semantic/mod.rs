@@ -19,11 +19,13 @@
 //! It never answers by itself: a hit names an exact cache entry, which the
 //! pipeline reads and replays.
 
+pub mod calibration;
 pub mod cost;
 pub mod embedder;
 pub mod eval;
 pub mod guard;
 pub mod index;
+pub mod online;
 mod sketch;
 pub mod stats;
 #[cfg(test)]
