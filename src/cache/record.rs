@@ -16,9 +16,10 @@ use crate::body::{Body, Tap};
 use crate::chat::{Call, Dialect};
 use crate::dialect::stream;
 
-/// Called with the key and time to live of an answer once it is stored.
-pub type OnStored =
-    Box<dyn FnOnce(CacheKey, Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+/// Called with the key, time to live and entry of an answer once it is stored.
+pub type OnStored = Box<
+    dyn FnOnce(CacheKey, Duration, Arc<Entry>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+>;
 
 /// What the recorder needs to turn the bytes into an entry.
 pub struct Recording {
@@ -28,7 +29,7 @@ pub struct Recording {
     pub streamed: bool,
     /// Prompt tokens compression removed before this answer was asked for.
     pub compressed_away: u64,
-    /// What else should learn of the stored answer (the semantic index).
+    /// What else should learn of the stored answer (the semantic index, the calibration).
     pub on_stored: Option<OnStored>,
 }
 
@@ -82,9 +83,10 @@ fn finish(recording: Recording, bytes: &[u8]) {
         let stored = cache.put(flight.key(), &entry).await;
         let key = flight.key().clone();
         let ttl = Duration::from_millis(entry.ttl_ms);
-        flight.finish(Some(Arc::new(entry)));
+        let entry = Arc::new(entry);
+        flight.finish(Some(entry.clone()));
         if let (true, Some(on_stored)) = (stored, on_stored) {
-            on_stored(key, ttl).await;
+            on_stored(key, ttl, entry).await;
         }
     });
 }

@@ -10,30 +10,16 @@ use http_body_util::BodyExt;
 
 use crate::body::{Body, Rewrite, RewriteFn};
 use crate::cache::controls::Controls;
-use crate::cache::entry::Entry;
-use crate::cache::key::CacheKey;
-use crate::cache::record::{OnStored, Recording, recorder};
-use crate::cache::{Lookup, Outcome, Plan, replay};
+use crate::cache::record::{Recording, recorder};
+use crate::cache::{Lookup, Outcome, replay};
 use crate::chat::Call;
 use crate::dialect::sse::UsageStripper;
 use crate::error::ProxyError;
 use crate::savings as ledger;
-use crate::semantic;
 use crate::{dialect, headers};
 
+use super::semantic::{Decision, SemanticHit};
 use super::{Exchange, Proxy};
-
-/// How many guarded semantic candidates are tried, best first, before going upstream.
-const SEMANTIC_CANDIDATES: usize = 3;
-
-/// A recorded answer to a question that means the same, and the two wordings.
-struct SemanticHit {
-    entry: Arc<Entry>,
-    key: CacheKey,
-    similarity: f32,
-    asked: String,
-    recorded: String,
-}
 
 impl Proxy {
     /// Chat and completion calls: exact cache lookup, then upstream, recording the answer.
@@ -75,18 +61,25 @@ impl Proxy {
             }
             Lookup::Miss { outcome, flight } => (outcome, flight),
         };
-        let (semantic_hit, question) = self.semantic_stage(&plan, &call, upstream).await;
-        if semantic_hit.is_some() || question.as_ref().is_some_and(|q| q.vector.is_some()) {
+        let Decision {
+            hit: semantic_hit,
+            question,
+            verify,
+        } = self.semantic_stage(&plan, &call, upstream).await;
+        let embedded = verify.is_some() || question.as_ref().is_some_and(|q| q.vector.is_some());
+        if semantic_hit.is_some() || embedded {
             account.embedded();
         }
-        if let Some(SemanticHit {
-            entry,
-            key,
-            similarity,
-            asked,
-            recorded,
-        }) = semantic_hit
-        {
+        if let Some(hit) = semantic_hit {
+            let confidence = hit.confidence_header();
+            let SemanticHit {
+                entry,
+                key,
+                similarity,
+                asked,
+                recorded,
+                ..
+            } = hit;
             stats.record(
                 &plan.tenant,
                 namespace.as_deref(),
@@ -98,6 +91,9 @@ impl Proxy {
             let h = response.headers_mut();
             headers::set(h, "x-thrifty-cache", Outcome::SemanticHit.as_str());
             headers::set(h, "x-thrifty-similarity", &format!("{similarity:.4}"));
+            if let Some(confidence) = &confidence {
+                headers::set(h, "x-thrifty-confidence", confidence);
+            }
             let encoding = self.compressor.encoding(call.model());
             account.reworded(self.compressor.counter(), encoding, &asked, &recorded);
             account.hit(
@@ -140,17 +136,7 @@ impl Proxy {
         match flight {
             Some(flight) if response.status().is_success() => {
                 let streamed = dialect::stream::is_stream(response.headers());
-                let on_stored = match (&self.semantic, question) {
-                    (Some(semantic), Some(question)) => {
-                        let semantic = semantic.clone();
-                        let remember: OnStored = Box::new(move |key, ttl| {
-                            semantic.remember_later(question, key, ttl);
-                            Box::pin(std::future::ready(()))
-                        });
-                        Some(remember)
-                    }
-                    _ => None,
-                };
+                let on_stored = self.after_stored(question, verify);
                 let recording = Recording {
                     flight,
                     plan,
@@ -167,57 +153,6 @@ impl Proxy {
             }
             _ => Ok(strip_usage(response, sent.strips_usage)),
         }
-    }
-
-    /// The semantic stage: a recorded answer to a question that means the same, in the same
-    /// context, or the question to remember once this call's answer is recorded. Nothing is
-    /// embedded here unless a hit is possible (see [`semantic::SemanticCache::lookup`]).
-    async fn semantic_stage(
-        &self,
-        plan: &Plan,
-        call: &Call,
-        upstream: &str,
-    ) -> (Option<SemanticHit>, Option<semantic::Question>) {
-        let (Some(semantic), Call::Chat(chat)) = (&self.semantic, call) else {
-            return (None, None);
-        };
-        if !plan.controls.semantic || plan.key.is_none() {
-            return (None, None);
-        }
-        let Some(mut question) = semantic.question(&plan.scope, plan.dialect, upstream, chat)
-        else {
-            return (None, None);
-        };
-        if !plan.mode.read() {
-            return (None, Some(question));
-        }
-        let threshold = plan.controls.semantic_threshold;
-        let semantic::Lookup::Searched(hits) = semantic
-            .lookup(&mut question, threshold, SEMANTIC_CANDIDATES)
-            .await
-        else {
-            return (None, Some(question));
-        };
-        // The best answer may have expired since it was indexed; the next one may serve.
-        for hit in hits {
-            match self.cache.read(plan, &hit.answer, call).await {
-                Some(entry) => {
-                    let hit = SemanticHit {
-                        entry,
-                        key: hit.answer,
-                        similarity: hit.similarity,
-                        asked: question.text,
-                        recorded: hit.question,
-                    };
-                    return (Some(hit), None);
-                }
-                None if self.cache.exists(&hit.answer).await == Some(false) => {
-                    semantic.forget(&question.partition, &hit.answer.0).await;
-                }
-                None => {}
-            }
-        }
-        (None, Some(question))
     }
 }
 

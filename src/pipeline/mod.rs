@@ -12,6 +12,7 @@
 //! - `mod.rs`: the door (`handle`), admission (route, upstream, tenant, rate limit) and the
 //!   savings record every intercepted call gets.
 //! - `answer.rs`: chat and completion calls: exact lookup, semantic lookup, upstream, recording.
+//! - `semantic.rs`: the semantic stage: serve, or verify the candidate against the fresh answer.
 //! - `forward.rs`: what goes upstream (compression, the stream usage request, the one retry
 //!   after a context overflow) and the upstream call itself.
 //! - `embed.rs`: embedding calls, answered per input from the cache where it can.
@@ -19,6 +20,7 @@
 mod answer;
 mod embed;
 mod forward;
+mod semantic;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -128,6 +128,8 @@ pub struct Hit {
     pub similarity: f32,
     /// The recorded question the answer was given to.
     pub question: String,
+    /// How the two questions compare beyond similarity, for the calibration.
+    pub features: guard::Features,
 }
 
 pub struct SemanticCache {
@@ -397,13 +399,25 @@ impl SemanticCache {
         self.index
             .search(&query.partition, &query.vector, threshold, shortlist)
             .into_iter()
-            .filter(|c| !self.config.guard || guard::check(&query.text, &c.item.text).is_ok())
-            .take(limit)
-            .map(|c| Hit {
-                answer: CacheKey(c.item.answer.clone()),
-                similarity: c.similarity,
-                question: c.item.text.clone(),
+            .filter_map(|c| {
+                let features = match guard::check(&query.text, &c.item.text) {
+                    Ok(features) => features,
+                    Err(_) if self.config.guard => return None,
+                    // Unguarded, a pair the rules reject still counts as the least alike.
+                    Err(_) => guard::Features {
+                        overlap: 0.0,
+                        length_ratio: 0.0,
+                        one_sided: true,
+                    },
+                };
+                Some(Hit {
+                    answer: CacheKey(c.item.answer.clone()),
+                    similarity: c.similarity,
+                    question: c.item.text.clone(),
+                    features,
+                })
             })
+            .take(limit)
             .collect()
     }
 
