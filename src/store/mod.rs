@@ -290,6 +290,20 @@ impl Store {
         .await
     }
 
+    /// Like [`Store::get_many`] off the request path: bounded by the bulk timeout.
+    pub async fn get_batch(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bounded_bulk(async {
+            match &self.backend {
+                Backend::Redis(r) => r.get_many(keys).await,
+                Backend::Embedded(e) => e.get_many(keys).await,
+            }
+        })
+        .await
+    }
+
     pub async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         self.bounded(async {
             match &self.backend {

@@ -506,3 +506,103 @@ async fn warming_fills_the_cache_for_later_clients() {
         }
     }
 }
+
+/// Invalidating a tenant with tens of thousands of answers runs as a job: asked not to wait,
+/// the admin API answers 202 with the job's status path, the job removes the tenant's answers
+/// in bounded batches under the bulk budget (not the 100 ms request timeout), then the semantic
+/// records that point to them, and leaves the other tenant alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_a_large_tenant_is_a_job_that_takes_its_semantic_records_too() {
+    const COPIES: usize = 20_000;
+    const OTHERS: usize = 1_000;
+    const SEMANTIC_PREFIX: &str = "thrifty:v1:semantic:";
+    let h = Harness::setup(Backend::Redis)
+        .config(|raw| raw.store.timeout = std::time::Duration::from_millis(100))
+        .start()
+        .await;
+    let dialect = Dialect::OpenAi;
+    let path = dialect.chat_path();
+    let probe = h.probe().await;
+    // One real answer per tenant, copied under many keys straight into Redis, each with a
+    // semantic record pointing to it.
+    for (token, copies, label) in [("sk-big-a", COPIES, "a"), ("sk-big-b", OTHERS, "b")] {
+        let reply = h
+            .api
+            .post(
+                path,
+                &dialect.chat(&format!("tenant {label} asks"), false),
+                &[bearer(token)],
+            )
+            .await;
+        reply.assert_ok(label);
+        h.api.wait_stored(&reply.key()).await;
+        let original = probe.answer_key(&reply.key()).await;
+        let raw = probe.get(&original).await.expect("the answer is stored");
+        for chunk in (0..copies).collect::<Vec<_>>().chunks(1_000) {
+            let mut answers = redis::cmd("MSET");
+            let mut records = redis::cmd("MSET");
+            for i in chunk {
+                let hash = format!("{label}{i:031x}");
+                answers.arg(format!("{ANSWER_PREFIX}{hash}")).arg(&raw);
+                records
+                    .arg(format!("{SEMANTIC_PREFIX}{label}partition:{hash}"))
+                    .arg(format!("the question text of {label} {i}"));
+            }
+            let () = probe.query(&answers).await;
+            let () = probe.query(&records).await;
+        }
+    }
+    let count = |prefix: String| {
+        let probe = &probe;
+        async move { probe.scan(&format!("{prefix}*")).await.len() }
+    };
+    assert_eq!(count(ANSWER_PREFIX.to_owned()).await, COPIES + OTHERS + 2);
+
+    let selector = json!({"tenant": tenant_id("sk-big-a")});
+    let reply = h
+        .api
+        .admin_post("/admin/cache/invalidate?wait=0", &selector)
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    let status = reply.json()["status"]
+        .as_str()
+        .expect("a 202 names the job's status path")
+        .to_owned();
+    assert_eq!(reply.json()["state"], "running");
+    let done = poll(
+        std::time::Duration::from_secs(60),
+        "the invalidation job ends",
+        || async {
+            let progress = h.api.admin_get(&status).await;
+            progress.assert_ok("job status");
+            let progress = progress.json();
+            (progress["state"] != "running").then_some(progress)
+        },
+    )
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["deleted"], COPIES + 1, "{done}");
+    assert_eq!(done["semantic_deleted"], COPIES, "{done}");
+    assert_eq!(
+        count(format!("{ANSWER_PREFIX}a")).await,
+        0,
+        "no copy of tenant a's answer is left"
+    );
+    assert_eq!(
+        count(format!("{SEMANTIC_PREFIX}apartition:")).await,
+        0,
+        "no semantic record of tenant a is left"
+    );
+    assert_eq!(
+        count(ANSWER_PREFIX.to_owned()).await,
+        OTHERS + 1,
+        "tenant b keeps its answers"
+    );
+    assert_eq!(
+        count(format!("{SEMANTIC_PREFIX}bpartition:")).await,
+        OTHERS,
+        "tenant b keeps its semantic records"
+    );
+    let unknown = h.api.admin_get("/admin/cache/jobs/nope").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
