@@ -11,7 +11,7 @@ use moka::sync::Cache;
 use parking_lot::Mutex;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::StoreError;
+use super::{StoreError, Tally};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
@@ -298,6 +298,33 @@ impl EmbeddedStore {
                 }
             }
             Ok(keys)
+        })
+        .await
+    }
+
+    /// Counts live entries under a prefix and their value bytes in one read transaction.
+    pub async fn tally(&self, prefix: &str) -> Result<Tally, StoreError> {
+        let prefix = prefix.to_owned();
+        let now = now_ms();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(TABLE).map_err(err)?;
+            let mut tally = Tally::default();
+            for item in table.range(prefix.as_str()..).map_err(err)? {
+                let (key, value) = item.map_err(err)?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                let raw = value.value();
+                let live = raw
+                    .first_chunk::<8>()
+                    .is_some_and(|head| u64::from_le_bytes(*head) > now);
+                if live {
+                    tally.entries += 1;
+                    tally.bytes += (raw.len() - 8) as u64;
+                }
+            }
+            Ok(tally)
         })
         .await
     }

@@ -70,6 +70,13 @@ pub(super) enum Backend {
     Embedded(EmbeddedStore),
 }
 
+/// Live keys under a prefix and the bytes of their values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
 /// How long store calls may take and when the store is skipped.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -368,6 +375,19 @@ impl Store {
             match &self.backend {
                 Backend::Redis(r) => r.keys(prefix).await,
                 Backend::Embedded(e) => e.keys(prefix).await,
+            }
+        })
+        .await
+    }
+
+    /// How many live keys start with `prefix` and how many bytes their values hold, from the
+    /// keys and the stored lengths: no value is read into thrifty. Admin paths only: it
+    /// walks the key space within the bulk timeout.
+    pub async fn tally(&self, prefix: &str) -> Result<Tally, StoreError> {
+        self.bounded_bulk(async {
+            match &self.backend {
+                Backend::Redis(r) => r.tally(prefix).await,
+                Backend::Embedded(e) => e.tally(prefix).await,
             }
         })
         .await

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use tokio::sync::OnceCell;
 
-use super::{BATCH_KEYS, StoreError};
+use super::{BATCH_KEYS, StoreError, Tally};
 
 #[derive(Clone)]
 enum Connection {
@@ -205,6 +205,41 @@ impl RedisStore {
             }
         }
         Ok(keys)
+    }
+
+    /// Walks the keys, then asks their lengths (`STRLEN`), never their values.
+    pub async fn tally(&self, prefix: &str) -> Result<Tally, StoreError> {
+        let keys = self.keys(prefix).await?;
+        let lengths = keys.chunks(BATCH_KEYS).map(|chunk| async move {
+            match self.connection()? {
+                Connection::Single(mut c) => {
+                    let mut pipe = ::redis::pipe();
+                    for key in chunk {
+                        pipe.cmd("STRLEN").arg(key);
+                    }
+                    Ok::<Vec<u64>, StoreError>(pipe.query_async(&mut c).await?)
+                }
+                // A cluster pipeline must stay in one slot: one command per key, all in flight.
+                Connection::Cluster(c) => Ok(try_join_all(chunk.iter().map(|key| {
+                    let mut c = c.clone();
+                    let mut cmd = ::redis::cmd("STRLEN");
+                    cmd.arg(key);
+                    async move { cmd.query_async::<u64>(&mut c).await }
+                }))
+                .await?),
+            }
+        });
+        let mut tally = Tally::default();
+        for chunk in try_join_all(lengths).await? {
+            for length in chunk {
+                // A key that expired between the walk and its length reads as 0 bytes.
+                if length > 0 {
+                    tally.entries += 1;
+                    tally.bytes += length;
+                }
+            }
+        }
+        Ok(tally)
     }
 
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {

@@ -606,3 +606,77 @@ async fn invalidating_a_large_tenant_is_a_job_that_takes_its_semantic_records_to
     let unknown = h.api.admin_get("/admin/cache/jobs/nope").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
+
+/// How many times Redis has run each command that returns a value, from `INFO commandstats`.
+async fn value_reads(probe: &crate::Probe) -> Vec<(String, u64)> {
+    let info: String = probe.query(redis::cmd("INFO").arg("commandstats")).await;
+    ["get", "mget", "getex", "getdel", "dump", "getrange"]
+        .iter()
+        .map(|name| {
+            let calls = info
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse().expect("a call count"));
+            ((*name).to_owned(), calls)
+        })
+        .collect()
+}
+
+/// `/admin/cache/stats` counts entries and bytes from the keys and their stored lengths: Redis
+/// runs no command that returns a value while it answers, and the figures follow what is
+/// stored and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_entries_and_bytes_without_reading_values() {
+    let h = Harness::start(Backend::Redis).await;
+    let dialect = Dialect::OpenAi;
+    let path = dialect.chat_path();
+    let probe = h.probe().await;
+    let mut keys = Vec::new();
+    for text in ["first", "second", "third"] {
+        let reply = h.api.send(path, &dialect.chat(text, false)).await;
+        reply.assert_ok(text);
+        h.api.wait_stored(&reply.key()).await;
+        keys.push(reply.key());
+    }
+    h.api
+        .send(dialect.embed_path(), &dialect.embed(&["one", "two"]))
+        .await
+        .assert_ok("embeddings");
+    let held = |key: String| {
+        let probe = &probe;
+        async move { probe.get(&key).await.map_or(0, |v| v.len() as u64) }
+    };
+    let mut bytes = 0;
+    for key in probe.keys().await {
+        bytes += held(key).await;
+    }
+
+    let before = value_reads(&probe).await;
+    let stats = h.api.stats().await;
+    assert_eq!(
+        value_reads(&probe).await,
+        before,
+        "stats read no value: {stats}"
+    );
+    assert_eq!(stats["entries"], json!({"answers": 3, "embeddings": 2}));
+    assert_eq!(stats["bytes"], bytes, "{stats}");
+
+    let gone = probe.answer_key(&keys[0]).await;
+    let gone_bytes = held(gone.clone()).await;
+    let deleted = h
+        .api
+        .request(
+            Method::DELETE,
+            &format!("/admin/cache/entries/{}", keys[0]),
+            Some(crate::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    deleted.assert_ok("delete one entry");
+    let before = value_reads(&probe).await;
+    let stats = h.api.stats().await;
+    assert_eq!(value_reads(&probe).await, before, "{stats}");
+    assert_eq!(stats["entries"], json!({"answers": 2, "embeddings": 2}));
+    assert_eq!(stats["bytes"], bytes - gone_bytes, "{stats}");
+}
