@@ -241,25 +241,31 @@ impl Store {
                 store = self.kind(),
                 "store keeps failing: skipping it until a probe answers"
             );
-            if let (Some(store), Ok(runtime)) =
-                (self.me.upgrade(), tokio::runtime::Handle::try_current())
-            {
-                runtime.spawn(store.probe());
-            } else {
-                self.breaker.close();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(Store::probe(self.me.clone()));
+                }
+                Err(_) => self.breaker.close(),
             }
         }
     }
 
     /// Pings the skipped store, pausing longer after each failure, and lets calls through
-    /// again once it answers.
-    async fn probe(self: Arc<Self>) {
-        for pause in self.breaker.pauses() {
+    /// again once it answers. It holds the store only while it pings, so a store dropped
+    /// at shutdown ends its probe.
+    async fn probe(me: Weak<Store>) {
+        let Some(pauses) = me.upgrade().map(|store| store.breaker.pauses()) else {
+            return;
+        };
+        for pause in pauses {
             tokio::time::sleep(pause).await;
-            let ping = tokio::time::timeout(self.limits.timeout, self.ping_backend()).await;
+            let Some(store) = me.upgrade() else {
+                return;
+            };
+            let ping = tokio::time::timeout(store.limits.timeout, store.ping_backend()).await;
             if matches!(ping, Ok(Ok(()))) {
-                self.breaker.close();
-                tracing::info!(store = self.kind(), "store answers again");
+                store.breaker.close();
+                tracing::info!(store = store.kind(), "store answers again");
                 return;
             }
         }
