@@ -166,12 +166,6 @@ pub fn validate_store(raw: RawStore, env: &Env<'_>) -> Result<StoreConfig, Confi
             "a duration above zero",
         ));
     }
-    if raw.bulk_timeout < raw.timeout {
-        return Err(ConfigError::invalid(
-            "store.bulk_timeout",
-            "a duration of at least store.timeout",
-        ));
-    }
     let breaker_failures = NonZeroU32::new(raw.breaker_failures)
         .ok_or_else(|| ConfigError::invalid("store.breaker_failures", "a count above zero"))?;
     if raw.breaker_backoff.is_zero() {
@@ -184,7 +178,8 @@ pub fn validate_store(raw: RawStore, env: &Env<'_>) -> Result<StoreConfig, Confi
         data_dir: raw.data_dir,
         memory_bytes: raw.memory_bytes,
         timeout: raw.timeout,
-        bulk_timeout: raw.bulk_timeout,
+        // A request-path timeout above the default bulk one raises the bulk one with it.
+        bulk_timeout: raw.bulk_timeout.max(raw.timeout),
         breaker_failures,
         breaker_backoff: raw.breaker_backoff,
         redis_url: env("THRIFTY_REDIS_URL")
