@@ -3,6 +3,8 @@
 //! (404 otherwise) and answers only to that bearer token; `/dashboard` also admits the
 //! cookie a browser gets for presenting the token once as `?token=`.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -13,13 +15,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::body::Body;
-use crate::cache::controls::tag_matches;
 use crate::cache::entry::{EmbeddingEntry, Entry};
+use crate::cache::invalidate::{self, Selector, State};
 use crate::cache::{ANSWER_PREFIX, EMBEDDING_PREFIX};
 use crate::compress::conversations;
 use crate::error::ProxyError;
 use crate::pipeline::{Proxy, read_body};
-use crate::semantic::SEMANTIC_PREFIX;
 use crate::{dialect, reply, router, savings};
 
 /// Whether a presented secret equals the expected one: their digests are compared in constant
@@ -79,8 +80,12 @@ pub async fn handle(
             ))
         }
         (Method::POST, "/admin/cache/invalidate") => {
+            let query = request.uri().query().map(str::to_owned);
             let body = json_body(proxy, request).await?;
-            invalidate(proxy, body).await
+            invalidate(proxy, body, query.as_deref()).await
+        }
+        (Method::GET, p) if p.starts_with("/admin/cache/jobs/") => {
+            job(proxy, &p["/admin/cache/jobs/".len()..])
         }
         (Method::POST, "/admin/cache/warm") => {
             let body = json_body(proxy, request).await?;
@@ -283,24 +288,13 @@ async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
     let cache = proxy.cache();
     let store = cache.store();
     let mut out = cache.stats().json();
-    match cache.all_keys().await {
-        Ok(keys) => {
-            let mut bytes = 0u64;
-            let (mut answers, mut embeddings) = (0u64, 0u64);
-            for key in &keys {
-                if key.starts_with(ANSWER_PREFIX) {
-                    answers += 1;
-                } else if key.starts_with(EMBEDDING_PREFIX) {
-                    embeddings += 1;
-                } else {
-                    continue;
-                }
-                if let Ok(Some(raw)) = store.get(key).await {
-                    bytes += raw.len() as u64;
-                }
-            }
-            out["entries"] = json!({"answers": answers, "embeddings": embeddings});
-            out["bytes"] = json!(bytes);
+    // Lengths only: reading every value took seconds and moved the whole cache.
+    let tallies =
+        futures_util::future::try_join(store.tally(ANSWER_PREFIX), store.tally(EMBEDDING_PREFIX));
+    match tallies.await {
+        Ok((answers, embeddings)) => {
+            out["entries"] = json!({"answers": answers.entries, "embeddings": embeddings.entries});
+            out["bytes"] = json!(answers.bytes + embeddings.bytes);
         }
         Err(e) => out["entries_error"] = json!(e.to_string()),
     }
@@ -310,124 +304,78 @@ async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
     out["evictions"] = json!(store.evictions());
     out["store"] = json!(store.kind());
     out["store_errors"] = json!(store.errors());
+    out["store_skipped"] = json!(store.skipped());
     Ok(reply::json(StatusCode::OK, &out))
 }
 
-/// Which entries an invalidation removes; at least one selector is required.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Selector {
-    tenant: Option<String>,
-    namespace: Option<String>,
-    model: Option<String>,
-    tag: Option<String>,
-    key_prefix: Option<String>,
-    #[serde(default)]
-    all: bool,
-}
+/// How long `POST /admin/cache/invalidate` waits for its job before answering 202.
+const INVALIDATE_WAIT: Duration = Duration::from_secs(5);
 
-impl Selector {
-    fn is_empty(&self) -> bool {
-        !self.all
-            && self.tenant.is_none()
-            && self.namespace.is_none()
-            && self.model.is_none()
-            && self.tag.is_none()
-            && self.key_prefix.is_none()
-    }
+/// The longest wait a client may ask for with `?wait=`.
+const INVALIDATE_WAIT_MAX: Duration = Duration::from_secs(60);
 
-    /// Whether an entry with these attributes is selected; every given selector must match.
-    fn matches(
-        &self,
-        hash: &str,
-        tenant: &str,
-        namespace: Option<&str>,
-        model: &str,
-        tags: &[String],
-    ) -> bool {
-        self.all
-            || (self.tenant.as_deref().is_none_or(|t| t == tenant)
-                && self
-                    .namespace
-                    .as_deref()
-                    .is_none_or(|n| Some(n) == namespace)
-                && self.model.as_deref().is_none_or(|m| m == model)
-                && self
-                    .tag
-                    .as_deref()
-                    .is_none_or(|sel| tags.iter().any(|t| tag_matches(sel, t)))
-                && self
-                    .key_prefix
-                    .as_deref()
-                    .is_none_or(|p| hash.starts_with(p)))
-    }
-}
-
-async fn invalidate(proxy: &Proxy, selector: Selector) -> Result<Response<Body>, ProxyError> {
+/// `POST /admin/cache/invalidate[?wait=SECONDS]`: starts a job and waits for it up to
+/// `wait` seconds (5 by default). A job done by then answers 200 with what it removed; one
+/// still running answers 202 with its id and `/admin/cache/jobs/{id}`, where it reports its
+/// progress.
+async fn invalidate(
+    proxy: &Proxy,
+    selector: Selector,
+    query: Option<&str>,
+) -> Result<Response<Body>, ProxyError> {
     if selector.is_empty() {
         return Err(ProxyError::bad_request(
             "name at least one of tenant, namespace, model, tag, key_prefix, or all: true",
         ));
     }
-    let cache = proxy.cache();
-    let keys = cache.all_keys().await.map_err(store_error)?;
-    let mut doomed = Vec::new();
-    for key in keys {
-        let selected = if let Some(hash) = key.strip_prefix(ANSWER_PREFIX) {
-            match cache.get_entry(&key).await {
-                Some(e) => {
-                    selector.matches(hash, &e.tenant, e.namespace.as_deref(), &e.model, &e.tags)
-                }
-                None => selector.all,
-            }
-        } else if let Some(hash) = key.strip_prefix(EMBEDDING_PREFIX) {
-            let raw = cache.store().get(&key).await.ok().flatten();
-            match raw.and_then(|r| cache.sealer().open::<EmbeddingEntry>(&r)) {
-                Some(e) => {
-                    selector.matches(hash, &e.tenant, e.namespace.as_deref(), &e.model, &e.tags)
-                }
-                None => selector.all,
-            }
-        } else {
-            false
+    let wait =
+        match form_urlencoded::parse(query.unwrap_or("").as_bytes()).find(|(k, _)| k == "wait") {
+            None => INVALIDATE_WAIT,
+            Some((_, v)) => v
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs)
+                .filter(|w| *w <= INVALIDATE_WAIT_MAX)
+                .ok_or_else(|| {
+                    ProxyError::bad_request(format!(
+                        "wait is a whole number of seconds up to {}",
+                        INVALIDATE_WAIT_MAX.as_secs()
+                    ))
+                })?,
         };
-        if selected {
-            doomed.push(key);
+    let semantic = proxy.semantic().cloned();
+    let forget: invalidate::ForgetRecords = Box::new(move |keys| {
+        if let Some(semantic) = &semantic {
+            semantic.forget_records(keys);
         }
+    });
+    let job = invalidate::start(proxy.cache(), selector, forget);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(5);
+    while job.state() == State::Running && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
-    // A semantic record goes with the answer it points to.
-    let answers: std::collections::HashSet<&str> = doomed
-        .iter()
-        .filter_map(|k| k.strip_prefix(ANSWER_PREFIX))
-        .collect();
-    let mut records = Vec::new();
-    for key in cache
-        .store()
-        .keys(SEMANTIC_PREFIX)
-        .await
-        .map_err(store_error)?
-    {
-        let Some((partition, answer)) = key
-            .strip_prefix(SEMANTIC_PREFIX)
-            .and_then(|rest| rest.split_once(':'))
-        else {
-            continue;
-        };
-        if selector.all || answers.contains(answer) {
-            records.push((partition.to_owned(), answer.to_owned()));
+    let mut body = job.json();
+    match job.state() {
+        State::Done => Ok(reply::json(StatusCode::OK, &body)),
+        State::Running => {
+            body["status"] = json!(format!("/admin/cache/jobs/{}", job.id));
+            Ok(reply::json(StatusCode::ACCEPTED, &body))
         }
+        State::Failed(reason) => Err(ProxyError::UpstreamUnavailable {
+            upstream: "store".to_owned(),
+            reason,
+        }),
     }
-    let deleted = cache.store().delete(&doomed).await.map_err(store_error)?;
-    for (partition, answer) in &records {
-        match proxy.semantic() {
-            Some(semantic) => semantic.forget(partition, answer).await,
-            None => {
-                let key = format!("{SEMANTIC_PREFIX}{partition}:{answer}");
-                let _ = cache.store().delete(&[key]).await;
-            }
-        }
+}
+
+/// `GET /admin/cache/jobs/{id}`: an invalidation job's progress.
+fn job(proxy: &Proxy, id: &str) -> Result<Response<Body>, ProxyError> {
+    match proxy.cache().jobs().get(id) {
+        Some(job) => Ok(reply::json(StatusCode::OK, &job.json())),
+        None => Err(ProxyError::NotFound(format!("no invalidation job {id}"))),
     }
-    Ok(reply::json(StatusCode::OK, &json!({"deleted": deleted})))
 }
 
 async fn entry(proxy: &Proxy, method: &Method, id: &str) -> Result<Response<Body>, ProxyError> {

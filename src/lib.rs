@@ -69,16 +69,7 @@ const STORE_SWEEP: Duration = Duration::from_secs(600);
 
 /// Opens Redis when a URL is configured, the embedded store otherwise.
 pub fn open_store(config: &config::StoreConfig) -> Result<Arc<store::Store>, store::StoreError> {
-    Ok(match &config.redis_url {
-        Some(url) => store::Store::redis(
-            store::RedisStore::connect(url.expose(), config.redis_cluster, config.timeout)?,
-            config.timeout,
-        ),
-        None => store::Store::embedded(
-            store::EmbeddedStore::open(&config.data_dir, config.memory_bytes)?,
-            config.timeout,
-        ),
-    })
+    store::Store::open(config)
 }
 
 /// Serves thrifty on an already-bound listener until `shutdown` resolves, then

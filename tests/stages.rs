@@ -2,6 +2,7 @@
 //!
 //! - `compression`: `/admin/compression/stats` against the response header; `off` is untouched.
 //! - `failures`: unreachable upstreams, upstream errors and refusals in the ledger and metrics.
+//! - `long_input`: a 30 MB message costs bounded work.
 //! - `recovery`: the retry after `context_length_exceeded`.
 //! - `summarize`: the summarize strategy through thrifty's own routing.
 //! - `usage`: streams billed from the upstream's usage chunk, stripped for clients that did
@@ -13,6 +14,8 @@ mod common;
 mod compression;
 #[path = "stages/failures.rs"]
 mod failures;
+#[path = "stages/long_input.rs"]
+mod long_input;
 #[path = "stages/recovery.rs"]
 mod recovery;
 #[path = "stages/summarize.rs"]

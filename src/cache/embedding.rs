@@ -1,8 +1,6 @@
 //! The per-input embedding cache: one entry per (scope, model, parameters,
 //! input text), so a batch with some cached inputs sends only the rest upstream.
 
-use futures_util::future::join_all;
-
 use super::controls::{CacheMode, Controls};
 use super::entry::EmbeddingEntry;
 use super::key::{self, CacheKey};
@@ -90,14 +88,18 @@ impl Cache {
         let oldest_ms = plan
             .max_age
             .map(|age| now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
-        join_all(plan.keys.iter().map(|key| async move {
-            let raw = self.store.get(&store_key(key)).await.ok()??;
-            let entry = self.sealer.open::<EmbeddingEntry>(&raw)?;
-            oldest_ms
-                .is_none_or(|oldest| entry.created_ms >= oldest)
-                .then_some(entry)
-        }))
-        .await
+        let keys: Vec<String> = plan.keys.iter().map(store_key).collect();
+        let Ok(raws) = self.store.get_many(&keys).await else {
+            return vec![None; plan.keys.len()];
+        };
+        raws.into_iter()
+            .map(|raw| {
+                let entry = self.sealer.open::<EmbeddingEntry>(&raw?)?;
+                oldest_ms
+                    .is_none_or(|oldest| entry.created_ms >= oldest)
+                    .then_some(entry)
+            })
+            .collect()
     }
 
     /// Stores fresh vectors for the inputs at `indexes`.
@@ -112,14 +114,14 @@ impl Cache {
         if !plan.mode.write() {
             return;
         }
-        let ttl = plan.ttl;
-        let writes = indexes
+        let created_ms = now_ms();
+        let entries: Vec<(String, bytes::Bytes)> = indexes
             .iter()
             .zip(vectors)
             .zip(tokens)
-            .map(|((&i, vector), &tokens)| {
+            .filter_map(|((&i, vector), &tokens)| {
                 let entry = EmbeddingEntry {
-                    created_ms: now_ms(),
+                    created_ms,
                     tenant: plan.tenant.clone(),
                     namespace: plan.namespace.clone(),
                     tags: plan.tags.clone(),
@@ -127,14 +129,11 @@ impl Cache {
                     vector,
                     tokens,
                 };
-                let key = store_key(&plan.keys[i]);
-                async move {
-                    if let Some(raw) = self.sealer.seal(&entry) {
-                        let _ = self.store.put(&key, raw, ttl).await;
-                    }
-                }
-            });
-        join_all(writes).await;
+                Some((store_key(plan.keys.get(i)?), self.sealer.seal(&entry)?))
+            })
+            .collect();
+        // A failure is counted by the store; the inputs are simply asked again next time.
+        let _ = self.store.put_many(entries, plan.ttl).await;
     }
 }
 

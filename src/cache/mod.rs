@@ -5,13 +5,14 @@
 //! - [`key`]: what decides an answer, hashed. [`controls`]: per-request headers.
 //! - [`entry`]: what is stored, sealed. [`record`]: the body wrapper that records.
 //! - [`replay`]: serving an entry in the client's mode. [`embedding`]: per-input cache.
-//! - [`stats`]: counters for the admin API.
+//! - [`stats`]: counters for the admin API. [`invalidate`]: removal as a background job.
 //!
 //! It never fails a request: a store error is a miss, a bad entry is a miss.
 
 pub mod controls;
 pub mod embedding;
 pub mod entry;
+pub mod invalidate;
 pub mod key;
 pub mod record;
 pub mod replay;
@@ -96,6 +97,7 @@ pub struct Cache {
     sealer: Sealer,
     flights: Mutex<HashMap<String, watch::Sender<FlightResult>>>,
     stats: Stats,
+    jobs: invalidate::Jobs,
     config: CacheConfig,
 }
 
@@ -113,6 +115,7 @@ impl Cache {
             sealer: Sealer::new(config.encryption_key.as_ref()),
             flights: Mutex::new(HashMap::new()),
             stats: Stats::default(),
+            jobs: invalidate::Jobs::default(),
             config: config.clone(),
         })
     }
@@ -128,6 +131,11 @@ impl Cache {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Invalidation jobs, for their status.
+    pub fn jobs(&self) -> &invalidate::Jobs {
+        &self.jobs
     }
 
     pub fn sealer(&self) -> &Sealer {

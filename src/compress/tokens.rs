@@ -13,6 +13,11 @@
 //! expressions on plain text. Counts of long texts are cached by a hash of their
 //! text: a conversation resends the same history every turn, so in steady state
 //! only the newest messages are counted.
+//!
+//! The work of one count (a request, a message or a text) is bounded: its first
+//! [`EXACT_BYTES`] of text are counted exactly; what lies beyond is estimated from the
+//! ratio of tokens to bytes seen so far (a text that crosses the bound is sampled first),
+//! so a 30 MB message costs about what a 1 MiB one does.
 //! This room must not decide anything: it only counts.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -40,6 +45,51 @@ pub const IMAGE_TOKENS: usize = 765;
 const CACHE_MIN_BYTES: usize = 16;
 /// How many text counts are remembered.
 const CACHE_ENTRIES: u64 = 100_000;
+/// Bytes of text one count tokenizes exactly; the rest is estimated.
+pub const EXACT_BYTES: usize = 1024 * 1024;
+/// The smallest sample a text beyond the bound is tokenized on, when nothing was counted yet.
+const MIN_SAMPLE: usize = 4096;
+
+/// What one count may still tokenize, and what it has tokenized so far.
+struct Meter {
+    left: usize,
+    bytes: usize,
+    tokens: usize,
+}
+
+impl Meter {
+    fn new() -> Meter {
+        Meter {
+            left: EXACT_BYTES,
+            bytes: 0,
+            tokens: 0,
+        }
+    }
+
+    fn counted(&mut self, bytes: usize, tokens: usize) {
+        self.left = self.left.saturating_sub(bytes);
+        self.bytes += bytes;
+        self.tokens += tokens;
+    }
+
+    /// Tokens of `bytes` more bytes at the ratio counted so far.
+    fn estimate(&self, bytes: usize) -> usize {
+        if self.bytes == 0 {
+            return bytes.div_ceil(4);
+        }
+        let tokens = (bytes as u128 * self.tokens as u128).div_ceil(self.bytes as u128);
+        usize::try_from(tokens).unwrap_or(usize::MAX)
+    }
+}
+
+/// The longest prefix of `text` of at most `bytes` bytes that ends on a character boundary.
+fn prefix(text: &str, bytes: usize) -> &str {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// A tokenizer thrifty counts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,8 +162,27 @@ impl TokenCounter {
         }
     }
 
-    /// Tokens of a plain text, special-token lookalikes counted as ordinary text.
+    /// Tokens of a plain text, special-token lookalikes counted as ordinary text; beyond
+    /// [`EXACT_BYTES`], estimated from a sample.
     pub fn text(&self, encoding: Encoding, text: &str) -> usize {
+        self.metered(encoding, text, &mut Meter::new())
+    }
+
+    fn metered(&self, encoding: Encoding, text: &str, meter: &mut Meter) -> usize {
+        if text.len() <= meter.left {
+            let count = self.exact(encoding, text);
+            meter.counted(text.len(), count);
+            return count;
+        }
+        if meter.left >= MIN_SAMPLE || meter.bytes == 0 {
+            let sample = prefix(text, meter.left.max(MIN_SAMPLE));
+            let count = bpe::count(encoding, sample);
+            meter.counted(sample.len(), count);
+        }
+        meter.estimate(text.len())
+    }
+
+    fn exact(&self, encoding: Encoding, text: &str) -> usize {
         if text.len() < CACHE_MIN_BYTES {
             return bpe::count(encoding, text);
         }
@@ -132,16 +201,20 @@ impl TokenCounter {
 
     /// Tokens of one message including its framing, tool calls and named fields.
     pub fn message(&self, encoding: Encoding, message: &Message) -> usize {
+        self.message_metered(encoding, message, &mut Meter::new())
+    }
+
+    fn message_metered(&self, encoding: Encoding, message: &Message, meter: &mut Meter) -> usize {
         let mut tokens = TOKENS_PER_MESSAGE + self.role(encoding, message.role.as_str());
-        tokens += self.content(encoding, &message.content);
+        tokens += self.content_metered(encoding, &message.content, meter);
         for call in &message.tool_calls {
             tokens += TOKENS_PER_TOOL_CALL
-                + self.text(encoding, &call.name)
-                + self.text(encoding, &call.arguments);
+                + self.metered(encoding, &call.name, meter)
+                + self.metered(encoding, &call.arguments, meter);
         }
         for (field, value) in &message.extra {
             if let Value::String(text) = value {
-                tokens += self.text(encoding, text);
+                tokens += self.metered(encoding, text, meter);
                 if field == "name" {
                     tokens += TOKENS_PER_NAME;
                 }
@@ -152,15 +225,19 @@ impl TokenCounter {
 
     /// Tokens of a message's content; non-text parts at their assumed cost.
     pub fn content(&self, encoding: Encoding, content: &Content) -> usize {
+        self.content_metered(encoding, content, &mut Meter::new())
+    }
+
+    fn content_metered(&self, encoding: Encoding, content: &Content, meter: &mut Meter) -> usize {
         match content {
             Content::Absent => 0,
-            Content::Text(text) => self.text(encoding, text),
+            Content::Text(text) => self.metered(encoding, text, meter),
             Content::Parts(parts) => parts
                 .iter()
                 .map(|part| match &part.kind {
-                    PartKind::Text(text) => self.text(encoding, text),
+                    PartKind::Text(text) => self.metered(encoding, text, meter),
                     PartKind::Image => IMAGE_TOKENS,
-                    other => self.text(encoding, &other.placeholder()),
+                    other => self.metered(encoding, &other.placeholder(), meter),
                 })
                 .sum(),
         }
@@ -169,23 +246,29 @@ impl TokenCounter {
     /// Tool (and legacy function) definitions, counted as their JSON text: OpenAI
     /// renders them in a more compact form, so this errs on the high side.
     pub fn tools(&self, encoding: Encoding, chat: &ChatRequest) -> usize {
+        self.tools_metered(encoding, chat, &mut Meter::new())
+    }
+
+    fn tools_metered(&self, encoding: Encoding, chat: &ChatRequest, meter: &mut Meter) -> usize {
         ["tools", "functions"]
             .iter()
             .filter_map(|field| chat.shaping.get(*field))
             .filter(|value| !value.is_null())
-            .map(|value| self.text(encoding, &value.to_string()))
+            .map(|value| self.metered(encoding, &value.to_string(), meter))
             .sum()
     }
 
-    /// Every message once, plus priming and tool definitions.
+    /// Every message once, plus priming and tool definitions, within one bound of work.
     pub fn request(&self, encoding: Encoding, chat: &ChatRequest) -> Counts {
+        let mut meter = Meter::new();
+        let fixed = REPLY_PRIMING + self.tools_metered(encoding, chat, &mut meter);
         Counts {
             messages: chat
                 .messages
                 .iter()
-                .map(|m| self.message(encoding, m))
+                .map(|m| self.message_metered(encoding, m, &mut meter))
                 .collect(),
-            fixed: REPLY_PRIMING + self.tools(encoding, chat),
+            fixed,
         }
     }
 
@@ -274,6 +357,42 @@ mod tests {
             // The second count comes from the cache and agrees.
             assert_eq!(counter.request(encoding, &chat(messages.clone())), counts);
         }
+    }
+
+    #[test]
+    fn text_beyond_the_bound_is_estimated_from_a_sample() {
+        let counter = TokenCounter::new();
+        let sentence = "The quick brown fox jumps over the lazy dog. ";
+        let exact = counter.text(Encoding::O200kBase, &sentence.repeat(1000));
+        let huge = sentence.repeat(EXACT_BYTES * 8 / sentence.len());
+        let estimate = counter.text(Encoding::O200kBase, &huge);
+        let expected = exact * (huge.len() / (sentence.len() * 1000));
+        assert!(
+            estimate.abs_diff(expected) * 100 < expected,
+            "{estimate} is within 1% of {expected}"
+        );
+        // Many texts in one request share the bound; each is still counted.
+        let many: Vec<Message> = (0..64)
+            .map(|_| {
+                Message::text(
+                    Role::User,
+                    sentence.repeat(EXACT_BYTES / 16 / sentence.len()),
+                )
+            })
+            .collect();
+        let counts = counter.request(Encoding::O200kBase, &chat(many));
+        let one = counter.message(
+            Encoding::O200kBase,
+            &Message::text(
+                Role::User,
+                sentence.repeat(EXACT_BYTES / 16 / sentence.len()),
+            ),
+        );
+        assert!(
+            counts.messages.iter().all(|&n| n.abs_diff(one) * 100 < one),
+            "{counts:?} {one}"
+        );
+        assert_eq!(prefix("é", 1), "");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `[cache]` and `[store]`: what is cached, for how long, and where.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +55,11 @@ pub struct RawStore {
     pub memory_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub bulk_timeout: Duration,
+    pub breaker_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub breaker_backoff: Duration,
     pub redis_cluster: bool,
 }
 
@@ -63,6 +69,9 @@ impl Default for RawStore {
             data_dir: PathBuf::from("data"),
             memory_bytes: 64 * 1024 * 1024,
             timeout: Duration::from_millis(100),
+            bulk_timeout: Duration::from_secs(10),
+            breaker_failures: 5,
+            breaker_backoff: Duration::from_secs(1),
             redis_cluster: false,
         }
     }
@@ -96,6 +105,13 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub memory_bytes: u64,
     pub timeout: Duration,
+    /// The budget of one bulk or background store call (a batch of keys, a key walk, a
+    /// ledger batch); requests never wait on it.
+    pub bulk_timeout: Duration,
+    /// Consecutive failures after which store calls are skipped until a probe answers.
+    pub breaker_failures: NonZeroU32,
+    /// The first pause between probes of a skipped store; it doubles up to a cap.
+    pub breaker_backoff: Duration,
     pub redis_url: Option<Secret<String>>,
     pub redis_cluster: bool,
 }
@@ -150,10 +166,22 @@ pub fn validate_store(raw: RawStore, env: &Env<'_>) -> Result<StoreConfig, Confi
             "a duration above zero",
         ));
     }
+    let breaker_failures = NonZeroU32::new(raw.breaker_failures)
+        .ok_or_else(|| ConfigError::invalid("store.breaker_failures", "a count above zero"))?;
+    if raw.breaker_backoff.is_zero() {
+        return Err(ConfigError::invalid(
+            "store.breaker_backoff",
+            "a duration above zero",
+        ));
+    }
     Ok(StoreConfig {
         data_dir: raw.data_dir,
         memory_bytes: raw.memory_bytes,
         timeout: raw.timeout,
+        // A request-path timeout above the default bulk one raises the bulk one with it.
+        bulk_timeout: raw.bulk_timeout.max(raw.timeout),
+        breaker_failures,
+        breaker_backoff: raw.breaker_backoff,
         redis_url: env("THRIFTY_REDIS_URL")
             .filter(|v| !v.is_empty())
             .map(Secret::new),

@@ -345,6 +345,33 @@ mod tests {
     }
 
     #[test]
+    fn store_budgets_and_breaker_are_validated() {
+        let mut raw = RawConfig::default();
+        raw.store.timeout = Duration::from_secs(30);
+        let config = raw.validate(&no_env).expect("valid");
+        assert_eq!(
+            config.store.bulk_timeout,
+            Duration::from_secs(30),
+            "the bulk budget is never below the request one"
+        );
+
+        let mut raw = RawConfig::default();
+        raw.store.breaker_failures = 0;
+        let err = raw.validate(&no_env).expect_err("rejects");
+        assert!(
+            err.to_string().starts_with("store.breaker_failures:"),
+            "{err}"
+        );
+        let mut raw = RawConfig::default();
+        raw.store.breaker_backoff = Duration::ZERO;
+        let err = raw.validate(&no_env).expect_err("rejects");
+        assert!(
+            err.to_string().starts_with("store.breaker_backoff:"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_apply() {
         let env = |name: &str| match name {
             "THRIFTY_LISTEN" => Some("0.0.0.0:9000".to_owned()),

@@ -458,6 +458,13 @@ impl SemanticCache {
         let _ = store.publish(EVENTS, &format!("del {key}")).await;
     }
 
+    /// Drops the index entries of records already deleted from the store.
+    pub fn forget_records(&self, keys: &[String]) {
+        for key in keys {
+            self.apply_removal(key);
+        }
+    }
+
     async fn load_record(&self, key: &str) {
         let Ok(Some(raw)) = self.cache.store().get(key).await else {
             return;

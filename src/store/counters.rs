@@ -24,10 +24,6 @@ const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
 /// How long Redis remembers a batch marker: far longer than any retry of its batch.
 const MARKER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// The shortest bound on a batch write: it runs off the request path, and giving up
-/// early only makes the writer retry.
-const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Applies a batch once: skipped when the marker already holds its sequence.
 const APPLY_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
@@ -157,7 +153,7 @@ impl Store {
                     }
                     Ok(keys)
                 });
-                self.bounded_long(op).await
+                self.bounded_bulk(op).await
             }
         }
     }
@@ -202,7 +198,7 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
-        self.bounded_long(async {
+        self.bounded_bulk(async {
             match &self.backend {
                 Backend::Redis(r) => {
                     let mut cmd = ::redis::cmd("LRANGE");
@@ -270,21 +266,7 @@ impl Store {
                 }
             }
         };
-        self.bounded_long(op).await
-    }
-
-    /// Like `bounded`, with a longer limit for work that is off the request path.
-    async fn bounded_long<T>(
-        &self,
-        op: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let limit = self.timeout.max(BATCH_TIMEOUT);
-        let result = match tokio::time::timeout(limit, op).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(limit)),
-        };
-        // A finished result passes through `bounded` only for its error accounting.
-        self.bounded(std::future::ready(result)).await
+        self.bounded_bulk(op).await
     }
 }
 

@@ -11,7 +11,7 @@ use moka::sync::Cache;
 use parking_lot::Mutex;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::StoreError;
+use super::{StoreError, Tally};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
@@ -131,6 +131,80 @@ impl EmbeddedStore {
         })
     }
 
+    /// Reads the keys the memory layer lacks in one read transaction.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let now = now_ms();
+        let mut values: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.memory.get(key) {
+                Some(entry) if entry.expires_ms > now => values.push(Some(entry.value)),
+                _ => {
+                    values.push(None);
+                    missing.push((i, key.clone()));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(values);
+        }
+        let generation = *self.deletes.lock();
+        let found = self
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(err)?;
+                let table = txn.open_table(TABLE).map_err(err)?;
+                let mut found = Vec::with_capacity(missing.len());
+                for (i, key) in missing {
+                    let raw = table.get(key.as_str()).map_err(err)?;
+                    if let Some(entry) = raw.and_then(|v| decode(v.value())) {
+                        found.push((i, key, entry));
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        let deletes = self.deletes.lock();
+        for (i, key, entry) in found {
+            if entry.expires_ms <= now {
+                continue;
+            }
+            values[i] = Some(entry.value.clone());
+            if *deletes == generation {
+                self.memory.insert(key, entry);
+            }
+        }
+        Ok(values)
+    }
+
+    /// Writes every entry in one write transaction.
+    pub async fn put_many(
+        &self,
+        entries: Vec<(String, Bytes)>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let expires_ms = expiry(ttl);
+        let entries: Vec<(String, Entry)> = entries
+            .into_iter()
+            .map(|(key, value)| (key, Entry { value, expires_ms }))
+            .collect();
+        for (key, entry) in &entries {
+            self.memory.insert(key.clone(), entry.clone());
+        }
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(TABLE).map_err(err)?;
+                for (key, entry) in &entries {
+                    table
+                        .insert(key.as_str(), encode(entry).as_slice())
+                        .map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
     pub async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         let entry = Entry {
             value,
@@ -228,6 +302,33 @@ impl EmbeddedStore {
         .await
     }
 
+    /// Counts live entries under a prefix and their value bytes in one read transaction.
+    pub async fn tally(&self, prefix: &str) -> Result<Tally, StoreError> {
+        let prefix = prefix.to_owned();
+        let now = now_ms();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(TABLE).map_err(err)?;
+            let mut tally = Tally::default();
+            for item in table.range(prefix.as_str()..).map_err(err)? {
+                let (key, value) = item.map_err(err)?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                let raw = value.value();
+                let live = raw
+                    .first_chunk::<8>()
+                    .is_some_and(|head| u64::from_le_bytes(*head) > now);
+                if live {
+                    tally.entries += 1;
+                    tally.bytes += (raw.len() - 8) as u64;
+                }
+            }
+            Ok(tally)
+        })
+        .await
+    }
+
     /// Deletes expired entries from disk; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         let now = now_ms();
@@ -283,5 +384,22 @@ mod tests {
         s.touch("k", Duration::from_secs(60)).await.unwrap();
         assert_eq!(s.get("k").await.unwrap(), None);
         assert!(s.keys("k").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn many_keys_are_read_and_written_in_order() {
+        let s = store("many");
+        let entries: Vec<(String, Bytes)> = (0..3)
+            .map(|i| (format!("k{i}"), Bytes::from(format!("v{i}"))))
+            .collect();
+        s.put_many(entries, Duration::from_secs(60)).await.unwrap();
+        s.memory.invalidate_all();
+        let keys: Vec<String> = ["k2", "nope", "k0"].map(str::to_owned).to_vec();
+        let got = s.get_many(&keys).await.unwrap();
+        assert_eq!(
+            got,
+            [Some(Bytes::from("v2")), None, Some(Bytes::from("v0"))]
+        );
+        assert_eq!(s.get_many(&keys).await.unwrap(), got, "now from memory");
     }
 }

@@ -1,21 +1,26 @@
 //! The shared key-value store behind every cache: Redis when configured, an
 //! embedded persistent store otherwise.
 //!
-//! Callers see one small interface. Every call is bounded by the store timeout,
-//! and failures are counted and logged at most once per interval; callers treat
-//! an error as a miss (fail open), never as a failed request.
+//! Callers see one small interface. A call on the request path is bounded by the store
+//! timeout; a call on many keys or off the request path (a key walk, a ledger batch) by the
+//! bulk timeout. Failures are counted and logged at most once per interval; callers treat an
+//! error as a miss (fail open), never as a failed request. After a run of consecutive
+//! failures the [`breaker`] skips the store until a background probe finds it answering.
 
+pub mod breaker;
 pub mod counters;
 mod embedded;
 mod redis;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::config::StoreConfig;
+use breaker::Breaker;
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 
@@ -24,6 +29,9 @@ pub const KEY_PREFIX: &str = "thrifty:v1:";
 
 /// How often a failing store is reported in the log.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
+
+/// How many keys one multi-key command carries; a call on more keys sends several.
+pub const BATCH_KEYS: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +43,26 @@ pub enum StoreError {
     NotConnected,
     #[error("embedded store: {0}")]
     Embedded(String),
+    #[error("store skipped until it answers again")]
+    Skipped,
+}
+
+impl StoreError {
+    /// Whether the error says the store is unreachable or too slow, rather than that one
+    /// command was wrong: only those open the breaker.
+    fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) | StoreError::NotConnected => true,
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error()
+            }
+            StoreError::Embedded(_) | StoreError::Skipped => false,
+        }
+    }
 }
 
 pub(super) enum Backend {
@@ -42,27 +70,101 @@ pub(super) enum Backend {
     Embedded(EmbeddedStore),
 }
 
-/// The store with its timeout and failure accounting.
+/// Live keys under a prefix and the bytes of their values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// How long store calls may take and when the store is skipped.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// One call on the request path.
+    pub timeout: Duration,
+    /// One call on many keys or off the request path.
+    pub bulk_timeout: Duration,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// The first pause before probing a skipped store.
+    pub breaker_backoff: Duration,
+}
+
+impl Limits {
+    /// `timeout` on the request path, defaults for the rest.
+    pub fn new(timeout: Duration) -> Limits {
+        Limits {
+            timeout,
+            bulk_timeout: timeout.max(Duration::from_secs(10)),
+            breaker_failures: 5,
+            breaker_backoff: Duration::from_secs(1),
+        }
+    }
+
+    pub fn from_config(config: &StoreConfig) -> Limits {
+        Limits {
+            timeout: config.timeout,
+            bulk_timeout: config.bulk_timeout,
+            breaker_failures: config.breaker_failures.get(),
+            breaker_backoff: config.breaker_backoff,
+        }
+    }
+
+    /// The budget of a call on `keys` keys: the request timeout per command it sends,
+    /// at most the bulk timeout.
+    fn for_keys(&self, keys: usize) -> Duration {
+        let commands = u32::try_from(keys.div_ceil(BATCH_KEYS).max(1)).unwrap_or(u32::MAX);
+        self.timeout
+            .saturating_mul(commands)
+            .min(self.bulk_timeout.max(self.timeout))
+    }
+}
+
+/// The store with its time limits, breaker and failure accounting.
 pub struct Store {
     pub(super) backend: Backend,
-    timeout: Duration,
+    limits: Limits,
+    breaker: Breaker,
+    /// This store, for the probe the breaker starts.
+    me: Weak<Store>,
     errors: AtomicU64,
     last_report: Mutex<Option<Instant>>,
 }
 
 impl Store {
+    /// Opens Redis when a URL is configured, the embedded store otherwise.
+    pub fn open(config: &StoreConfig) -> Result<Arc<Store>, StoreError> {
+        let limits = Limits::from_config(config);
+        Ok(match &config.redis_url {
+            Some(url) => Store::with(
+                Backend::Redis(RedisStore::connect(
+                    url.expose(),
+                    config.redis_cluster,
+                    limits.bulk_timeout,
+                )?),
+                limits,
+            ),
+            None => Store::with(
+                Backend::Embedded(EmbeddedStore::open(&config.data_dir, config.memory_bytes)?),
+                limits,
+            ),
+        })
+    }
+
     pub fn redis(store: RedisStore, timeout: Duration) -> Arc<Store> {
-        Store::with(Backend::Redis(store), timeout)
+        Store::with(Backend::Redis(store), Limits::new(timeout))
     }
 
     pub fn embedded(store: EmbeddedStore, timeout: Duration) -> Arc<Store> {
-        Store::with(Backend::Embedded(store), timeout)
+        Store::with(Backend::Embedded(store), Limits::new(timeout))
     }
 
-    fn with(backend: Backend, timeout: Duration) -> Arc<Store> {
-        Arc::new(Store {
+    fn with(backend: Backend, limits: Limits) -> Arc<Store> {
+        Arc::new_cyclic(|me| Store {
             backend,
-            timeout,
+            limits,
+            breaker: Breaker::new(limits.breaker_failures, limits.breaker_backoff),
+            me: me.clone(),
             errors: AtomicU64::new(0),
             last_report: Mutex::new(None),
         })
@@ -80,23 +182,100 @@ impl Store {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// Calls skipped by the open breaker since start.
+    pub fn skipped(&self) -> u64 {
+        self.breaker.skipped()
+    }
+
+    /// Whether calls are skipped now because the store stopped answering.
+    pub fn is_skipped(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// A call on the request path.
     pub(super) async fn bounded<T>(
         &self,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(self.timeout, op).await {
+        self.limited(self.limits.timeout, op).await
+    }
+
+    /// A call off the request path.
+    pub(super) async fn bounded_bulk<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.limited(self.limits.bulk_timeout, op).await
+    }
+
+    async fn limited<T>(
+        &self,
+        limit: Duration,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if !self.breaker.admits() {
+            return Err(StoreError::Skipped);
+        }
+        let result = match tokio::time::timeout(limit, op).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) => Err(StoreError::Timeout(limit)),
         };
-        if let Err(e) = &result {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    fn failed(&self, e: &StoreError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        {
             let mut last = self.last_report.lock();
             if last.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
                 *last = Some(Instant::now());
                 tracing::warn!(store = self.kind(), error = %e, total_errors = self.errors(), "store unavailable: serving without cache");
             }
         }
-        result
+        if e.is_outage() && self.breaker.failure() {
+            tracing::warn!(
+                store = self.kind(),
+                "store keeps failing: skipping it until a probe answers"
+            );
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(Store::probe(self.me.clone()));
+                }
+                Err(_) => self.breaker.close(),
+            }
+        }
+    }
+
+    /// Pings the skipped store, pausing longer after each failure, and lets calls through
+    /// again once it answers. It holds the store only while it pings, so a store dropped
+    /// at shutdown ends its probe.
+    async fn probe(me: Weak<Store>) {
+        let Some(pauses) = me.upgrade().map(|store| store.breaker.pauses()) else {
+            return;
+        };
+        for pause in pauses {
+            tokio::time::sleep(pause).await;
+            let Some(store) = me.upgrade() else {
+                return;
+            };
+            let ping = tokio::time::timeout(store.limits.timeout, store.ping_backend()).await;
+            if matches!(ping, Ok(Ok(()))) {
+                store.breaker.close();
+                tracing::info!(store = store.kind(), "store answers again");
+                return;
+            }
+        }
+    }
+
+    async fn ping_backend(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redis(r) => r.ping().await,
+            Backend::Embedded(_) => Ok(()),
+        }
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
@@ -109,11 +288,59 @@ impl Store {
         .await
     }
 
+    /// The values of many keys, in their order: one multi-key read per [`BATCH_KEYS`] keys,
+    /// bounded by the request timeout per command (at most the bulk timeout).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.limited(self.limits.for_keys(keys.len()), async {
+            match &self.backend {
+                Backend::Redis(r) => r.get_many(keys).await,
+                Backend::Embedded(e) => e.get_many(keys).await,
+            }
+        })
+        .await
+    }
+
+    /// Like [`Store::get_many`] off the request path: bounded by the bulk timeout.
+    pub async fn get_batch(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bounded_bulk(async {
+            match &self.backend {
+                Backend::Redis(r) => r.get_many(keys).await,
+                Backend::Embedded(e) => e.get_many(keys).await,
+            }
+        })
+        .await
+    }
+
     pub async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         self.bounded(async {
             match &self.backend {
                 Backend::Redis(r) => r.put(key, value, ttl).await,
                 Backend::Embedded(e) => e.put(key, value, ttl).await,
+            }
+        })
+        .await
+    }
+
+    /// Writes many keys with one time to live: pipelined on Redis, one transaction on the
+    /// embedded store, bounded like [`Store::get_many`].
+    pub async fn put_many(
+        &self,
+        entries: Vec<(String, Bytes)>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.limited(self.limits.for_keys(entries.len()), async {
+            match &self.backend {
+                Backend::Redis(r) => r.put_many(&entries, ttl).await,
+                Backend::Embedded(e) => e.put_many(entries, ttl).await,
             }
         })
         .await
@@ -130,11 +357,15 @@ impl Store {
         .await
     }
 
+    /// Deletes keys; returns how many existed. One key is a request-path call; more are a
+    /// bulk call, sent as one multi-key command per [`BATCH_KEYS`] keys.
     pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        self.bounded(async {
+        let limit = match keys.len() {
+            0 => return Ok(0),
+            1 => self.limits.timeout,
+            _ => self.limits.bulk_timeout,
+        };
+        self.limited(limit, async {
             match &self.backend {
                 Backend::Redis(r) => r.delete(keys).await,
                 Backend::Embedded(e) => e.delete(keys).await,
@@ -143,19 +374,29 @@ impl Store {
         .await
     }
 
-    /// Every live key starting with `prefix`. Admin paths only: it walks the key space.
+    /// Every live key starting with `prefix`. Admin and background paths only: it walks
+    /// the key space within the bulk timeout.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        // Walking the key space may take longer than one request's budget.
-        let op = async {
+        self.bounded_bulk(async {
             match &self.backend {
                 Backend::Redis(r) => r.keys(prefix).await,
                 Backend::Embedded(e) => e.keys(prefix).await,
             }
-        };
-        match tokio::time::timeout(self.timeout.max(Duration::from_secs(30)), op).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        })
+        .await
+    }
+
+    /// How many live keys start with `prefix` and how many bytes their values hold, from the
+    /// keys and the stored lengths: no value is read into thrifty. Admin paths only: it
+    /// walks the key space within the bulk timeout.
+    pub async fn tally(&self, prefix: &str) -> Result<Tally, StoreError> {
+        self.bounded_bulk(async {
+            match &self.backend {
+                Backend::Redis(r) => r.tally(prefix).await,
+                Backend::Embedded(e) => e.tally(prefix).await,
+            }
+        })
+        .await
     }
 
     /// Tells every instance sharing this store; the embedded store has no one to tell.
@@ -191,14 +432,27 @@ impl Store {
         }
     }
 
-    /// Whether the store answers now.
+    /// Whether the store answers now; at once `Skipped` while the breaker is open.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(async {
-            match &self.backend {
-                Backend::Redis(r) => r.ping().await,
-                Backend::Embedded(_) => Ok(()),
-            }
-        })
-        .await
+        self.bounded(self.ping_backend()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_gets_the_request_timeout_per_command_up_to_the_bulk_timeout() {
+        let limits = Limits {
+            timeout: Duration::from_millis(100),
+            bulk_timeout: Duration::from_secs(1),
+            breaker_failures: 5,
+            breaker_backoff: Duration::from_secs(1),
+        };
+        assert_eq!(limits.for_keys(1), Duration::from_millis(100));
+        assert_eq!(limits.for_keys(BATCH_KEYS), Duration::from_millis(100));
+        assert_eq!(limits.for_keys(BATCH_KEYS + 1), Duration::from_millis(200));
+        assert_eq!(limits.for_keys(1_000_000), Duration::from_secs(1));
     }
 }

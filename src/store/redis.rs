@@ -9,9 +9,10 @@ use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{AsyncCommands, Client, Cmd, FromRedisValue, Pipeline};
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 use tokio::sync::OnceCell;
 
-use super::StoreError;
+use super::{BATCH_KEYS, StoreError, Tally};
 
 #[derive(Clone)]
 enum Connection {
@@ -27,14 +28,25 @@ pub struct RedisStore {
 /// How long to wait between attempts to reach Redis at start.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// The bounds of the time a connection attempt may take.
+const CONNECT_MIN: Duration = Duration::from_millis(250);
+const CONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// How many keys one `SCAN` round trip asks for.
+const SCAN_COUNT: usize = 1000;
+
 impl RedisStore {
     /// Starts connecting in the background; until connected, every call fails fast.
+    ///
+    /// `timeout` is the longest one command may take on the connection: the longest budget
+    /// of any call, since the store bounds each call by its own, shorter or not.
     pub fn connect(url: &str, cluster: bool, timeout: Duration) -> Result<Self, StoreError> {
         let connection = std::sync::Arc::new(OnceCell::new());
         let cell = connection.clone();
+        let connect_timeout = timeout.clamp(CONNECT_MIN, CONNECT_MAX);
         if cluster {
             let client = ClusterClient::builder(vec![url.to_owned()])
-                .connection_timeout(timeout.max(Duration::from_millis(250)))
+                .connection_timeout(connect_timeout)
                 .response_timeout(timeout)
                 .build()?;
             tokio::spawn(async move {
@@ -55,7 +67,7 @@ impl RedisStore {
         } else {
             let client = Client::open(url)?;
             let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+                .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_secs(2));
@@ -110,10 +122,53 @@ impl RedisStore {
         Ok(value.map(Bytes::from))
     }
 
+    /// One `MGET` per batch of keys, sent together; a cluster connection splits each by slot.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let reads = keys.chunks(BATCH_KEYS).map(|chunk| {
+            let mut cmd = ::redis::cmd("MGET");
+            cmd.arg(chunk);
+            async move { self.query::<Vec<Option<Vec<u8>>>>(&cmd).await }
+        });
+        let mut values = Vec::with_capacity(keys.len());
+        for chunk in try_join_all(reads).await? {
+            values.extend(chunk.into_iter().map(|v| v.map(Bytes::from)));
+        }
+        Ok(values)
+    }
+
     pub async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(key).arg(value.as_ref()).arg("PX").arg(millis(ttl));
-        self.query::<()>(&cmd).await
+        self.query::<()>(&set(key, &value, ttl)).await
+    }
+
+    /// A pipeline of `SET`s on one server. A cluster pipeline must stay in one slot, so
+    /// there each `SET` is its own command, all in flight at once on the multiplexed
+    /// connection.
+    pub async fn put_many(
+        &self,
+        entries: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self.connection()? {
+            Connection::Single(mut c) => {
+                for chunk in entries.chunks(BATCH_KEYS) {
+                    let mut pipe = ::redis::pipe();
+                    for (key, value) in chunk {
+                        pipe.add_command(set(key, value, ttl)).ignore();
+                    }
+                    pipe.query_async::<()>(&mut c).await?;
+                }
+                Ok(())
+            }
+            Connection::Cluster(c) => {
+                try_join_all(entries.iter().map(|(key, value)| {
+                    let mut c = c.clone();
+                    let cmd = set(key, value, ttl);
+                    async move { cmd.query_async::<()>(&mut c).await }
+                }))
+                .await?;
+                Ok(())
+            }
+        }
     }
 
     pub async fn touch(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
@@ -122,13 +177,14 @@ impl RedisStore {
         self.query::<()>(&cmd).await
     }
 
+    /// One multi-key `DEL` per batch of keys; a cluster connection splits each by slot.
     pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
-        let mut pipe = ::redis::pipe();
-        for key in keys {
-            pipe.cmd("DEL").arg(key);
-        }
-        let counts: Vec<u64> = self.pipeline(&pipe).await?;
-        Ok(counts.iter().sum())
+        let deletes = keys.chunks(BATCH_KEYS).map(|chunk| {
+            let mut cmd = ::redis::cmd("DEL");
+            cmd.arg(chunk);
+            async move { self.query::<u64>(&cmd).await }
+        });
+        Ok(try_join_all(deletes).await?.iter().sum())
     }
 
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -136,19 +192,54 @@ impl RedisStore {
         let mut keys = Vec::new();
         match self.connection()? {
             Connection::Single(mut c) => {
-                let mut iter = c.scan_match::<_, String>(pattern).await?;
+                let mut iter = c.scan_options::<String>(scan_options(&pattern)).await?;
                 while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
                     keys.push(key?);
                 }
             }
             Connection::Cluster(mut c) => {
-                let mut iter = c.scan_match::<_, String>(pattern).await?;
+                let mut iter = c.scan_options::<String>(scan_options(&pattern)).await?;
                 while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
                     keys.push(key?);
                 }
             }
         }
         Ok(keys)
+    }
+
+    /// Walks the keys, then asks their lengths (`STRLEN`), never their values.
+    pub async fn tally(&self, prefix: &str) -> Result<Tally, StoreError> {
+        let keys = self.keys(prefix).await?;
+        let lengths = keys.chunks(BATCH_KEYS).map(|chunk| async move {
+            match self.connection()? {
+                Connection::Single(mut c) => {
+                    let mut pipe = ::redis::pipe();
+                    for key in chunk {
+                        pipe.cmd("STRLEN").arg(key);
+                    }
+                    Ok::<Vec<u64>, StoreError>(pipe.query_async(&mut c).await?)
+                }
+                // A cluster pipeline must stay in one slot: one command per key, all in flight.
+                Connection::Cluster(c) => Ok(try_join_all(chunk.iter().map(|key| {
+                    let mut c = c.clone();
+                    let mut cmd = ::redis::cmd("STRLEN");
+                    cmd.arg(key);
+                    async move { cmd.query_async::<u64>(&mut c).await }
+                }))
+                .await?),
+            }
+        });
+        let mut tally = Tally::default();
+        for chunk in try_join_all(lengths).await? {
+            for length in chunk {
+                // A key that expired between the walk and its length reads as 0 bytes.
+                if length > 0 {
+                    tally.entries += 1;
+                    tally.bytes += length;
+                }
+            }
+        }
+        Ok(tally)
     }
 
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
@@ -194,6 +285,19 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.query::<String>(&::redis::cmd("PING")).await.map(drop)
     }
+}
+
+/// A walk of the keys matching `pattern`, a thousand per round trip.
+fn scan_options(pattern: &str) -> ::redis::ScanOptions {
+    ::redis::ScanOptions::default()
+        .with_pattern(pattern)
+        .with_count(SCAN_COUNT)
+}
+
+fn set(key: &str, value: &Bytes, ttl: Duration) -> Cmd {
+    let mut cmd = ::redis::cmd("SET");
+    cmd.arg(key).arg(value.as_ref()).arg("PX").arg(millis(ttl));
+    cmd
 }
 
 fn millis(ttl: Duration) -> u64 {

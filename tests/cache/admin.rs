@@ -506,3 +506,177 @@ async fn warming_fills_the_cache_for_later_clients() {
         }
     }
 }
+
+/// Invalidating a tenant with tens of thousands of answers runs as a job: asked not to wait,
+/// the admin API answers 202 with the job's status path, the job removes the tenant's answers
+/// in bounded batches under the bulk budget (not the 100 ms request timeout), then the semantic
+/// records that point to them, and leaves the other tenant alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_a_large_tenant_is_a_job_that_takes_its_semantic_records_too() {
+    const COPIES: usize = 20_000;
+    const OTHERS: usize = 1_000;
+    const SEMANTIC_PREFIX: &str = "thrifty:v1:semantic:";
+    let h = Harness::setup(Backend::Redis)
+        .config(|raw| raw.store.timeout = std::time::Duration::from_millis(100))
+        .start()
+        .await;
+    let dialect = Dialect::OpenAi;
+    let path = dialect.chat_path();
+    let probe = h.probe().await;
+    // One real answer per tenant, copied under many keys straight into Redis, each with a
+    // semantic record pointing to it.
+    for (token, copies, label) in [("sk-big-a", COPIES, "a"), ("sk-big-b", OTHERS, "b")] {
+        let reply = h
+            .api
+            .post(
+                path,
+                &dialect.chat(&format!("tenant {label} asks"), false),
+                &[bearer(token)],
+            )
+            .await;
+        reply.assert_ok(label);
+        h.api.wait_stored(&reply.key()).await;
+        let original = probe.answer_key(&reply.key()).await;
+        let raw = probe.get(&original).await.expect("the answer is stored");
+        for chunk in (0..copies).collect::<Vec<_>>().chunks(1_000) {
+            let mut answers = redis::cmd("MSET");
+            let mut records = redis::cmd("MSET");
+            for i in chunk {
+                let hash = format!("{label}{i:031x}");
+                answers.arg(format!("{ANSWER_PREFIX}{hash}")).arg(&raw);
+                records
+                    .arg(format!("{SEMANTIC_PREFIX}{label}partition:{hash}"))
+                    .arg(format!("the question text of {label} {i}"));
+            }
+            let () = probe.query(&answers).await;
+            let () = probe.query(&records).await;
+        }
+    }
+    let count = |prefix: String| {
+        let probe = &probe;
+        async move { probe.scan(&format!("{prefix}*")).await.len() }
+    };
+    assert_eq!(count(ANSWER_PREFIX.to_owned()).await, COPIES + OTHERS + 2);
+
+    let selector = json!({"tenant": tenant_id("sk-big-a")});
+    let reply = h
+        .api
+        .admin_post("/admin/cache/invalidate?wait=0", &selector)
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    let status = reply.json()["status"]
+        .as_str()
+        .expect("a 202 names the job's status path")
+        .to_owned();
+    assert_eq!(reply.json()["state"], "running");
+    let done = poll(
+        std::time::Duration::from_secs(60),
+        "the invalidation job ends",
+        || async {
+            let progress = h.api.admin_get(&status).await;
+            progress.assert_ok("job status");
+            let progress = progress.json();
+            (progress["state"] != "running").then_some(progress)
+        },
+    )
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["deleted"], COPIES + 1, "{done}");
+    assert_eq!(done["semantic_deleted"], COPIES, "{done}");
+    assert_eq!(
+        count(format!("{ANSWER_PREFIX}a")).await,
+        0,
+        "no copy of tenant a's answer is left"
+    );
+    assert_eq!(
+        count(format!("{SEMANTIC_PREFIX}apartition:")).await,
+        0,
+        "no semantic record of tenant a is left"
+    );
+    assert_eq!(
+        count(ANSWER_PREFIX.to_owned()).await,
+        OTHERS + 1,
+        "tenant b keeps its answers"
+    );
+    assert_eq!(
+        count(format!("{SEMANTIC_PREFIX}bpartition:")).await,
+        OTHERS,
+        "tenant b keeps its semantic records"
+    );
+    let unknown = h.api.admin_get("/admin/cache/jobs/nope").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+/// How many times Redis has run each command that returns a value, from `INFO commandstats`.
+async fn value_reads(probe: &crate::Probe) -> Vec<(String, u64)> {
+    let info: String = probe.query(redis::cmd("INFO").arg("commandstats")).await;
+    ["get", "mget", "getex", "getdel", "dump", "getrange"]
+        .iter()
+        .map(|name| {
+            let calls = info
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse().expect("a call count"));
+            ((*name).to_owned(), calls)
+        })
+        .collect()
+}
+
+/// `/admin/cache/stats` counts entries and bytes from the keys and their stored lengths: Redis
+/// runs no command that returns a value while it answers, and the figures follow what is
+/// stored and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_entries_and_bytes_without_reading_values() {
+    let h = Harness::start(Backend::Redis).await;
+    let dialect = Dialect::OpenAi;
+    let path = dialect.chat_path();
+    let probe = h.probe().await;
+    let mut keys = Vec::new();
+    for text in ["first", "second", "third"] {
+        let reply = h.api.send(path, &dialect.chat(text, false)).await;
+        reply.assert_ok(text);
+        h.api.wait_stored(&reply.key()).await;
+        keys.push(reply.key());
+    }
+    h.api
+        .send(dialect.embed_path(), &dialect.embed(&["one", "two"]))
+        .await
+        .assert_ok("embeddings");
+    let held = |key: String| {
+        let probe = &probe;
+        async move { probe.get(&key).await.map_or(0, |v| v.len() as u64) }
+    };
+    let mut bytes = 0;
+    for key in probe.keys().await {
+        bytes += held(key).await;
+    }
+
+    let before = value_reads(&probe).await;
+    let stats = h.api.stats().await;
+    assert_eq!(
+        value_reads(&probe).await,
+        before,
+        "stats read no value: {stats}"
+    );
+    assert_eq!(stats["entries"], json!({"answers": 3, "embeddings": 2}));
+    assert_eq!(stats["bytes"], bytes, "{stats}");
+
+    let gone = probe.answer_key(&keys[0]).await;
+    let gone_bytes = held(gone.clone()).await;
+    let deleted = h
+        .api
+        .request(
+            Method::DELETE,
+            &format!("/admin/cache/entries/{}", keys[0]),
+            Some(crate::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    deleted.assert_ok("delete one entry");
+    let before = value_reads(&probe).await;
+    let stats = h.api.stats().await;
+    assert_eq!(value_reads(&probe).await, before, "{stats}");
+    assert_eq!(stats["entries"], json!({"answers": 2, "embeddings": 2}));
+    assert_eq!(stats["bytes"], bytes - gone_bytes, "{stats}");
+}

@@ -129,3 +129,67 @@ async fn a_restarted_thrifty_keeps_its_cache() {
         }
     }
 }
+
+/// A frozen Redis (every command hangs) costs the first few requests one store timeout each;
+/// then the store is skipped, so requests go at the upstream's pace, `/readyz` says `degraded`
+/// at once, and caching resumes by itself once Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_skipped_until_it_answers_again() {
+    const TIMEOUT: Duration = Duration::from_millis(100);
+    const REQUESTS: u32 = 40;
+    let dialect = Dialect::OpenAi;
+    let what = "frozen redis";
+    let h = Harness::setup(Backend::Redis)
+        .config(|raw| {
+            raw.store.timeout = TIMEOUT;
+            raw.store.breaker_backoff = Duration::from_millis(200);
+        })
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let body = dialect.chat("ask me while redis sleeps", false);
+    h.api.fill(path, &body, &NO_HEADERS).await;
+    h.api.send(path, &body).await.assert_cache("hit", what);
+
+    h.redis.as_ref().expect("redis").freeze();
+    let started = std::time::Instant::now();
+    for i in 0..REQUESTS {
+        let text = format!("frozen question {i}");
+        let reply = h.api.send(path, &dialect.chat(&text, false)).await;
+        reply.assert_cache("miss", &format!("{what}: {text}"));
+        assert_eq!(dialect.text(Kind::Chat, &reply), Dialect::echo(&text));
+    }
+    let elapsed = started.elapsed();
+    // Waiting out the timeout on every request would take REQUESTS × TIMEOUT (4 s).
+    assert!(
+        elapsed < TIMEOUT * REQUESTS / 4,
+        "{what}: {REQUESTS} requests took {elapsed:?}: they waited for the frozen store"
+    );
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let asked = std::time::Instant::now();
+        assert_eq!(h.api.readiness().await, "degraded", "{what}");
+        fastest = fastest.min(asked.elapsed());
+    }
+    assert!(
+        fastest < TIMEOUT,
+        "{what}: /readyz took {fastest:?}: it waited for the frozen store"
+    );
+
+    h.redis.as_ref().expect("redis").thaw();
+    poll(WAIT, &format!("{what}: caching resumes"), || async {
+        let reply = h.api.send(path, &body).await;
+        reply.assert_ok(what);
+        (reply.cache() == "hit").then_some(())
+    })
+    .await;
+    assert_eq!(h.api.readiness().await, "ready", "{what}");
+    let text = "asked after the thaw";
+    h.api
+        .fill(path, &dialect.chat(text, false), &NO_HEADERS)
+        .await;
+    h.api
+        .send(path, &dialect.chat(text, false))
+        .await
+        .assert_cache("hit", &format!("{what}: new answers are stored again"));
+}

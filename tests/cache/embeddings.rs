@@ -317,3 +317,50 @@ async fn embedding_entries_follow_the_max_age_control() {
         }
     }
 }
+
+/// A batch of thousands of new inputs is cached whole under the default 100 ms store timeout:
+/// its entries are read and written with multi-key commands, not one call per input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_cached_whole_under_the_default_store_timeout() {
+    const INPUTS: usize = 2_000;
+    for backend in BACKENDS {
+        let what = format!("{backend:?}");
+        let h = Harness::setup(backend)
+            .config(|raw| raw.store.timeout = std::time::Duration::from_millis(100))
+            .start()
+            .await;
+        let dialect = Dialect::OpenAi;
+        let path = dialect.embed_path();
+        let texts: Vec<String> = (0..INPUTS)
+            .map(|i| format!("batch input number {i} about topic {}", i * 7919 % 1013))
+            .collect();
+        let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let body = dialect.embed(&inputs);
+
+        let first = h.api.send(path, &body).await;
+        first.assert_cache("miss", &what);
+        assert_eq!(
+            h.fake.calls_to(path),
+            1,
+            "{what}: the first call goes upstream"
+        );
+
+        let second = h.api.send(path, &body).await;
+        second.assert_cache("hit", &format!("{what}: every input was cached"));
+        assert_eq!(
+            h.fake.calls_to(path),
+            1,
+            "{what}: the second call never reaches the upstream"
+        );
+        assert_eq!(
+            vectors(dialect, &second.json()),
+            vectors(dialect, &first.json()),
+            "{what}: the cached vectors are the upstream's, in order"
+        );
+        let stats = h.api.stats().await;
+        assert_eq!(
+            stats["store_errors"], 0,
+            "{what}: no store call failed: {stats}"
+        );
+    }
+}

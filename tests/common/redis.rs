@@ -72,10 +72,36 @@ impl RedisServer {
     /// Kills the server and waits for it to exit; a stopped server refuses connections.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A frozen server dies only once it may run again.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
             // The process may already have exited; either way `wait` reaps it.
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server (`SIGSTOP`): connections stay open and every command hangs, as
+    /// with a Redis stuck on a slow disk or a full network buffer.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`); it answers what was sent meanwhile.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill {signal}: {e}"));
+        assert!(status.success(), "kill {signal} failed: {status}");
     }
 
     /// Stops the server if it runs and starts a fresh, empty one on the same port.
