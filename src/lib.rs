@@ -66,6 +66,8 @@ pub enum StartError {
 
 /// How often expired entries are removed from the embedded store.
 const STORE_SWEEP: Duration = Duration::from_secs(600);
+/// How often cache writes committed without an `fsync` are made durable.
+const STORE_PERSIST: Duration = Duration::from_secs(1);
 
 /// Opens Redis when a URL is configured, the embedded store otherwise.
 pub fn open_store(config: &config::StoreConfig) -> Result<Arc<store::Store>, store::StoreError> {
@@ -109,6 +111,14 @@ pub async fn run(
             sweep_store.sweep().await;
         }
     });
+    let persist_store = proxy.cache().store().clone();
+    background.spawn(async move {
+        let mut tick = tokio::time::interval(STORE_PERSIST);
+        loop {
+            tick.tick().await;
+            persist_store.persist().await;
+        }
+    });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, tls = tls.is_some(), "thrifty listening");
     }
@@ -139,5 +149,6 @@ pub async fn run(
         );
     }
     background.shutdown().await;
+    proxy.cache().store().persist().await;
     Ok(())
 }

@@ -19,6 +19,8 @@
 //!   Redis comes up after thrifty), a stopped thrifty has closed its store, an expired answer
 //!   leaves the index, admin invalidation, a Redis outage.
 //! - `eval`: the guard's effect on precision, measured on a small pair file.
+//! - `verified`: verified serving: unmeasured candidates are verified, agreeing outcomes shared
+//!   through Redis make hits, differing ones and a corrupt record end them.
 //! - `budget`: what the stage may spend on a request: no embedding unless a hit is possible,
 //!   long messages exact-cache only, a busy model skipped, a bounded index queue.
 
@@ -37,6 +39,8 @@ mod eval;
 mod lifecycle;
 #[path = "semantic/matching.rs"]
 mod matching;
+#[path = "semantic/verified.rs"]
+mod verified;
 
 use std::time::Duration;
 

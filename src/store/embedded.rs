@@ -1,15 +1,22 @@
 //! The embedded backend: `redb` on disk under the data directory, with a
 //! bounded `moka` layer in memory, so a restart keeps what was cached.
+//!
+//! Cache writes (puts and touches) commit without an `fsync`; [`EmbeddedStore::persist`],
+//! run every second and at shutdown, makes them durable with one. A crash of the machine may
+//! lose the cache writes of the last second, never a delete and never the ledger's batches,
+//! which commit durably on their own.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use moka::sync::Cache;
 use parking_lot::Mutex;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 
 use super::{StoreError, Tally};
 
@@ -31,6 +38,8 @@ pub struct EmbeddedStore {
     /// memory under the same lock, and only if no delete finished since the read began,
     /// so a read racing a delete never leaves a copy of a deleted key in memory.
     deletes: Arc<Mutex<u64>>,
+    /// Set by a commit made without an `fsync`, cleared by the durable commit that follows.
+    unpersisted: Arc<AtomicBool>,
 }
 
 pub(super) fn now_ms() -> u64 {
@@ -52,6 +61,14 @@ fn encode(entry: &Entry) -> Vec<u8> {
     out.extend_from_slice(&entry.expires_ms.to_le_bytes());
     out.extend_from_slice(&entry.value);
     out
+}
+
+/// Commits a cache write without waiting for the disk; [`EmbeddedStore::persist`] follows.
+fn commit_lazily(mut txn: WriteTransaction, unpersisted: &AtomicBool) -> Result<(), StoreError> {
+    txn.set_durability(Durability::None);
+    txn.commit().map_err(err)?;
+    unpersisted.store(true, Ordering::Release);
+    Ok(())
 }
 
 fn decode(raw: &[u8]) -> Option<Entry> {
@@ -88,7 +105,26 @@ impl EmbeddedStore {
             memory,
             evictions,
             deletes: Arc::new(Mutex::new(0)),
+            unpersisted: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Makes every write committed so far durable, with one `fsync`, if any was made without.
+    pub async fn persist(&self) -> Result<(), StoreError> {
+        if !self.unpersisted.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let persisted = self
+            .blocking(|db| {
+                let mut txn = db.begin_write().map_err(err)?;
+                txn.set_durability(Durability::Immediate);
+                txn.commit().map_err(err)
+            })
+            .await;
+        if persisted.is_err() {
+            self.unpersisted.store(true, Ordering::Release);
+        }
+        persisted
     }
 
     pub(super) async fn blocking<T: Send + 'static>(
@@ -190,6 +226,7 @@ impl EmbeddedStore {
         for (key, entry) in &entries {
             self.memory.insert(key.clone(), entry.clone());
         }
+        let unpersisted = self.unpersisted.clone();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
@@ -200,7 +237,7 @@ impl EmbeddedStore {
                         .map_err(err)?;
                 }
             }
-            txn.commit().map_err(err)
+            commit_lazily(txn, &unpersisted)
         })
         .await
     }
@@ -212,6 +249,7 @@ impl EmbeddedStore {
         };
         self.memory.insert(key.to_owned(), entry.clone());
         let owned = key.to_owned();
+        let unpersisted = self.unpersisted.clone();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
@@ -220,7 +258,7 @@ impl EmbeddedStore {
                     .insert(owned.as_str(), encode(&entry).as_slice())
                     .map_err(err)?;
             }
-            txn.commit().map_err(err)
+            commit_lazily(txn, &unpersisted)
         })
         .await
     }
@@ -231,6 +269,7 @@ impl EmbeddedStore {
     pub async fn touch(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
         let owned = key.to_owned();
         let expires_ms = expiry(ttl);
+        let unpersisted = self.unpersisted.clone();
         self.blocking(move |db| {
             let now = now_ms();
             let txn = db.begin_write().map_err(err)?;
@@ -247,7 +286,7 @@ impl EmbeddedStore {
                         .map_err(err)?;
                 }
             }
-            txn.commit().map_err(err)
+            commit_lazily(txn, &unpersisted)
         })
         .await
     }
@@ -384,6 +423,32 @@ mod tests {
         s.touch("k", Duration::from_secs(60)).await.unwrap();
         assert_eq!(s.get("k").await.unwrap(), None);
         assert!(s.keys("k").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn writes_committed_lazily_are_on_disk_once_persisted() {
+        let dir = std::env::temp_dir().join(format!(
+            "thrifty-embedded-persist-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let s = EmbeddedStore::open(&dir, 1 << 20).unwrap();
+        s.put("k", Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            s.unpersisted.load(Ordering::Acquire),
+            "a put waits for no fsync"
+        );
+        s.persist().await.unwrap();
+        assert!(!s.unpersisted.load(Ordering::Acquire));
+        drop(s);
+        let reopened = EmbeddedStore::open(&dir, 1 << 20).unwrap();
+        assert_eq!(
+            reopened.get("k").await.unwrap(),
+            Some(Bytes::from_static(b"v"))
+        );
+        drop(reopened);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

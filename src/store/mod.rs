@@ -432,6 +432,16 @@ impl Store {
         }
     }
 
+    /// Makes the cache writes committed so far durable where the backend defers that (the
+    /// embedded store's puts commit without an `fsync`).
+    pub async fn persist(&self) {
+        if let Backend::Embedded(e) = &self.backend {
+            if let Err(error) = e.persist().await {
+                tracing::warn!(%error, "embedded store could not persist its writes");
+            }
+        }
+    }
+
     /// Whether the store answers now; at once `Skipped` while the breaker is open.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(self.ping_backend()).await

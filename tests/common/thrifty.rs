@@ -53,6 +53,12 @@ pub fn semantic_config_for(fake: &FakeLlm) -> RawConfig {
     let mut raw = config_for(fake);
     raw.semantic.enabled = true;
     raw.semantic.model_dir = Some(model_dir());
+    // A paraphrase is served after the guard at the threshold, as most suites expect; verified
+    // serving, which serves nothing it has not measured, has a suite of its own.
+    raw.semantic.mode = thrifty::config::SemanticMode::Static;
+    // The model is shared by every test of a binary: a loaded machine must not turn lookups
+    // into skips (the budget suite holds a model of its own to test those).
+    raw.semantic.max_wait = std::time::Duration::from_secs(5);
     raw
 }
 

@@ -46,6 +46,8 @@ async fn world_with_own_model(index_queue: usize) -> (World, Arc<Embedder>) {
     let w = World::start_with(Backend::Embedded, move |raw| {
         raw.semantic.model_dir = Some(model);
         raw.semantic.index_queue = index_queue;
+        // The default bound: this model is the test's own, so nothing else keeps it busy.
+        raw.semantic.max_wait = thrifty::config::RawSemantic::default().max_wait;
     })
     .await;
     let embedder = Embedder::shared(&dir).expect("the model thrifty loaded");
