@@ -26,6 +26,14 @@ pub fn decode(dialect: Dialect, endpoint: Endpoint, body: &[u8]) -> Result<Call,
     }
 }
 
+/// The `model` a body names when it is JSON at all (`""` when it names none): such a body is
+/// the upstream's to judge even where thrifty cannot decode it. `None` for bytes that are not
+/// JSON.
+pub fn json_model(body: &[u8]) -> Option<String> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    Some(value["model"].as_str().unwrap_or_default().to_owned())
+}
+
 /// Encodes a call as the JSON body the given dialect expects.
 pub fn encode(dialect: Dialect, call: &Call) -> Bytes {
     let object = match dialect {

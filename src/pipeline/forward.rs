@@ -5,17 +5,19 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
+use http::request::Parts;
 use http::{Request, Response};
 
 use crate::accounting::Account;
 use crate::auth::UpstreamAuth;
 use crate::body::{Body, Prefix, full, prepend, read_prefix};
-use crate::chat::{Call, Dialect};
+use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::conversations::Conversation;
 use crate::compress::{self, Force};
 use crate::config::{Strategy, Upstream};
 use crate::error::ProxyError;
 use crate::router::{self};
+use crate::savings::Outcome;
 use crate::summarizer::UpstreamSummarizer;
 use crate::{dialect, headers};
 
@@ -80,6 +82,35 @@ impl Proxy {
             .forward(exchange, full(retry.bytes.clone()), true)
             .await?;
         Ok((response, retry))
+    }
+
+    /// A JSON body thrifty could not decode as a call of its endpoint: forwarded unchanged,
+    /// neither cached nor compressed, so the client gets the upstream's own verdict (or
+    /// answer), recorded as a bypass.
+    pub(super) async fn undecoded(
+        &self,
+        dialect: Dialect,
+        endpoint: Endpoint,
+        parts: Parts,
+        bytes: Bytes,
+        model: &str,
+        refusal: &ProxyError,
+    ) -> Result<Response<Body>, ProxyError> {
+        tracing::Span::current().record("model", model);
+        tracing::debug!(%refusal, "body not decoded: forwarded as it came");
+        let exchange = self.admit(dialect, parts, Some(model))?;
+        let mut account = self.account(&exchange, endpoint, model);
+        account.sending();
+        let mut response = match self.forward(&exchange, full(bytes), true).await {
+            Ok(response) => account.upstream(Outcome::Bypass, dialect, response),
+            Err(e) => return Err(account.failed(e)),
+        };
+        headers::set(
+            response.headers_mut(),
+            "x-thrifty-cache",
+            Outcome::Bypass.as_str(),
+        );
+        Ok(response)
     }
 
     /// A chat answered with an error that may say the prompt was too long, and which

@@ -226,7 +226,17 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = request.into_parts();
         let bytes = read_body(body, &parts.headers, self.config.max_body_bytes).await?;
-        self.intercept_bytes(dialect, endpoint, parts, bytes).await
+        match dialect::decode(dialect, endpoint, &bytes) {
+            Ok(call) => self.intercept_call(dialect, parts, call, bytes).await,
+            // JSON thrifty cannot read as a call is the upstream's to judge, in its own words.
+            Err(refusal) => match dialect::json_model(&bytes) {
+                Some(model) => {
+                    self.undecoded(dialect, endpoint, parts, bytes, &model, &refusal)
+                        .await
+                }
+                None => Err(refusal),
+            },
+        }
     }
 
     /// An intercepted call whose body has been read; the admin API's warm-up enters here.
@@ -238,8 +248,19 @@ impl Proxy {
         bytes: Bytes,
     ) -> Result<Response<Body>, ProxyError> {
         let call = dialect::decode(dialect, endpoint, &bytes)?;
+        self.intercept_call(dialect, parts, call, bytes).await
+    }
+
+    /// A decoded call through the stages.
+    async fn intercept_call(
+        &self,
+        dialect: Dialect,
+        parts: Parts,
+        call: Call,
+        bytes: Bytes,
+    ) -> Result<Response<Body>, ProxyError> {
         tracing::Span::current().record("model", call.model());
-        let exchange = self.admit(dialect, parts, Some(&call))?;
+        let exchange = self.admit(dialect, parts, Some(call.model()))?;
         let controls = Controls::from_headers(&exchange.parts.headers)?;
         match call {
             Call::Embedding(request) => self.embed(exchange, request, bytes, controls).await,
@@ -296,9 +317,9 @@ impl Proxy {
         &self,
         dialect: Dialect,
         parts: Parts,
-        call: Option<&Call>,
+        model: Option<&str>,
     ) -> Result<Exchange, ProxyError> {
-        let upstream = self.select_upstream(dialect, call.map(Call::model));
+        let upstream = self.select_upstream(dialect, model);
         let target = &self.config.upstreams[upstream];
         let span = tracing::Span::current();
         span.record("upstream", target.name.as_str());

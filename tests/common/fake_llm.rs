@@ -500,6 +500,9 @@ fn route(
             let Some(request) = json_object(&body) else {
                 return Reply::Now(dialect.error(&Failure::malformed_json()));
             };
+            if let Some(failure) = invalid(dialect, path, &request) {
+                return Reply::Now(dialect.error(&failure));
+            }
             if let Some(reply) = magic(state, dialect, &request) {
                 return reply;
             }
@@ -526,6 +529,34 @@ fn route(
         _ => plain(StatusCode::NOT_FOUND, "404 page not found"),
     };
     Reply::Now(reply)
+}
+
+/// What the real upstreams refuse before running a model: a request with no model name
+/// (Ollama's `/api/show` and `/api/pull` take `name` instead), and an OpenAI request without
+/// the endpoint's required parameter.
+fn invalid(dialect: Dialect, path: &str, request: &Value) -> Option<Failure> {
+    if model_of(request).is_empty() {
+        return Some(match dialect {
+            Dialect::OpenAi => Failure::invalid_request("you must provide a model parameter", None),
+            Dialect::Ollama => Failure::invalid_request("model is required", None),
+        });
+    }
+    let required = match path {
+        "/v1/chat/completions" => "messages",
+        "/v1/completions" => "prompt",
+        "/v1/embeddings" => "input",
+        _ => return None,
+    };
+    request.get(required).is_none().then(|| {
+        Failure::invalid_request(
+            match required {
+                "messages" => "Missing required parameter: 'messages'.",
+                "prompt" => "Missing required parameter: 'prompt'.",
+                _ => "Missing required parameter: 'input'.",
+            },
+            Some(required),
+        )
+    })
 }
 
 /// The answer of a magic model, or `None` for an ordinary one.
@@ -668,6 +699,19 @@ impl Failure {
             param: Some("messages"),
             code: Some("context_length_exceeded"),
             ollama_message: "the input length exceeds the context length",
+        }
+    }
+
+    /// A refusal of the request's shape; OpenAI names a missing parameter in `param` and
+    /// `code`.
+    fn invalid_request(message: &'static str, missing: Option<&'static str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message,
+            kind: "invalid_request_error",
+            param: missing,
+            code: missing.map(|_| "missing_required_parameter"),
+            ollama_message: message,
         }
     }
 

@@ -29,9 +29,11 @@ async fn post_bytes(url: String, body: impl Into<reqwest::Body>) -> Answer {
 
 async fn bad_requests_are_refused(dialect: Dialect) {
     let fake = FakeLlm::start().await;
-    let thrifty = Thrifty::start(config_for(&fake)).await;
+    let thrifty =
+        Thrifty::start_with_env(config_for(&fake), &[("THRIFTY_ADMIN_TOKEN", "adm")]).await;
     let url = |call: Call| format!("{}{}", thrifty.url(), dialect.path(call));
 
+    // Bytes that are not JSON are thrifty's to refuse.
     for garbage in [
         &b"{\"model\": \"gpt-4o-mini\", \"messages\": ["[..],
         b"",
@@ -43,44 +45,78 @@ async fn bad_requests_are_refused(dialect: Dialect) {
         let message = dialect.assert_error(&answer.json(), None);
         assert!(message.contains("JSON"), "{dialect:?}: {message}");
     }
-    let answer = post(url(Call::Chat), &json!(["not", "an", "object"])).await;
-    assert_status(
-        &answer,
-        StatusCode::BAD_REQUEST,
-        "JSON that is not an object",
-    );
-    dialect.assert_error(&answer.json(), None);
-
-    let mut missing = vec![
-        (
-            Call::Chat,
-            "model",
-            json!({"messages": [{"role": "user", "content": "hi"}]}),
-        ),
-        (Call::Embedding, "input", json!({"model": "e"})),
-        (Call::Chat, "model", json!({"model": 42, "messages": []})),
-    ];
-    if dialect == Dialect::OpenAi {
-        // Ollama lets a chat without messages load the model; OpenAI requires them.
-        missing.push((Call::Chat, "messages", json!({"model": "gpt-4o-mini"})));
-    }
-    for (call, param, body) in missing {
-        let answer = post(url(call), &body).await;
-        assert_status(&answer, StatusCode::BAD_REQUEST, &format!("{body}"));
-        let message = dialect.error_message(&answer.json());
-        assert!(
-            message.contains(&format!("'{param}'")),
-            "{dialect:?}: the error names {param}: {message}"
-        );
-        if dialect == Dialect::OpenAi {
-            assert_eq!(answer.json()["error"]["param"], param, "{body}");
-            assert_eq!(answer.json()["error"]["type"], "invalid_request_error");
-        }
-    }
     assert_eq!(
         fake.calls(),
         0,
-        "{dialect:?}: bad requests never reach the upstream"
+        "{dialect:?}: bytes that are not JSON never reach the upstream"
+    );
+
+    // JSON thrifty cannot read as a call is the upstream's to judge: the client gets the
+    // upstream's own answer, byte for byte, as if it had called it directly.
+    let mut undecodable = vec![
+        (Call::Chat, json!(["not", "an", "object"])),
+        (
+            Call::Chat,
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (Call::Embedding, json!({"model": "e"})),
+        (Call::Chat, json!({"model": 42, "messages": []})),
+    ];
+    if dialect == Dialect::OpenAi {
+        // Ollama lets a chat without messages load the model; OpenAI requires them.
+        undecodable.push((Call::Chat, json!({"model": "gpt-4o-mini"})));
+    }
+    // One the upstream takes (thrifty reads `stream` as a boolean only; the upstream does not
+    // mind), the rest it refuses.
+    let accepted = json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": "no"
+    });
+    undecodable.push((Call::Chat, accepted.clone()));
+    let forwarded = 2 * undecodable.len() as u64;
+    for (call, body) in undecodable {
+        let direct = post(format!("{}{}", fake.url(), dialect.path(call)), &body).await;
+        let calls = fake.calls();
+        let answer = post(url(call), &body).await;
+        assert_eq!(fake.calls(), calls + 1, "{dialect:?}: {body} went upstream");
+        assert_eq!(answer.status, direct.status, "{dialect:?}: {body}");
+        // The upstream numbers and dates its answers (one JSON, or NDJSON lines); everything
+        // else is the same.
+        let unnumbered = |answer: &Answer| -> Vec<Value> {
+            answer
+                .text()
+                .lines()
+                .map(|line| {
+                    let mut json: Value = serde_json::from_str(line).expect("JSON line");
+                    if let Some(object) = json.as_object_mut() {
+                        for field in ["id", "created", "created_at"] {
+                            object.remove(field);
+                        }
+                    }
+                    json
+                })
+                .collect()
+        };
+        assert_eq!(
+            unnumbered(&answer),
+            unnumbered(&direct),
+            "{dialect:?}: {body}: the upstream's own words"
+        );
+        assert_eq!(answer.header("x-thrifty-cache"), "bypass", "{body}");
+        // Never cached: the same body goes upstream again.
+        post(url(call), &body).await;
+        assert_eq!(fake.calls(), calls + 2, "{dialect:?}: {body} is not cached");
+    }
+    // Each went on the books: the accepted one twice as a bypass, the refused ones as errors;
+    // the garbage, which reached no upstream, not at all.
+    let report = thrifty.savings("format=json", "adm", forwarded).await;
+    assert_eq!(report["total"]["requests"], forwarded, "{report}");
+    assert_eq!(report["total"]["outcomes"]["bypass"], 2, "{report}");
+    assert_eq!(
+        report["total"]["outcomes"]["error"],
+        forwarded - 2,
+        "{report}"
     );
 }
 
