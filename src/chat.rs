@@ -132,8 +132,53 @@ impl EmbeddingRequest {
 pub enum EmbeddingInput {
     /// Text inputs; `single` records that the client sent one bare string.
     Texts { texts: Vec<String>, single: bool },
-    /// Token arrays, kept as sent.
-    Tokens(Value),
+    /// Token-id inputs; `single` records that the client sent one flat array.
+    Tokens { ids: Vec<Vec<u64>>, single: bool },
+}
+
+/// One input of an embedding call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Piece<'a> {
+    Text(&'a str),
+    Ids(&'a [u64]),
+}
+
+impl Piece<'_> {
+    /// Its share of a batch's token count: its length, at least 1.
+    pub fn weight(self) -> u64 {
+        let len = match self {
+            Piece::Text(text) => text.chars().count(),
+            Piece::Ids(ids) => ids.len(),
+        };
+        len.max(1) as u64
+    }
+}
+
+impl EmbeddingInput {
+    /// The inputs, in order.
+    pub fn pieces(&self) -> Vec<Piece<'_>> {
+        match self {
+            EmbeddingInput::Texts { texts, .. } => {
+                texts.iter().map(|t| Piece::Text(t.as_str())).collect()
+            }
+            EmbeddingInput::Tokens { ids, .. } => ids.iter().map(|i| Piece::Ids(i)).collect(),
+        }
+    }
+
+    /// The inputs at `indexes`, in the same form; one input stays bare if it came bare.
+    pub fn subset(&self, indexes: &[usize]) -> EmbeddingInput {
+        let bare = |single: bool| single && indexes.len() == 1;
+        match self {
+            EmbeddingInput::Texts { texts, single } => EmbeddingInput::Texts {
+                texts: indexes.iter().map(|&i| texts[i].clone()).collect(),
+                single: bare(*single),
+            },
+            EmbeddingInput::Tokens { ids, single } => EmbeddingInput::Tokens {
+                ids: indexes.iter().map(|&i| ids[i].clone()).collect(),
+                single: bare(*single),
+            },
+        }
+    }
 }
 
 /// One message of a conversation.

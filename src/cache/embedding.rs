@@ -5,14 +5,15 @@ use super::controls::{CacheMode, Controls};
 use super::entry::EmbeddingEntry;
 use super::key::{self, CacheKey};
 use super::{Cache, EMBEDDING_PREFIX, Outcome, now_ms};
-use crate::chat::{Dialect, EmbeddingInput, EmbeddingRequest};
+use crate::chat::{Dialect, EmbeddingRequest};
 
 /// The cache's view of one embedding call.
 pub struct EmbeddingPlan {
     pub mode: CacheMode,
-    /// One key per text input; empty when the call is not cached per input.
+    /// One key per input; empty when the call is not cached per input.
     pub keys: Vec<CacheKey>,
-    pub texts: Vec<String>,
+    /// Each input's share of a batch's token count.
+    pub weights: Vec<u64>,
     pub tenant: String,
     pub namespace: Option<String>,
     pub tags: Vec<String>,
@@ -52,17 +53,17 @@ impl Cache {
             CacheMode::Off
         };
         let scope = self.scope(tenant, controls);
-        let (keys, texts) = match (&request.input, mode) {
-            (_, CacheMode::Off | CacheMode::Bypass) | (EmbeddingInput::Tokens(_), _) => {
-                (Vec::new(), Vec::new())
-            }
-            (EmbeddingInput::Texts { texts, .. }, _) => (
-                texts
-                    .iter()
-                    .map(|t| key::embedding_key(&scope, dialect, upstream, request, t))
-                    .collect(),
-                texts.clone(),
-            ),
+        let (keys, weights) = match mode {
+            CacheMode::Off | CacheMode::Bypass => (Vec::new(), Vec::new()),
+            _ => request
+                .input
+                .pieces()
+                .into_iter()
+                .map(|piece| {
+                    let key = key::embedding_key(&scope, dialect, upstream, request, piece);
+                    (key, piece.weight())
+                })
+                .unzip(),
         };
         let ttl = controls.ttl.map_or_else(
             || self.config.ttl_for(&request.model),
@@ -71,7 +72,7 @@ impl Cache {
         EmbeddingPlan {
             mode,
             keys,
-            texts,
+            weights,
             tenant: tenant.to_owned(),
             namespace: controls.namespace.clone(),
             tags: controls.tags.clone(),
@@ -138,30 +139,22 @@ impl Cache {
 }
 
 /// The same request with only the inputs at `indexes`.
-pub fn subset(request: &EmbeddingRequest, texts: &[String], indexes: &[usize]) -> EmbeddingRequest {
+pub fn subset(request: &EmbeddingRequest, indexes: &[usize]) -> EmbeddingRequest {
     let mut sub = request.clone();
-    sub.input = EmbeddingInput::Texts {
-        texts: indexes.iter().map(|&i| texts[i].clone()).collect(),
-        single: indexes.len() == 1
-            && matches!(request.input, EmbeddingInput::Texts { single: true, .. }),
-    };
+    sub.input = request.input.subset(indexes);
     sub
 }
 
-/// Splits a batch's token count over its inputs in proportion to their length,
+/// Splits a batch's token count over its inputs in proportion to their weights (lengths),
 /// so the parts always add up to exactly `total`.
-pub fn apportion(total: u64, texts: &[&str]) -> Vec<u64> {
-    if texts.len() == 1 {
+pub fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
+    if weights.len() == 1 {
         return vec![total];
     }
-    let weights: Vec<u64> = texts
-        .iter()
-        .map(|t| t.chars().count().max(1) as u64)
-        .collect();
     let sum: u64 = weights.iter().sum();
     let mut parts: Vec<u64> = weights.iter().map(|w| total * w / sum).collect();
     let mut remainder = total - parts.iter().sum::<u64>();
-    let mut order: Vec<usize> = (0..texts.len()).collect();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse((total * weights[i]) % sum));
     for i in order {
         if remainder == 0 {
@@ -180,9 +173,9 @@ mod tests {
     #[test]
     fn apportioned_tokens_add_up() {
         for total in [0, 1, 7, 100, 12345] {
-            let parts = apportion(total, &["a", "bb bb", "ccc ccc ccc"]);
+            let parts = apportion(total, &[1, 5, 11]);
             assert_eq!(parts.iter().sum::<u64>(), total);
         }
-        assert_eq!(apportion(9, &["x"]), [9]);
+        assert_eq!(apportion(9, &[1]), [9]);
     }
 }

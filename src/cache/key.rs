@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::chat::{
-    Call, ChatRequest, CompletionRequest, Content, Dialect, EmbeddingRequest, Message, Part,
+    Call, ChatRequest, CompletionRequest, Content, Dialect, EmbeddingRequest, Message, Part, Piece,
     ToolCall,
 };
 
@@ -208,13 +208,14 @@ pub fn partition_key(
     c.finish()
 }
 
-/// The key of one text input of an embedding call.
+/// The key of one input of an embedding call. Token ids are keyed as ids, apart from any
+/// text: the same ids under the same model name the same text.
 pub fn embedding_key(
     scope: &Scope,
     dialect: Dialect,
     upstream: &str,
     request: &EmbeddingRequest,
-    text: &str,
+    piece: Piece<'_>,
 ) -> CacheKey {
     let EmbeddingRequest {
         model,
@@ -223,15 +224,21 @@ pub fn embedding_key(
         shaping,
         incidental: _,
     } = request;
-    let mut c = Canonical::new(if *legacy {
-        "embedding-legacy"
-    } else {
-        "embedding"
+    let mut c = Canonical::new(match (*legacy, piece) {
+        (true, _) => "embedding-legacy",
+        (false, Piece::Text(_)) => "embedding",
+        (false, Piece::Ids(_)) => "embedding-ids",
     });
     c.scope(scope, dialect, upstream);
     c.str(model);
     c.fields(shaping);
-    c.str(text);
+    match piece {
+        Piece::Text(text) => c.str(text),
+        Piece::Ids(ids) => {
+            let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+            c.str(&ids.join(","));
+        }
+    }
     c.finish()
 }
 

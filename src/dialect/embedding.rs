@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::chat::{Dialect, EmbeddingRequest};
+use crate::chat::{Dialect, EmbeddingInput, EmbeddingRequest};
 
 /// Whether the client asked OpenAI for base64-encoded vectors.
 pub fn wants_base64(dialect: Dialect, request: &EmbeddingRequest) -> bool {
@@ -70,6 +70,17 @@ pub fn read_answer(dialect: Dialect, legacy: bool, body: &Value) -> Option<(Vec<
             Some((vectors, body["prompt_eval_count"].as_u64().unwrap_or(0)))
         }
         (Dialect::Ollama, true) => Some((vec![floats(&body["embedding"])?], 0)),
+    }
+}
+
+/// The `input` field of an embedding request: a bare string or id array where the client
+/// sent one, else a list.
+pub fn input(input: &EmbeddingInput) -> Value {
+    match input {
+        EmbeddingInput::Texts { texts, single } if *single && texts.len() == 1 => json!(texts[0]),
+        EmbeddingInput::Texts { texts, .. } => json!(texts),
+        EmbeddingInput::Tokens { ids, single } if *single && ids.len() == 1 => json!(ids[0]),
+        EmbeddingInput::Tokens { ids, .. } => json!(ids),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::embedding;
 use super::wire::{join_fields, parse_message_fields, peek_bool, split_fields, take_string};
 use crate::chat::{
     Call, ChatRequest, CompletionRequest, Content, EmbeddingInput, EmbeddingRequest, Endpoint,
@@ -219,11 +220,7 @@ pub fn encode(call: &Call) -> Map<String, Value> {
                 EmbeddingInput::Texts { texts, .. } if *legacy => {
                     ("prompt", json!(texts.first().cloned().unwrap_or_default()))
                 }
-                EmbeddingInput::Texts { texts, single } if *single && texts.len() == 1 => {
-                    ("input", json!(texts[0]))
-                }
-                EmbeddingInput::Texts { texts, .. } => ("input", json!(texts)),
-                EmbeddingInput::Tokens(tokens) => ("input", tokens.clone()),
+                input => ("input", embedding::input(input)),
             };
             join_fields(
                 [("model", json!(model)), (field, input)],

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::embedding;
 use super::wire::{join_fields, parse_message_fields, peek_bool, split_fields, take_string};
 use crate::chat::{
     Call, ChatRequest, CompletionRequest, Content, EmbeddingInput, EmbeddingRequest, Endpoint,
@@ -96,12 +97,23 @@ fn decode_embedding_input(input: Value) -> Result<EmbeddingInput, ProxyError> {
                 .collect(),
             single: false,
         }),
+        Value::Array(items) if items.iter().all(Value::is_u64) => Ok(EmbeddingInput::Tokens {
+            ids: vec![items.iter().filter_map(Value::as_u64).collect()],
+            single: true,
+        }),
         Value::Array(items)
-            if items.iter().all(|v| {
-                v.is_u64() || v.as_array().is_some_and(|a| a.iter().all(Value::is_u64))
-            }) =>
+            if items
+                .iter()
+                .all(|v| v.as_array().is_some_and(|a| a.iter().all(Value::is_u64))) =>
         {
-            Ok(EmbeddingInput::Tokens(Value::Array(items)))
+            Ok(EmbeddingInput::Tokens {
+                ids: items
+                    .iter()
+                    .filter_map(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                    .collect(),
+                single: false,
+            })
         }
         _ => Err(ProxyError::invalid_field(
             "input",
@@ -230,20 +242,11 @@ pub fn encode(call: &Call) -> Map<String, Value> {
             legacy: _,
             shaping,
             incidental,
-        }) => {
-            let input = match input {
-                EmbeddingInput::Texts { texts, single } if *single && texts.len() == 1 => {
-                    json!(texts[0])
-                }
-                EmbeddingInput::Texts { texts, .. } => json!(texts),
-                EmbeddingInput::Tokens(tokens) => tokens.clone(),
-            };
-            join_fields(
-                [("model", json!(model)), ("input", input)],
-                shaping,
-                incidental,
-            )
-        }
+        }) => join_fields(
+            [("model", json!(model)), ("input", embedding::input(input))],
+            shaping,
+            incidental,
+        ),
     }
 }
 

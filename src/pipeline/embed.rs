@@ -86,7 +86,7 @@ impl Proxy {
         }
         let partial = missing.len() < cached.len();
         let outbound = if partial {
-            let sub = embedding::subset(&request, &plan.texts, &missing);
+            let sub = embedding::subset(&request, &missing);
             dialect::encode(dialect, &Call::Embedding(sub))
         } else {
             bytes
@@ -132,8 +132,8 @@ impl Proxy {
             prompt: tokens,
             ..Default::default()
         };
-        let texts: Vec<&str> = missing.iter().map(|&i| plan.texts[i].as_str()).collect();
-        let parts = embedding::apportion(tokens, &texts);
+        let weights: Vec<u64> = missing.iter().map(|&i| plan.weights[i]).collect();
+        let parts = embedding::apportion(tokens, &weights);
         let model = &request.model;
         if !partial {
             self.cache

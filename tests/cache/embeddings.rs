@@ -218,28 +218,58 @@ async fn legacy_ollama_embeddings_are_cached() {
     }
 }
 
+/// Token-id inputs (what LangChain's `OpenAIEmbeddings` sends by default) are cached per input
+/// like texts, keyed on the ids: a flat array and the same ids in a list are one input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_array_inputs_are_forwarded_uncached() {
+async fn token_array_inputs_are_cached_per_input() {
     let reference = FakeLlm::start().await;
     let dialect = Dialect::OpenAi;
     for backend in BACKENDS {
         let what = format!("{backend:?}");
         let h = Harness::start(backend).await;
         let path = dialect.embed_path();
-        let mut sent = 0;
-        for input in [json!([[1, 2, 3], [4, 5]]), json!([7, 8, 9])] {
-            let body = json!({"model": dialect.embed_model(), "input": input});
-            let expected = direct(&reference, path, &body).await;
-            for _ in 0..2 {
-                let reply = h.api.post(path, &body, &NO_HEADERS).await;
-                reply.assert_cache("bypass", &format!("{what}: {input}"));
-                assert_eq!(reply.json(), expected.json(), "{what}: {input}");
-                sent += 1;
-                assert_eq!(forwarded(&h.fake), input, "{what}: forwarded as sent");
-                assert_eq!(h.fake.calls_to(path), sent, "{what}: never from the cache");
-            }
-        }
-        assert_eq!(h.api.stats().await["entries"]["embeddings"], 0, "{what}");
+        let body = |input: Value| json!({"model": dialect.embed_model(), "input": input});
+        let ask = |input: Value| {
+            let (h, body) = (&h, body(input));
+            async move { h.api.post(path, &body, &NO_HEADERS).await }
+        };
+        let expected = |input: Value| {
+            let (reference, body) = (&reference, body(input));
+            async move { direct(reference, path, &body).await.json() }
+        };
+
+        let first = json!([[1, 2, 3], [4, 5]]);
+        let reply = ask(first.clone()).await;
+        reply.assert_cache("miss", &what);
+        assert_eq!(reply.json(), expected(first.clone()).await, "{what}");
+        assert_eq!(forwarded(&h.fake), first, "{what}: forwarded as sent");
+
+        let reply = ask(first.clone()).await;
+        reply.assert_cache("hit", &format!("{what}: the same ids again"));
+        assert_eq!(
+            reply.json(),
+            expected(first).await,
+            "{what}: from the cache"
+        );
+        assert_eq!(h.fake.calls_to(path), 1, "{what}");
+
+        let partial = json!([[4, 5], [6, 7, 8], [1, 2, 3]]);
+        let reply = ask(partial.clone()).await;
+        reply.assert_cache("miss", &format!("{what}: one new input"));
+        assert_eq!(reply.header("x-thrifty-cache-hits"), Some("2/3"), "{what}");
+        assert_eq!(
+            forwarded(&h.fake),
+            json!([[6, 7, 8]]),
+            "{what}: only the uncached ids go upstream"
+        );
+        assert_eq!(reply.json(), expected(partial).await, "{what}: merged");
+
+        let flat = json!([4, 5]);
+        let reply = ask(flat.clone()).await;
+        reply.assert_cache("hit", &format!("{what}: a flat array of cached ids"));
+        assert_eq!(reply.json(), expected(flat).await, "{what}: flat");
+        assert_eq!(h.fake.calls_to(path), 2, "{what}");
+        assert_eq!(h.api.stats().await["entries"]["embeddings"], 3, "{what}");
     }
 }
 
