@@ -132,7 +132,7 @@ async fn openai_chat_streams_sse_with_usage_and_done() -> Result<()> {
     request["stream_options"] = json!({"include_usage": true});
     let response = post(format!("{}/chat/completions", fake.openai_base()), &request).await?;
     assert_eq!(response.status(), 200);
-    assert_eq!(content_type(&response), "text/event-stream");
+    assert_eq!(content_type(&response), "text/event-stream; charset=utf-8");
     let events = sse_events(&response.text().await?)?;
 
     let first = &events[0];
@@ -216,7 +216,19 @@ async fn openai_chat_calls_tools_when_asked_about_weather() -> Result<()> {
         .filter_map(|delta| delta["function"]["arguments"].as_str())
         .collect();
     assert_eq!(arguments, r#"{"city":"Paris"}"#);
-    assert_eq!(deltas.len(), 3, "name first, then arguments in two pieces");
+    assert_eq!(
+        deltas.len(),
+        5,
+        "name first, then arguments in four-character pieces"
+    );
+    let opening = &events[0]["choices"][0]["delta"];
+    assert_eq!(opening["role"], "assistant");
+    assert_eq!(
+        opening["content"],
+        Value::Null,
+        "a tool call opens with null content, the call's head in the same delta"
+    );
+    assert_eq!(opening["tool_calls"][0]["function"]["name"], "get_weather");
     let last = events.last().context("no events")?;
     assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
     Ok(())
@@ -236,7 +248,7 @@ async fn openai_legacy_completions_answer_json_and_sse() -> Result<()> {
 
     let streamed = json!({"model": "gpt-3.5-turbo-instruct", "prompt": "say hi", "stream": true});
     let response = post(url, &streamed).await?;
-    assert_eq!(content_type(&response), "text/event-stream");
+    assert_eq!(content_type(&response), "text/event-stream; charset=utf-8");
     let events = sse_events(&response.text().await?)?;
     let text: String = events
         .iter()

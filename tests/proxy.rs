@@ -149,7 +149,7 @@ impl Dialect {
     /// The content type of a streamed answer.
     pub fn stream_content_type(self) -> &'static str {
         match self {
-            Dialect::OpenAi => "text/event-stream",
+            Dialect::OpenAi => "text/event-stream; charset=utf-8",
             Dialect::Ollama => "application/x-ndjson",
         }
     }

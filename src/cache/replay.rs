@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -83,6 +83,9 @@ pub fn respond(dialect: Dialect, call: &Call, entry: &Entry, key: &CacheKey) -> 
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(directive) = wire::stream_cache_control(dialect).filter(|_| streamed) {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static(directive));
+    }
     let age = now_ms().saturating_sub(entry.created_ms) / 1000;
     headers::set(h, "x-thrifty-cache", "hit");
     headers::set(h, "x-thrifty-cache-age", &age.to_string());

@@ -1,6 +1,8 @@
 //! Embedding answers on the wire: reading vectors and token counts out of an
 //! upstream answer, and writing an answer in the same shape from cached vectors.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
@@ -127,6 +129,23 @@ pub fn write_answer(
             json!({"embedding": vectors.first().cloned().unwrap_or_default()})
         }
     }
+}
+
+/// Ollama's embed answers say how long they took, in nanoseconds. One served from the cache
+/// says how long thrifty took: `total` in all, `load` of it reading the cache.
+pub fn report_durations(
+    dialect: Dialect,
+    request: &EmbeddingRequest,
+    body: &mut Value,
+    total: Duration,
+    load: Duration,
+) {
+    if dialect != Dialect::Ollama || request.legacy {
+        return;
+    }
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+    body["total_duration"] = json!(nanos(total));
+    body["load_duration"] = json!(nanos(load).min(nanos(total)));
 }
 
 #[cfg(test)]

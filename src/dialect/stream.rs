@@ -92,6 +92,15 @@ pub fn json_content_type(dialect: Dialect) -> &'static str {
     }
 }
 
+/// The `cache-control` a dialect's upstream sends with a stream, if any.
+pub fn stream_cache_control(dialect: Dialect) -> Option<&'static str> {
+    match dialect {
+        Dialect::OpenAi => Some("no-cache"),
+        Dialect::Ollama => None,
+    }
+}
+
+/// The content type of a stream, as each server writes it.
 pub fn stream_content_type(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::OpenAi => "text/event-stream; charset=utf-8",
@@ -343,33 +352,59 @@ fn split_openai(endpoint: Endpoint, body: &Value) -> Vec<Value> {
             continue;
         }
         let message = &choice["message"];
-        chunks.push(chunk(json!([{
-            "index": index,
-            "delta": {"role": message["role"].as_str().unwrap_or("assistant"), "content": "", "refusal": null},
-            "logprobs": null, "finish_reason": null
-        }])));
-        let mut delta = Map::new();
-        for field in ["content", "refusal", "reasoning_content", "reasoning"] {
-            if message[field].is_string() {
-                delta.insert(field.to_owned(), message[field].clone());
+        let delta = |delta: Value, logprobs: Value| {
+            chunk(json!([{
+                "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null
+            }]))
+        };
+        let calls = message["tool_calls"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        // As the upstream streams: a text answer opens with empty content, a tool call with
+        // null content and the first call's head; then the text and each call's arguments
+        // come in pieces.
+        let mut opening = json!({
+            "role": message["role"].as_str().unwrap_or("assistant"),
+            "content": if message["content"].is_string() { json!("") } else { Value::Null },
+            "refusal": null
+        });
+        let opens_with_call = !message["content"].is_string() && !calls.is_empty();
+        if opens_with_call {
+            opening["tool_calls"] = json!([call_head(0, &calls[0])]);
+        }
+        chunks.push(delta(opening, Value::Null));
+        if let Some(text) = message["content"].as_str() {
+            let mut logprobs = Some(logprobs);
+            for piece in text_pieces(text) {
+                chunks.push(delta(
+                    json!({"content": piece}),
+                    logprobs.take().unwrap_or(Value::Null),
+                ));
             }
         }
-        if !delta.is_empty() {
-            chunks.push(chunk(json!([{
-                "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null
-            }])));
+        let mut other = Map::new();
+        for field in ["refusal", "reasoning_content", "reasoning"] {
+            if message[field].is_string() {
+                other.insert(field.to_owned(), message[field].clone());
+            }
         }
-        if let Some(calls) = message["tool_calls"].as_array() {
-            let calls: Vec<Value> = calls
-                .iter()
-                .enumerate()
-                .map(|(i, call)| {
-                    json!({"index": i, "id": call["id"], "type": call["type"], "function": call["function"]})
-                })
-                .collect();
-            chunks.push(chunk(json!([{
-                "index": index, "delta": {"tool_calls": calls}, "logprobs": null, "finish_reason": null
-            }])));
+        if !other.is_empty() {
+            chunks.push(delta(Value::Object(other), Value::Null));
+        }
+        for (i, call) in calls.iter().enumerate() {
+            if i > 0 || !opens_with_call {
+                chunks.push(delta(
+                    json!({"tool_calls": [call_head(i, call)]}),
+                    Value::Null,
+                ));
+            }
+            let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+            for piece in argument_pieces(arguments) {
+                chunks.push(delta(
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ));
+            }
         }
         chunks.push(chunk(json!([{
             "index": index, "delta": {}, "logprobs": null, "finish_reason": choice["finish_reason"]
@@ -385,6 +420,65 @@ fn split_openai(endpoint: Endpoint, body: &Value) -> Vec<Value> {
         chunks.push(Value::Object(last));
     }
     chunks
+}
+
+/// The delta that opens tool call `i`: its id, type and name, with empty arguments.
+fn call_head(i: usize, call: &Value) -> Value {
+    json!({
+        "index": i,
+        "id": call["id"],
+        "type": call["type"],
+        "function": {"name": call["function"]["name"], "arguments": ""}
+    })
+}
+
+/// The most pieces a replayed text or call is cut into.
+const MAX_PIECES: usize = 256;
+
+/// A text in word pieces (each word with the whitespace before it), as a model streams it;
+/// at most [`MAX_PIECES`], longer texts taking several words per piece.
+fn text_pieces(text: &str) -> Vec<&str> {
+    let starts: Vec<usize> = text
+        .char_indices()
+        .filter(|&(i, c)| {
+            i > 0
+                && c.is_whitespace()
+                && !text[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_whitespace)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    cut_at(text, &starts)
+}
+
+/// Tool-call arguments in short fragments, as a model streams JSON.
+fn argument_pieces(arguments: &str) -> Vec<&str> {
+    const FRAGMENT: usize = 8;
+    let starts: Vec<usize> = arguments
+        .char_indices()
+        .map(|(i, _)| i)
+        .enumerate()
+        .filter(|&(n, i)| n > 0 && n % FRAGMENT == 0 && i > 0)
+        .map(|(_, i)| i)
+        .collect();
+    cut_at(arguments, &starts)
+}
+
+/// `text` cut before each of `starts` (ascending char boundaries), merged evenly into at most
+/// [`MAX_PIECES`] pieces; an empty text is no piece.
+fn cut_at<'a>(text: &'a str, starts: &[usize]) -> Vec<&'a str> {
+    let step = starts.len().div_ceil(MAX_PIECES).max(1);
+    let mut pieces = Vec::new();
+    let mut from = 0;
+    for &at in starts.iter().skip(step - 1).step_by(step) {
+        pieces.push(&text[from..at]);
+        from = at;
+    }
+    pieces.push(&text[from..]);
+    pieces.retain(|p| !p.is_empty());
+    pieces
 }
 
 /// Ollama's final-chunk fields that describe the whole answer.
@@ -509,6 +603,53 @@ mod tests {
             &split(Dialect::OpenAi, Endpoint::Chat, &answer),
         );
         assert_eq!(again, answer);
+    }
+
+    #[test]
+    fn a_json_answer_replays_as_a_stream_in_pieces() {
+        let arguments = r#"{"city":"Paris","unit":"celsius"}"#;
+        let tool = json!({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m",
+            "choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":null,
+                "tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":arguments}}]},
+                "logprobs":null,"finish_reason":"tool_calls"}],"usage":null});
+        let chunks = split(Dialect::OpenAi, Endpoint::Chat, &tool);
+        let first = &chunks[0]["choices"][0]["delta"];
+        assert_eq!(
+            first["content"],
+            Value::Null,
+            "a tool call opens with null content"
+        );
+        assert_eq!(first["tool_calls"][0]["function"]["name"], "get_weather");
+        assert_eq!(first["tool_calls"][0]["function"]["arguments"], "");
+        let fragments: Vec<&str> = chunks
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
+            .filter(|a| !a.is_empty())
+            .collect();
+        assert!(fragments.len() > 2, "arguments in pieces: {fragments:?}");
+        assert_eq!(fragments.concat(), arguments);
+        assert_eq!(assemble(Dialect::OpenAi, Endpoint::Chat, &chunks), tool);
+
+        let text = "The weather in Paris is mild and dry today.";
+        let mut answer = tool.clone();
+        answer["choices"][0]["message"] = json!({"role":"assistant","content":text,"refusal":null});
+        answer["choices"][0]["finish_reason"] = json!("stop");
+        let chunks = split(Dialect::OpenAi, Endpoint::Chat, &answer);
+        assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "");
+        let words: Vec<&str> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .filter(|t| !t.is_empty())
+            .collect();
+        assert_eq!(words.len(), 9, "one piece per word: {words:?}");
+        assert_eq!(words.concat(), text);
+        assert_eq!(assemble(Dialect::OpenAi, Endpoint::Chat, &chunks), answer);
+
+        let long = "word ".repeat(5_000);
+        assert!(text_pieces(&long).len() <= MAX_PIECES);
+        assert_eq!(text_pieces(&long).concat(), long);
     }
 
     #[test]

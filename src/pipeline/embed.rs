@@ -1,5 +1,7 @@
 //! Embedding calls: cached inputs are answered from the store, only the rest go upstream.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Response, StatusCode};
@@ -52,12 +54,14 @@ impl Proxy {
             label(&mut response, outcome);
             return Ok(response);
         }
+        let looking_up = Instant::now();
         let cached = self.cache.lookup_embeddings(&plan).await;
+        let lookup = looking_up.elapsed();
         let missing: Vec<usize> = (0..cached.len()).filter(|&i| cached[i].is_none()).collect();
         let cached_tokens: u64 = cached.iter().flatten().map(|e| e.tokens).sum();
         if missing.is_empty() {
             let vectors: Vec<Vec<f64>> = cached.into_iter().flatten().map(|e| e.vector).collect();
-            let body = embedding_wire::write_answer(
+            let mut body = embedding_wire::write_answer(
                 dialect,
                 &request,
                 None,
@@ -65,6 +69,8 @@ impl Proxy {
                 &vectors,
                 cached_tokens,
             );
+            let took = exchange.arrived.elapsed();
+            embedding_wire::report_durations(dialect, &request, &mut body, took, lookup);
             let mut response = reply::json(StatusCode::OK, &body);
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -130,6 +130,16 @@ async fn a_batch_sends_only_its_uncached_inputs_upstream() {
                 &direct(&reference, path, &third).await,
                 &format!("{what}: all cached"),
             );
+            if dialect == Dialect::Ollama {
+                // Ollama says how long an answer took; a cached one says how long thrifty did.
+                let body = reply.json();
+                let total = body["total_duration"].as_u64().unwrap_or_default();
+                let load = body["load_duration"].as_u64().unwrap_or_default();
+                assert!(
+                    total > 0 && load > 0 && load <= total,
+                    "{what}: durations {body}"
+                );
+            }
 
             let single = json!({"model": dialect.embed_model(), "input": HELLO});
             let reply = h.api.send(path, &single).await;

@@ -182,6 +182,13 @@ async fn a_json_entry_is_served_to_a_streaming_client() {
                 // What a live stream of the same call ends with, the replay ends with too.
                 let live = h.api.post(path, &streamed, &OFF).await;
                 live.assert_cache("off", &what);
+                for name in ["content-type", "cache-control"] {
+                    assert_eq!(
+                        hit.header(name),
+                        live.header(name),
+                        "{what}: the replay's {name} is the live stream's"
+                    );
+                }
                 let (live_events, replayed) = (live.events(), hit.events());
                 let last = |events: &[Value]| dialect.stable(events.last().expect("a chunk"));
                 match dialect {

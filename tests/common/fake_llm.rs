@@ -84,7 +84,8 @@ const BIG_ERROR_HOLD: Duration = Duration::from_secs(10);
 
 const OPENAI_JSON: &str = "application/json";
 const OLLAMA_JSON: &str = "application/json; charset=utf-8";
-const SSE: &str = "text/event-stream";
+/// As OpenAI labels its streams.
+const SSE: &str = "text/event-stream; charset=utf-8";
 const NDJSON: &str = "application/x-ndjson";
 
 /// One request as the fake received it.
@@ -922,12 +923,15 @@ fn openai_chat(state: &Arc<State>, request: &Value) -> Response<Body> {
         }]))
     };
 
-    let mut events = vec![delta(
-        json!({"role": "assistant", "content": "", "refusal": null}),
-        Value::Null,
-    )];
+    // As OpenAI streams: a text opens with empty content, a tool call with null content and
+    // the call's head, its arguments following in short fragments.
+    let mut events = Vec::new();
     match &answer {
         Answer::Text(text) => {
+            events.push(delta(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                Value::Null,
+            ));
             events.extend(
                 pieces(text)
                     .into_iter()
@@ -936,16 +940,26 @@ fn openai_chat(state: &Arc<State>, request: &Value) -> Response<Body> {
         }
         Answer::ToolCall { name } => {
             events.push(delta(
-                json!({"tool_calls": [{
-                    "index": 0,
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": name, "arguments": ""}
-                }]}),
+                json!({
+                    "role": "assistant",
+                    "content": null,
+                    "tool_calls": [{
+                        "index": 0,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""}
+                    }],
+                    "refusal": null
+                }),
                 Value::Null,
             ));
-            let (head, tail) = TOOL_ARGUMENTS.split_at(TOOL_ARGUMENTS.len() / 2);
-            for piece in [head, tail] {
+            let fragments: Vec<String> = TOOL_ARGUMENTS
+                .chars()
+                .collect::<Vec<_>>()
+                .chunks(4)
+                .map(|c| c.iter().collect())
+                .collect();
+            for piece in fragments {
                 events.push(delta(
                     json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
                     Value::Null,
@@ -1442,7 +1456,10 @@ fn streaming_response(
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // OpenAI's event streams say not to cache them; Ollama's NDJSON says nothing.
+    if content_type == SSE {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
     response
 }
 

@@ -373,6 +373,46 @@ def case_openai_stream_entry_for_json(problems):
     )
 
 
+def case_openai_tool_json_entry_for_the_stream_helper(problems):
+    """A tool call recorded as JSON, replayed to the SDK's stream helper, builds the message the
+    helper builds from a live stream (`content` None, not ""), with the arguments arriving in
+    several deltas as a model streams them."""
+    messages = chat_messages("What is the weather in Lyon?")
+    replayed_fragments = []
+
+    def helper(**extra):
+        with OPENAI.chat.completions.stream(
+            model=CHAT_MODEL, messages=messages, tools=[WEATHER_TOOL], **extra
+        ) as stream:
+            fragments = [
+                event.arguments_delta
+                for event in stream
+                if event.type == "tool_calls.function.arguments.delta"
+            ]
+            final = dump(stream.get_final_completion())
+        if not extra:
+            replayed_fragments.extend(fragments)
+        return final["choices"][0]["message"]
+
+    replayed_in_other_mode(
+        lambda: OPENAI.chat.completions.create(
+            model=CHAT_MODEL, messages=messages, tools=[WEATHER_TOOL]
+        ),
+        helper,
+        lambda: helper(extra_headers=OFF),
+        OPENAI_VOLATILE,
+        problems,
+        # Each upstream call names its tool call afresh.
+        project=lambda message: {
+            **message,
+            "tool_calls": [{**c, "id": None} for c in message.get("tool_calls") or []],
+        },
+    )
+    pieces = [f for f in replayed_fragments if f]
+    if len(pieces) < 2 or "".join(pieces) != '{"city":"Paris"}':
+        problems.append(f"the replayed arguments arrived as {replayed_fragments!r}")
+
+
 # -------------------------------------------------------------------------------------------
 # Ollama.
 # -------------------------------------------------------------------------------------------
@@ -448,6 +488,7 @@ CASES = [
     ("openai completion stream", case_openai_completion_stream),
     ("openai json entry for a stream", case_openai_json_entry_for_a_stream),
     ("openai stream entry for json", case_openai_stream_entry_for_json),
+    ("openai tool json entry for the stream helper", case_openai_tool_json_entry_for_the_stream_helper),
     ("ollama chat", case_ollama_chat),
     ("ollama chat stream", case_ollama_chat_stream),
     ("ollama generate", case_ollama_generate),
