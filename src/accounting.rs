@@ -257,6 +257,42 @@ impl Account {
         entry: &Entry,
         response: &mut Response<Body>,
     ) {
+        let (baseline, estimated) = self.hit_baseline(outcome, dialect, entry);
+        let ledger = self.ledger.clone();
+        let record = self.finish(outcome, 200, baseline, Tokens::default(), estimated);
+        saved_headers(&ledger, &record, response);
+    }
+
+    /// A call that followed an identical call's stream as it came: nothing billed, and the
+    /// baseline is what the shared answer cost once it is recorded. With no recorded answer
+    /// (it broke off, or was not storable) the record is a partial error that billed nothing.
+    pub fn followed(mut self, dialect: Dialect, entry: Option<&Entry>) {
+        match entry {
+            Some(entry) => {
+                let (baseline, estimated) = self.hit_baseline(Outcome::ExactHit, dialect, entry);
+                self.finish(
+                    Outcome::ExactHit,
+                    200,
+                    baseline,
+                    Tokens::default(),
+                    estimated,
+                );
+            }
+            None => {
+                self.record.partial = true;
+                self.finish(
+                    Outcome::Error,
+                    502,
+                    Tokens::default(),
+                    Tokens::default(),
+                    false,
+                );
+            }
+        }
+    }
+
+    /// What a hit on `entry` would have cost, and whether that is thrifty's estimate.
+    fn hit_baseline(&self, outcome: Outcome, dialect: Dialect, entry: &Entry) -> (Tokens, bool) {
         let tokens = match &entry.answer {
             Answer::Json(body) => usage::from_json(dialect, body),
             Answer::Stream(chunks) => usage::from_chunks(dialect, chunks),
@@ -268,9 +304,7 @@ impl Account {
         let mut baseline = tokens.unwrap_or_default();
         baseline.prompt += entry.compressed_away;
         baseline.prompt = baseline.prompt.saturating_add_signed(self.reworded);
-        let ledger = self.ledger.clone();
-        let record = self.finish(outcome, 200, baseline, Tokens::default(), estimated);
-        saved_headers(&ledger, &record, response);
+        (baseline, estimated)
     }
 
     /// An embedding call answered partly or wholly from the cache.

@@ -6,12 +6,14 @@
 //! - [`entry`]: what is stored, sealed. [`record`]: the body wrapper that records.
 //! - [`replay`]: serving an entry in the client's mode. [`embedding`]: per-input cache.
 //! - [`stats`]: counters for the admin API. [`invalidate`]: removal as a background job.
+//! - [`feed`]: a leader's stream shared live with the identical calls that follow it.
 //!
 //! It never fails a request: a store error is a miss, a bad entry is a miss.
 
 pub mod controls;
 pub mod embedding;
 pub mod entry;
+pub mod feed;
 pub mod invalidate;
 pub mod key;
 pub mod record;
@@ -81,6 +83,13 @@ pub enum Lookup {
         entry: Arc<Entry>,
         key: CacheKey,
     },
+    /// An identical streamed call is in flight: follow its stream as it arrives. `answer`
+    /// says, once it ends, what was recorded (for the follower's savings record).
+    Follow {
+        feed: Arc<feed::Feed>,
+        answer: watch::Receiver<FlightResult>,
+        key: CacheKey,
+    },
     /// Go upstream; record the answer if a flight was taken.
     Miss {
         outcome: Outcome,
@@ -88,14 +97,30 @@ pub enum Lookup {
     },
 }
 
-type FlightResult = Option<Option<Arc<Entry>>>;
+pub type FlightResult = Option<Option<Arc<Entry>>>;
+
+/// What a followed flight recorded, once it ends: its entry, or `None` when nothing was
+/// (or not within the follow limit).
+pub async fn recorded(mut answer: watch::Receiver<FlightResult>) -> Option<Arc<Entry>> {
+    let result = tokio::time::timeout(FOLLOW_LIMIT, answer.wait_for(Option::is_some)).await;
+    match result {
+        Ok(Ok(result)) => result.clone().flatten(),
+        _ => None,
+    }
+}
+
+/// A call in flight: the answer it records, and its stream as it comes.
+struct Leader {
+    answer: watch::Sender<FlightResult>,
+    feed: Arc<feed::Feed>,
+}
 
 pub struct Cache {
     store: Arc<Store>,
     /// Store writes that run after the client has its answer; shutdown waits for them.
     tasks: tokio_util::task::TaskTracker,
     sealer: Sealer,
-    flights: Mutex<HashMap<String, watch::Sender<FlightResult>>>,
+    flights: Mutex<HashMap<String, Leader>>,
     stats: Stats,
     jobs: invalidate::Jobs,
     config: CacheConfig,
@@ -248,22 +273,28 @@ impl Cache {
                 flight: None,
             };
         }
+        // A refreshing call while another is in flight records its own answer, unregistered.
+        let own = feed::Feed::new(self.config.max_entry_bytes);
         let waiting = {
             let mut flights = self.flights.lock();
             match flights.get(&key.0) {
-                Some(leader) if plan.mode.read() => Some(leader.subscribe()),
+                Some(leader) if plan.mode.read() => {
+                    Some((leader.answer.subscribe(), leader.feed.clone()))
+                }
                 Some(_) => None,
                 None => {
-                    let (tx, _) = watch::channel(None);
-                    flights.insert(key.0.clone(), tx);
+                    let (answer, _) = watch::channel(None);
+                    let feed = own.clone();
+                    flights.insert(key.0.clone(), Leader { answer, feed });
                     None
                 }
             }
         };
-        let Some(mut rx) = waiting else {
+        let Some((mut rx, feed)) = waiting else {
             let flight = Flight {
                 cache: self.clone(),
                 key: key.clone(),
+                feed: own,
                 done: false,
             };
             // A leader may have stored its answer between our read and our claim.
@@ -278,6 +309,19 @@ impl Cache {
                 flight: Some(flight),
             };
         };
+        // A streaming follower of a streamed answer reads it as it comes.
+        if call.stream() {
+            let wants_usage = dialect::wants_stream_usage(plan.dialect, call);
+            if let Ok(Some(start)) = tokio::time::timeout(FOLLOW_LIMIT, feed.started()).await {
+                if start.streamed && (start.has_usage || !wants_usage) {
+                    return Lookup::Follow {
+                        feed,
+                        answer: rx,
+                        key,
+                    };
+                }
+            }
+        }
         let answer = tokio::time::timeout(FOLLOW_LIMIT, rx.wait_for(Option::is_some)).await;
         if let Ok(Ok(result)) = answer {
             if let Some(Some(entry)) = result.clone() {
@@ -372,12 +416,18 @@ impl Cache {
 pub struct Flight {
     cache: Arc<Cache>,
     key: CacheKey,
+    /// The answer's pieces as they come, for streaming followers.
+    feed: Arc<feed::Feed>,
     done: bool,
 }
 
 impl Flight {
     pub fn key(&self) -> &CacheKey {
         &self.key
+    }
+
+    pub fn feed(&self) -> &Arc<feed::Feed> {
+        &self.feed
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -394,8 +444,16 @@ impl Flight {
             return;
         }
         self.done = true;
-        if let Some(tx) = self.cache.flights.lock().remove(&self.key.0) {
-            let _ = tx.send(Some(entry));
+        self.feed.end(entry.is_some());
+        let mut flights = self.cache.flights.lock();
+        // Only this flight's own registration: another may have taken the key since.
+        if flights
+            .get(&self.key.0)
+            .is_some_and(|leader| Arc::ptr_eq(&leader.feed, &self.feed))
+        {
+            if let Some(leader) = flights.remove(&self.key.0) {
+                let _ = leader.answer.send(Some(entry));
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 
 use crate::body::{Body, Rewrite, RewriteFn};
 use crate::cache::controls::Controls;
+use crate::cache::feed::{Fanout, Start};
 use crate::cache::record::{Recording, recorder};
 use crate::cache::{Lookup, Outcome, replay};
 use crate::chat::Call;
@@ -58,6 +59,16 @@ impl Proxy {
                     &mut response,
                 );
                 return Ok(response);
+            }
+            Lookup::Follow { feed, answer, key } => {
+                stats.record(
+                    &plan.tenant,
+                    namespace.as_deref(),
+                    &plan.model,
+                    Outcome::Hit,
+                );
+                tracing::Span::current().record("cache", Outcome::Hit.as_str());
+                return Ok(self.follow(exchange.dialect, &call, feed, answer, &key, account));
             }
             Lookup::Miss { outcome, flight } => (outcome, flight),
         };
@@ -136,6 +147,11 @@ impl Proxy {
         match flight {
             Some(flight) if response.status().is_success() => {
                 let streamed = dialect::stream::is_stream(response.headers());
+                let feed = flight.feed().clone();
+                feed.start(Start {
+                    streamed,
+                    has_usage: sent.strips_usage || dialect::wants_stream_usage(dialect, &call),
+                });
                 let on_stored = self.after_stored(question, verify);
                 let recording = Recording {
                     flight,
@@ -148,7 +164,15 @@ impl Proxy {
                         .map_or(0, |o| o.before.saturating_sub(o.after) as u64),
                     on_stored,
                 };
-                let response = response.map(|body| recorder(body, recording).boxed_unsync());
+                let response = response.map(|body| {
+                    // Streaming followers read the answer as it comes.
+                    let body = if streamed {
+                        Fanout::new(body, feed).boxed_unsync()
+                    } else {
+                        body
+                    };
+                    recorder(body, recording).boxed_unsync()
+                });
                 Ok(strip_usage(response, sent.strips_usage))
             }
             _ => Ok(strip_usage(response, sent.strips_usage)),
@@ -157,7 +181,7 @@ impl Proxy {
 }
 
 /// Takes the usage thrifty asked for back out of a stream whose client did not ask for it.
-fn strip_usage(response: Response<Body>, strips: bool) -> Response<Body> {
+pub(super) fn strip_usage(response: Response<Body>, strips: bool) -> Response<Body> {
     if !strips || !dialect::stream::is_stream(response.headers()) {
         return response;
     }

@@ -1,11 +1,13 @@
 //! Single flight: identical concurrent misses send one request upstream and share its answer.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use serde_json::Value;
 
 use crate::common::fake_llm::FakeLlm;
-use crate::{BACKENDS, DIALECTS, Dialect, Harness, Kind};
+use crate::{Api, BACKENDS, Backend, DIALECTS, Dialect, Harness, Kind};
 
 /// How many identical requests arrive together.
 const CLIENTS: usize = 20;
@@ -81,5 +83,169 @@ async fn a_request_right_after_a_miss_never_goes_upstream_again() {
                 );
             }
         }
+    }
+}
+
+/// The chat text a streamed body carries, as far as it goes.
+fn streamed_text(dialect: Dialect, body: &str) -> String {
+    let lines = body.lines().filter_map(|line| match dialect {
+        Dialect::OpenAi => line.strip_prefix("data: ").filter(|d| *d != "[DONE]"),
+        Dialect::Ollama => Some(line).filter(|l| !l.trim().is_empty()),
+    });
+    lines
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|chunk| {
+            let text = match dialect {
+                Dialect::OpenAi => &chunk["choices"][0]["delta"]["content"],
+                Dialect::Ollama => &chunk["message"]["content"],
+            };
+            text.as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// What one streaming client saw: when its first piece and its end came, what it read, and
+/// whether its body failed.
+struct Watched {
+    first: Option<Instant>,
+    ended: Instant,
+    body: String,
+    cache: String,
+    failed: bool,
+}
+
+/// Streams `body` from `path`, timing the first piece; with `leave_after_first`, hangs up
+/// once it has one.
+async fn watch_stream(api: &Api, path: &str, body: &Value, leave_after_first: bool) -> Watched {
+    let response = api
+        .client
+        .post(api.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("the request is sent");
+    let cache = response
+        .headers()
+        .get("x-thrifty-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut pieces = response.bytes_stream();
+    let (mut first, mut text, mut failed) = (None, Vec::new(), false);
+    while let Some(piece) = pieces.next().await {
+        match piece {
+            Ok(piece) => {
+                first.get_or_insert_with(Instant::now);
+                text.extend_from_slice(&piece);
+                if leave_after_first {
+                    break;
+                }
+            }
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    Watched {
+        first,
+        ended: Instant::now(),
+        body: String::from_utf8_lossy(&text).into_owned(),
+        cache,
+        failed,
+    }
+}
+
+/// Streams that join an identical one in flight get its pieces as they come, not all at once
+/// when it ends: the upstream takes 300 ms to answer and 100 ms per piece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staggered_identical_streams_each_get_pieces_before_the_leader_ends() {
+    for dialect in DIALECTS {
+        let what = format!("{dialect:?}");
+        let h = Harness::setup(Backend::Embedded)
+            .fake(
+                FakeLlm::builder()
+                    .latency(Duration::from_millis(300))
+                    .chunk_delay(Duration::from_millis(100)),
+            )
+            .start()
+            .await;
+        let path = dialect.chat_path();
+        let text = "four clients stream this one after another";
+        let body = dialect.chat(text, true);
+        let clients = (0..4u64).map(|i| {
+            let (api, body) = (&h.api, &body);
+            async move {
+                tokio::time::sleep(Duration::from_millis(150 * i)).await;
+                watch_stream(api, path, body, false).await
+            }
+        });
+        let watched = join_all(clients).await;
+        assert_eq!(h.fake.calls_to(path), 1, "{what}: one upstream call");
+        let leader_end = watched[0].ended;
+        assert_eq!(watched[0].cache, "miss", "{what}");
+        for (i, w) in watched.iter().enumerate() {
+            assert!(!w.failed, "{what}: client {i} failed");
+            let first = w.first.expect("a first piece");
+            assert!(
+                first + Duration::from_millis(50) < leader_end,
+                "{what}: client {i} had its first piece {:?} before the leader's end",
+                leader_end.saturating_duration_since(first)
+            );
+            assert_eq!(
+                streamed_text(dialect, &w.body),
+                Dialect::echo(text),
+                "{what}: client {i} got the whole answer"
+            );
+        }
+        for w in &watched[1..] {
+            assert_eq!(w.cache, "hit", "{what}: followers are hits");
+        }
+    }
+}
+
+/// A leader whose client leaves midway does not hang the calls following it: they end at
+/// once (with the break the leader's answer had), and the next identical call goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_a_leader_whose_client_leaves_do_not_hang() {
+    for dialect in DIALECTS {
+        let what = format!("{dialect:?}");
+        // The follower joins while the leader waits for the upstream's head.
+        let h = Harness::setup(Backend::Embedded)
+            .fake(
+                FakeLlm::builder()
+                    .latency(Duration::from_millis(300))
+                    .chunk_delay(Duration::from_millis(200)),
+            )
+            .start()
+            .await;
+        let path = dialect.chat_path();
+        let text = "the leader of this one leaves early";
+        let body = dialect.chat(text, true);
+        let leader = watch_stream(&h.api, path, &body, true);
+        let follower = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let started = Instant::now();
+            let w = watch_stream(&h.api, path, &body, false).await;
+            (w, started.elapsed())
+        };
+        let (_, (followed, took)) = tokio::join!(leader, follower);
+        assert!(
+            took < Duration::from_secs(5),
+            "{what}: the follower ended in {took:?}"
+        );
+        assert!(
+            followed.failed || streamed_text(dialect, &followed.body).starts_with("Echo"),
+            "{what}: the follower ended with a break or the answer: {}",
+            followed.body
+        );
+        let calls = h.fake.calls_to(path);
+        let again = watch_stream(&h.api, path, &body, false).await;
+        assert!(!again.failed, "{what}");
+        assert_eq!(
+            h.fake.calls_to(path),
+            calls + 1,
+            "{what}: nothing broken was cached"
+        );
     }
 }

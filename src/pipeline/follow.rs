@@ -1,0 +1,54 @@
+//! A streaming call that follows an identical one in flight: it gets the leader's stream
+//! from its start and then each piece as it arrives, in its own usage mode, and its savings
+//! record is written once the shared answer is recorded.
+
+use std::sync::Arc;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use tokio::sync::watch;
+
+use crate::accounting::Account;
+use crate::body::Body;
+use crate::cache::feed::Feed;
+use crate::cache::key::CacheKey;
+use crate::cache::{FlightResult, Outcome, recorded};
+use crate::chat::{Call, Dialect};
+use crate::dialect::{self, stream as wire};
+use crate::headers;
+
+use super::Proxy;
+use super::answer::strip_usage;
+
+impl Proxy {
+    pub(super) fn follow(
+        &self,
+        dialect: Dialect,
+        call: &Call,
+        feed: Arc<Feed>,
+        answer: watch::Receiver<FlightResult>,
+        key: &CacheKey,
+        account: Account,
+    ) -> Response<Body> {
+        // The leader's stream carries usage when its client or thrifty asked for it.
+        let strips = feed.begun().is_some_and(|s| s.has_usage)
+            && !dialect::wants_stream_usage(dialect, call);
+        let mut response = Response::new(feed.body());
+        *response.status_mut() = StatusCode::OK;
+        let h = response.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(wire::stream_content_type(dialect)),
+        );
+        if let Some(directive) = wire::stream_cache_control(dialect) {
+            h.insert(CACHE_CONTROL, HeaderValue::from_static(directive));
+        }
+        headers::set(h, "x-thrifty-cache", Outcome::Hit.as_str());
+        headers::set(h, "x-thrifty-cache-key", key.short());
+        self.cache.tasks().spawn(async move {
+            let entry = recorded(answer).await;
+            account.followed(dialect, entry.as_deref());
+        });
+        strip_usage(response, strips)
+    }
+}
