@@ -44,6 +44,9 @@ pub const EMBEDDING_PREFIX: &str = "thrifty:v1:embedding:";
 /// The longest a follower waits for a leader's answer before going upstream itself.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(900);
 
+/// How many leaders in turn a call follows before it goes upstream on its own.
+const FOLLOW_TURNS: usize = 2;
+
 /// What the response's `x-thrifty-cache` header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -273,61 +276,70 @@ impl Cache {
                 flight: None,
             };
         }
-        // A refreshing call while another is in flight records its own answer, unregistered.
-        let own = feed::Feed::new(self.config.max_entry_bytes);
-        let waiting = {
-            let mut flights = self.flights.lock();
-            match flights.get(&key.0) {
-                Some(leader) if plan.mode.read() => {
-                    Some((leader.answer.subscribe(), leader.feed.clone()))
+        // A follower whose leader recorded nothing takes the next turn: one of them goes
+        // upstream and the rest follow it, once; after that each goes on its own.
+        for _ in 0..FOLLOW_TURNS {
+            // A refreshing call while another is in flight records its own answer, unregistered.
+            let own = feed::Feed::new(self.config.max_entry_bytes);
+            let waiting = {
+                let mut flights = self.flights.lock();
+                match flights.get(&key.0) {
+                    Some(leader) if plan.mode.read() => {
+                        Some((leader.answer.subscribe(), leader.feed.clone()))
+                    }
+                    Some(_) => None,
+                    None => {
+                        let (answer, _) = watch::channel(None);
+                        let feed = own.clone();
+                        flights.insert(key.0.clone(), Leader { answer, feed });
+                        None
+                    }
                 }
-                Some(_) => None,
-                None => {
-                    let (answer, _) = watch::channel(None);
-                    let feed = own.clone();
-                    flights.insert(key.0.clone(), Leader { answer, feed });
-                    None
-                }
-            }
-        };
-        let Some((mut rx, feed)) = waiting else {
-            let flight = Flight {
-                cache: self.clone(),
-                key: key.clone(),
-                feed: own,
-                done: false,
             };
-            // A leader may have stored its answer between our read and our claim.
-            if plan.mode.read() {
-                if let Some(entry) = self.read(plan, &key, call).await {
-                    flight.finish(Some(entry.clone()));
-                    return Lookup::Hit { entry, key };
+            let Some((mut rx, feed)) = waiting else {
+                let flight = Flight {
+                    cache: self.clone(),
+                    key: key.clone(),
+                    feed: own,
+                    done: false,
+                };
+                // A leader may have stored its answer between our read and our claim.
+                if plan.mode.read() {
+                    if let Some(entry) = self.read(plan, &key, call).await {
+                        flight.finish(Some(entry.clone()));
+                        return Lookup::Hit { entry, key };
+                    }
                 }
-            }
-            return Lookup::Miss {
-                outcome,
-                flight: Some(flight),
+                return Lookup::Miss {
+                    outcome,
+                    flight: Some(flight),
+                };
             };
-        };
-        // A streaming follower of a streamed answer reads it as it comes.
-        if call.stream() {
-            let wants_usage = dialect::wants_stream_usage(plan.dialect, call);
-            if let Ok(Some(start)) = tokio::time::timeout(FOLLOW_LIMIT, feed.started()).await {
-                if start.streamed && (start.has_usage || !wants_usage) {
-                    return Lookup::Follow {
-                        feed,
-                        answer: rx,
-                        key,
-                    };
+            // A streaming follower of a streamed answer reads it as it comes.
+            if call.stream() {
+                let wants_usage = dialect::wants_stream_usage(plan.dialect, call);
+                if let Ok(Some(start)) = tokio::time::timeout(FOLLOW_LIMIT, feed.started()).await {
+                    if start.streamed && (start.has_usage || !wants_usage) {
+                        return Lookup::Follow {
+                            feed,
+                            answer: rx,
+                            key,
+                        };
+                    }
                 }
             }
-        }
-        let answer = tokio::time::timeout(FOLLOW_LIMIT, rx.wait_for(Option::is_some)).await;
-        if let Ok(Ok(result)) = answer {
-            if let Some(Some(entry)) = result.clone() {
-                if self.servable(plan, &entry, call) {
-                    return Lookup::Hit { entry, key };
-                }
+            match tokio::time::timeout(FOLLOW_LIMIT, rx.wait_for(Option::is_some)).await {
+                // The leader's answer, if this call can take it.
+                Ok(Ok(result)) => match result.clone() {
+                    Some(Some(entry)) if self.servable(plan, &entry, call) => {
+                        return Lookup::Hit { entry, key };
+                    }
+                    Some(Some(_)) => break,
+                    // The leader recorded nothing: take the next turn.
+                    _ => {}
+                },
+                // Waited as long as a call may.
+                _ => break,
             }
         }
         Lookup::Miss {

@@ -249,3 +249,51 @@ async fn followers_of_a_leader_whose_client_leaves_do_not_hang() {
         );
     }
 }
+
+/// A leader whose client leaves before the upstream answered takes nobody down with it: one
+/// of its followers takes the upstream call over and the others follow that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_takes_over_when_the_leader_leaves_before_the_answer() {
+    for dialect in DIALECTS {
+        let what = format!("{dialect:?}");
+        let h = Harness::setup(Backend::Embedded)
+            .fake(FakeLlm::builder().latency(Duration::from_millis(600)))
+            .start()
+            .await;
+        let path = dialect.chat_path();
+        let text = "whoever asked first gave up";
+        for stream in [false, true] {
+            let body = dialect.chat(&format!("{text} (stream={stream})"), stream);
+            let calls = h.fake.calls_to(path);
+            let impatient = h
+                .api
+                .client
+                .post(h.api.url(path))
+                .json(&body)
+                .timeout(Duration::from_millis(200))
+                .send();
+            let followers = (0..3).map(|_| {
+                let (api, body) = (&h.api, &body);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    watch_stream(api, path, body, false).await
+                }
+            });
+            let (gave_up, followed) = tokio::join!(impatient, join_all(followers));
+            assert!(gave_up.is_err(), "{what}: the first client gave up");
+            let mut outcomes: Vec<&str> = followed.iter().map(|w| w.cache.as_str()).collect();
+            outcomes.sort_unstable();
+            assert_eq!(
+                outcomes,
+                ["hit", "hit", "miss"],
+                "{what} stream={stream}: one took over, the others followed it"
+            );
+            assert!(followed.iter().all(|w| !w.failed), "{what}");
+            // The abandoned call may have been cut before the fake counted it.
+            assert!(
+                h.fake.calls_to(path) <= calls + 2,
+                "{what} stream={stream}: the abandoned call and the one that took over, no more"
+            );
+        }
+    }
+}
