@@ -406,7 +406,6 @@ async fn entry(proxy: &Proxy, method: &Method, id: &str) -> Result<Response<Body
     };
     if method == Method::DELETE {
         let deleted = cache
-            .store()
             .delete(std::slice::from_ref(&key))
             .await
             .map_err(store_error)?;

@@ -111,6 +111,7 @@ pub async fn run(
             sweep_store.sweep().await;
         }
     });
+    background.spawn(proxy.cache().clone().listen());
     let persist_store = proxy.cache().store().clone();
     background.spawn(async move {
         let mut tick = tokio::time::interval(STORE_PERSIST);

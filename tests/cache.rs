@@ -36,6 +36,8 @@ mod durability;
 mod embeddings;
 #[path = "cache/flight.rs"]
 mod flight;
+#[path = "cache/hot.rs"]
+mod hot;
 #[path = "cache/keys.rs"]
 mod keys;
 #[path = "cache/replay.rs"]

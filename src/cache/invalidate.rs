@@ -200,7 +200,7 @@ async fn run(
             if doomed.is_empty() {
                 continue;
             }
-            let deleted = retry(|| store.delete(&doomed)).await?;
+            let deleted = retry(|| cache.delete(&doomed)).await?;
             progress.deleted.fetch_add(deleted, Ordering::Relaxed);
             if prefix == ANSWER_PREFIX {
                 removed_answers.extend(

@@ -6,6 +6,7 @@
 //! - [`entry`]: what is stored, sealed. [`record`]: the body wrapper that records.
 //! - [`replay`]: serving an entry in the client's mode. [`embedding`]: per-input cache.
 //! - [`stats`]: counters for the admin API. [`invalidate`]: removal as a background job.
+//! - [`hot`]: decoded answers in process in front of the store, coherent across instances.
 //! - [`feed`]: a leader's stream shared live with the identical calls that follow it.
 //!
 //! It never fails a request: a store error is a miss, a bad entry is a miss.
@@ -14,6 +15,7 @@ pub mod controls;
 pub mod embedding;
 pub mod entry;
 pub mod feed;
+pub mod hot;
 pub mod invalidate;
 pub mod key;
 pub mod record;
@@ -124,6 +126,7 @@ pub struct Cache {
     tasks: tokio_util::task::TaskTracker,
     sealer: Sealer,
     flights: Mutex<HashMap<String, Leader>>,
+    hot: Arc<hot::Hot>,
     stats: Stats,
     jobs: invalidate::Jobs,
     config: CacheConfig,
@@ -142,6 +145,7 @@ impl Cache {
             tasks: tokio_util::task::TaskTracker::new(),
             sealer: Sealer::new(config.encryption_key.as_ref()),
             flights: Mutex::new(HashMap::new()),
+            hot: Arc::new(hot::Hot::new(config.hot_bytes)),
             stats: Stats::default(),
             jobs: invalidate::Jobs::default(),
             config: config.clone(),
@@ -225,9 +229,24 @@ impl Cache {
         format!("{ANSWER_PREFIX}{}", key.0)
     }
 
-    /// Reads an entry that is fresh enough for the plan and servable in the client's mode.
+    /// Reads an entry that is fresh enough for the plan and servable in the client's mode:
+    /// from the hot layer when it holds a copy, else from the store (keeping a copy).
     pub async fn read(&self, plan: &Plan, key: &CacheKey, call: &Call) -> Option<Arc<Entry>> {
-        let raw = self.store.get(&Self::store_key(key)).await.ok()??;
+        let full = Self::store_key(key);
+        let now = now_ms();
+        if let Some(copy) = self.hot.get(&full, now) {
+            if !self.servable(plan, &copy.entry, call) {
+                return None;
+            }
+            if copy.touch_due(now, copy.entry.ttl_ms) {
+                let extended = copy.clone();
+                self.slide(&full, &copy.entry, now, move |expires| {
+                    extended.extended(now, expires);
+                });
+            }
+            return Some(copy.entry.clone());
+        }
+        let raw = self.store.get(&full).await.ok()??;
         let Some(entry) = self.sealer.open::<Entry>(&raw) else {
             self.stats.unreadable();
             return None;
@@ -235,8 +254,13 @@ impl Cache {
         if !self.servable(plan, &entry, call) {
             return None;
         }
-        self.slide(key, &entry);
-        Some(Arc::new(entry))
+        let entry = Arc::new(entry);
+        let (hot, copy, sealed) = (self.hot.clone(), entry.clone(), raw.len());
+        let key = full.clone();
+        self.slide(&full, &entry, now, move |expires| {
+            hot.put(key, copy, sealed, now, expires);
+        });
+        Some(entry)
     }
 
     fn servable(&self, plan: &Plan, entry: &Entry, call: &Call) -> bool {
@@ -348,9 +372,16 @@ impl Cache {
         }
     }
 
-    /// Extends a hit entry's life by its TTL, never past `max_ttl` from its creation.
-    fn slide(&self, key: &CacheKey, entry: &Entry) {
-        let now = now_ms();
+    /// Extends a hit entry's life by its TTL, never past `max_ttl` from its creation, then
+    /// calls `extended` with when the stored entry expires at the earliest (as of `now`, before
+    /// the store applied it). Nothing is extended at the end of an entry's life.
+    fn slide(
+        &self,
+        full_key: &str,
+        entry: &Entry,
+        now: u64,
+        extended: impl FnOnce(u64) + Send + 'static,
+    ) {
         let end_of_life = entry
             .created_ms
             .saturating_add(u64::try_from(self.config.max_ttl.as_millis()).unwrap_or(u64::MAX));
@@ -359,9 +390,11 @@ impl Cache {
             return;
         }
         let store = self.store.clone();
-        let key = Self::store_key(key);
+        let key = full_key.to_owned();
         self.tasks.spawn(async move {
-            let _ = store.touch(&key, Duration::from_millis(ttl)).await;
+            if store.touch(&key, Duration::from_millis(ttl)).await.is_ok() {
+                extended(now.saturating_add(ttl));
+            }
         });
     }
 
@@ -385,21 +418,60 @@ impl Cache {
         }
     }
 
-    /// Writes an entry; failures are counted by the store and otherwise ignored.
-    pub async fn put(&self, key: &CacheKey, entry: &Entry) -> bool {
-        let Some(raw) = self.sealer.seal(entry) else {
+    /// Writes an entry, keeps a copy in the hot layer and tells other instances to drop
+    /// theirs; failures are counted by the store and otherwise ignored.
+    pub async fn put(&self, key: &CacheKey, entry: &Arc<Entry>) -> bool {
+        let Some(raw) = self.sealer.seal(entry.as_ref()) else {
             return false;
         };
+        let sealed = raw.len();
         let ttl = Duration::from_millis(entry.ttl_ms);
-        let stored = self
-            .store
-            .put(&Self::store_key(key), raw, ttl)
-            .await
-            .is_ok();
+        let full = Self::store_key(key);
+        // Before the write: the copy must not outlive the stored entry.
+        let now = now_ms();
+        let stored = self.store.put(&full, raw, ttl).await.is_ok();
         if stored {
             self.stats.stored();
+            self.hot
+                .put(full.clone(), entry.clone(), sealed, now, now + entry.ttl_ms);
+            self.announce(&[full]).await;
         }
         stored
+    }
+
+    /// Deletes answers and embeddings by their full store keys, here and in every instance's
+    /// hot layer; returns how many the store held.
+    pub async fn delete(&self, keys: &[String]) -> Result<u64, crate::store::StoreError> {
+        self.hot.forget(keys);
+        let deleted = self.store.delete(keys).await;
+        // Announced whether or not the store answered: a copy elsewhere must go either way.
+        self.announce(keys).await;
+        deleted
+    }
+
+    /// Tells the instances sharing the store that these answers changed.
+    async fn announce(&self, keys: &[String]) {
+        let answers: Vec<String> = keys
+            .iter()
+            .filter(|k| k.starts_with(ANSWER_PREFIX))
+            .cloned()
+            .collect();
+        if !answers.is_empty() {
+            let _ = self
+                .store
+                .publish(hot::EVENTS, &self.hot.announcement(&answers))
+                .await;
+        }
+    }
+
+    /// Drops the hot copies other instances announce they changed; runs for thrifty's life.
+    pub async fn listen(self: Arc<Self>) {
+        let Some(mut events) = self.store.subscribe(hot::EVENTS) else {
+            return;
+        };
+        while let Some(message) = events.recv().await {
+            self.hot.heard(&message);
+        }
     }
 
     /// Whether an answer entry exists; `None` when the store cannot tell.

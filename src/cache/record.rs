@@ -80,10 +80,10 @@ fn finish(recording: Recording, bytes: &[u8]) {
     entry.compressed_away = compressed_away;
     let tasks = cache.tasks().clone();
     tasks.spawn(async move {
+        let entry = Arc::new(entry);
         let stored = cache.put(flight.key(), &entry).await;
         let key = flight.key().clone();
         let ttl = Duration::from_millis(entry.ttl_ms);
-        let entry = Arc::new(entry);
         flight.finish(Some(entry.clone()));
         if let (true, Some(on_stored)) = (stored, on_stored) {
             on_stored(key, ttl, entry).await;

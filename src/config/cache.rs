@@ -22,6 +22,7 @@ pub struct RawCache {
     pub max_temperature: Option<f64>,
     pub encryption_key_env: Option<String>,
     pub max_entry_bytes: usize,
+    pub hot_bytes: u64,
     pub model_ttl: Vec<RawModelTtl>,
 }
 
@@ -35,6 +36,7 @@ impl Default for RawCache {
             max_temperature: None,
             encryption_key_env: None,
             max_entry_bytes: 8 * 1024 * 1024,
+            hot_bytes: 64 * 1024 * 1024,
             model_ttl: Vec::new(),
         }
     }
@@ -86,6 +88,8 @@ pub struct CacheConfig {
     pub max_temperature: Option<f64>,
     pub encryption_key: Option<Secret<[u8; 32]>>,
     pub max_entry_bytes: usize,
+    /// Decoded answers kept in process in front of the store (their sealed size).
+    pub hot_bytes: u64,
     pub model_ttl: Vec<(GlobMatcher, Duration)>,
 }
 
@@ -155,6 +159,7 @@ pub fn validate_cache(raw: RawCache, env: &Env<'_>) -> Result<CacheConfig, Confi
         max_temperature: raw.max_temperature,
         encryption_key,
         max_entry_bytes: raw.max_entry_bytes,
+        hot_bytes: raw.hot_bytes,
         model_ttl,
     })
 }

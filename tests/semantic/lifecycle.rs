@@ -409,12 +409,18 @@ async fn a_redis_outage_serves_from_the_upstream_and_recovers() {
             || async { (w.api.readiness().await == "degraded").then_some(()) },
         )
         .await;
-        // The paraphrase's question is still indexed, but its answer cannot be read.
-        let asked = [
-            (PARAPHRASE, false),
-            ("What is the boiling point of water at sea level?", true),
-        ];
         let calls = w.fake.calls_to(path);
+        // The paraphrase's question is still indexed, and the answer it points to was just
+        // written, so the hot layer holds it: still a hit.
+        let reply = w
+            .api
+            .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+            .await;
+        reply.assert_cache(
+            "semantic-hit",
+            &format!("{what}: a hot answer during the outage"),
+        );
+        let asked = [("What is the boiling point of water at sea level?", true)];
         for (text, stream) in asked {
             let reply = w
                 .api
