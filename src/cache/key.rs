@@ -145,23 +145,15 @@ pub fn answer_key(
     call: &Call,
 ) -> Option<CacheKey> {
     match call {
-        Call::Chat(ChatRequest {
-            model,
-            messages,
-            stream: _,
-            shaping,
-            incidental: _,
-        }) => {
-            let mut c = Canonical::new("chat");
-            c.scope(scope, dialect, upstream);
-            c.str(model);
-            c.0.update((messages.len() as u64).to_le_bytes());
-            for m in messages {
-                message(&mut c, m);
-            }
-            c.fields(shaping);
-            Some(c.finish())
-        }
+        // A Responses call never shares an entry with a chat: their answers differ in shape.
+        Call::Chat(chat) => Some(conversation_key("chat", scope, dialect, upstream, chat)),
+        Call::Responses(chat) => Some(conversation_key(
+            "responses",
+            scope,
+            dialect,
+            upstream,
+            chat,
+        )),
         Call::Completion(CompletionRequest {
             model,
             prompt,
@@ -178,6 +170,32 @@ pub fn answer_key(
         }
         Call::Embedding(_) => None,
     }
+}
+
+/// The key of a chat's or a Responses call's conversation, `kind` telling them apart.
+fn conversation_key(
+    kind: &str,
+    scope: &Scope,
+    dialect: Dialect,
+    upstream: &str,
+    chat: &ChatRequest,
+) -> CacheKey {
+    let ChatRequest {
+        model,
+        messages,
+        stream: _,
+        shaping,
+        incidental: _,
+    } = chat;
+    let mut c = Canonical::new(kind);
+    c.scope(scope, dialect, upstream);
+    c.str(model);
+    c.0.update((messages.len() as u64).to_le_bytes());
+    for m in messages {
+        message(&mut c, m);
+    }
+    c.fields(shaping);
+    c.finish()
 }
 
 /// The partition a chat's last user message is compared within: everything

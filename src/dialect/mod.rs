@@ -7,6 +7,7 @@
 pub mod embedding;
 mod ollama;
 mod openai;
+pub mod responses;
 pub mod sse;
 pub mod stream;
 pub mod usage;
@@ -75,6 +76,8 @@ pub fn api_root(server: Dialect, client: Dialect, base_url: &str) -> Option<Stri
 /// Ollama always reports counts in its final chunk.
 pub fn wants_stream_usage(dialect: Dialect, call: &Call) -> bool {
     let incidental = match call {
+        // A Responses stream always ends with the whole response, usage included.
+        Call::Responses(_) => return true,
         Call::Chat(c) => &c.incidental,
         Call::Completion(c) => &c.incidental,
         Call::Embedding(_) => return false,
@@ -92,12 +95,7 @@ pub fn wants_stream_usage(dialect: Dialect, call: &Call) -> bool {
 /// Whether thrifty should ask the upstream for the usage chunk the client did not ask for:
 /// an OpenAI stream otherwise reports no token counts at all.
 pub fn lacks_stream_usage(dialect: Dialect, call: &Call) -> bool {
-    let streamed = match call {
-        Call::Chat(c) => c.stream,
-        Call::Completion(c) => c.stream,
-        Call::Embedding(_) => false,
-    };
-    dialect == Dialect::OpenAi && streamed && !wants_stream_usage(dialect, call)
+    dialect == Dialect::OpenAi && call.stream() && !wants_stream_usage(dialect, call)
 }
 
 /// Sets `stream_options.include_usage`, keeping any other stream option the client sent.
@@ -105,7 +103,7 @@ pub fn request_stream_usage(call: &mut Call) {
     let incidental = match call {
         Call::Chat(c) => &mut c.incidental,
         Call::Completion(c) => &mut c.incidental,
-        Call::Embedding(_) => return,
+        Call::Responses(_) | Call::Embedding(_) => return,
     };
     let options = incidental
         .entry("stream_options")
@@ -143,6 +141,16 @@ pub fn own_chat_request(
     encode(Dialect::OpenAi, &Call::Chat(chat))
 }
 
+/// Whether the call's answer depends on state the upstream keeps between calls (a Responses
+/// call naming a `previous_response_id` or a `conversation`): its own text is not the
+/// whole question, so it is never compared with other questions.
+pub fn continues_upstream_state(call: &Call) -> bool {
+    match call {
+        Call::Responses(c) => responses::continues_upstream_state(c),
+        _ => false,
+    }
+}
+
 /// Whether an error answer says the prompt did not fit the model's context window
 /// (OpenAI's `context_length_exceeded`, Ollama's and compatible servers' wording).
 pub fn is_context_overflow(body: &[u8]) -> bool {
@@ -166,7 +174,7 @@ pub fn is_context_overflow(body: &[u8]) -> bool {
 /// The sampling temperature the call asks for, if it names one.
 pub fn temperature(dialect: Dialect, call: &Call) -> Option<f64> {
     let shaping = match call {
-        Call::Chat(c) => &c.shaping,
+        Call::Chat(c) | Call::Responses(c) => &c.shaping,
         Call::Completion(c) => &c.shaping,
         Call::Embedding(_) => return None,
     };
@@ -178,9 +186,11 @@ pub fn temperature(dialect: Dialect, call: &Call) -> Option<f64> {
 }
 
 /// The most output tokens the call asks for (`max_tokens`, `max_completion_tokens`,
-/// Ollama's `options.num_predict`), which compression leaves room for.
+/// Responses' `max_output_tokens`, Ollama's `options.num_predict`), which compression
+/// leaves room for.
 pub fn max_output_tokens(dialect: Dialect, call: &Call) -> Option<u64> {
     let shaping = match call {
+        Call::Responses(c) => return c.shaping.get("max_output_tokens").and_then(|v| v.as_u64()),
         Call::Chat(c) => &c.shaping,
         Call::Completion(c) => &c.shaping,
         Call::Embedding(_) => return None,

@@ -86,7 +86,8 @@ impl Proxy {
     /// compression may still help.
     fn may_retry(&self, exchange: &Exchange, call: &Call, response: &Response<Body>) -> bool {
         let status = response.status();
-        matches!(call, Call::Chat(_))
+        call.conversation().is_some()
+            && !dialect::continues_upstream_state(call)
             && self.compressor.config().enabled
             && self.force(exchange) != Force::Off
             && matches!(status.as_u16(), 400 | 413 | 500)
@@ -118,7 +119,12 @@ impl Proxy {
         let mut changed = None;
         let mut compressed = None;
         let compressing = self.compressor.config().enabled && self.force(exchange) != Force::Off;
-        if let (Call::Chat(chat), true) = (call, compressing) {
+        // A call continuing upstream state sends only the newest items: there is no whole
+        // conversation to condense.
+        let conversation = call
+            .conversation()
+            .filter(|_| compressing && !dialect::continues_upstream_state(call));
+        if let Some(chat) = conversation {
             let mut chat = chat.clone();
             let output = dialect::max_output_tokens(dialect, call);
             let summarizer = self.summarizer(exchange);
@@ -140,7 +146,7 @@ impl Proxy {
             if let Some(outcome) = outcome {
                 account.compressed(outcome.before.saturating_sub(outcome.after) as u64);
                 compressed = Some(outcome);
-                changed = Some(Call::Chat(chat));
+                changed = Some(call.with_conversation(chat));
             }
         }
         let strips_usage =
