@@ -36,6 +36,10 @@
 //! `/v1/files`) accepts any body and echoes its length and SHA-256, to prove byte-for-byte
 //! passthrough.
 //! `n` is ignored: every answer has exactly one choice.
+//! `POST /v1/responses` speaks the Responses API; its rules are in `fake_llm/responses.rs`.
+
+#[path = "fake_llm/responses.rs"]
+pub mod responses;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -490,6 +494,7 @@ fn route(
             "/v1/chat/completions"
             | "/v1/completions"
             | "/v1/embeddings"
+            | "/v1/responses"
             | "/api/chat"
             | "/api/generate"
             | "/api/embed"
@@ -507,6 +512,7 @@ fn route(
                 "/v1/chat/completions" => openai_chat(state, &request),
                 "/v1/completions" => openai_completion(state, &request),
                 "/v1/embeddings" => openai_embeddings(&request),
+                "/v1/responses" => responses::answer(state, &request),
                 "/api/chat" => ollama_chat(state, &request),
                 "/api/generate" => ollama_generate(state, &request),
                 "/api/embed" => ollama_embed(&request),
@@ -668,6 +674,17 @@ impl Failure {
             param: Some("messages"),
             code: Some("context_length_exceeded"),
             ollama_message: "the input length exceeds the context length",
+        }
+    }
+
+    fn previous_response_not_found() -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: "Previous response with id not found.",
+            kind: "invalid_request_error",
+            param: Some("previous_response_id"),
+            code: Some("previous_response_not_found"),
+            ollama_message: "previous response not found",
         }
     }
 
