@@ -16,5 +16,7 @@ mod common;
 
 #[path = "responses/cache.rs"]
 mod cache;
+#[path = "responses/sdk.rs"]
+mod sdk;
 #[path = "responses/world.rs"]
 mod world;
