@@ -16,6 +16,8 @@ mod common;
 
 #[path = "responses/cache.rs"]
 mod cache;
+#[path = "responses/savings.rs"]
+mod savings;
 #[path = "responses/sdk.rs"]
 mod sdk;
 #[path = "responses/world.rs"]
