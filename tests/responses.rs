@@ -20,5 +20,7 @@ mod cache;
 mod savings;
 #[path = "responses/sdk.rs"]
 mod sdk;
+#[path = "responses/semantic.rs"]
+mod semantic;
 #[path = "responses/world.rs"]
 mod world;

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::chat::{
-    Call, ChatRequest, CompletionRequest, Content, Dialect, EmbeddingRequest, Message, Part,
-    ToolCall,
+    Call, ChatRequest, CompletionRequest, Content, Dialect, EmbeddingRequest, Endpoint, Message,
+    Part, ToolCall,
 };
 
 /// Who may share an entry: one tenant (or everyone, when sharing is on) and a namespace.
@@ -200,11 +200,12 @@ fn conversation_key(
 
 /// The partition a chat's last user message is compared within: everything
 /// but that message must match exactly (scope, model, parameters, tools and
-/// the given context messages).
+/// the given context messages). Responses calls have partitions of their own.
 pub fn partition_key(
     scope: &Scope,
     dialect: Dialect,
     upstream: &str,
+    endpoint: Endpoint,
     chat: &ChatRequest,
     context: &[&Message],
 ) -> CacheKey {
@@ -215,7 +216,10 @@ pub fn partition_key(
         shaping,
         incidental: _,
     } = chat;
-    let mut c = Canonical::new("semantic-partition");
+    let mut c = Canonical::new(match endpoint {
+        Endpoint::Responses => "semantic-partition-responses",
+        _ => "semantic-partition",
+    });
     c.scope(scope, dialect, upstream);
     c.str(model);
     c.fields(shaping);
@@ -258,7 +262,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::chat::Endpoint;
     use crate::dialect;
 
     fn key(body: Value, tenant: &str) -> CacheKey {

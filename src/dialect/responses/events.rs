@@ -119,6 +119,29 @@ pub fn collect_text(value: &Value, text: &mut String) {
     }
 }
 
+/// What a response said in a chat message's shape (`content`, and `tool_calls` with their
+/// `function` names and arguments), so answers can be compared whatever the endpoint.
+pub fn as_message(body: &Value) -> Value {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for item in body["output"].as_array().into_iter().flatten() {
+        match item["type"].as_str() {
+            Some("message") => {
+                for part in item["content"].as_array().into_iter().flatten() {
+                    if let Some(piece) = part["text"].as_str() {
+                        text.push_str(piece);
+                    }
+                }
+            }
+            Some("function_call") => calls.push(json!({
+                "function": {"name": item["name"], "arguments": item["arguments"]}
+            })),
+            _ => {}
+        }
+    }
+    json!({"content": text, "tool_calls": calls})
+}
+
 /// The events that replay a JSON response as a stream: each output item added, its content
 /// in one delta, done, and the whole response completed, numbered from 0.
 pub fn split(body: &Value) -> Vec<Value> {

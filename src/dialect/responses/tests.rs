@@ -232,3 +232,14 @@ fn only_completed_streams_are_answers() {
     incomplete["status"] = json!("incomplete");
     assert!(!events::is_complete(&incomplete));
 }
+
+#[test]
+fn a_response_reads_as_the_chat_message_it_says() {
+    let message = events::as_message(&response());
+    assert_eq!(message["content"], "Hi there");
+    assert_eq!(message["tool_calls"][0]["function"]["name"], "weather");
+    assert_eq!(
+        message["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Paris\"}"
+    );
+}
