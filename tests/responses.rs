@@ -16,6 +16,8 @@ mod common;
 
 #[path = "responses/cache.rs"]
 mod cache;
+#[path = "responses/compression.rs"]
+mod compression;
 #[path = "responses/savings.rs"]
 mod savings;
 #[path = "responses/sdk.rs"]
