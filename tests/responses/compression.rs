@@ -82,13 +82,18 @@ fn invalid(items: &[Value]) -> Vec<String> {
     problems
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_item_list_reaches_the_upstream_condensed_and_valid() {
-    let world = World::with(|raw| {
+/// A world whose budget a dozen agent turns exceed.
+async fn compressing_world() -> World {
+    World::with(|raw| {
         raw.compression.max_context_tokens = 2_000;
         raw.compression.preserve_recent_messages = 4;
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_item_list_reaches_the_upstream_condensed_and_valid() {
+    let world = compressing_world().await;
     let items = agent_history(12);
     assert!(invalid(&items).is_empty(), "the fixture is valid");
     let reply = world.create(&body(items.clone())).await;
@@ -121,11 +126,7 @@ async fn a_long_item_list_reaches_the_upstream_condensed_and_valid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_continuing_a_response_is_sent_as_the_client_wrote_it() {
-    let world = World::with(|raw| {
-        raw.compression.max_context_tokens = 2_000;
-        raw.compression.preserve_recent_messages = 4;
-    })
-    .await;
+    let world = compressing_world().await;
     let opening = world
         .create(&json!({"model": "gpt-4o-mini", "input": "Hi"}))
         .await;
