@@ -1,7 +1,8 @@
 //! Dialect adapters: the only code that knows OpenAI's and Ollama's wire JSON.
 //!
 //! Each adapter decodes request bodies into `chat` types, encodes them back,
-//! renders `ProxyError` in its own error shape and maps endpoints to paths.
+//! renders `ProxyError` in its own error shape and maps endpoints to paths. OpenAI's
+//! Responses API has a room of its own (`responses/`), whichever server speaks it.
 //! Nothing outside this folder matches on `Dialect` to read or write JSON.
 
 pub mod embedding;
