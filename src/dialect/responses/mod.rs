@@ -46,7 +46,14 @@ pub const ITEMS: &str = "thrifty:items";
 const UPSTREAM_STATE: &[&str] = &["previous_response_id", "conversation"];
 
 pub fn decode(mut object: Map<String, Value>) -> Result<Call, ProxyError> {
-    let model = take_string(&mut object, "model")?;
+    // A call of a stored prompt (`prompt`) may leave the model to the prompt's own.
+    let model = match object.get("model") {
+        None | Some(Value::Null) if object.get("prompt").is_some_and(Value::is_object) => {
+            object.shift_remove("model");
+            String::new()
+        }
+        _ => take_string(&mut object, "model")?,
+    };
     let messages = match object.shift_remove("input") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(text)) => vec![Message::text(Role::User, text)],
@@ -215,7 +222,10 @@ pub fn encode(chat: &ChatRequest) -> Map<String, Value> {
         shaping,
         incidental,
     } = chat;
-    let mut head = vec![("model", json!(model))];
+    let mut head = Vec::new();
+    if !model.is_empty() {
+        head.push(("model", json!(model)));
+    }
     if !messages.is_empty() {
         let mut items = Vec::with_capacity(messages.len());
         for message in messages {

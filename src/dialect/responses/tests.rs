@@ -116,6 +116,16 @@ fn a_condensed_tool_output_is_written_back_from_its_content() {
 }
 
 #[test]
+fn a_stored_prompt_may_leave_out_the_model() {
+    let body = json!({"prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}, "input": "go"});
+    let chat = decoded(&body);
+    assert_eq!(chat.model, "");
+    let sent = Value::Object(encode(&chat));
+    assert!(sent.get("model").is_none());
+    assert_eq!(sent["prompt"], body["prompt"]);
+}
+
+#[test]
 fn malformed_input_is_named() {
     for (body, param) in [
         (json!({"input": "hi"}), "model"),
