@@ -13,7 +13,9 @@
 //! - any other item (a lone `reasoning`, an `item_reference`, a built-in tool's call) is a
 //!   message of role `Other(type)` holding the item, verbatim, the same way.
 //!
-//! A string `input` is one user message and encodes back as a one-item list, which the
+//! A string `instructions` is a leading system message (marked with [`INSTRUCTIONS`], written
+//! back as the field), so compression counts it and never condenses it, as a chat's system
+//! prompt. A string `input` is one user message and encodes back as a one-item list, which the
 //! upstream reads the same way. Top-level fields split into shaping and incidental as chat's
 //! do; `store`, `previous_response_id` and `conversation` shape the answer (they decide what
 //! the upstream remembers and reads), so they are in the cache key.
@@ -41,6 +43,9 @@ const INCIDENTAL: &[&str] = &[
 /// has a field of this name, so it cannot clash with a message's own fields.
 pub const ITEMS: &str = "thrifty:items";
 
+/// The field of `Message::extra` marking the system message that holds `instructions`.
+pub const INSTRUCTIONS: &str = "thrifty:instructions";
+
 /// Fields naming state the upstream keeps between calls: an answer to a call that has one
 /// depends on more than the call itself.
 const UPSTREAM_STATE: &[&str] = &["previous_response_id", "conversation"];
@@ -54,17 +59,27 @@ pub fn decode(mut object: Map<String, Value>) -> Result<Call, ProxyError> {
         }
         _ => take_string(&mut object, "model")?,
     };
-    let messages = match object.shift_remove("input") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(text)) => vec![Message::text(Role::User, text)],
-        Some(Value::Array(items)) => decode_items(items)?,
+    let mut messages = Vec::new();
+    if let Some(Value::String(_)) = object.get("instructions") {
+        if let Some(Value::String(text)) = object.shift_remove("instructions") {
+            let mut system = Message::text(Role::System, text);
+            system
+                .extra
+                .insert(INSTRUCTIONS.to_owned(), Value::Bool(true));
+            messages.push(system);
+        }
+    }
+    match object.shift_remove("input") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(text)) => messages.push(Message::text(Role::User, text)),
+        Some(Value::Array(items)) => messages.extend(decode_items(items)?),
         Some(_) => {
             return Err(ProxyError::invalid_field(
                 "input",
                 "a string or an array of input items",
             ));
         }
-    };
+    }
     let stream = peek_bool(&object, "stream")?.unwrap_or(false);
     let (shaping, incidental) = split_fields(object, INCIDENTAL);
     Ok(Call::Responses(ChatRequest {
@@ -226,9 +241,15 @@ pub fn encode(chat: &ChatRequest) -> Map<String, Value> {
     if !model.is_empty() {
         head.push(("model", json!(model)));
     }
-    if !messages.is_empty() {
-        let mut items = Vec::with_capacity(messages.len());
-        for message in messages {
+    let (instructions, input): (Vec<&Message>, Vec<&Message>) = messages
+        .iter()
+        .partition(|m| m.extra.contains_key(INSTRUCTIONS));
+    if let Some(instructions) = instructions.first() {
+        head.push(("instructions", json!(instructions.flat_text())));
+    }
+    if !input.is_empty() {
+        let mut items = Vec::with_capacity(input.len());
+        for message in input {
             encode_message(message, &mut items);
         }
         head.push(("input", Value::Array(items)));
