@@ -25,7 +25,7 @@ pub mod events;
 use serde_json::{Map, Value, json};
 
 use super::openai::decode_part;
-use super::wire::{join_fields, peek_bool, split_fields, take_string};
+use super::wire::{join_fields, peek_bool, split_fields, take_named, take_string};
 use crate::chat::{Call, ChatRequest, Content, Message, Role, ToolCall};
 use crate::error::ProxyError;
 
@@ -197,11 +197,7 @@ fn into_object(item: Value) -> Map<String, Value> {
 
 fn decode_message(item: Value) -> Result<Message, ProxyError> {
     let mut extra = into_object(item);
-    let role = match extra.shift_remove("role") {
-        Some(Value::String(role)) => role,
-        Some(_) => return Err(ProxyError::invalid_field("input[].role", "a string")),
-        None => return Err(ProxyError::missing_field("input[].role")),
-    };
+    let role = take_named(&mut extra, "role", "input[].role")?;
     let content = decode_content(extra.shift_remove("content"), "input[].content")?;
     Ok(Message {
         role: Role::parse(&role),
@@ -214,11 +210,7 @@ fn decode_message(item: Value) -> Result<Message, ProxyError> {
 
 fn decode_output(item: Value) -> Result<Message, ProxyError> {
     let mut extra = into_object(item);
-    let call_id = match extra.shift_remove("call_id") {
-        Some(Value::String(id)) => id,
-        Some(_) => return Err(ProxyError::invalid_field("input[].call_id", "a string")),
-        None => return Err(ProxyError::missing_field("input[].call_id")),
-    };
+    let call_id = take_named(&mut extra, "call_id", "input[].call_id")?;
     let content = decode_content(extra.shift_remove("output"), "input[].output")?;
     Ok(Message {
         role: Role::Tool,
