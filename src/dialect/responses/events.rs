@@ -21,12 +21,16 @@ fn event_type(event: &Value) -> Option<&str> {
 }
 
 /// The events of a complete streamed body, or `None` unless it ended with `response.completed`.
+/// A `[DONE]` after it, which some compatible servers send, is no event.
 pub fn parse(text: &str) -> Option<Vec<Value>> {
     let mut events = Vec::new();
     for line in text.lines() {
         let Some(data) = line.strip_prefix("data:") else {
             continue;
         };
+        if data.trim() == "[DONE]" {
+            continue;
+        }
         let event: Value = serde_json::from_str(data.trim()).ok()?;
         match event_type(&event) {
             Some("error" | "response.failed" | "response.incomplete") => return None,

@@ -218,6 +218,8 @@ fn a_response_splits_into_its_event_sequence_and_back() {
     assert_eq!(split[6]["delta"], "Hi there");
     let parsed = events::parse(&sse(&split)).expect("a completed stream");
     assert_eq!(parsed, split);
+    let with_done = format!("{}data: [DONE]\n\n", sse(&split));
+    assert_eq!(events::parse(&with_done), Some(split.clone()));
     assert_eq!(events::assemble(&parsed), body);
     assert!(events::is_complete(&body));
     assert!(events::has_usage(&parsed));
