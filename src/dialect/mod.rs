@@ -142,13 +142,14 @@ pub fn own_chat_request(
     encode(Dialect::OpenAi, &Call::Chat(chat))
 }
 
-/// Whether the call's answer depends on state the upstream keeps between calls (a Responses
-/// call naming a `previous_response_id` or a `conversation`): its own text is not the
-/// whole question, so it is never compared with other questions.
-pub fn continues_upstream_state(call: &Call) -> bool {
+/// The conversation of a chat or Responses call when the call carries all of it; `None` for
+/// a Responses call that continues state the upstream keeps (`previous_response_id`,
+/// `conversation`), whose items are only the newest part of what the model reads: it is
+/// neither compared with other questions nor condensed.
+pub fn whole_conversation(call: &Call) -> Option<&ChatRequest> {
     match call {
-        Call::Responses(c) => responses::continues_upstream_state(c),
-        _ => false,
+        Call::Responses(c) if responses::continues_upstream_state(c) => None,
+        call => call.conversation(),
     }
 }
 

@@ -86,8 +86,7 @@ impl Proxy {
     /// compression may still help.
     fn may_retry(&self, exchange: &Exchange, call: &Call, response: &Response<Body>) -> bool {
         let status = response.status();
-        call.conversation().is_some()
-            && !dialect::continues_upstream_state(call)
+        dialect::whole_conversation(call).is_some()
             && self.compressor.config().enabled
             && self.force(exchange) != Force::Off
             && matches!(status.as_u16(), 400 | 413 | 500)
@@ -119,11 +118,7 @@ impl Proxy {
         let mut changed = None;
         let mut compressed = None;
         let compressing = self.compressor.config().enabled && self.force(exchange) != Force::Off;
-        // A call continuing upstream state sends only the newest items: there is no whole
-        // conversation to condense.
-        let conversation = call
-            .conversation()
-            .filter(|_| compressing && !dialect::continues_upstream_state(call));
+        let conversation = dialect::whole_conversation(call).filter(|_| compressing);
         if let Some(chat) = conversation {
             let mut chat = chat.clone();
             let output = dialect::max_output_tokens(dialect, call);

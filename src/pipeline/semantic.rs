@@ -66,12 +66,11 @@ impl Proxy {
         call: &Call,
         upstream: &str,
     ) -> Decision {
-        let (Some(semantic), Some(chat)) = (&self.semantic, call.conversation()) else {
+        let (Some(semantic), Some(chat)) = (&self.semantic, dialect::whole_conversation(call))
+        else {
             return Decision::default();
         };
-        // A call continuing upstream state asks more than its own text says.
-        if !plan.controls.semantic || plan.key.is_none() || dialect::continues_upstream_state(call)
-        {
+        if !plan.controls.semantic || plan.key.is_none() {
             return Decision::default();
         }
         let endpoint = call.endpoint();
