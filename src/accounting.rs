@@ -32,6 +32,7 @@ const ERROR_TAP_LIMIT: usize = 64 * 1024;
 /// A request's record before its tokens are known.
 pub struct Account {
     ledger: Arc<Ledger>,
+    endpoint: Endpoint,
     record: UsageRecord,
     started: Instant,
     /// Prompt tokens compression removed before forwarding, counted by thrifty's tokenizer.
@@ -109,6 +110,7 @@ impl Account {
     ) -> Account {
         Account {
             ledger,
+            endpoint,
             started,
             compressed_away: None,
             call: None,
@@ -333,6 +335,7 @@ impl Account {
     ) -> Response<Body> {
         let status = response.status().as_u16();
         let streamed = stream::is_stream(response.headers());
+        let endpoint = self.endpoint;
         let outcome = match self.compressed_away {
             Some(_) => Outcome::Compressed,
             None => outcome,
@@ -348,7 +351,9 @@ impl Account {
                 Box::new(move |bytes, ending| {
                     // A client that hangs up right after a stream's terminal event got it all.
                     let complete = ending.clean
-                        || (streamed && ending.whole && stream::parse(dialect, &bytes).is_some());
+                        || (streamed
+                            && ending.whole
+                            && stream::parse(dialect, endpoint, &bytes).is_some());
                     let broken = !complete;
                     let outcome = if broken { Outcome::Error } else { outcome };
                     let reported = usage::from_bytes(dialect, streamed, &bytes);
@@ -395,7 +400,7 @@ fn estimate(
 /// A call's prompt counted with thrifty's tokenizer (embedding inputs are not counted).
 fn prompt_of(counter: &TokenCounter, encoding: Encoding, call: &Call) -> usize {
     match call {
-        Call::Chat(chat) => counter.request(encoding, chat).total(),
+        Call::Chat(chat) | Call::Responses(chat) => counter.request(encoding, chat).total(),
         Call::Completion(c) => prompt_tokens(counter, encoding, &c.prompt),
         Call::Embedding(_) => 0,
     }

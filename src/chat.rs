@@ -35,6 +35,8 @@ pub enum Endpoint {
     Embedding,
     /// `/api/embeddings`, Ollama's legacy single-prompt embedding call.
     LegacyEmbedding,
+    /// `/v1/responses`, OpenAI's Responses API.
+    Responses,
 }
 
 impl Endpoint {
@@ -44,6 +46,7 @@ impl Endpoint {
             Endpoint::Completion => "completion",
             Endpoint::Embedding => "embedding",
             Endpoint::LegacyEmbedding => "legacy_embedding",
+            Endpoint::Responses => "responses",
         }
     }
 }
@@ -52,6 +55,9 @@ impl Endpoint {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
     Chat(ChatRequest),
+    /// A Responses API call: its `input` items as the conversation's messages, every other
+    /// field (`instructions`, `previous_response_id`, ...) split like a chat's.
+    Responses(ChatRequest),
     Completion(CompletionRequest),
     Embedding(EmbeddingRequest),
 }
@@ -59,7 +65,7 @@ pub enum Call {
 impl Call {
     pub fn model(&self) -> &str {
         match self {
-            Call::Chat(c) => &c.model,
+            Call::Chat(c) | Call::Responses(c) => &c.model,
             Call::Completion(c) => &c.model,
             Call::Embedding(e) => &e.model,
         }
@@ -67,15 +73,33 @@ impl Call {
 
     pub fn stream(&self) -> bool {
         match self {
-            Call::Chat(c) => c.stream,
+            Call::Chat(c) | Call::Responses(c) => c.stream,
             Call::Completion(c) => c.stream,
             Call::Embedding(_) => false,
+        }
+    }
+
+    /// The conversation of a chat or Responses call, which compression and the semantic
+    /// cache work on.
+    pub fn conversation(&self) -> Option<&ChatRequest> {
+        match self {
+            Call::Chat(c) | Call::Responses(c) => Some(c),
+            Call::Completion(_) | Call::Embedding(_) => None,
+        }
+    }
+
+    /// The same kind of call with another conversation (a compressed one).
+    pub fn with_conversation(&self, conversation: ChatRequest) -> Call {
+        match self {
+            Call::Responses(_) => Call::Responses(conversation),
+            _ => Call::Chat(conversation),
         }
     }
 
     pub fn endpoint(&self) -> Endpoint {
         match self {
             Call::Chat(_) => Endpoint::Chat,
+            Call::Responses(_) => Endpoint::Responses,
             Call::Completion(_) => Endpoint::Completion,
             Call::Embedding(e) if e.legacy => Endpoint::LegacyEmbedding,
             Call::Embedding(_) => Endpoint::Embedding,

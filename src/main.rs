@@ -43,7 +43,7 @@ enum Command {
         /// Last day, YYYY-MM-DD (UTC); default today.
         #[arg(long)]
         to: Option<String>,
-        /// Comma-separated: day, model, team, key, outcome.
+        /// Comma-separated: day, model, team, key, outcome, endpoint.
         #[arg(long = "group-by")]
         group_by: Option<String>,
         /// csv, json or table.

@@ -4,8 +4,8 @@
 //!
 //! - `script`: the mix (misses, exact and semantic hits, a compressed conversation and its hit,
 //!   streams with and without usage, a stream whose upstream reports no usage at all (thrifty
-//!   counts it), a bypass, errors, Ollama, two teams and a key without one, a model without a
-//!   price).
+//!   counts it), a bypass, errors, Ollama, Responses API calls (a miss and its hit, a stream
+//!   replayed as JSON), two teams and a key without one, a model without a price).
 //! - `billing`: what the fake bills, from its documented rule; `prices`: the test's price table.
 //! - `drive`: sends the mix and derives each request's expected record from what was sent and
 //!   what reached the fake. `expect`: sums those records the way a report groups them.

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::chat::{
-    Call, ChatRequest, CompletionRequest, Content, Dialect, EmbeddingRequest, Message, Part, Piece,
-    ToolCall,
+    Call, ChatRequest, CompletionRequest, Content, Dialect, EmbeddingRequest, Endpoint, Message,
+    Part, Piece, ToolCall,
 };
 
 /// Who may share an entry: one tenant (or everyone, when sharing is on) and a namespace.
@@ -145,23 +145,15 @@ pub fn answer_key(
     call: &Call,
 ) -> Option<CacheKey> {
     match call {
-        Call::Chat(ChatRequest {
-            model,
-            messages,
-            stream: _,
-            shaping,
-            incidental: _,
-        }) => {
-            let mut c = Canonical::new("chat");
-            c.scope(scope, dialect, upstream);
-            c.str(model);
-            c.0.update((messages.len() as u64).to_le_bytes());
-            for m in messages {
-                message(&mut c, m);
-            }
-            c.fields(shaping);
-            Some(c.finish())
-        }
+        // A Responses call never shares an entry with a chat: their answers differ in shape.
+        Call::Chat(chat) => Some(conversation_key("chat", scope, dialect, upstream, chat)),
+        Call::Responses(chat) => Some(conversation_key(
+            "responses",
+            scope,
+            dialect,
+            upstream,
+            chat,
+        )),
         Call::Completion(CompletionRequest {
             model,
             prompt,
@@ -180,13 +172,40 @@ pub fn answer_key(
     }
 }
 
+/// The key of a chat's or a Responses call's conversation, `kind` telling them apart.
+fn conversation_key(
+    kind: &str,
+    scope: &Scope,
+    dialect: Dialect,
+    upstream: &str,
+    chat: &ChatRequest,
+) -> CacheKey {
+    let ChatRequest {
+        model,
+        messages,
+        stream: _,
+        shaping,
+        incidental: _,
+    } = chat;
+    let mut c = Canonical::new(kind);
+    c.scope(scope, dialect, upstream);
+    c.str(model);
+    c.0.update((messages.len() as u64).to_le_bytes());
+    for m in messages {
+        message(&mut c, m);
+    }
+    c.fields(shaping);
+    c.finish()
+}
+
 /// The partition a chat's last user message is compared within: everything
 /// but that message must match exactly (scope, model, parameters, tools and
-/// the given context messages).
+/// the given context messages). Responses calls have partitions of their own.
 pub fn partition_key(
     scope: &Scope,
     dialect: Dialect,
     upstream: &str,
+    endpoint: Endpoint,
     chat: &ChatRequest,
     context: &[&Message],
 ) -> CacheKey {
@@ -197,7 +216,10 @@ pub fn partition_key(
         shaping,
         incidental: _,
     } = chat;
-    let mut c = Canonical::new("semantic-partition");
+    let mut c = Canonical::new(match endpoint {
+        Endpoint::Responses => "semantic-partition-responses",
+        _ => "semantic-partition",
+    });
     c.scope(scope, dialect, upstream);
     c.str(model);
     c.fields(shaping);
@@ -247,7 +269,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::chat::Endpoint;
     use crate::dialect;
 
     fn key(body: Value, tenant: &str) -> CacheKey {

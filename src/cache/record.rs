@@ -13,7 +13,7 @@ use super::entry::{Answer, Entry};
 use super::key::CacheKey;
 use super::{Flight, Plan};
 use crate::body::{Body, Tap};
-use crate::chat::{Call, Dialect};
+use crate::chat::{Call, Dialect, Endpoint};
 use crate::dialect::stream;
 
 /// Called with the key, time to live and entry of an answer once it is stored.
@@ -54,12 +54,12 @@ pub fn recorder(inner: Body, recording: Recording) -> Tap {
 }
 
 /// The answer the recorded bytes hold, if they are a complete success.
-fn answer(dialect: Dialect, streamed: bool, bytes: &[u8]) -> Option<Answer> {
+fn answer(dialect: Dialect, endpoint: Endpoint, streamed: bool, bytes: &[u8]) -> Option<Answer> {
     if streamed {
-        return stream::parse(dialect, bytes).map(Answer::Stream);
+        return stream::parse(dialect, endpoint, bytes).map(Answer::Stream);
     }
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    stream::is_complete(dialect, &value).then_some(Answer::Json(value))
+    stream::is_complete(dialect, endpoint, &value).then_some(Answer::Json(value))
 }
 
 fn finish(recording: Recording, bytes: &[u8]) {
@@ -71,7 +71,7 @@ fn finish(recording: Recording, bytes: &[u8]) {
         compressed_away,
         on_stored,
     } = recording;
-    let Some(answer) = answer(plan.dialect, streamed, bytes) else {
+    let Some(answer) = answer(plan.dialect, call.endpoint(), streamed, bytes) else {
         flight.finish(None);
         return;
     };

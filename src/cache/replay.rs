@@ -32,8 +32,8 @@ pub fn can_serve(dialect: Dialect, call: &Call, entry: &Entry) -> bool {
         return true;
     }
     match &entry.answer {
-        Answer::Stream(chunks) => wire::has_usage(dialect, chunks),
-        Answer::Json(body) => wire::json_has_usage(dialect, body),
+        Answer::Stream(chunks) => wire::has_usage(dialect, call.endpoint(), chunks),
+        Answer::Json(body) => wire::json_has_usage(dialect, call.endpoint(), body),
     }
 }
 
@@ -58,19 +58,20 @@ fn payload(dialect: Dialect, call: &Call, entry: &Entry) -> (bool, Vec<Value>) {
             Answer::Stream(chunks) => wire::assemble(dialect, endpoint, chunks),
         }]
     };
-    wire::refresh(dialect, &mut values, &id, now);
+    wire::refresh(dialect, endpoint, &mut values, &id, now);
     (call.stream(), values)
 }
 
 /// The response that replays the entry.
 pub fn respond(dialect: Dialect, call: &Call, entry: &Entry, key: &CacheKey) -> Response<Body> {
+    let endpoint = call.endpoint();
     let (streamed, values) = payload(dialect, call, entry);
     let (body, content_type) = if streamed {
         let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = values
             .iter()
-            .map(|v| Ok(Frame::data(wire::frame(dialect, v))))
+            .map(|v| Ok(Frame::data(wire::frame(dialect, endpoint, v))))
             .collect();
-        frames.extend(wire::end_frame(dialect).map(|f| Ok(Frame::data(f))));
+        frames.extend(wire::end_frame(dialect, endpoint).map(|f| Ok(Frame::data(f))));
         (
             StreamBody::new(stream::iter(frames)).boxed_unsync(),
             wire::stream_content_type(dialect),

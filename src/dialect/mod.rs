@@ -1,12 +1,14 @@
 //! Dialect adapters: the only code that knows OpenAI's and Ollama's wire JSON.
 //!
 //! Each adapter decodes request bodies into `chat` types, encodes them back,
-//! renders `ProxyError` in its own error shape and maps endpoints to paths.
+//! renders `ProxyError` in its own error shape and maps endpoints to paths. OpenAI's
+//! Responses API has a room of its own (`responses/`), whichever server speaks it.
 //! Nothing outside this folder matches on `Dialect` to read or write JSON.
 
 pub mod embedding;
 mod ollama;
 mod openai;
+pub mod responses;
 pub mod sse;
 pub mod stream;
 pub mod usage;
@@ -83,6 +85,8 @@ pub fn api_root(server: Dialect, client: Dialect, base_url: &str) -> Option<Stri
 /// Ollama always reports counts in its final chunk.
 pub fn wants_stream_usage(dialect: Dialect, call: &Call) -> bool {
     let incidental = match call {
+        // A Responses stream always ends with the whole response, usage included.
+        Call::Responses(_) => return true,
         Call::Chat(c) => &c.incidental,
         Call::Completion(c) => &c.incidental,
         Call::Embedding(_) => return false,
@@ -100,12 +104,7 @@ pub fn wants_stream_usage(dialect: Dialect, call: &Call) -> bool {
 /// Whether thrifty should ask the upstream for the usage chunk the client did not ask for:
 /// an OpenAI stream otherwise reports no token counts at all.
 pub fn lacks_stream_usage(dialect: Dialect, call: &Call) -> bool {
-    let streamed = match call {
-        Call::Chat(c) => c.stream,
-        Call::Completion(c) => c.stream,
-        Call::Embedding(_) => false,
-    };
-    dialect == Dialect::OpenAi && streamed && !wants_stream_usage(dialect, call)
+    dialect == Dialect::OpenAi && call.stream() && !wants_stream_usage(dialect, call)
 }
 
 /// Sets `stream_options.include_usage`, keeping any other stream option the client sent.
@@ -113,7 +112,7 @@ pub fn request_stream_usage(call: &mut Call) {
     let incidental = match call {
         Call::Chat(c) => &mut c.incidental,
         Call::Completion(c) => &mut c.incidental,
-        Call::Embedding(_) => return,
+        Call::Responses(_) | Call::Embedding(_) => return,
     };
     let options = incidental
         .entry("stream_options")
@@ -151,6 +150,17 @@ pub fn own_chat_request(
     encode(Dialect::OpenAi, &Call::Chat(chat))
 }
 
+/// The conversation of a chat or Responses call when the call carries all of it; `None` for
+/// a Responses call that continues state the upstream keeps (`previous_response_id`,
+/// `conversation`), whose items are only the newest part of what the model reads: it is
+/// neither compared with other questions nor condensed.
+pub fn whole_conversation(call: &Call) -> Option<&ChatRequest> {
+    match call {
+        Call::Responses(c) if responses::continues_upstream_state(c) => None,
+        call => call.conversation(),
+    }
+}
+
 /// Whether an error answer says the prompt did not fit the model's context window
 /// (OpenAI's `context_length_exceeded`, Ollama's and compatible servers' wording).
 pub fn is_context_overflow(body: &[u8]) -> bool {
@@ -174,7 +184,7 @@ pub fn is_context_overflow(body: &[u8]) -> bool {
 /// The sampling temperature the call asks for, if it names one.
 pub fn temperature(dialect: Dialect, call: &Call) -> Option<f64> {
     let shaping = match call {
-        Call::Chat(c) => &c.shaping,
+        Call::Chat(c) | Call::Responses(c) => &c.shaping,
         Call::Completion(c) => &c.shaping,
         Call::Embedding(_) => return None,
     };
@@ -186,9 +196,11 @@ pub fn temperature(dialect: Dialect, call: &Call) -> Option<f64> {
 }
 
 /// The most output tokens the call asks for (`max_tokens`, `max_completion_tokens`,
-/// Ollama's `options.num_predict`), which compression leaves room for.
+/// Responses' `max_output_tokens`, Ollama's `options.num_predict`), which compression
+/// leaves room for.
 pub fn max_output_tokens(dialect: Dialect, call: &Call) -> Option<u64> {
     let shaping = match call {
+        Call::Responses(c) => return c.shaping.get("max_output_tokens").and_then(|v| v.as_u64()),
         Call::Chat(c) => &c.shaping,
         Call::Completion(c) => &c.shaping,
         Call::Embedding(_) => return None,

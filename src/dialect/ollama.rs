@@ -108,6 +108,9 @@ pub fn decode(endpoint: Endpoint, mut object: Map<String, Value>) -> Result<Call
                 incidental,
             }))
         }
+        Endpoint::Responses => Err(ProxyError::bad_request(
+            "the Responses API is served under /v1/responses",
+        )),
     }
 }
 
@@ -179,6 +182,8 @@ fn decode_tool_call(raw: Value) -> Result<ToolCall, ProxyError> {
 
 pub fn encode(call: &Call) -> Map<String, Value> {
     match call {
+        // The Responses API has one wire format, OpenAI's, whoever serves it.
+        Call::Responses(chat) => super::responses::encode(chat),
         Call::Chat(ChatRequest {
             model,
             messages,

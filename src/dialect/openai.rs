@@ -1,4 +1,5 @@
-//! The OpenAI wire format: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+//! The OpenAI wire format: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`;
+//! `/v1/responses` has a room of its own (`responses/`).
 
 use serde_json::{Map, Value, json};
 
@@ -26,11 +27,15 @@ pub fn endpoint_for(rest: &str) -> Option<Endpoint> {
         "/chat/completions" => Some(Endpoint::Chat),
         "/completions" => Some(Endpoint::Completion),
         "/embeddings" => Some(Endpoint::Embedding),
+        "/responses" => Some(Endpoint::Responses),
         _ => None,
     }
 }
 
 pub fn decode(endpoint: Endpoint, mut object: Map<String, Value>) -> Result<Call, ProxyError> {
+    if endpoint == Endpoint::Responses {
+        return super::responses::decode(object);
+    }
     let model = take_string(&mut object, "model")?;
     match endpoint {
         Endpoint::Chat => {
@@ -64,7 +69,8 @@ pub fn decode(endpoint: Endpoint, mut object: Map<String, Value>) -> Result<Call
                 incidental,
             }))
         }
-        Endpoint::Embedding | Endpoint::LegacyEmbedding => {
+        // Responses calls were decoded above.
+        Endpoint::Responses | Endpoint::Embedding | Endpoint::LegacyEmbedding => {
             let input = match object.shift_remove("input") {
                 Some(input) => decode_embedding_input(input)?,
                 None => return Err(ProxyError::missing_field("input")),
@@ -167,9 +173,9 @@ fn decode_message(value: Value) -> Result<Message, ProxyError> {
     })
 }
 
-fn decode_part(raw: Value) -> Part {
+pub(super) fn decode_part(raw: Value) -> Part {
     let kind = match raw.get("type").and_then(Value::as_str) {
-        Some("text") | Some("input_text") => {
+        Some("text") | Some("input_text") | Some("output_text") => {
             PartKind::Text(raw["text"].as_str().unwrap_or_default().to_owned())
         }
         Some("image_url") | Some("input_image") => PartKind::Image,
@@ -206,6 +212,7 @@ fn decode_tool_call(raw: Value) -> Result<ToolCall, ProxyError> {
 
 pub fn encode(call: &Call) -> Map<String, Value> {
     match call {
+        Call::Responses(chat) => super::responses::encode(chat),
         Call::Chat(ChatRequest {
             model,
             messages,

@@ -1,16 +1,22 @@
 //! Recorded answers: parsing SSE and NDJSON streams into chunks, turning a
 //! stream into the JSON answer it adds up to and back, and framing chunks for
 //! replay, so a cached answer can be served in whichever mode the client asks.
+//! Responses API answers have their own events, read and written by `responses::events`.
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::responses::events;
 use crate::chat::{Dialect, Endpoint};
 
 /// Splits a complete streamed body into its chunk objects.
-/// `None` unless the stream ended cleanly (`[DONE]`, `done: true`) with a finish reason.
-pub fn parse(dialect: Dialect, body: &[u8]) -> Option<Vec<Value>> {
+/// `None` unless the stream ended cleanly (`[DONE]`, `done: true`) with a finish reason,
+/// or, for the Responses API, with `response.completed`.
+pub fn parse(dialect: Dialect, endpoint: Endpoint, body: &[u8]) -> Option<Vec<Value>> {
     let text = std::str::from_utf8(body).ok()?;
+    if endpoint == Endpoint::Responses {
+        return events::parse(text);
+    }
     match dialect {
         Dialect::OpenAi => {
             let mut chunks = Vec::new();
@@ -51,7 +57,10 @@ pub fn parse(dialect: Dialect, body: &[u8]) -> Option<Vec<Value>> {
 }
 
 /// Whether a JSON answer is complete enough to serve again.
-pub fn is_complete(dialect: Dialect, body: &Value) -> bool {
+pub fn is_complete(dialect: Dialect, endpoint: Endpoint, body: &Value) -> bool {
+    if endpoint == Endpoint::Responses {
+        return events::is_complete(body);
+    }
     match dialect {
         Dialect::OpenAi => body["choices"]
             .as_array()
@@ -61,16 +70,20 @@ pub fn is_complete(dialect: Dialect, body: &Value) -> bool {
 }
 
 /// One chunk as it goes on the wire.
-pub fn frame(dialect: Dialect, chunk: &Value) -> Bytes {
+pub fn frame(dialect: Dialect, endpoint: Endpoint, chunk: &Value) -> Bytes {
+    if endpoint == Endpoint::Responses {
+        return events::frame(chunk);
+    }
     match dialect {
         Dialect::OpenAi => Bytes::from(format!("data: {chunk}\n\n")),
         Dialect::Ollama => Bytes::from(format!("{chunk}\n")),
     }
 }
 
-/// What ends a stream after the last chunk.
-pub fn end_frame(dialect: Dialect) -> Option<Bytes> {
+/// What ends a stream after the last chunk; a Responses stream ends with its last event.
+pub fn end_frame(dialect: Dialect, endpoint: Endpoint) -> Option<Bytes> {
     match dialect {
+        _ if endpoint == Endpoint::Responses => None,
         Dialect::OpenAi => Some(Bytes::from_static(b"data: [DONE]\n\n")),
         Dialect::Ollama => None,
     }
@@ -133,7 +146,10 @@ pub fn without_usage(dialect: Dialect, chunks: &[Value]) -> Vec<Value> {
 }
 
 /// Whether the chunks carry the usage a client asking for it expects.
-pub fn has_usage(dialect: Dialect, chunks: &[Value]) -> bool {
+pub fn has_usage(dialect: Dialect, endpoint: Endpoint, chunks: &[Value]) -> bool {
+    if endpoint == Endpoint::Responses {
+        return events::has_usage(chunks);
+    }
     match dialect {
         Dialect::OpenAi => chunks.iter().any(|c| is_usage_chunk(dialect, c)),
         Dialect::Ollama => true,
@@ -141,20 +157,27 @@ pub fn has_usage(dialect: Dialect, chunks: &[Value]) -> bool {
 }
 
 /// Whether a JSON answer carries its token usage (Ollama's counts are always there).
-pub fn json_has_usage(dialect: Dialect, body: &Value) -> bool {
+pub fn json_has_usage(dialect: Dialect, endpoint: Endpoint, body: &Value) -> bool {
     match dialect {
+        _ if endpoint == Endpoint::Responses => body["usage"].is_object(),
         Dialect::OpenAi => body["usage"].is_object(),
         Dialect::Ollama => true,
     }
 }
 
-/// Gives an answer (JSON or every chunk of a stream) a fresh id and creation time.
+/// Gives an answer (JSON or every chunk of a stream) a fresh id and creation time. A
+/// Responses answer keeps both: its id names the response the upstream stored, which a later
+/// call's `previous_response_id` may name.
 pub fn refresh(
     dialect: Dialect,
+    endpoint: Endpoint,
     values: &mut [Value],
     id_suffix: &str,
     now: std::time::SystemTime,
 ) {
+    if endpoint == Endpoint::Responses {
+        return;
+    }
     for value in values {
         let Some(object) = value.as_object_mut() else {
             continue;
@@ -185,6 +208,7 @@ pub fn refresh(
 /// The JSON answer a stream adds up to.
 pub fn assemble(dialect: Dialect, endpoint: Endpoint, chunks: &[Value]) -> Value {
     match dialect {
+        _ if endpoint == Endpoint::Responses => events::assemble(chunks),
         Dialect::OpenAi => assemble_openai(endpoint, chunks),
         Dialect::Ollama => assemble_ollama(endpoint, chunks),
     }
@@ -193,6 +217,7 @@ pub fn assemble(dialect: Dialect, endpoint: Endpoint, chunks: &[Value]) -> Value
 /// A stream that replays a JSON answer, keeping its content in one chunk.
 pub fn split(dialect: Dialect, endpoint: Endpoint, body: &Value) -> Vec<Value> {
     match dialect {
+        _ if endpoint == Endpoint::Responses => events::split(body),
         Dialect::OpenAi => split_openai(endpoint, body),
         Dialect::Ollama => split_ollama(endpoint, body),
     }
@@ -571,7 +596,7 @@ mod tests {
     fn sse(chunks: &[Value]) -> Vec<u8> {
         let mut out = Vec::new();
         for c in chunks {
-            out.extend_from_slice(&frame(Dialect::OpenAi, c));
+            out.extend_from_slice(&frame(Dialect::OpenAi, Endpoint::Chat, c));
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
         out
@@ -587,7 +612,7 @@ mod tests {
             json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]},"logprobs":null,"finish_reason":null}]}),
             json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}]}),
         ];
-        let parsed = parse(Dialect::OpenAi, &sse(&chunks)).expect("clean stream");
+        let parsed = parse(Dialect::OpenAi, Endpoint::Chat, &sse(&chunks)).expect("clean stream");
         assert_eq!(parsed, chunks);
         let answer = assemble(Dialect::OpenAi, Endpoint::Chat, &parsed);
         assert_eq!(answer["choices"][0]["message"]["content"], "Hello there");
@@ -596,7 +621,7 @@ mod tests {
             "{\"a\":1}"
         );
         assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
-        assert!(is_complete(Dialect::OpenAi, &answer));
+        assert!(is_complete(Dialect::OpenAi, Endpoint::Chat, &answer));
         let again = assemble(
             Dialect::OpenAi,
             Endpoint::Chat,
@@ -656,12 +681,18 @@ mod tests {
     fn truncated_streams_are_not_recordings() {
         let chunk =
             json!({"id":"c","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]});
-        let mut body = frame(Dialect::OpenAi, &chunk).to_vec();
-        assert!(parse(Dialect::OpenAi, &body).is_none(), "no [DONE]");
+        let mut body = frame(Dialect::OpenAi, Endpoint::Chat, &chunk).to_vec();
+        assert!(
+            parse(Dialect::OpenAi, Endpoint::Chat, &body).is_none(),
+            "no [DONE]"
+        );
         body.extend_from_slice(b"data: [DONE]\n\n");
-        assert!(parse(Dialect::OpenAi, &body).is_none(), "no finish reason");
+        assert!(
+            parse(Dialect::OpenAi, Endpoint::Chat, &body).is_none(),
+            "no finish reason"
+        );
         let ndjson = b"{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"x\"},\"done\":false}\n";
-        assert!(parse(Dialect::Ollama, ndjson).is_none());
+        assert!(parse(Dialect::Ollama, Endpoint::Chat, ndjson).is_none());
     }
 
     #[test]
@@ -678,7 +709,7 @@ mod tests {
             json!({"id":"c","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}],"usage":null}),
             json!({"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}),
         ];
-        assert!(has_usage(Dialect::OpenAi, &chunks));
+        assert!(has_usage(Dialect::OpenAi, Endpoint::Chat, &chunks));
         let stripped = without_usage(Dialect::OpenAi, &chunks);
         assert_eq!(stripped.len(), 1);
         assert!(stripped[0].get("usage").is_none());

@@ -1,15 +1,18 @@
 //! Token usage as each server reports it: OpenAI's `usage` object (with
 //! `prompt_tokens_details.cached_tokens`), Ollama's `prompt_eval_count` and
-//! `eval_count`, in JSON answers and in streams.
+//! `eval_count`, in JSON answers and in streams; a Responses answer's `input_tokens` and
+//! `output_tokens` (`responses::events`).
 
 use serde_json::Value;
 
+use super::responses::events;
 use crate::chat::Dialect;
 use crate::savings::Tokens;
 
 /// The usage a JSON answer (or one stream chunk) reports, if any.
 pub fn from_json(dialect: Dialect, body: &Value) -> Option<Tokens> {
     match dialect {
+        _ if events::is_response_value(body) => events::usage(body),
         Dialect::OpenAi => {
             let usage = body.get("usage").filter(|u| u.is_object())?;
             Some(Tokens {
@@ -88,6 +91,7 @@ fn collect_text(dialect: Dialect, value: &Value, text: &mut String) {
         }
     }
     match dialect {
+        _ if events::is_response_value(value) => events::collect_text(value, text),
         Dialect::OpenAi => {
             for choice in value["choices"].as_array().into_iter().flatten() {
                 let message = choice.get("message").or_else(|| choice.get("delta"));

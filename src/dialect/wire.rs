@@ -21,10 +21,19 @@ pub fn take_string(
     object: &mut Map<String, Value>,
     field: &'static str,
 ) -> Result<String, ProxyError> {
+    take_named(object, field, field)
+}
+
+/// Removes a required string field, named `param` in the error (`input[].role`).
+pub fn take_named(
+    object: &mut Map<String, Value>,
+    field: &str,
+    param: &'static str,
+) -> Result<String, ProxyError> {
     match object.shift_remove(field) {
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ProxyError::invalid_field(field, "a string")),
-        None => Err(ProxyError::missing_field(field)),
+        Some(_) => Err(ProxyError::invalid_field(param, "a string")),
+        None => Err(ProxyError::missing_field(param)),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Chat and completion calls: the exact cache, then the semantic cache, then the upstream,
-//! with the answer recorded as it streams back.
+//! Chat, Responses and completion calls: the exact cache, then the semantic cache, then the
+//! upstream, with the answer recorded as it streams back.
 
 use std::sync::Arc;
 

@@ -117,7 +117,7 @@ impl Proxy {
     /// compression may still help.
     fn may_retry(&self, exchange: &Exchange, call: &Call, response: &Response<Body>) -> bool {
         let status = response.status();
-        matches!(call, Call::Chat(_))
+        dialect::whole_conversation(call).is_some()
             && self.compressor.config().enabled
             && self.force(exchange) != Force::Off
             && matches!(status.as_u16(), 400 | 413 | 500)
@@ -149,7 +149,8 @@ impl Proxy {
         let mut changed = None;
         let mut compressed = None;
         let compressing = self.compressor.config().enabled && self.force(exchange) != Force::Off;
-        if let (Call::Chat(chat), true) = (call, compressing) {
+        let conversation = dialect::whole_conversation(call).filter(|_| compressing);
+        if let Some(chat) = conversation {
             let mut chat = chat.clone();
             let output = dialect::max_output_tokens(dialect, call);
             let summarizer = self.summarizer(exchange);
@@ -171,7 +172,7 @@ impl Proxy {
             if let Some(outcome) = outcome {
                 account.compressed(outcome.before.saturating_sub(outcome.after) as u64);
                 compressed = Some(outcome);
-                changed = Some(Call::Chat(chat));
+                changed = Some(call.with_conversation(chat));
             }
         }
         let strips_usage =

@@ -11,7 +11,8 @@
 //!
 //! - `mod.rs`: the door (`handle`), admission (route, upstream, tenant, rate limit) and the
 //!   savings record every intercepted call gets.
-//! - `answer.rs`: chat and completion calls: exact lookup, semantic lookup, upstream, recording.
+//! - `answer.rs`: chat, Responses and completion calls: exact lookup, semantic lookup,
+//!   upstream, recording.
 //! - `follow.rs`: a streaming call following an identical one in flight, piece by piece.
 //! - `semantic.rs`: the semantic stage: serve, or verify the candidate against the fresh answer.
 //! - `forward.rs`: what goes upstream (compression, the stream usage request, the one retry

@@ -10,6 +10,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::record::OnStored;
 use crate::chat::Call;
 use crate::config::SemanticMode;
+use crate::dialect;
 use crate::semantic::calibration::{self, Estimate, answers_agree};
 use crate::semantic::{self, guard};
 
@@ -65,13 +66,16 @@ impl Proxy {
         call: &Call,
         upstream: &str,
     ) -> Decision {
-        let (Some(semantic), Call::Chat(chat)) = (&self.semantic, call) else {
+        let (Some(semantic), Some(chat)) = (&self.semantic, dialect::whole_conversation(call))
+        else {
             return Decision::default();
         };
         if !plan.controls.semantic || plan.key.is_none() {
             return Decision::default();
         }
-        let Some(mut question) = semantic.question(&plan.scope, plan.dialect, upstream, chat)
+        let endpoint = call.endpoint();
+        let Some(mut question) =
+            semantic.question(&plan.scope, plan.dialect, upstream, endpoint, chat)
         else {
             return Decision::default();
         };

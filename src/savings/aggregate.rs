@@ -1,6 +1,11 @@
 //! The aggregate the ledger keeps: one counter key per UTC day, one field per
-//! model × team × key × outcome × measure, incremented atomically. This file owns the
-//! key and field names and the sums read back; it does no I/O.
+//! model × team × key × outcome × endpoint × measure, incremented atomically. This file owns
+//! the key and field names and the sums read back; it does no I/O.
+//!
+//! A field is `model|team|key|outcome|endpoint|measure`. Fields written before the endpoint
+//! was recorded (`model|team|key|outcome|measure`) read back with an empty endpoint: an
+//! endpoint is a plain lowercase name, while a measure is either such a name ending the field
+//! or a `v:`/`u:` label, so the two shapes never read alike.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +30,7 @@ pub fn marker_key(writer: &str) -> String {
     format!("{PREFIX}applied:{writer}")
 }
 
-/// One aggregate cell: what a field's first four parts name.
+/// One aggregate cell: what a field's parts before the measure name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cell {
     pub day: Day,
@@ -34,6 +39,8 @@ pub struct Cell {
     pub team: String,
     pub key: String,
     pub outcome: Outcome,
+    /// The API called (`chat`, `responses`, ...); empty for fields written before it was kept.
+    pub endpoint: String,
 }
 
 impl Cell {
@@ -44,17 +51,33 @@ impl Cell {
             team: record.team.clone().unwrap_or_default(),
             key: record.key().to_owned(),
             outcome: record.outcome,
+            endpoint: record.endpoint.clone(),
         }
     }
 
     fn field(&self, measure: &str) -> String {
         format!(
-            "{}|{}|{}|{}|{measure}",
+            "{}|{}|{}|{}|{}|{measure}",
             escape(&self.model),
             escape(&self.team),
             escape(&self.key),
-            self.outcome.as_str()
+            self.outcome.as_str(),
+            escape(&self.endpoint)
         )
+    }
+}
+
+/// Splits what follows a field's outcome into its endpoint and its measure.
+fn endpoint_and_measure(rest: &str) -> (&str, &str) {
+    match rest.split_once('|') {
+        Some((endpoint, measure))
+            if endpoint
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_') =>
+        {
+            (endpoint, measure)
+        }
+        _ => ("", rest),
     }
 }
 
@@ -288,7 +311,7 @@ pub fn read_day(
     let mut cells: BTreeMap<Cell, Totals> = BTreeMap::new();
     for (field, value) in fields {
         let mut parts = field.splitn(5, '|');
-        let (Some(model), Some(team), Some(key), Some(outcome), Some(measure)) = (
+        let (Some(model), Some(team), Some(key), Some(outcome), Some(rest)) = (
             parts.next(),
             parts.next(),
             parts.next(),
@@ -300,12 +323,14 @@ pub fn read_day(
         let Some(outcome) = Outcome::parse(outcome) else {
             continue;
         };
+        let (endpoint, measure) = endpoint_and_measure(rest);
         let cell = Cell {
             day,
             model: unescape(model),
             team: unescape(team),
             key: unescape(key),
             outcome,
+            endpoint: endpoint.to_owned(),
         };
         let t = cells.entry(cell).or_default();
         let v = i128::from(value);
@@ -390,6 +415,32 @@ fn unescape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_read_back_with_their_endpoint_and_older_fields_without() {
+        let day = Day::parse("2025-06-02").unwrap();
+        let fields = [
+            ("m|t|k|miss|responses|requests", 2),
+            ("m|t|k|miss|responses|v:m||2025-01-01", 2),
+            ("m|t|k|miss|requests", 1),
+            ("m|t|k|miss|v:m|up|2025-01-01", 1),
+            ("m|t|k|miss|u:m", 1),
+            ("m|t|k|miss||requests", 1),
+        ];
+        let cells = read_day(day, fields.map(|(f, v)| (f.to_owned(), v)));
+        let endpoints: Vec<(&str, i128, usize, i128)> = cells
+            .iter()
+            .map(|(c, t)| {
+                (
+                    c.endpoint.as_str(),
+                    t.requests,
+                    t.versions.len(),
+                    t.unpriced_models.values().sum(),
+                )
+            })
+            .collect();
+        assert_eq!(endpoints, [("", 2, 1, 1), ("responses", 2, 1, 0)]);
+    }
 
     #[test]
     fn names_with_separators_round_trip() {

@@ -67,6 +67,13 @@ fn content(ledger: &Ledger, query: &ReportQuery, cells: &BTreeMap<Cell, Totals>)
         &currency,
     ));
     out.push_str(&breakdown(
+        "By endpoint",
+        "endpoint",
+        rows(Dimension::Endpoint),
+        usize::MAX,
+        &currency,
+    ));
+    out.push_str(&breakdown(
         "By team",
         "team",
         rows(Dimension::Team),

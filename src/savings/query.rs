@@ -16,15 +16,18 @@ pub enum Dimension {
     Team,
     Key,
     Outcome,
+    /// The API called: `chat`, `completion`, `embedding`, `responses`, ...
+    Endpoint,
 }
 
 impl Dimension {
-    pub const ALL: [Dimension; 5] = [
+    pub const ALL: [Dimension; 6] = [
         Dimension::Day,
         Dimension::Model,
         Dimension::Team,
         Dimension::Key,
         Dimension::Outcome,
+        Dimension::Endpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl Dimension {
             Dimension::Team => "team",
             Dimension::Key => "key",
             Dimension::Outcome => "outcome",
+            Dimension::Endpoint => "endpoint",
         }
     }
 
@@ -170,7 +174,7 @@ fn build(
         Some(list) => {
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 let dimension = Dimension::parse(name).ok_or_else(|| {
-                    format!("group_by: unknown {name:?}, expected day, model, team, key or outcome")
+                    format!("group_by: unknown {name:?}, expected day, model, team, key, outcome or endpoint")
                 })?;
                 if dimensions.contains(&dimension) {
                     return Err(format!("group_by: {name} is listed twice"));

@@ -55,6 +55,7 @@ fn value_of(cell: &Cell, dimension: Dimension) -> String {
         Dimension::Team => cell.team.clone(),
         Dimension::Key => cell.key.clone(),
         Dimension::Outcome => cell.outcome.as_str().to_owned(),
+        Dimension::Endpoint => cell.endpoint.clone(),
     }
 }
 

@@ -364,6 +364,7 @@ fn json_csv_and_table_round_a_tied_hit_rate_alike() {
         team: String::new(),
         key: "k".to_owned(),
         outcome: Outcome::Miss,
+        endpoint: "chat".to_owned(),
     };
     let hit = aggregate::Cell {
         outcome: Outcome::ExactHit,

@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::key::{self, CacheKey, Scope};
 use crate::cache::{Cache, now_ms};
-use crate::chat::{ChatRequest, Content, Dialect, Message, PartKind, Role};
+use crate::chat::{ChatRequest, Content, Dialect, Endpoint, Message, PartKind, Role};
 use crate::config::{ContextRule, SemanticConfig};
 use embedder::{Embedded, Embedder};
 use index::Index;
@@ -246,6 +246,7 @@ impl SemanticCache {
         scope: &Scope,
         dialect: Dialect,
         upstream: &str,
+        endpoint: Endpoint,
         chat: &ChatRequest,
     ) -> Option<Question> {
         let text = last_user_text(chat)?;
@@ -259,7 +260,7 @@ impl SemanticCache {
         shape.content = Content::Absent;
         let mut context = self.context(prior);
         context.push(&shape);
-        let partition = key::partition_key(scope, dialect, upstream, chat, &context);
+        let partition = key::partition_key(scope, dialect, upstream, endpoint, chat, &context);
         Some(Question {
             partition: partition.0,
             text: text.to_owned(),

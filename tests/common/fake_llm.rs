@@ -36,6 +36,10 @@
 //! `/v1/files`) accepts any body and echoes its length and SHA-256, to prove byte-for-byte
 //! passthrough.
 //! `n` is ignored: every answer has exactly one choice.
+//! `POST /v1/responses` speaks the Responses API; its rules are in `fake_llm/responses.rs`.
+
+#[path = "fake_llm/responses.rs"]
+pub mod responses;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -491,6 +495,7 @@ fn route(
             "/v1/chat/completions"
             | "/v1/completions"
             | "/v1/embeddings"
+            | "/v1/responses"
             | "/api/chat"
             | "/api/generate"
             | "/api/embed"
@@ -511,6 +516,7 @@ fn route(
                 "/v1/chat/completions" => openai_chat(state, &request),
                 "/v1/completions" => openai_completion(state, &request),
                 "/v1/embeddings" => openai_embeddings(&request),
+                "/v1/responses" => responses::answer(state, &request),
                 "/api/chat" => ollama_chat(state, &request),
                 "/api/generate" => ollama_generate(state, &request),
                 "/api/embed" => ollama_embed(&request),
@@ -536,6 +542,9 @@ fn route(
 /// (Ollama's `/api/show` and `/api/pull` take `name` instead), and an OpenAI request without
 /// the endpoint's required parameter.
 fn invalid(dialect: Dialect, path: &str, request: &Value) -> Option<Failure> {
+    if path == "/v1/responses" {
+        return invalid_response_request(request);
+    }
     if model_of(request).is_empty() {
         return Some(match dialect {
             Dialect::OpenAi => Failure::invalid_request("you must provide a model parameter", None),
@@ -558,6 +567,34 @@ fn invalid(dialect: Dialect, path: &str, request: &Value) -> Option<Failure> {
             Some(required),
         )
     })
+}
+
+/// What the Responses API refuses before running a model: no model (unless a stored prompt
+/// names one), an `input` that is neither text nor a list of items, a tool output that names
+/// no call.
+fn invalid_response_request(request: &Value) -> Option<Failure> {
+    if model_of(request).is_empty() && request.get("prompt").is_none() {
+        return Some(Failure::invalid_request(
+            "Missing required parameter: 'model'.",
+            Some("model"),
+        ));
+    }
+    match request.get("input") {
+        None | Some(Value::String(_)) => None,
+        Some(Value::Array(items)) => items
+            .iter()
+            .any(|item| item["type"] == "function_call_output" && !item["call_id"].is_string())
+            .then(|| {
+                Failure::invalid_request(
+                    "Missing required parameter: 'input[0].call_id'.",
+                    Some("input[0].call_id"),
+                )
+            }),
+        Some(_) => Some(Failure::invalid_param(
+            "Invalid type for 'input': expected one of a string or array of input items.",
+            "input",
+        )),
+    }
 }
 
 /// The answer of a magic model, or `None` for an ordinary one.
@@ -713,6 +750,17 @@ impl Failure {
             param: missing,
             code: missing.map(|_| "missing_required_parameter"),
             ollama_message: message,
+        }
+    }
+
+    fn previous_response_not_found() -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: "Previous response with id not found.",
+            kind: "invalid_request_error",
+            param: Some("previous_response_id"),
+            code: Some("previous_response_not_found"),
+            ollama_message: "previous response not found",
         }
     }
 

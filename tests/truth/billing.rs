@@ -1,7 +1,8 @@
 //! What the fake upstream bills for a request, from the rules `tests/common/fake_llm.rs`
 //! documents (not from its code, and never from thrifty's): prompt tokens are the words of every
 //! message plus 3 per message; completion tokens are the words of the answer, which is
-//! `"Echo: "` followed by the last user text.
+//! `"Echo: "` followed by the last user text. A Responses call (`fake_llm/responses.rs`) is
+//! billed alike over its `input` items, plus the words of its `instructions`.
 //!
 //! Also OpenAI's own count of a prompt (tiktoken's o200k_base with the cookbook's framing), for
 //! the figures no upstream reports: the prompt tokens compression removed, and a stream whose
@@ -36,10 +37,13 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-fn messages(request: &Value) -> &[Value] {
-    request["messages"]
-        .as_array()
-        .map_or(&[], std::vec::Vec::as_slice)
+/// A chat's messages, or a Responses call's input items (a string is one user message).
+fn messages(request: &Value) -> Vec<Value> {
+    match &request["input"] {
+        Value::String(text) => vec![serde_json::json!({"role": "user", "content": text})],
+        Value::Array(items) => items.clone(),
+        _ => request["messages"].as_array().cloned().unwrap_or_default(),
+    }
 }
 
 fn words(text: &str) -> u64 {
@@ -66,10 +70,12 @@ pub fn billed(request: &Value) -> Tokens {
 
 /// The fake's prompt tokens: words of every message plus 3 per message.
 pub fn prompt(request: &Value) -> u64 {
-    messages(request)
-        .iter()
-        .map(|m| words(&content_text(&m["content"])) + 3)
-        .sum()
+    let instructions = request["instructions"].as_str().map_or(0, words);
+    instructions
+        + messages(request)
+            .iter()
+            .map(|m| words(&content_text(&m["content"])) + 3)
+            .sum::<u64>()
 }
 
 /// OpenAI's prompt tokens for a gpt-4o family model: 3 per message, 1 for its role, its text in

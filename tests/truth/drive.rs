@@ -24,6 +24,15 @@ fn partition(step: &Step) -> Value {
     if let Some(last) = body["messages"].as_array_mut().and_then(|m| m.last_mut()) {
         last["content"] = Value::Null;
     }
+    match &mut body["input"] {
+        Value::Array(items) => {
+            if let Some(last) = items.last_mut() {
+                last["content"] = Value::Null;
+            }
+        }
+        input @ Value::String(_) => *input = Value::Null,
+        _ => {}
+    }
     serde_json::json!([step.who.name(), format!("{:?}", step.dialect), body])
 }
 
@@ -223,10 +232,19 @@ fn check_billed(v: &mut Verdict, step: &Step, reply: &Reply, record: &Record) {
     } else {
         Some(reply.text.as_str())
     };
+    // A Responses stream ends with its whole response in the `data:` of `response.completed`.
+    let last = last.map(|line| line.strip_prefix("data:").unwrap_or(line));
     let answer: Value = last
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_default();
     let reported = match step.dialect {
+        Dialect::Responses => {
+            let response = answer.get("response").unwrap_or(&answer);
+            (
+                response["usage"]["input_tokens"].as_u64(),
+                response["usage"]["output_tokens"].as_u64(),
+            )
+        }
         Dialect::OpenAi => (
             answer["usage"]["prompt_tokens"].as_u64(),
             answer["usage"]["completion_tokens"].as_u64(),

@@ -41,6 +41,8 @@ impl Who {
 pub enum Dialect {
     OpenAi,
     Ollama,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl Dialect {
@@ -48,6 +50,7 @@ impl Dialect {
         match self {
             Dialect::OpenAi => "/v1/chat/completions",
             Dialect::Ollama => "/api/chat",
+            Dialect::Responses => "/v1/responses",
         }
     }
 }
@@ -177,7 +180,7 @@ fn long_conversation() -> Value {
 
 /// The mix, in order. Without `semantic` the semantic cache is off and its steps are left out.
 pub fn mix(semantic: bool) -> Vec<Step> {
-    use Dialect::{Ollama, OpenAi};
+    use Dialect::{Ollama, OpenAi, Responses};
     use Who::{Alpha, Beta, Solo};
     let mut steps = vec![
         Step::new(
@@ -315,6 +318,38 @@ pub fn mix(semantic: bool) -> Vec<Step> {
             Ollama,
             ask("context-overflow", "Read this whole book."),
             Kind::Error,
+        ),
+        Step::new(
+            "responses-miss",
+            Alpha,
+            Responses,
+            json!({"model": GPT, "instructions": SYSTEM, "input": "Name a primary colour."}),
+            Kind::Miss,
+        )
+        .then(Wait::Stored),
+        Step::new(
+            "responses-hit",
+            Alpha,
+            Responses,
+            json!({"model": GPT, "instructions": SYSTEM, "input": "Name a primary colour."}),
+            Kind::ExactHit("responses-miss"),
+        ),
+        Step::new(
+            "responses-stream",
+            Beta,
+            Responses,
+            json!({"model": GPT, "stream": true,
+                   "input": [{"role": "user", "content": "Why is the sea salty?"}]}),
+            Kind::Miss,
+        )
+        .then(Wait::Stored),
+        Step::new(
+            "responses-stream-as-json",
+            Beta,
+            Responses,
+            json!({"model": GPT, "stream": false,
+                   "input": [{"role": "user", "content": "Why is the sea salty?"}]}),
+            Kind::ExactHit("responses-stream"),
         ),
     ];
     if semantic {

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::cache::entry::{Answer, Entry};
 use crate::chat::{Dialect, Endpoint};
-use crate::dialect::stream;
+use crate::dialect::{responses, stream};
 use crate::semantic::embedder::{Embedder, similarity};
 
 /// Answers whose texts differ still agree when their embeddings are at least this
@@ -46,6 +46,7 @@ fn said(entry: &Entry) -> Option<Said> {
     let endpoint = match entry.endpoint.as_str() {
         "chat" => Endpoint::Chat,
         "completion" => Endpoint::Completion,
+        "responses" => Endpoint::Responses,
         _ => return None,
     };
     let body = match &entry.answer {
@@ -53,6 +54,10 @@ fn said(entry: &Entry) -> Option<Said> {
         Answer::Stream(chunks) => stream::assemble(dialect, endpoint, chunks),
     };
     let (text, calls) = match (dialect, endpoint) {
+        (_, Endpoint::Responses) => {
+            let message = responses::events::as_message(&body);
+            (message["content"].clone(), message["tool_calls"].clone())
+        }
         (Dialect::OpenAi, Endpoint::Chat) => {
             let message = &body["choices"][0]["message"];
             (message["content"].clone(), message["tool_calls"].clone())

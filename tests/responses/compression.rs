@@ -1,0 +1,143 @@
+//! A long Responses item list is condensed before it reaches the upstream, and what arrives is
+//! still a valid input: every function call output follows its call, every call keeps the
+//! reasoning item it came with, the latest question stays last.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::world::{PATH, World, output_text};
+
+const LAST: &str = "So what should I fix first?";
+
+/// An agent's history: per turn a long question, a reasoning item, two parallel function calls,
+/// their long outputs and a long answer; then the latest question.
+fn agent_history(turns: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    for i in 0..turns {
+        let filler = |what: &str| format!("{what} {i}: {}", "More context here. ".repeat(40));
+        items.push(json!({"role": "user", "content": filler("Question")}));
+        items.push(json!({"type": "reasoning", "id": format!("rs_{i}"), "summary": [], "encrypted_content": "gAAA"}));
+        for side in ["a", "b"] {
+            items.push(json!({"type": "function_call", "id": format!("fc_{i}{side}"), "call_id": format!("call_{i}{side}"),
+                "name": "read_file", "arguments": format!("{{\"path\":\"src/module_{i}{side}.rs\"}}"), "status": "completed"}));
+        }
+        for side in ["a", "b"] {
+            items.push(json!({"type": "function_call_output", "call_id": format!("call_{i}{side}"), "output": filler("Output")}));
+        }
+        items.push(json!({"type": "message", "role": "assistant", "id": format!("msg_{i}"), "status": "completed",
+            "content": [{"type": "output_text", "text": filler("Answer"), "annotations": []}]}));
+    }
+    items.push(json!({"role": "user", "content": LAST}));
+    items
+}
+
+fn body(items: Vec<Value>) -> Value {
+    json!({"model": "gpt-4o-mini", "instructions": "Be terse.", "input": items,
+           "tools": [{"type": "function", "name": "read_file", "parameters": {"type": "object"}}]})
+}
+
+/// The problems of an item list as the upstream reads it.
+fn invalid(items: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut calls = HashSet::new();
+    let mut reasoning = HashSet::new();
+    for (at, item) in items.iter().enumerate() {
+        match item["type"].as_str() {
+            Some("reasoning") => {
+                reasoning.insert(item["id"].as_str().unwrap_or_default().to_owned());
+            }
+            Some("function_call") => {
+                let call = item["call_id"].as_str().unwrap_or_default();
+                calls.insert(call.to_owned());
+                let turn = call
+                    .trim_start_matches("call_")
+                    .trim_end_matches(['a', 'b']);
+                if !reasoning.contains(&format!("rs_{turn}")) {
+                    problems.push(format!("item {at}: {call} without its reasoning item"));
+                }
+            }
+            Some("function_call_output") => {
+                let call = item["call_id"].as_str().unwrap_or_default();
+                if !calls.contains(call) {
+                    problems.push(format!("item {at}: an orphaned output of {call}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let answered: HashSet<&str> = items
+        .iter()
+        .filter(|i| i["type"] == "function_call_output")
+        .filter_map(|i| i["call_id"].as_str())
+        .collect();
+    for call in &calls {
+        if !answered.contains(call.as_str()) {
+            problems.push(format!("{call} has no output"));
+        }
+    }
+    if items.last().map(|i| &i["content"]) != Some(&json!(LAST)) {
+        problems.push("the latest question is not last".to_owned());
+    }
+    problems
+}
+
+/// A world whose budget a dozen agent turns exceed.
+async fn compressing_world() -> World {
+    World::with(|raw| {
+        raw.compression.max_context_tokens = 2_000;
+        raw.compression.preserve_recent_messages = 4;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_item_list_reaches_the_upstream_condensed_and_valid() {
+    let world = compressing_world().await;
+    let items = agent_history(12);
+    assert!(invalid(&items).is_empty(), "the fixture is valid");
+    let reply = world.create(&body(items.clone())).await;
+    reply.assert_ok("a long history");
+    let header = reply
+        .header("x-thrifty-compression")
+        .unwrap_or_else(|| panic!("not compressed: {}", reply.describe()));
+    // `before->after; ...`: the prompt's tokens as sent and as forwarded.
+    let counts: Vec<u64> = header
+        .split(['-', '>', ';'])
+        .take(3)
+        .filter_map(|part| part.trim().parse().ok())
+        .collect();
+    assert!(
+        matches!(counts[..], [before, after] if after < before / 2),
+        "{header}"
+    );
+    assert_eq!(output_text(&reply.json()), format!("Echo: {LAST}"));
+
+    let sent = world
+        .fake
+        .last_request()
+        .and_then(|r| r.json())
+        .expect("the upstream got JSON");
+    let sent_items = sent["input"].as_array().expect("an input list");
+    assert!(sent_items.len() < items.len(), "items were condensed");
+    let problems = invalid(sent_items);
+    assert!(problems.is_empty(), "{problems:?} in {sent_items:?}");
+    assert_eq!(sent["instructions"], "Be terse.");
+    assert_eq!(sent["tools"], body(Vec::new())["tools"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_continuing_a_response_is_sent_as_the_client_wrote_it() {
+    let world = compressing_world().await;
+    let opening = world
+        .create(&json!({"model": "gpt-4o-mini", "input": "Hi"}))
+        .await;
+    let mut continued = body(agent_history(12));
+    continued["previous_response_id"] = opening.json()["id"].clone();
+    let reply = world.create(&continued).await;
+    reply.assert_ok("a continued long history");
+    assert_eq!(reply.header("x-thrifty-compression"), None);
+    let sent = world.fake.last_request().expect("a request");
+    assert_eq!(sent.path_only(), PATH);
+    assert_eq!(sent.json(), Some(continued), "the client's call, unchanged");
+}
