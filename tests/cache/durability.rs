@@ -201,7 +201,11 @@ async fn a_frozen_redis_is_skipped_until_it_answers_again() {
         (again.cache() == "hit").then_some(())
     })
     .await;
-    assert_eq!(h.api.readiness().await, "ready", "{what}");
+    // The breaker's probe, on its own back-off, says so too.
+    poll(WAIT, &format!("{what}: /readyz is ready again"), || async {
+        (h.api.readiness().await == "ready").then_some(())
+    })
+    .await;
     let text = "asked after the thaw";
     h.api
         .fill(path, &dialect.chat(text, false), &NO_HEADERS)
