@@ -52,6 +52,7 @@ mod invariants;
 pub mod models;
 mod outcome;
 mod pieces;
+mod placement;
 mod plan;
 mod shorten;
 mod stats;

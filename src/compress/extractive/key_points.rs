@@ -1,6 +1,10 @@
 //! Key points: lines and sentences worth keeping verbatim, scored by what they
 //! mention (errors, paths, configuration, identifiers, decisions, dates, numbers,
-//! preferences), older messages ranked lower, chosen within the token budget.
+//! preferences), older messages ranked lower, chosen within the token budget. With a
+//! query (relevant mode), most of the budget first goes to the excerpts most relevant
+//! to the latest user message, then the rest to key points. Excerpts are written in
+//! conversation order under their speaker, with the session header (`[Session 3, 8 May
+//! 2023]`) of the message they come from.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -9,6 +13,7 @@ use std::fmt::Write as _;
 use crate::chat::Role;
 
 use super::Source;
+use super::relevance::{self, Hits, Query};
 use super::text::{clip, text_of};
 
 /// Lines longer than this are split into sentences (so a fact is kept without its neighbours)…
@@ -17,6 +22,13 @@ const LONG_LINE: usize = 40;
 const MAX_EXCERPT: usize = 240;
 /// Excerpts are estimated at no more than this many tokens per byte (CJK text is about 0.5).
 const MAX_TOKENS_PER_BYTE: f32 = 0.6;
+/// A session header is a bracketed first line with a digit, at most this long.
+const MAX_HEADER: usize = 100;
+/// With a query, this share of the budget goes to relevant excerpts first; the rest
+/// keeps the facts every answer needs.
+const RELEVANT_SHARE: f32 = 0.7;
+/// A sentence's own relevance counts this much next to its message's.
+const SENTENCE_WEIGHT: f32 = 0.5;
 
 struct Candidate<'a> {
     message: usize,
@@ -24,13 +36,32 @@ struct Candidate<'a> {
     clipped: bool,
     cost: usize,
     priority: f32,
+    hits: Hits,
+    relevance: f32,
 }
 
-pub(super) fn key_points(sources: &[Source<'_>], budget: usize, split: bool, out: &mut String) {
+/// Writes the chosen excerpts; `query` makes relevance choose first.
+pub(super) fn key_points(
+    sources: &[Source<'_>],
+    budget: usize,
+    split: bool,
+    query: Option<&Query>,
+    out: &mut String,
+) {
     let texts: Vec<Option<Cow<'_, str>>> = sources
         .iter()
         .map(|s| (s.message.role != Role::Tool).then(|| text_of(s.message)))
         .collect();
+    let speakers: Vec<Cow<'_, str>> = sources.iter().map(|s| speaker(s)).collect();
+    // The session each message belongs to: the latest header at or before it.
+    let mut headers: Vec<Option<&str>> = Vec::with_capacity(sources.len());
+    let mut current: Option<&str> = None;
+    for text in &texts {
+        if let Some(h) = text.as_deref().and_then(session_header) {
+            current = Some(h);
+        }
+        headers.push(current);
+    }
     let n = sources.len().max(2) - 1;
     let mut candidates = Vec::new();
     let mut seen = HashSet::new();
@@ -41,7 +72,11 @@ pub(super) fn key_points(sources: &[Source<'_>], budget: usize, split: bool, out
         // Older messages are condensed harder: their excerpts rank lower.
         let age = 0.4 + 0.8 * (i as f32 / n as f32);
         let is_user = s.message.role == Role::User;
+        let header = text.lines().next().filter(|l| session_header(l).is_some());
         for line in text.lines() {
+            if Some(line) == header {
+                continue;
+            }
             for piece in pieces(line) {
                 if !seen.insert(piece) {
                     continue;
@@ -58,26 +93,60 @@ pub(super) fn key_points(sources: &[Source<'_>], budget: usize, split: bool, out
                     } else {
                         score as f32 * age
                     },
+                    hits: query.map(|q| q.hits(piece)).unwrap_or_default(),
+                    relevance: 0.0,
                 });
             }
         }
     }
+    if let Some(query) = query {
+        score_relevance(query, sources, &speakers, &mut candidates);
+    }
+    let mut chosen = vec![false; candidates.len()];
+    let mut paid: HashSet<&str> = HashSet::new();
+    let mut used = 0;
+    let mut take = |i: usize, limit: usize, chosen: &mut Vec<bool>, used: &mut usize| {
+        let c = &candidates[i];
+        let header = headers[c.message].filter(|h| !paid.contains(h));
+        let cost = c.cost + 3 + header.map_or(0, |h| h.len() / 3);
+        if !chosen[i] && *used + cost <= limit {
+            *used += cost;
+            chosen[i] = true;
+            if let Some(h) = header {
+                paid.insert(h);
+            }
+        }
+    };
+    if query.is_some() {
+        let mut ranked: Vec<usize> = (0..candidates.len())
+            .filter(|&i| candidates[i].relevance > 0.0)
+            .collect();
+        ranked.sort_by(|&a, &b| {
+            candidates[b]
+                .relevance
+                .total_cmp(&candidates[a].relevance)
+                .then(candidates[b].priority.total_cmp(&candidates[a].priority))
+        });
+        let limit = (budget as f32 * RELEVANT_SHARE) as usize;
+        for i in ranked {
+            take(i, limit, &mut chosen, &mut used);
+        }
+    }
     let mut ranked: Vec<usize> = (0..candidates.len()).collect();
     ranked.sort_by(|&a, &b| candidates[b].priority.total_cmp(&candidates[a].priority));
-    let mut chosen = vec![false; candidates.len()];
-    let mut used = 0;
     for i in ranked {
-        let cost = candidates[i].cost + 3;
-        if used + cost <= budget {
-            used += cost;
-            chosen[i] = true;
-        }
+        take(i, budget, &mut chosen, &mut used);
     }
     if !chosen.contains(&true) {
         return;
     }
-    out.push_str("Key points:\n");
+    out.push_str(if query.is_some() {
+        "Excerpts (the most relevant to the latest user message, then key points), in order:\n"
+    } else {
+        "Key points:\n"
+    });
     let mut current: Option<usize> = None;
+    let mut session: Option<&str> = None;
     let mut after = false;
     for (c, _) in candidates
         .iter()
@@ -90,12 +159,16 @@ pub(super) fn key_points(sources: &[Source<'_>], budget: usize, split: bool, out
                 out.push('\n');
             }
             if split && source.after_request && !after {
-                out.push_str("After the request above:\n");
+                out.push_str("After the latest user message:\n");
                 after = true;
             } else if split && current.is_none() && !source.after_request {
-                out.push_str("Before the request above:\n");
+                out.push_str("Before the latest user message:\n");
             }
-            let _ = write!(out, "- {}: ", source.message.role.as_str());
+            if let Some(h) = headers[c.message].filter(|h| session != Some(*h)) {
+                let _ = writeln!(out, "{h}");
+                session = Some(h);
+            }
+            let _ = write!(out, "- {}: ", speakers[c.message]);
             current = Some(c.message);
         } else {
             out.push_str(" … ");
@@ -107,6 +180,78 @@ pub(super) fn key_points(sources: &[Source<'_>], budget: usize, split: bool, out
         }
     }
     out.push('\n');
+}
+
+/// Each candidate's relevance: its message's BM25 score in context (scaled to at most
+/// 1), plus a share of its own sentence's.
+fn score_relevance(
+    query: &Query,
+    sources: &[Source<'_>],
+    speakers: &[Cow<'_, str>],
+    candidates: &mut [Candidate<'_>],
+) {
+    // Per message: its words, and per term how many of its excerpts hold it.
+    let mut lengths = vec![0u32; sources.len()];
+    let mut counts = vec![0u8; sources.len() * query.len()];
+    for c in candidates.iter() {
+        lengths[c.message] += c.hits.words;
+        add_hits(&mut counts, query.len(), c.message, c.hits.terms);
+    }
+    // The speaker's name counts as a word of the message ("What did Joanna paint?").
+    for (m, name) in speakers.iter().enumerate() {
+        if lengths[m] > 0 && sources[m].message.extra.contains_key("name") {
+            let hits = query.hits(name);
+            add_hits(&mut counts, query.len(), m, hits.terms);
+        }
+    }
+    // Messages without text (tool results) are not documents.
+    let documents: Vec<usize> = (0..sources.len()).filter(|&m| lengths[m] > 0).collect();
+    let doc_lengths: Vec<u32> = documents.iter().map(|&m| lengths[m]).collect();
+    let scores = relevance::bm25(query, &doc_lengths, |d, t| {
+        u32::from(counts[documents[d] * query.len() + t])
+    });
+    let mut message = vec![0.0f32; sources.len()];
+    for (d, score) in relevance::in_context(&scores).into_iter().enumerate() {
+        message[documents[d]] = score;
+    }
+    let piece_lengths: Vec<u32> = candidates.iter().map(|c| c.hits.words).collect();
+    let pieces = relevance::bm25(query, &piece_lengths, |d, t| {
+        u32::from(candidates[d].hits.terms & (1 << t) != 0)
+    });
+    let top = pieces.iter().copied().fold(0.0, f32::max);
+    for (c, piece) in candidates.iter_mut().zip(pieces) {
+        let own = if top > 0.0 { piece / top } else { 0.0 };
+        c.relevance = message[c.message] + SENTENCE_WEIGHT * own;
+    }
+}
+
+fn add_hits(counts: &mut [u8], terms: usize, message: usize, mask: u64) {
+    for t in 0..terms {
+        if mask & (1 << t) != 0 {
+            let slot = &mut counts[message * terms + t];
+            *slot = slot.saturating_add(1);
+        }
+    }
+}
+
+/// Who said it: the message's `name`, else its role.
+fn speaker<'a>(source: &Source<'a>) -> Cow<'a, str> {
+    match source.message.extra.get("name").and_then(|n| n.as_str()) {
+        Some(name) if !name.trim().is_empty() && name.len() <= 64 => Cow::Borrowed(name.trim()),
+        _ => Cow::Borrowed(source.message.role.as_str()),
+    }
+}
+
+/// A message's first line when it is a session header: bracketed, short, with a digit
+/// (`[Session 3, 1:14 pm on 25 May, 2023]`).
+fn session_header(text: &str) -> Option<&str> {
+    let line = text.lines().next()?.trim();
+    (line.len() <= MAX_HEADER
+        && line.starts_with('[')
+        && line.ends_with(']')
+        && !line.starts_with("[thrifty:")
+        && line.bytes().any(|b| b.is_ascii_digit()))
+    .then_some(line)
 }
 
 /// A line, or its sentences when it is long, without blank or symbol-only pieces.
