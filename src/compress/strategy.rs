@@ -9,7 +9,7 @@ use crate::chat::{ChatRequest, Content, Message, Role};
 use crate::config::{Mode, Strategy};
 
 use super::compressor::Compressor;
-use super::extractive::{self, Query, Source};
+use super::extractive::{self, Condenser, Query, Source};
 use super::outcome::SummaryUse;
 use super::plan::Prepared;
 use super::summarize;
@@ -63,10 +63,12 @@ pub(super) fn extractive(
         _ => None,
     };
     let target = prepared.summary_target(ratio);
+    let texts = extractive::texts(&sources);
+    let condenser = Condenser::new(&sources, &texts, query.as_ref());
     let mut aim = target;
     let mut message = Message::text(Role::User, String::new());
     for _ in 0..FIT_ATTEMPTS {
-        message.content = Content::Text(extractive::condense(&sources, aim, query.as_ref()));
+        message.content = Content::Text(condenser.write(aim));
         let tokens = counter.message(prepared.encoding, &message);
         if tokens <= target {
             break;

@@ -7,8 +7,10 @@
 //! 2023]`) of the message they come from.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
 
 use crate::chat::Role;
 
@@ -40,146 +42,184 @@ struct Candidate<'a> {
     relevance: f32,
 }
 
-/// Writes the chosen excerpts; `query` makes relevance choose first.
-pub(super) fn key_points(
-    sources: &[Source<'_>],
-    budget: usize,
-    split: bool,
-    query: Option<&Query>,
-    out: &mut String,
-) {
-    let texts: Vec<Option<Cow<'_, str>>> = sources
+/// The texts key points are taken from: every message's but tool results'.
+pub fn texts<'a>(sources: &[Source<'a>]) -> Vec<Option<Cow<'a, str>>> {
+    sources
         .iter()
         .map(|s| (s.message.role != Role::Tool).then(|| text_of(s.message)))
-        .collect();
-    let speakers: Vec<Cow<'_, str>> = sources.iter().map(|s| speaker(s)).collect();
-    // The session each message belongs to: the latest header at or before it.
-    let mut headers: Vec<Option<&str>> = Vec::with_capacity(sources.len());
-    let mut current: Option<&str> = None;
-    for text in &texts {
-        if let Some(h) = text.as_deref().and_then(session_header) {
-            current = Some(h);
-        }
-        headers.push(current);
-    }
-    let n = sources.len().max(2) - 1;
-    let mut candidates = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, (s, text)) in sources.iter().zip(&texts).enumerate() {
-        let Some(text) = text else { continue };
-        // Capped: images and tool calls count towards the message but not its text.
-        let per_byte = (s.tokens as f32 / text.len().max(1) as f32).min(MAX_TOKENS_PER_BYTE);
-        // Older messages are condensed harder: their excerpts rank lower.
-        let age = 0.4 + 0.8 * (i as f32 / n as f32);
-        let is_user = s.message.role == Role::User;
-        let header = text.lines().next().filter(|l| session_header(l).is_some());
-        for line in text.lines() {
-            if Some(line) == header {
-                continue;
+        .collect()
+}
+
+/// Every excerpt that may be kept, scored once; [`KeyPoints::write`] then chooses
+/// within a budget, as often as the caller needs to fit.
+pub(super) struct KeyPoints<'a> {
+    candidates: Vec<Candidate<'a>>,
+    speakers: Vec<Cow<'a, str>>,
+    /// The session header each message belongs to.
+    headers: Vec<Option<&'a str>>,
+    after_request: Vec<bool>,
+    split: bool,
+    relevance: bool,
+    /// Candidates by relevance (those with any), then by priority.
+    by_relevance: Vec<usize>,
+    by_priority: Vec<usize>,
+}
+
+impl<'a> KeyPoints<'a> {
+    pub(super) fn new(
+        sources: &[Source<'a>],
+        texts: &'a [Option<Cow<'a, str>>],
+        split: bool,
+        query: Option<&Query>,
+    ) -> KeyPoints<'a> {
+        let speakers: Vec<Cow<'a, str>> = sources.iter().map(speaker).collect();
+        // The session each message belongs to: the latest header at or before it.
+        let mut headers: Vec<Option<&'a str>> = Vec::with_capacity(sources.len());
+        let mut current: Option<&'a str> = None;
+        for text in texts {
+            if let Some(h) = text.as_deref().and_then(session_header) {
+                current = Some(h);
             }
-            for piece in pieces(line) {
-                if !seen.insert(piece) {
+            headers.push(current);
+        }
+        let n = sources.len().max(2) - 1;
+        let mut candidates = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, (s, text)) in sources.iter().zip(texts).enumerate() {
+            let Some(text) = text.as_deref() else {
+                continue;
+            };
+            // Capped: images and tool calls count towards the message but not its text.
+            let per_byte =
+                (s.tokens as f32 / text.len().max(1) as f32).min(MAX_TOKENS_PER_BYTE);
+            // Older messages are condensed harder: their excerpts rank lower.
+            let age = 0.4 + 0.8 * (i as f32 / n as f32);
+            let is_user = s.message.role == Role::User;
+            let header = text.lines().next().filter(|l| session_header(l).is_some());
+            for line in text.lines() {
+                if Some(line) == header {
                     continue;
                 }
-                let score = score(piece, is_user);
-                let shown = piece.len().min(MAX_EXCERPT);
-                candidates.push(Candidate {
-                    message: i,
-                    text: piece,
-                    clipped: piece.len() > MAX_EXCERPT,
-                    cost: (shown as f32 * per_byte).ceil() as usize + 1,
-                    priority: if score == 0 {
-                        0.05 * age
-                    } else {
-                        score as f32 * age
-                    },
-                    hits: query.map(|q| q.hits(piece)).unwrap_or_default(),
-                    relevance: 0.0,
-                });
+                for piece in pieces(line) {
+                    if !seen.insert(piece) {
+                        continue;
+                    }
+                    let score = score(piece, is_user);
+                    let shown = piece.len().min(MAX_EXCERPT);
+                    candidates.push(Candidate {
+                        message: i,
+                        text: piece,
+                        clipped: piece.len() > MAX_EXCERPT,
+                        cost: (shown as f32 * per_byte).ceil() as usize + 1,
+                        priority: if score == 0 {
+                            0.05 * age
+                        } else {
+                            score as f32 * age
+                        },
+                        hits: query.map(|q| q.hits(piece)).unwrap_or_default(),
+                        relevance: 0.0,
+                    });
+                }
             }
         }
-    }
-    if let Some(query) = query {
-        score_relevance(query, sources, &speakers, &mut candidates);
-    }
-    let mut chosen = vec![false; candidates.len()];
-    let mut paid: HashSet<&str> = HashSet::new();
-    let mut used = 0;
-    let mut take = |i: usize, limit: usize, chosen: &mut Vec<bool>, used: &mut usize| {
-        let c = &candidates[i];
-        let header = headers[c.message].filter(|h| !paid.contains(h));
-        let cost = c.cost + 3 + header.map_or(0, |h| h.len() / 3);
-        if !chosen[i] && *used + cost <= limit {
-            *used += cost;
-            chosen[i] = true;
-            if let Some(h) = header {
-                paid.insert(h);
-            }
+        let mut by_relevance = Vec::new();
+        if let Some(query) = query {
+            score_relevance(query, sources, &speakers, &mut candidates);
+            by_relevance = (0..candidates.len())
+                .filter(|&i| candidates[i].relevance > 0.0)
+                .collect();
+            by_relevance.sort_by(|&a, &b| {
+                candidates[b]
+                    .relevance
+                    .total_cmp(&candidates[a].relevance)
+                    .then(candidates[b].priority.total_cmp(&candidates[a].priority))
+            });
         }
-    };
-    if query.is_some() {
-        let mut ranked: Vec<usize> = (0..candidates.len())
-            .filter(|&i| candidates[i].relevance > 0.0)
-            .collect();
-        ranked.sort_by(|&a, &b| {
-            candidates[b]
-                .relevance
-                .total_cmp(&candidates[a].relevance)
-                .then(candidates[b].priority.total_cmp(&candidates[a].priority))
-        });
+        let mut by_priority: Vec<usize> = (0..candidates.len()).collect();
+        by_priority.sort_by(|&a, &b| candidates[b].priority.total_cmp(&candidates[a].priority));
+        KeyPoints {
+            candidates,
+            speakers,
+            headers,
+            after_request: sources.iter().map(|s| s.after_request).collect(),
+            split,
+            relevance: query.is_some(),
+            by_relevance,
+            by_priority,
+        }
+    }
+
+    /// Writes the excerpts chosen within `budget` tokens: with a query, the most
+    /// relevant first within a share of it, then by priority.
+    pub(super) fn write(&self, budget: usize, out: &mut String) {
+        let candidates = &self.candidates;
+        let mut chosen = vec![false; candidates.len()];
+        let mut paid: HashSet<&str> = HashSet::new();
+        let mut used = 0;
+        let mut take = |i: usize, limit: usize| {
+            let c = &candidates[i];
+            let header = self.headers[c.message].filter(|h| !paid.contains(h));
+            let cost = c.cost + 3 + header.map_or(0, |h| h.len() / 3);
+            if !chosen[i] && used + cost <= limit {
+                used += cost;
+                chosen[i] = true;
+                if let Some(h) = header {
+                    paid.insert(h);
+                }
+            }
+        };
         let limit = (budget as f32 * RELEVANT_SHARE) as usize;
-        for i in ranked {
-            take(i, limit, &mut chosen, &mut used);
+        for &i in &self.by_relevance {
+            take(i, limit);
         }
-    }
-    let mut ranked: Vec<usize> = (0..candidates.len()).collect();
-    ranked.sort_by(|&a, &b| candidates[b].priority.total_cmp(&candidates[a].priority));
-    for i in ranked {
-        take(i, budget, &mut chosen, &mut used);
-    }
-    if !chosen.contains(&true) {
-        return;
-    }
-    out.push_str(if query.is_some() {
-        "Excerpts (the most relevant to the latest user message, then key points), in order:\n"
-    } else {
-        "Key points:\n"
-    });
-    let mut current: Option<usize> = None;
-    let mut session: Option<&str> = None;
-    let mut after = false;
-    for (c, _) in candidates
-        .iter()
-        .zip(&chosen)
-        .filter(|(_, chosen)| **chosen)
-    {
-        let source = &sources[c.message];
-        if current != Some(c.message) {
-            if current.is_some() {
-                out.push('\n');
-            }
-            if split && source.after_request && !after {
-                out.push_str("After the latest user message:\n");
-                after = true;
-            } else if split && current.is_none() && !source.after_request {
-                out.push_str("Before the latest user message:\n");
-            }
-            if let Some(h) = headers[c.message].filter(|h| session != Some(*h)) {
-                let _ = writeln!(out, "{h}");
-                session = Some(h);
-            }
-            let _ = write!(out, "- {}: ", speakers[c.message]);
-            current = Some(c.message);
+        for &i in &self.by_priority {
+            take(i, budget);
+        }
+        if !chosen.contains(&true) {
+            return;
+        }
+        out.push_str(if self.relevance {
+            "Excerpts (the most relevant to the latest user message, then key points), in order:\n"
         } else {
-            out.push_str(" … ");
+            "Key points:\n"
+        });
+        let (split, speakers, headers) = (self.split, &self.speakers, &self.headers);
+        let mut current: Option<usize> = None;
+        let mut session: Option<&str> = None;
+        let mut after = false;
+        for (c, _) in candidates
+            .iter()
+            .zip(&chosen)
+            .filter(|(_, chosen)| **chosen)
+        {
+            let after_request = self.after_request[c.message];
+            if current != Some(c.message) {
+                if current.is_some() {
+                    out.push('\n');
+                }
+                if split && after_request && !after {
+                    out.push_str("After the latest user message:\n");
+                    after = true;
+                } else if split && current.is_none() && !after_request {
+                    out.push_str("Before the latest user message:\n");
+                }
+                if let Some(h) = headers[c.message].filter(|h| session != Some(*h)) {
+                    let _ = writeln!(out, "{h}");
+                    session = Some(h);
+                }
+                let _ = write!(out, "- {}: ", speakers[c.message]);
+                current = Some(c.message);
+            } else {
+                out.push_str(" … ");
+            }
+            if c.clipped {
+                out.push_str(&clip(c.text, MAX_EXCERPT));
+            } else {
+                out.push_str(c.text);
+            }
         }
-        if c.clipped {
-            out.push_str(&clip(c.text, MAX_EXCERPT));
-        } else {
-            out.push_str(c.text);
-        }
+        out.push('\n');
     }
-    out.push('\n');
 }
 
 /// Each candidate's relevance: its message's BM25 score in context (scaled to at most
@@ -357,33 +397,104 @@ fn score(text: &str, is_user: bool) -> u32 {
     score
 }
 
+/// The flag a lower-case word raises, by table: a match over this many byte strings
+/// compares them one by one, and it runs for every word of every excerpt.
 fn keyword(word: &[u8]) -> u32 {
-    match word {
-        b"error" | b"errors" | b"failed" | b"failure" | b"failing" | b"fails" | b"exception"
-        | b"traceback" | b"panic" | b"panicked" | b"fatal" | b"denied" | b"errno" | b"crash"
-        | b"crashed" | b"segfault" | b"aborted" | b"refused" | b"cannot" | b"unable" => ERROR,
-        b"created" | b"wrote" | b"written" | b"edited" | b"modified" | b"deleted" | b"removed"
-        | b"renamed" | b"moved" | b"opened" | b"saved" | b"patched" | b"replaced" | b"copied"
-        | b"create" | b"write" | b"edit" | b"delete" | b"rename" | b"open" | b"mkdir" => FILE_OP,
-        b"install" | b"installed" | b"installing" | b"pip" | b"npm" | b"yarn" | b"cargo"
-        | b"apt" | b"brew" | b"conda" | b"config" | b"configuration" | b"configure"
-        | b"configured" | b"setting" | b"settings" | b"env" | b"environment" | b"version"
-        | b"upgrade" | b"upgraded" | b"dependency" | b"dependencies" | b"docker" | b"export"
-        | b"enabled" | b"disabled" | b"port" => CONFIG,
-        b"decided" | b"decide" | b"decision" | b"chose" | b"choose" | b"chosen" | b"instead"
-        | b"plan" | b"agreed" | b"conclusion" | b"solution" | b"fix" | b"fixed" | b"resolved"
-        | b"cause" | b"caused" | b"approach" | b"recommend" | b"recommended" | b"must"
-        | b"important" | b"todo" => DECISION,
-        b"january" | b"february" | b"march" | b"april" | b"june" | b"july" | b"august"
-        | b"september" | b"october" | b"november" | b"december" | b"monday" | b"tuesday"
-        | b"wednesday" | b"thursday" | b"friday" | b"saturday" | b"sunday" | b"today"
-        | b"tomorrow" | b"yesterday" | b"tonight" | b"weekend" | b"birthday" | b"deadline" => DATE,
-        b"like" | b"love" | b"prefer" | b"hate" | b"enjoy" | b"favorite" | b"favourite"
-        | b"want" | b"wish" | b"allergic" | b"vegetarian" | b"vegan" | b"dislike" | b"budget"
-        | b"interested" | b"planning" | b"live" | b"name" | b"need" => PREFERENCE,
-        b"i" | b"my" | b"me" | b"we" | b"our" | b"im" => FIRST_PERSON,
-        w if w.len() > 6 && (w.ends_with(b"error") || w.ends_with(b"exception")) => ERROR,
-        _ => 0,
+    const WORDS: &[(u32, &[&str])] = &[
+        (
+            ERROR,
+            &[
+                "error", "errors", "failed", "failure", "failing", "fails", "exception",
+                "traceback", "panic", "panicked", "fatal", "denied", "errno", "crash", "crashed",
+                "segfault", "aborted", "refused", "cannot", "unable",
+            ],
+        ),
+        (
+            FILE_OP,
+            &[
+                "created", "wrote", "written", "edited", "modified", "deleted", "removed",
+                "renamed", "moved", "opened", "saved", "patched", "replaced", "copied", "create",
+                "write", "edit", "delete", "rename", "open", "mkdir",
+            ],
+        ),
+        (
+            CONFIG,
+            &[
+                "install", "installed", "installing", "pip", "npm", "yarn", "cargo", "apt",
+                "brew", "conda", "config", "configuration", "configure", "configured", "setting",
+                "settings", "env", "environment", "version", "upgrade", "upgraded", "dependency",
+                "dependencies", "docker", "export", "enabled", "disabled", "port",
+            ],
+        ),
+        (
+            DECISION,
+            &[
+                "decided", "decide", "decision", "chose", "choose", "chosen", "instead", "plan",
+                "agreed", "conclusion", "solution", "fix", "fixed", "resolved", "cause", "caused",
+                "approach", "recommend", "recommended", "must", "important", "todo",
+            ],
+        ),
+        (
+            DATE,
+            &[
+                "january", "february", "march", "april", "june", "july", "august", "september",
+                "october", "november", "december", "monday", "tuesday", "wednesday", "thursday",
+                "friday", "saturday", "sunday", "today", "tomorrow", "yesterday", "tonight",
+                "weekend", "birthday", "deadline",
+            ],
+        ),
+        (
+            PREFERENCE,
+            &[
+                "like", "love", "prefer", "hate", "enjoy", "favorite", "favourite", "want", "wish",
+                "allergic", "vegetarian", "vegan", "dislike", "budget", "interested", "planning",
+                "live", "name", "need",
+            ],
+        ),
+        (FIRST_PERSON, &["i", "my", "me", "we", "our", "im"]),
+    ];
+    static TABLE: OnceLock<HashMap<&'static [u8], u32, BuildHasherDefault<Fnv>>> =
+        OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = HashMap::default();
+        for (flag, words) in WORDS {
+            for w in *words {
+                table.entry(w.as_bytes()).or_insert(*flag);
+            }
+        }
+        table
+    });
+    if let Some(flag) = table.get(word) {
+        return *flag;
+    }
+    if word.len() > 6 && (word.ends_with(b"error") || word.ends_with(b"exception")) {
+        ERROR
+    } else {
+        0
+    }
+}
+
+/// FNV-1a: words are a few bytes long, where it beats SipHash many times over; the keys
+/// are the fixed table above, not anything a client chose.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
     }
 }
 
