@@ -9,6 +9,7 @@ use crate::chat::{ChatRequest, Message, Role, ToolCall};
 use crate::config::{CompressionConfig, Mode};
 
 mod budget;
+mod relevance;
 mod summaries;
 mod validity;
 
