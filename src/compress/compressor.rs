@@ -251,9 +251,15 @@ impl Compressor {
             let placement = Placement::choose(&messages, plan.lead);
             if let Placement::User(at) | Placement::UserAndAcknowledgement(at) = placement {
                 let inserted = placement.inserted();
-                let shift = |i: usize| if i >= at { i + inserted } else { i };
-                protect_from = shift(protect_from);
-                latest_user = latest_user.map(shift);
+                let shift = |i: &mut usize| {
+                    if *i >= at {
+                        *i += inserted;
+                    }
+                };
+                shift(&mut protect_from);
+                if let Some(u) = latest_user.as_mut() {
+                    shift(u);
+                }
                 tokens.splice(at..at, std::iter::repeat_n(0, inserted));
             }
             for i in placement.apply(&mut messages, text) {

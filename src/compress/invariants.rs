@@ -122,8 +122,8 @@ fn roles_alternate(before: &[Message], after: &[Message]) -> Result<(), String> 
         ));
     }
     for (i, pair) in a.windows(2).enumerate() {
-        let same = pair[0].role == pair[1].role
-            && matches!(pair[0].role, Role::User | Role::Assistant);
+        let same =
+            pair[0].role == pair[1].role && matches!(pair[0].role, Role::User | Role::Assistant);
         let written = |m: &Message| {
             m.flat_text().starts_with("[thrifty:")
                 || (m.role == Role::Assistant && m.flat_text() == ACKNOWLEDGEMENT)

@@ -131,10 +131,18 @@ mod tests {
     fn every_shape_keeps_roles_alternating() {
         use Role::{Assistant as A, System as S, User as U};
         for (kept, lead, expected) in [
-            (vec![S, A, U], 1, vec!["system", "user", "assistant", "user"]),
+            (
+                vec![S, A, U],
+                1,
+                vec!["system", "user", "assistant", "user"],
+            ),
             (vec![S, U, A], 1, vec!["system", "user", "assistant"]),
             (vec![A, U], 0, vec!["user", "assistant", "user"]),
-            (vec![U, A], 0, vec!["user", "assistant", "user", "assistant"]),
+            (
+                vec![U, A],
+                0,
+                vec!["user", "assistant", "user", "assistant"],
+            ),
             (vec![S, S, U], 2, vec!["system", "system", "user"]),
         ] {
             let mut messages = of(&kept);
@@ -150,7 +158,10 @@ mod tests {
         let mut text = Message::text(Role::System, "Be brief.");
         append_section(&mut text, "[thrifty: 3 earlier]".to_owned());
         assert_eq!(text.flat_text(), "Be brief.\n\n[thrifty: 3 earlier]");
-        assert_eq!(without_section(&text), Message::text(Role::System, "Be brief."));
+        assert_eq!(
+            without_section(&text),
+            Message::text(Role::System, "Be brief.")
+        );
 
         let part = Part {
             kind: PartKind::Text("Be brief.".to_owned()),

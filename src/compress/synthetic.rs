@@ -127,9 +127,9 @@ pub fn synthetic_agent_conversation_seeded(messages: usize, seed: u64) -> ChatRe
 /// for measuring relevant compression on text that is all prose.
 pub fn synthetic_chat_conversation_seeded(messages: usize, seed: u64) -> ChatRequest {
     const WORDS: &[&str] = &[
-        "garden", "painting", "guitar", "trip", "museum", "recipe", "marathon", "novel",
-        "camera", "puppy", "concert", "workshop", "beach", "mountain", "project", "class",
-        "friend", "sister", "weekend", "festival", "bakery", "library", "bike", "lake",
+        "garden", "painting", "guitar", "trip", "museum", "recipe", "marathon", "novel", "camera",
+        "puppy", "concert", "workshop", "beach", "mountain", "project", "class", "friend",
+        "sister", "weekend", "festival", "bakery", "library", "bike", "lake",
     ];
     const MONTHS: &[&str] = &["January", "March", "May", "July", "September", "November"];
     let mut state = (0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d)).max(1);
@@ -159,7 +159,8 @@ pub fn synthetic_chat_conversation_seeded(messages: usize, seed: u64) -> ChatReq
         }
         while text.len() < 3_400 {
             let month = MONTHS[(next() % MONTHS.len() as u64) as usize];
-            let [a, b, c] = [next(), next(), next()].map(|n| WORDS[(n % WORDS.len() as u64) as usize]);
+            let [a, b, c] =
+                [next(), next(), next()].map(|n| WORDS[(n % WORDS.len() as u64) as usize]);
             let _ = write!(
                 text,
                 "Last {month} I went to the {a} with my {b} and we talked about the {c} for {} hours. ",

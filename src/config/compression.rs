@@ -220,9 +220,8 @@ pub fn validate_compression(raw: RawCompression) -> Result<CompressionConfig, Co
             ));
         }
     };
-    let mode = Mode::parse(&raw.mode).ok_or_else(|| {
-        ConfigError::invalid("compression.mode", "\"relevant\" or \"stable\"")
-    })?;
+    let mode = Mode::parse(&raw.mode)
+        .ok_or_else(|| ConfigError::invalid("compression.mode", "\"relevant\" or \"stable\""))?;
     let summarizer_model = raw.summarizer_model.filter(|m| !m.trim().is_empty());
     if strategy == Strategy::Summarize && summarizer_model.is_none() {
         return Err(ConfigError::invalid(

@@ -134,12 +134,16 @@ fn chat_with_a_fact(dialect: Dialect, turns: usize) -> Value {
         let user = if i == 3 {
             "Big news: my sister Marisol adopted a greyhound named Biscuit last March.".to_owned()
         } else {
-            format!("Week {i}: the garden needed watering again and the tomatoes are slowly turning red, so I spent the evening outside reading.")
+            format!(
+                "Week {i}: the garden needed watering again and the tomatoes are slowly turning red, so I spent the evening outside reading."
+            )
         };
         messages.push(json!({"role": "user", "content": user}));
         messages.push(json!({"role": "assistant", "content": format!("Reply {i}: that sounds like a calm evening; the weather this week was warm and the neighbours were out walking their dogs.")}));
     }
-    messages.push(json!({"role": "user", "content": "What is the name of the greyhound my sister adopted?"}));
+    messages.push(
+        json!({"role": "user", "content": "What is the name of the greyhound my sister adopted?"}),
+    );
     let mut body = json!({"model": "gpt-4o-mini", "messages": messages});
     if dialect == Dialect::Ollama {
         body["stream"] = json!(false);
@@ -179,7 +183,10 @@ async fn relevant_chat_reaches_the_upstream_valid(dialect: Dialect) {
     let response = post(&thrifty, dialect, &body, None).await;
     assert_eq!(response.status(), 200, "{dialect:?}");
     let (before, after) = reported(&response);
-    assert!(before > 4_000 && after <= 1_500, "{dialect:?}: {before}->{after}");
+    assert!(
+        before > 4_000 && after <= 1_500,
+        "{dialect:?}: {before}->{after}"
+    );
 
     let sent = fake
         .last_request()
@@ -250,15 +257,19 @@ async fn with_a_system_prompt_the_condensed_turns_become_its_section() {
 
 /// An agent loop: a task, then tool calls and their results, in the dialect's shape.
 fn agent_loop(dialect: Dialect, steps: usize) -> Value {
-    let mut messages = vec![json!({"role": "user", "content": "Find why the build fails and fix it."})];
+    let mut messages =
+        vec![json!({"role": "user", "content": "Find why the build fails and fix it."})];
     for i in 0..steps {
-        let output = format!("line {i}: compiling module {i} of the workspace, warnings follow. ").repeat(12);
+        let output = format!("line {i}: compiling module {i} of the workspace, warnings follow. ")
+            .repeat(12);
         match dialect {
             Dialect::OpenAi => {
                 messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
                     {"id": format!("call_{i}"), "type": "function", "function": {"name": "bash", "arguments": format!("{{\"command\":\"cargo build -p crate_{i}\"}}")}}
                 ]}));
-                messages.push(json!({"role": "tool", "tool_call_id": format!("call_{i}"), "content": output}));
+                messages.push(
+                    json!({"role": "tool", "tool_call_id": format!("call_{i}"), "content": output}),
+                );
             }
             Dialect::Ollama => {
                 messages.push(json!({"role": "assistant", "content": "", "tool_calls": [
@@ -285,7 +296,10 @@ async fn agent_loop_keeps_tool_groups(dialect: Dialect) {
     let response = post(&thrifty, dialect, &body, None).await;
     assert_eq!(response.status(), 200, "{dialect:?}");
     let (before, after) = reported(&response);
-    assert!(after <= 2_000 && after < before, "{dialect:?}: {before}->{after}");
+    assert!(
+        after <= 2_000 && after < before,
+        "{dialect:?}: {before}->{after}"
+    );
     let sent = fake
         .last_request()
         .and_then(|r| r.json())
@@ -311,7 +325,11 @@ async fn agent_loop_keeps_tool_groups(dialect: Dialect) {
             );
         }
         if m["tool_calls"].is_array() {
-            assert_eq!(upstream[i + 1]["role"], "tool", "{dialect:?}: call {i} has its result");
+            assert_eq!(
+                upstream[i + 1]["role"],
+                "tool",
+                "{dialect:?}: call {i} has its result"
+            );
         }
     }
 }

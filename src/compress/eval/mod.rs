@@ -430,10 +430,7 @@ fn survival_of(
             .messages
             .push(Message::text(Role::User, probe.question.clone()));
         let cut = truncated(compressor.counter(), limits.encoding, &asked, budget);
-        let truncation_tokens = compressor
-            .counter()
-            .request(limits.encoding, &cut)
-            .total();
+        let truncation_tokens = compressor.counter().request(limits.encoding, &cut).total();
         let started = Instant::now();
         let outcome = compressor.compress_extractive(&mut asked, None, Force::Auto);
         let millis = started.elapsed().as_secs_f64() * 1000.0;

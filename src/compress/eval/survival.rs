@@ -103,7 +103,8 @@ mod tests {
 
     #[test]
     fn answers_match_between_word_boundaries_whatever_the_punctuation() {
-        let text = normalise("[Session 2, 8 May, 2023] Joanna: I watched \"Eternal Sunshine\" in 2019!");
+        let text =
+            normalise("[Session 2, 8 May, 2023] Joanna: I watched \"Eternal Sunshine\" in 2019!");
         assert!(occurs(&normalise("eternal sunshine"), &text));
         assert!(occurs(&normalise("8 May 2023"), &text));
         assert!(occurs(&normalise("2019."), &text));
@@ -116,7 +117,11 @@ mod tests {
     fn truncation_keeps_the_latest_messages_that_fit() {
         let mut messages = vec![Message::text(Role::System, "Be brief.")];
         for i in 0..40 {
-            let role = if i % 2 == 0 { Role::User } else { Role::Assistant };
+            let role = if i % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
             messages.push(Message::text(role, format!("message {i} ").repeat(20)));
         }
         messages.push(Message::text(Role::User, "What was message 3 about?"));

@@ -124,4 +124,3 @@ pub(super) fn words(text: &str) -> Vec<String> {
         })
         .collect()
 }
-

@@ -32,8 +32,7 @@ fn eval_on_the_swe_agent_traces() {
 
 #[test]
 fn eval_on_the_mt_bench_dialogues() {
-    let report =
-        run(&shared("mtbench101_context_memory.jsonl"), &config(200, 2)).expect("runs");
+    let report = run(&shared("mtbench101_context_memory.jsonl"), &config(200, 2)).expect("runs");
     println!("{}", report.render_table());
     assert_eq!(report.rows.len(), 80);
     assert_eq!(report.probes(), 80);

@@ -6,8 +6,10 @@
 //! the error lines of failed calls, and key points: lines and sentences kept
 //! verbatim (clipped when very long) that mention errors, file paths and file
 //! operations, configuration and installs, code identifiers, decisions, and the
-//! names, dates, numbers, places and preferences people state. Older messages get
-//! a smaller share than recent ones. Everything is a single pass over the text
+//! names, dates, numbers, places and preferences people state, under their speaker
+//! and session header. Older messages get a smaller share than recent ones. Given the
+//! latest user message as a query (relevant mode), most of the room first goes to the
+//! excerpts most relevant to it. Everything is a single pass over the text
 //! with no allocation per word, so condensing a long agent loop takes well under
 //! a millisecond. This room must not count tokens exactly or reorder messages:
 //! the caller checks the result against the ratio.

@@ -75,11 +75,7 @@ impl Query {
 
 /// BM25 scores of documents given, per document, its length in words and, per query
 /// term, how often it occurs there (`tf(doc, term)`).
-pub(super) fn bm25(
-    query: &Query,
-    lengths: &[u32],
-    tf: impl Fn(usize, usize) -> u32,
-) -> Vec<f32> {
+pub(super) fn bm25(query: &Query, lengths: &[u32], tf: impl Fn(usize, usize) -> u32) -> Vec<f32> {
     let n = lengths.len();
     if n == 0 {
         return Vec::new();
@@ -180,17 +176,129 @@ fn stem<'b>(word: &str, buf: &'b mut [u8; MAX_WORD]) -> Option<&'b [u8]> {
 /// message holds the answer. Compared after stemming.
 fn is_stop_word(stem_of_word: &[u8]) -> bool {
     const STOP: &[&str] = &[
-        "a", "about", "after", "all", "also", "am", "an", "and", "any", "anything", "are", "as",
-        "at", "be", "been", "before", "being", "both", "but", "by", "can", "could", "did", "do",
-        "does", "don't", "each", "even", "ever", "for", "from", "get", "go", "got", "had", "has",
-        "have", "he", "her", "here", "him", "his", "how", "i", "i'm", "if", "in", "into", "is",
-        "it", "it's", "just", "kind", "let", "like", "make", "me", "might", "more", "most",
-        "much", "my", "no", "not", "now", "of", "on", "one", "only", "or", "other", "our",
-        "out", "over", "please", "really", "said", "same", "say", "she", "should", "so", "some",
-        "something", "such", "tell", "than", "that", "the", "their", "them", "then", "there",
-        "these", "they", "this", "thing", "those", "to", "too", "type", "up", "us", "very",
-        "was", "want", "we", "were", "what", "when", "where", "which", "while", "who", "whom",
-        "whose", "why", "will", "with", "would", "yes", "you", "your",
+        "a",
+        "about",
+        "after",
+        "all",
+        "also",
+        "am",
+        "an",
+        "and",
+        "any",
+        "anything",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "before",
+        "being",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "don't",
+        "each",
+        "even",
+        "ever",
+        "for",
+        "from",
+        "get",
+        "go",
+        "got",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "here",
+        "him",
+        "his",
+        "how",
+        "i",
+        "i'm",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "it's",
+        "just",
+        "kind",
+        "let",
+        "like",
+        "make",
+        "me",
+        "might",
+        "more",
+        "most",
+        "much",
+        "my",
+        "no",
+        "not",
+        "now",
+        "of",
+        "on",
+        "one",
+        "only",
+        "or",
+        "other",
+        "our",
+        "out",
+        "over",
+        "please",
+        "really",
+        "said",
+        "same",
+        "say",
+        "she",
+        "should",
+        "so",
+        "some",
+        "something",
+        "such",
+        "tell",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "thing",
+        "those",
+        "to",
+        "too",
+        "type",
+        "up",
+        "us",
+        "very",
+        "was",
+        "want",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "will",
+        "with",
+        "would",
+        "yes",
+        "you",
+        "your",
     ];
     let mut buf = [0u8; MAX_WORD];
     STOP.iter()
@@ -216,7 +324,10 @@ mod tests {
             &["camping", "camp", "camped"],
         ] {
             let stems: Vec<String> = group.iter().map(|w| stemmed(w)).collect();
-            assert!(stems.windows(2).all(|w| w[0] == w[1]), "{group:?}: {stems:?}");
+            assert!(
+                stems.windows(2).all(|w| w[0] == w[1]),
+                "{group:?}: {stems:?}"
+            );
         }
         assert_ne!(stemmed("class"), stemmed("clas"));
     }
@@ -244,9 +355,14 @@ mod tests {
         ];
         let hits: Vec<Hits> = texts.iter().map(|t| query.hits(t)).collect();
         let lengths: Vec<u32> = hits.iter().map(|h| h.words).collect();
-        let scores = bm25(&query, &lengths, |d, t| u32::from(hits[d].terms & (1 << t) != 0));
+        let scores = bm25(&query, &lengths, |d, t| {
+            u32::from(hits[d].terms & (1 << t) != 0)
+        });
         let context = in_context(&scores);
         assert_eq!(context[1], 1.0);
-        assert!(context[2] > context[0] && context[2] > context[3], "{context:?}");
+        assert!(
+            context[2] > context[0] && context[2] > context[3],
+            "{context:?}"
+        );
     }
 }

@@ -33,10 +33,7 @@ fn the_condensed_part_respects_the_ratio_and_old_turns_shrink_most() {
         .filter(|m| !compressed.messages.contains(m))
         .map(|m| compressor.counter().message(Encoding::O200kBase, m))
         .sum();
-    let summary = Message::text(
-        Role::User,
-        condensed_text(&compressed).expect("condensed"),
-    );
+    let summary = Message::text(Role::User, condensed_text(&compressed).expect("condensed"));
     let tokens = compressor.counter().message(Encoding::O200kBase, &summary);
     assert!(
         tokens as f64 <= 0.3 * replaced as f64,

@@ -23,7 +23,12 @@ fn two_people(turns: usize, opener: Role, question: &str) -> ChatRequest {
     for i in 0..turns {
         let mut text = String::new();
         if i % 10 == 0 {
-            text.push_str(&format!("[Session {}, 4:0{} pm on {} May, 2023]\n", i / 10 + 1, i % 7, i / 10 + 2));
+            text.push_str(&format!(
+                "[Session {}, 4:0{} pm on {} May, 2023]\n",
+                i / 10 + 1,
+                i % 7,
+                i / 10 + 2
+            ));
         }
         if i == 7 {
             text.push_str("Guess what, I finally finished the pottery course and made a blue teapot for my mom.");
@@ -31,15 +36,20 @@ fn two_people(turns: usize, opener: Role, question: &str) -> ChatRequest {
             text.push_str(&format!("Turn {i}: {FILLER}"));
         }
         let mut message = Message::text(role.clone(), text);
-        let name = if role == Role::User { "Caroline" } else { "Melanie" };
-        message
-            .extra
-            .insert("name".to_owned(), Value::from(name));
+        let name = if role == Role::User {
+            "Caroline"
+        } else {
+            "Melanie"
+        };
+        message.extra.insert("name".to_owned(), Value::from(name));
         messages.push(message);
         role = other(&role);
     }
     if messages.last().is_some_and(|m| m.role == Role::User) {
-        messages.push(Message::text(Role::Assistant, "Anything else on your mind?"));
+        messages.push(Message::text(
+            Role::Assistant,
+            "Anything else on your mind?",
+        ));
     }
     messages.push(Message::text(Role::User, question));
     request(messages)
@@ -47,14 +57,20 @@ fn two_people(turns: usize, opener: Role, question: &str) -> ChatRequest {
 
 #[test]
 fn the_excerpt_the_question_needs_is_kept_with_speaker_and_session() {
-    let original = two_people(120, Role::Assistant, "What did Caroline make in the pottery course?");
+    let original = two_people(
+        120,
+        Role::Assistant,
+        "What did Caroline make in the pottery course?",
+    );
     let compressor = Compressor::offline(config(1_500, 4));
     let mut compressed = original.clone();
     let outcome = compress(&compressor, &mut compressed, Force::Auto).expect("compressed");
     assert!(outcome.budget_met && outcome.after <= 1_500, "{outcome:?}");
     check_invariants(&original, &compressed, 4, true).expect("valid");
     let text = condensed_text(&compressed).expect("condensed");
-    let header = text.find("[Session 1, 4:00 pm on 2 May, 2023]\n").expect("its session");
+    let header = text
+        .find("[Session 1, 4:00 pm on 2 May, 2023]\n")
+        .expect("its session");
     let excerpt = text
         .find("- Caroline: Guess what, I finally finished the pottery course and made a blue teapot for my mom.")
         .expect("the excerpt, with its speaker");
@@ -73,11 +89,13 @@ fn roles_alternate_whatever_the_shape_in_both_dialects() {
     for opener in [Role::User, Role::Assistant] {
         for system in [false, true] {
             for recent in [3, 4] {
-                let mut original = two_people(60, opener.clone(), "Which course did Caroline finish?");
+                let mut original =
+                    two_people(60, opener.clone(), "Which course did Caroline finish?");
                 if system {
-                    original
-                        .messages
-                        .insert(0, Message::text(Role::System, "You are a friendly companion."));
+                    original.messages.insert(
+                        0,
+                        Message::text(Role::System, "You are a friendly companion."),
+                    );
                 }
                 for config in [config(800, recent), stable(800, recent)] {
                     let mode = config.mode;
