@@ -335,6 +335,16 @@ fn score(text: &str, is_user: bool) -> u32 {
         flags |= IDENT;
     }
     for token in text.split_whitespace() {
+        // A path needs a `/` or a `.`, an identifier a `_` or a lower-case letter before an
+        // upper-case one: most words of prose have none and are passed over at once.
+        let bytes = token.as_bytes();
+        let marked = bytes.iter().any(|b| matches!(b, b'/' | b'.' | b'_'))
+            || bytes
+                .windows(2)
+                .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
+        if !marked {
+            continue;
+        }
         let t = token.trim_matches(|c: char| !(c.is_alphanumeric() || "/_.~-".contains(c)));
         let t = t.trim_end_matches('.');
         if looks_like_path(t) {
