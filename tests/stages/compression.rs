@@ -78,6 +78,7 @@ async fn stats_match_the_header(dialect: Dialect) {
     let what = format!("{dialect:?}: {counted:#}");
     assert_eq!(counted["enabled"], true, "{what}");
     assert_eq!(counted["strategy"], "extractive", "{what}");
+    assert_eq!(counted["mode"], "relevant", "{what}");
     assert_eq!(counted["requests_compressed"], 1, "{what}");
     assert_eq!(counted["tokens_before"], before, "{what}");
     assert_eq!(counted["tokens_after"], after, "{what}");
