@@ -14,6 +14,7 @@
 //! a millisecond. This room must not count tokens exactly or reorder messages:
 //! the caller checks the result against the ratio.
 
+mod facts;
 mod key_points;
 mod relevance;
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The extractive strategy's tests: what is kept, how tools are summarized, what
 //! counts as a failure, a path or an identifier.
 
-use super::key_points::{looks_like_identifier, looks_like_path};
+use super::facts::{looks_like_identifier, looks_like_path};
 use super::tools::mentions_failure;
 use super::*;
 use crate::chat::ToolCall;
