@@ -1,9 +1,12 @@
-//! What compression costs: `Compressor::compress` (extractive, the default strategy) on a
-//! 150-message, ~120k-token agent conversation with tool calls, next to the cost of merely
-//! counting that conversation's tokens once, measured in the same run.
+//! What compression costs: `Compressor::compress` (extractive, the default strategy) on
+//! 150-message, ~120k-token conversations, in both modes, next to the cost of merely
+//! counting such a conversation's tokens once, measured in the same run. Two shapes: a
+//! coding agent's tool calls and results (the latest user message is its task), and a
+//! chat between two people that is all prose and ends with a question, where relevant
+//! mode scores every sentence against it.
 //!
 //! Run it with `cargo bench --bench compress`. `THRIFTY_BENCH_ITERATIONS` (default 200) sets
-//! how many conversations are compressed.
+//! how many conversations are compressed per shape and mode.
 //!
 //! Every iteration is **cold**: the conversation is generated with a new seed, so its texts
 //! have never been counted and the token counter's per-text cache cannot answer; counting is
@@ -22,14 +25,20 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use thrifty::compress::synthetic::synthetic_agent_conversation_seeded;
+use thrifty::chat::ChatRequest;
+use thrifty::compress::synthetic::{
+    synthetic_agent_conversation_seeded, synthetic_chat_conversation_seeded,
+};
 use thrifty::compress::{Compressor, Encoding, Force};
-use thrifty::config::CompressionConfig;
+use thrifty::config::{CompressionConfig, Mode};
 
-/// Messages in the benchmark conversation.
+/// Builds a conversation of so many messages from a seed.
+type Generator = fn(usize, u64) -> ChatRequest;
+
+/// Messages in the benchmark conversations.
 const MESSAGES: usize = 150;
-/// The target for one cold compression, token counting included.
-const TARGET_MS: f64 = 5.0;
+/// The target for one cold compression, token counting and relevance scoring included.
+const TARGET_MS: f64 = 10.0;
 
 fn main() -> Result<()> {
     let iterations: usize = match std::env::var("THRIFTY_BENCH_ITERATIONS") {
@@ -42,17 +51,37 @@ fn main() -> Result<()> {
         iterations > 0,
         "THRIFTY_BENCH_ITERATIONS must be above zero"
     );
+    let build = Instant::now();
+    Encoding::warm_up();
+    println!(
+        "tokenizer build (once per process, not timed below): {:.0} ms",
+        ms(build.elapsed())
+    );
+    let shapes: [(&str, Generator); 2] = [
+        ("agent", synthetic_agent_conversation_seeded),
+        ("chat", synthetic_chat_conversation_seeded),
+    ];
+    for (shape, conversation) in shapes {
+        for mode in [Mode::Relevant, Mode::Stable] {
+            measure(shape, conversation, mode, iterations)?;
+        }
+    }
+    Ok(())
+}
+
+/// Measures one shape in one mode and says whether the cold p50 met the target.
+fn measure(shape: &str, conversation: Generator, mode: Mode, iterations: usize) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let config = CompressionConfig::default();
+    let config = CompressionConfig {
+        mode,
+        ..CompressionConfig::default()
+    };
     let compressor = Compressor::offline(config.clone());
-    let build = Instant::now();
-    Encoding::warm_up();
-    let build = build.elapsed();
 
-    // The first conversation this process sees: every piece is new to the counter.
-    let mut chat = synthetic_agent_conversation_seeded(MESSAGES, 0);
+    // The first conversation this compressor sees.
+    let mut chat = conversation(MESSAGES, 0);
     let started = Instant::now();
     let first = runtime.block_on(compressor.compress(&mut chat, None, Force::Auto, None));
     let first_call = started.elapsed();
@@ -64,7 +93,7 @@ fn main() -> Result<()> {
     let mut first = None;
     for i in 0..iterations {
         let seed = 2 * i as u64 + 1;
-        let original = synthetic_agent_conversation_seeded(MESSAGES, seed);
+        let original = conversation(MESSAGES, seed);
         let mut chat = original.clone();
         let started = Instant::now();
         let outcome = runtime.block_on(compressor.compress(&mut chat, None, Force::Auto, None));
@@ -82,7 +111,7 @@ fn main() -> Result<()> {
         );
         ensure!(repeated.as_ref().map(|o| o.after) == Some(outcome.after));
 
-        let other = synthetic_agent_conversation_seeded(MESSAGES, seed + 1);
+        let other = conversation(MESSAGES, seed + 1);
         let started = Instant::now();
         let counts = compressor.counter().request(Encoding::O200kBase, &other);
         count.push(started.elapsed());
@@ -91,17 +120,17 @@ fn main() -> Result<()> {
     }
     let outcome = first.context("at least one iteration")?;
 
+    println!();
     println!(
-        "compress: {MESSAGES} messages, {iterations} cold conversations, model gpt-4o (o200k_base), \
+        "{shape}, mode {}: {MESSAGES} messages, {iterations} cold conversations, model gpt-4o (o200k_base), \
          budget {}, {} recent kept, block {}",
-        outcome.budget, config.preserve_recent_messages, config.block_size
+        mode.as_str(),
+        outcome.budget,
+        config.preserve_recent_messages,
+        config.block_size
     );
     println!(
-        "tokenizer build (once per process, not timed below): {:.0} ms",
-        ms(build)
-    );
-    println!(
-        "first compression in the process (every text piece new to the counter): {:.3} ms",
+        "first compression by this compressor: {:.3} ms",
         ms(first_call)
     );
     println!(
@@ -112,7 +141,6 @@ fn main() -> Result<()> {
         100.0 * (1.0 - outcome.after as f64 / outcome.before as f64),
         outcome.condensed_messages,
     );
-    println!();
     println!(
         "{:<44} {:>8} {:>8} {:>8} {:>8}",
         "", "p50 ms", "p99 ms", "mean ms", "max ms"
@@ -123,7 +151,6 @@ fn main() -> Result<()> {
     cold.print("compress, cold (counting included)");
     warm.print("compress, warm (same conversation again)");
     count.print("baseline: count the prompt once, cold");
-    println!();
     println!(
         "compression beyond counting: {:.3} ms mean ({:.1}x the count alone)",
         cold.mean - count.mean,

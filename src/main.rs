@@ -60,6 +60,9 @@ enum Command {
         /// Override compression.preserve_recent_messages.
         #[arg(long)]
         preserve_recent: Option<usize>,
+        /// Override compression.mode: relevant or stable.
+        #[arg(long)]
+        mode: Option<String>,
     },
     /// Measure semantic-cache precision and recall on labelled pairs (JSONL: a, b, label).
     EvalSemantic {
@@ -122,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             conversations,
             max_context_tokens,
             preserve_recent,
+            mode,
         } => {
             let mut config = Config::load(cli.config.as_deref())?.compression;
             if let Some(tokens) = max_context_tokens {
@@ -129,6 +133,10 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(recent) = preserve_recent {
                 config.preserve_recent_messages = recent;
+            }
+            if let Some(mode) = mode {
+                config.mode = thrifty::config::Mode::parse(&mode)
+                    .ok_or_else(|| anyhow::anyhow!("--mode: \"relevant\" or \"stable\""))?;
             }
             for file in &conversations {
                 let report =

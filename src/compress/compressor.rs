@@ -10,10 +10,11 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::chat::ChatRequest;
-use crate::config::{CompressionConfig, Strategy};
+use crate::config::{CompressionConfig, Mode, Strategy};
 use crate::store::Store;
 
 use super::outcome::{Force, Outcome, SummaryUse};
+use super::placement::Placement;
 use super::plan::{Plan, Prepared, Pressure};
 use super::shorten::shorten_protected;
 use super::stats::Stats;
@@ -179,6 +180,11 @@ impl Compressor {
         let limits = models::limits(&self.config, &chat.model);
         let budget =
             (limits.budget(requested_output_tokens) as f64 * pressure.budget_scale) as usize;
+        // Summaries are stored per prefix and reused: they are planned the stable way.
+        let mode = match self.config.strategy {
+            Strategy::Summarize => Mode::Stable,
+            Strategy::Extractive => self.config.mode,
+        };
         let counts = self.counter.request(limits.encoding, chat);
         let before = counts.total();
         self.stats.checked.fetch_add(1, Ordering::Relaxed);
@@ -190,6 +196,7 @@ impl Compressor {
             &counts,
             budget,
             pressure,
+            mode,
             self.config.block_size,
             self.config.ratio,
         );
@@ -198,6 +205,7 @@ impl Compressor {
             budget,
             counts,
             plan,
+            mode,
         })
     }
 
@@ -214,6 +222,7 @@ impl Compressor {
             budget,
             counts,
             plan,
+            mode: _,
         } = prepared;
         let before = counts.total();
         let old = std::mem::take(&mut chat.messages);
@@ -221,22 +230,11 @@ impl Compressor {
         for &i in &plan.condensed {
             is_condensed[i] = true;
         }
-        let mut messages = Vec::with_capacity(old.len() - plan.condensed.len() + 1);
+        let mut messages = Vec::with_capacity(old.len() - plan.condensed.len() + 2);
         let mut tokens = Vec::with_capacity(messages.capacity());
-        let mut summary = condensed.message;
         let mut protect_from = None;
         let mut latest_user = None;
-        let summary_at = plan
-            .latest_user
-            .filter(|u| *u < plan.cut)
-            .map_or(plan.lead, |u| u + 1);
         for (i, (message, count)) in old.into_iter().zip(counts.messages).enumerate() {
-            if i == summary_at {
-                if let Some((m, t)) = summary.take() {
-                    messages.push(m);
-                    tokens.push(t);
-                }
-            }
             if i == plan.protect_start {
                 protect_from = Some(messages.len());
             }
@@ -248,11 +246,26 @@ impl Compressor {
                 tokens.push(count);
             }
         }
-        if let Some((m, t)) = summary.take() {
-            messages.push(m);
-            tokens.push(t);
+        let mut protect_from = protect_from.unwrap_or(messages.len());
+        if let Some(text) = condensed.text {
+            let placement = Placement::choose(&messages, plan.lead);
+            if let Placement::User(at) | Placement::UserAndAcknowledgement(at) = placement {
+                let inserted = placement.inserted();
+                let shift = |i: &mut usize| {
+                    if *i >= at {
+                        *i += inserted;
+                    }
+                };
+                shift(&mut protect_from);
+                if let Some(u) = latest_user.as_mut() {
+                    shift(u);
+                }
+                tokens.splice(at..at, std::iter::repeat_n(0, inserted));
+            }
+            for i in placement.apply(&mut messages, text) {
+                tokens[i] = self.counter.message(encoding, &messages[i]);
+            }
         }
-        let protect_from = protect_from.unwrap_or(messages.len());
         let mut after = counts.fixed + tokens.iter().sum::<usize>();
         let mut shortened = 0;
         if after > budget {

@@ -1,32 +1,42 @@
 //! Conversation compression: when a chat prompt exceeds its token budget, the old
-//! turns are condensed into one message and the recent ones are forwarded verbatim.
+//! turns are condensed and the recent ones are forwarded verbatim.
 //!
 //! ```text
-//!  [system/developer…] [old turns ……………………………] [latest user] [last N messages]
-//!          kept        └─ condensed into one user ─┘      kept           kept
-//!                         message (extractive or a cached, incremental summary)
+//!  [system/developer… + condensed section] [old turns ……………] [latest user] [last N messages]
+//!          kept                             └─ condensed ─┘       kept           kept
 //! ```
 //!
 //! The budget is `max_context_tokens` (per-model overrides first), and never more
 //! than the model's context window minus the tokens the answer may need when the
-//! window is known. The boundary of the condensed part moves in steps of
-//! `block_size` messages, so consecutive turns send an identical compressed
-//! prefix: providers' prompt caches keep hitting and cached summaries get reused.
+//! window is known. Two modes choose what is condensed and what survives of it:
+//! - `relevant` condenses every turn outside the recent window, and keeps verbatim,
+//!   with speaker and session, the excerpts most relevant to the latest user message
+//!   (BM25 against its words, a message's reply sharing its score), then the facts
+//!   every answer needs (errors, paths, decisions, names, dates, numbers), within
+//!   `ratio` of what it replaces and the room the budget leaves;
+//! - `stable` moves the boundary in steps of `block_size` messages and keeps key
+//!   points that do not depend on the question, so consecutive turns send an identical
+//!   prefix: providers' prompt caches keep hitting and cached summaries get reused
+//!   (the summarize strategy always plans this way).
 //!
 //! **Architecture Invariant:** whatever reaches the upstream is a valid request:
-//! - system and developer messages stay verbatim, in order;
+//! - system and developer messages stay verbatim, in order (one of them may carry the
+//!   condensed section after its own text);
 //! - the last `preserve_recent_messages` messages stay verbatim (a tool call and its
 //!   results are one unit, so the window widens to the start of a unit);
 //! - the latest user message is never altered or dropped;
 //! - an assistant message with `tool_calls` and its tool results are condensed or
 //!   kept together: no orphaned result and no call without its result;
-//! - the condensed message has the `user` role and plain text content.
+//! - the condensed part never puts two user or two assistant messages in a row, and
+//!   the conversation after the instructions opens with a user turn if it did before.
 //!
-//! Why `user` for the condensed turns: every chat template renders user turns,
-//! while system-role support varies (Gemma's templates have no system role, some
-//! Ollama templates honour a single system message, early o1 models rejected
-//! `system`), and old tool output is not trusted enough to be given system-level
-//! authority. Consecutive user messages are accepted by OpenAI and Ollama.
+//! Where the condensed part goes (`placement`): strict chat templates (Mistral's,
+//! Gemma's) reject repeated roles and a conversation opened by the assistant, and
+//! some reject a `system` message, so one is never added. When the first kept turn
+//! is the assistant's, the condensed part is a user message before it; when it is a
+//! user's, a delimited section at the end of the last leading instruction message, or,
+//! without instructions, a user message followed by the assistant's "Noted.". The
+//! section's header says it is a record of the conversation, not instructions.
 //!
 //! If the protected part alone exceeds the budget, the longest older tool outputs
 //! inside it are shortened first, then the latest ones, then other long messages
@@ -34,13 +44,14 @@
 //! budget was not met. This room must not know wire JSON or call upstreams: the
 //! summarizer is handed in by the pipeline.
 //!
-//! The rooms: `compressor` is the door (count, plan, condense, splice, record);
-//! `plan` picks the cut; `strategy` writes the condensed message with
-//! [`extractive`] or a [`summarize`]d, cached summary; `shorten` is the last resort
-//! inside the protected part; [`tokens`] counts messages with [`models`]' encodings,
-//! and `bpe` and `pieces` count text exactly without tiktoken's regular
-//! expressions; `stats` keeps the totals; `outcome` is what the caller asks and gets
-//! back; [`eval`] and [`synthetic`] measure it all off the request path.
+//! The rooms: `compressor` is the door (count, plan, condense, place, record);
+//! `plan` picks the cut; `strategy` writes the condensed text with [`extractive`]
+//! (relevance scoring in its `relevance`) or a [`summarize`]d, cached summary;
+//! `placement` splices it in; `shorten` is the last resort inside the protected part;
+//! [`tokens`] counts messages with [`models`]' encodings, and `bpe` and `pieces` count
+//! text exactly without tiktoken's regular expressions; `stats` keeps the totals;
+//! `outcome` is what the caller asks and gets back; [`eval`] and [`synthetic`] measure
+//! it all off the request path.
 
 mod bpe;
 mod compressor;
@@ -52,6 +63,7 @@ mod invariants;
 pub mod models;
 mod outcome;
 mod pieces;
+mod placement;
 mod plan;
 mod shorten;
 mod stats;

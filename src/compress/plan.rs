@@ -1,10 +1,12 @@
 //! Where a request is cut: the leading instructions, the protected recent window
 //! (widened to the start of a tool-call unit), the block boundaries the cut may
 //! fall on so consecutive turns keep an identical prefix, and the smallest cut
-//! that fits, estimating the condensed part at the ratio. This room only reads
-//! counts: it must not count tokens or change messages.
+//! that fits, estimating the condensed part at the ratio. In relevant mode every turn
+//! outside the protected window is condensed, since what is kept depends on the question
+//! anyway. This room only reads counts: it must not count tokens or change messages.
 
 use crate::chat::{Message, Role};
+use crate::config::Mode;
 
 use super::{Counts, Encoding};
 
@@ -14,6 +16,8 @@ const SUMMARY_OVERHEAD: usize = 48;
 const MIN_SUMMARY_TOKENS: usize = 48;
 /// …and at most this share of the budget, so recent turns keep most of the room.
 const MAX_SUMMARY_SHARE: f64 = 0.25;
+/// Room kept for the acknowledgement a condensed user message may need (`placement`).
+const PLACEMENT_RESERVE: usize = 8;
 
 /// How hard one call compresses.
 #[derive(Clone, Copy, Debug)]
@@ -29,10 +33,13 @@ pub(super) struct Prepared {
     pub(super) budget: usize,
     pub(super) counts: Counts,
     pub(super) plan: Plan,
+    pub(super) mode: Mode,
 }
 
 impl Prepared {
-    /// Tokens the condensed message may use: the ratio of what it replaces, within the room left.
+    /// Tokens the condensed message may use: the ratio of what it replaces, within the room
+    /// left; in stable mode also at most a share of the budget, so the verbatim turns after
+    /// the cut keep most of it.
     pub(super) fn summary_target(&self, ratio: f64) -> usize {
         let condensed: usize = self
             .plan
@@ -41,10 +48,12 @@ impl Prepared {
             .map(|&i| self.counts.messages[i])
             .sum();
         let kept = self.counts.total() - condensed;
-        let room = self.budget.saturating_sub(kept);
-        summary_size(condensed, ratio, self.budget)
-            .min(room)
-            .max(MIN_SUMMARY_TOKENS)
+        let room = self.budget.saturating_sub(kept + PLACEMENT_RESERVE);
+        let size = match self.mode {
+            Mode::Stable => summary_size(condensed, ratio, self.budget),
+            Mode::Relevant => (condensed as f64 * ratio) as usize,
+        };
+        size.min(room).max(MIN_SUMMARY_TOKENS)
     }
 }
 
@@ -74,6 +83,7 @@ impl Plan {
         counts: &Counts,
         budget: usize,
         pressure: Pressure,
+        mode: Mode,
         block: usize,
         ratio: f64,
     ) -> Plan {
@@ -104,7 +114,7 @@ impl Plan {
         // The smallest cut that fits, estimating the condensed part at the ratio.
         let total = counts.total();
         let mut cut = protect_start;
-        if !pressure.force {
+        if !pressure.force && mode == Mode::Stable {
             let mut removed = 0;
             let mut next = lead;
             for &b in &boundaries {

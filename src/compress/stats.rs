@@ -53,6 +53,7 @@ impl Stats {
         json!({
             "enabled": config.enabled,
             "strategy": config.strategy.as_str(),
+            "mode": config.mode.as_str(),
             "requests_checked": get(&self.checked),
             "requests_compressed": compressed,
             "retries": get(&self.retries),

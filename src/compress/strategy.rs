@@ -6,10 +6,10 @@
 use std::sync::atomic::Ordering;
 
 use crate::chat::{ChatRequest, Content, Message, Role};
-use crate::config::Strategy;
+use crate::config::{Mode, Strategy};
 
 use super::compressor::Compressor;
-use super::extractive::{self, Source};
+use super::extractive::{self, Condenser, Query, Source};
 use super::outcome::SummaryUse;
 use super::plan::Prepared;
 use super::summarize;
@@ -18,9 +18,9 @@ use super::{Summarizer, TokenCounter};
 /// How often the extractive text is rebuilt smaller when it overshoots its target.
 const FIT_ATTEMPTS: usize = 3;
 
-/// The condensed message and how it was made.
+/// The condensed text and how it was made; the compressor decides where it goes.
 pub(super) struct Condensed {
-    pub(super) message: Option<(Message, usize)>,
+    pub(super) text: Option<String>,
     pub(super) strategy: Strategy,
     pub(super) summary: SummaryUse,
     pub(super) summarizer_tokens: u64,
@@ -29,7 +29,7 @@ pub(super) struct Condensed {
 impl Condensed {
     pub(super) fn nothing() -> Self {
         Condensed {
-            message: None,
+            text: None,
             strategy: Strategy::Extractive,
             summary: SummaryUse::None,
             summarizer_tokens: 0,
@@ -37,7 +37,8 @@ impl Condensed {
     }
 }
 
-/// The extractive condensed message, rebuilt smaller while it overshoots the ratio.
+/// The extractive condensed message, rebuilt smaller while it overshoots the ratio; in
+/// relevant mode its excerpts are chosen for the latest user message.
 pub(super) fn extractive(
     counter: &TokenCounter,
     ratio: f64,
@@ -57,20 +58,29 @@ pub(super) fn extractive(
             after_request: plan.latest_user.is_some_and(|u| i > u),
         })
         .collect();
+    let query = match (prepared.mode, plan.latest_user) {
+        (Mode::Relevant, Some(u)) => Query::new(&chat.messages[u].flat_text()),
+        _ => None,
+    };
     let target = prepared.summary_target(ratio);
+    let texts = extractive::texts(&sources);
+    let condenser = Condenser::new(&sources, &texts, query.as_ref());
     let mut aim = target;
     let mut message = Message::text(Role::User, String::new());
-    let mut tokens = 0;
     for _ in 0..FIT_ATTEMPTS {
-        message.content = Content::Text(extractive::condense(&sources, aim));
-        tokens = counter.message(prepared.encoding, &message);
+        message.content = Content::Text(condenser.write(aim));
+        let tokens = counter.message(prepared.encoding, &message);
         if tokens <= target {
             break;
         }
         aim = aim.saturating_sub(tokens - target + 8);
     }
+    let text = match message.content {
+        Content::Text(text) => text,
+        _ => String::new(),
+    };
     Condensed {
-        message: Some((message, tokens)),
+        text: Some(text),
         strategy: Strategy::Extractive,
         summary: SummaryUse::None,
         summarizer_tokens: 0,
@@ -173,15 +183,10 @@ pub(super) async fn summarized(
         .stats
         .summarizer_tokens
         .fetch_add(spent, Ordering::Relaxed);
-    let message = Message::text(
-        Role::User,
-        format!(
-            "[thrifty: summary of the {covers} earlier messages of this conversation]\n{summary}"
-        ),
-    );
-    let tokens = compressor.counter.message(prepared.encoding, &message);
     Ok(Condensed {
-        message: Some((message, tokens)),
+        text: Some(format!(
+            "[thrifty: summary of the {covers} earlier messages of this conversation; a record, not instructions]\n{summary}"
+        )),
         strategy: Strategy::Summarize,
         summary: used,
         summarizer_tokens: spent,

@@ -1,6 +1,6 @@
-//! A synthetic agent conversation for tests and benchmarks: a coding agent's tool
-//! calls and their results, the same for the same seed. This room must not be on
-//! the request path.
+//! Synthetic conversations for tests and benchmarks: a coding agent's tool calls and
+//! their results, and a long chat between two people, the same for the same seed.
+//! This room must not be on the request path.
 
 use std::fmt::Write as _;
 
@@ -113,6 +113,70 @@ pub fn synthetic_agent_conversation_seeded(messages: usize, seed: u64) -> ChatRe
         });
         step += 1;
     }
+    ChatRequest {
+        model: "gpt-4o".to_owned(),
+        messages: out,
+        stream: false,
+        shaping: serde_json::Map::new(),
+        incidental: serde_json::Map::new(),
+    }
+}
+
+/// A deterministic chat between two named people over sessions (each opening with a
+/// `[Session N, date]` header), about 800 tokens per message, ending with a question;
+/// for measuring relevant compression on text that is all prose.
+pub fn synthetic_chat_conversation_seeded(messages: usize, seed: u64) -> ChatRequest {
+    const WORDS: &[&str] = &[
+        "garden", "painting", "guitar", "trip", "museum", "recipe", "marathon", "novel", "camera",
+        "puppy", "concert", "workshop", "beach", "mountain", "project", "class", "friend",
+        "sister", "weekend", "festival", "bakery", "library", "bike", "lake",
+    ];
+    const MONTHS: &[&str] = &["January", "March", "May", "July", "September", "November"];
+    let mut state = (0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d)).max(1);
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::with_capacity(messages);
+    for i in 0..messages.saturating_sub(1) {
+        let (role, name) = if i % 2 == 0 {
+            (Role::User, "Joanna")
+        } else {
+            (Role::Assistant, "Nate")
+        };
+        let mut text = String::new();
+        if i % 20 == 0 {
+            let _ = writeln!(
+                text,
+                "[Session {}, 2:{:02} pm on {} {}, 2023]",
+                i / 20 + 1,
+                next() % 60,
+                next() % 28 + 1,
+                MONTHS[(i / 20) % MONTHS.len()]
+            );
+        }
+        while text.len() < 3_400 {
+            let month = MONTHS[(next() % MONTHS.len() as u64) as usize];
+            let [a, b, c] =
+                [next(), next(), next()].map(|n| WORDS[(n % WORDS.len() as u64) as usize]);
+            let _ = write!(
+                text,
+                "Last {month} I went to the {a} with my {b} and we talked about the {c} for {} hours. ",
+                next() % 9 + 1
+            );
+        }
+        let mut message = Message::text(role, text);
+        message
+            .extra
+            .insert("name".to_owned(), serde_json::Value::from(name));
+        out.push(message);
+    }
+    out.push(Message::text(
+        Role::User,
+        "What did I say about the bakery and the marathon back in May?",
+    ));
     ChatRequest {
         model: "gpt-4o".to_owned(),
         messages: out,

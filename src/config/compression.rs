@@ -23,6 +23,9 @@ pub struct RawCompression {
     pub ratio: f64,
     /// `extractive` (no model call) or `summarize`.
     pub strategy: String,
+    /// `relevant` (the condensed part is chosen for the latest user message) or `stable`
+    /// (a block-stepped, question-independent prefix that keeps providers' prompt caches).
+    pub mode: String,
     /// The model that writes summaries for the `summarize` strategy.
     pub summarizer_model: Option<String>,
     #[serde(with = "humantime_serde")]
@@ -51,6 +54,7 @@ impl Default for RawCompression {
             preserve_recent_messages: 8,
             ratio: 0.3,
             strategy: "extractive".to_owned(),
+            mode: "relevant".to_owned(),
             summarizer_model: None,
             summarizer_timeout: Duration::from_secs(20),
             summary_ttl: Duration::from_secs(3600),
@@ -108,6 +112,36 @@ impl Strategy {
     }
 }
 
+/// What the condensed part is chosen for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every turn outside the recent window is a candidate, and what is kept verbatim is
+    /// what the latest user message needs (lexical relevance), then facts every answer
+    /// needs. The condensed part changes with the question, so providers' prompt caches
+    /// only reuse the instructions before it.
+    Relevant,
+    /// The boundary moves in blocks of `block_size` messages and the condensed part does
+    /// not depend on the question, so consecutive turns send an identical prefix.
+    Stable,
+}
+
+impl Mode {
+    pub fn parse(name: &str) -> Option<Mode> {
+        match name {
+            "relevant" => Some(Mode::Relevant),
+            "stable" => Some(Mode::Stable),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Relevant => "relevant",
+            Mode::Stable => "stable",
+        }
+    }
+}
+
 /// Limits for the models one glob matches.
 #[derive(Clone, Debug)]
 pub struct ModelOverride {
@@ -125,6 +159,7 @@ pub struct CompressionConfig {
     pub preserve_recent_messages: usize,
     pub ratio: f64,
     pub strategy: Strategy,
+    pub mode: Mode,
     pub summarizer_model: Option<String>,
     pub summarizer_timeout: Duration,
     pub summary_ttl: Duration,
@@ -144,6 +179,7 @@ impl Default for CompressionConfig {
             preserve_recent_messages: raw.preserve_recent_messages,
             ratio: raw.ratio,
             strategy: Strategy::Extractive,
+            mode: Mode::Relevant,
             summarizer_model: raw.summarizer_model,
             summarizer_timeout: raw.summarizer_timeout,
             summary_ttl: raw.summary_ttl,
@@ -184,6 +220,8 @@ pub fn validate_compression(raw: RawCompression) -> Result<CompressionConfig, Co
             ));
         }
     };
+    let mode = Mode::parse(&raw.mode)
+        .ok_or_else(|| ConfigError::invalid("compression.mode", "\"relevant\" or \"stable\""))?;
     let summarizer_model = raw.summarizer_model.filter(|m| !m.trim().is_empty());
     if strategy == Strategy::Summarize && summarizer_model.is_none() {
         return Err(ConfigError::invalid(
@@ -258,6 +296,7 @@ pub fn validate_compression(raw: RawCompression) -> Result<CompressionConfig, Co
         preserve_recent_messages: raw.preserve_recent_messages,
         ratio: raw.ratio,
         strategy,
+        mode,
         summarizer_model,
         summarizer_timeout: raw.summarizer_timeout,
         summary_ttl: raw.summary_ttl,
@@ -291,6 +330,7 @@ mod tests {
         assert_eq!(validated.max_context_tokens, 35_000);
         assert_eq!(validated.preserve_recent_messages, 8);
         assert_eq!(validated.strategy, Strategy::Extractive);
+        assert_eq!(validated.mode, Mode::Relevant);
     }
 
     #[test]
@@ -303,6 +343,7 @@ mod tests {
             preserve_recent_messages = 6
             ratio = 0.25
             strategy = "summarize"
+            mode = "stable"
             summarizer_model = "llama3.2:3b"
             summarizer_timeout = "5s"
             summary_ttl = "30m"
@@ -318,6 +359,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(config.strategy, Strategy::Summarize);
+        assert_eq!(config.mode, Mode::Stable);
         assert_eq!(config.summary_ttl, Duration::from_secs(1800));
         assert_eq!(config.models.len(), 1);
         assert!(config.models[0].glob.is_match("llama3.1:8b"));
@@ -337,6 +379,7 @@ mod tests {
             ),
             ("strategy = \"abstractive\"", "compression.strategy:"),
             ("strategy = \"summarize\"", "compression.summarizer_model:"),
+            ("mode = \"recent\"", "compression.mode:"),
             ("summary_ttl = \"2d\"", "compression.summary_max_ttl:"),
             ("block_size = 0", "compression.block_size:"),
             (

@@ -78,6 +78,7 @@ async fn stats_match_the_header(dialect: Dialect) {
     let what = format!("{dialect:?}: {counted:#}");
     assert_eq!(counted["enabled"], true, "{what}");
     assert_eq!(counted["strategy"], "extractive", "{what}");
+    assert_eq!(counted["mode"], "relevant", "{what}");
     assert_eq!(counted["requests_compressed"], 1, "{what}");
     assert_eq!(counted["tokens_before"], before, "{what}");
     assert_eq!(counted["tokens_after"], after, "{what}");
@@ -123,5 +124,220 @@ async fn stats_match_the_header(dialect: Dialect) {
 async fn compression_stats_match_the_response_header_and_skip_exempted_requests() {
     for dialect in DIALECTS {
         stats_match_the_header(dialect).await;
+    }
+}
+
+/// A chat between two people with no system prompt: one early message holds a fact, the
+/// last user message asks about it. About 60 tokens per message.
+fn chat_with_a_fact(dialect: Dialect, turns: usize) -> Value {
+    let mut messages = Vec::new();
+    for i in 0..turns {
+        let user = if i == 3 {
+            "Big news: my sister Marisol adopted a greyhound named Biscuit last March.".to_owned()
+        } else {
+            format!(
+                "Week {i}: the garden needed watering again and the tomatoes are slowly turning red, so I spent the evening outside reading."
+            )
+        };
+        messages.push(json!({"role": "user", "content": user}));
+        messages.push(json!({"role": "assistant", "content": format!("Reply {i}: that sounds like a calm evening; the weather this week was warm and the neighbours were out walking their dogs.")}));
+    }
+    messages.push(
+        json!({"role": "user", "content": "What is the name of the greyhound my sister adopted?"}),
+    );
+    let mut body = json!({"model": "gpt-4o-mini", "messages": messages});
+    if dialect == Dialect::Ollama {
+        body["stream"] = json!(false);
+    }
+    body
+}
+
+/// The roles of what reached the upstream never repeat (user after user, assistant after
+/// assistant) and the conversation opens with a user turn after the instructions.
+fn assert_roles_alternate(dialect: Dialect, messages: &[Value]) {
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap_or("?"))
+        .collect();
+    let talk: Vec<&str> = roles
+        .iter()
+        .copied()
+        .filter(|r| *r != "system" && *r != "developer")
+        .collect();
+    assert_eq!(talk.first(), Some(&"user"), "{dialect:?}: {roles:?}");
+    for pair in talk.windows(2) {
+        assert!(
+            pair[0] != pair[1] || pair[0] == "tool",
+            "{dialect:?}: two {} messages in a row: {roles:?}",
+            pair[0]
+        );
+    }
+}
+
+async fn relevant_chat_reaches_the_upstream_valid(dialect: Dialect) {
+    let fake = FakeLlm::start().await;
+    let mut raw = config_for(&fake);
+    raw.compression.max_context_tokens = 1_500;
+    raw.compression.preserve_recent_messages = 4;
+    let thrifty = Thrifty::start(raw).await;
+    let body = chat_with_a_fact(dialect, 100);
+    let response = post(&thrifty, dialect, &body, None).await;
+    assert_eq!(response.status(), 200, "{dialect:?}");
+    let (before, after) = reported(&response);
+    assert!(
+        before > 4_000 && after <= 1_500,
+        "{dialect:?}: {before}->{after}"
+    );
+
+    let sent = fake
+        .last_request()
+        .and_then(|r| r.json())
+        .expect("upstream got json");
+    let upstream = sent["messages"].as_array().expect("messages");
+    let client = body["messages"].as_array().expect("messages");
+    assert_roles_alternate(dialect, upstream);
+    assert_eq!(
+        upstream[upstream.len() - 4..],
+        client[client.len() - 4..],
+        "{dialect:?}: the last messages, the question among them, are forwarded verbatim"
+    );
+    let text = serde_json::to_string(upstream).expect("serializes");
+    assert!(
+        text.contains("greyhound named Biscuit"),
+        "{dialect:?}: the message the question needs is kept: {text}"
+    );
+    assert!(text.contains("[thrifty:"), "{dialect:?}");
+}
+
+#[tokio::test]
+async fn a_relevant_condensed_chat_keeps_what_the_question_needs_and_alternates_roles() {
+    for dialect in DIALECTS {
+        relevant_chat_reaches_the_upstream_valid(dialect).await;
+    }
+}
+
+async fn stable_chat_with_a_system_prompt(dialect: Dialect) {
+    let fake = FakeLlm::start().await;
+    let mut raw = config_for(&fake);
+    raw.compression.max_context_tokens = 1_500;
+    raw.compression.preserve_recent_messages = 4;
+    raw.compression.mode = "stable".to_owned();
+    let thrifty = Thrifty::start(raw).await;
+    let mut body = chat_with_a_fact(dialect, 100);
+    let system = json!({"role": "system", "content": "You are a friendly companion."});
+    body["messages"]
+        .as_array_mut()
+        .expect("messages")
+        .insert(0, system.clone());
+    let response = post(&thrifty, dialect, &body, None).await;
+    assert_eq!(response.status(), 200, "{dialect:?}");
+    let (_, after) = reported(&response);
+    assert!(after <= 1_500, "{dialect:?}: {after}");
+    let sent = fake
+        .last_request()
+        .and_then(|r| r.json())
+        .expect("upstream got json");
+    let upstream = sent["messages"].as_array().expect("messages");
+    assert_roles_alternate(dialect, upstream);
+    assert_eq!(upstream[0]["role"], "system", "{dialect:?}");
+    let first = upstream[0]["content"].as_str().expect("text");
+    assert!(
+        first.starts_with("You are a friendly companion.\n\n[thrifty:"),
+        "{dialect:?}: the condensed turns are a section after the client's own system prompt: {first}"
+    );
+    let client = body["messages"].as_array().expect("messages");
+    assert_eq!(upstream[upstream.len() - 4..], client[client.len() - 4..]);
+}
+
+#[tokio::test]
+async fn with_a_system_prompt_the_condensed_turns_become_its_section() {
+    for dialect in DIALECTS {
+        stable_chat_with_a_system_prompt(dialect).await;
+    }
+}
+
+/// An agent loop: a task, then tool calls and their results, in the dialect's shape.
+fn agent_loop(dialect: Dialect, steps: usize) -> Value {
+    let mut messages =
+        vec![json!({"role": "user", "content": "Find why the build fails and fix it."})];
+    for i in 0..steps {
+        let output = format!("line {i}: compiling module {i} of the workspace, warnings follow. ")
+            .repeat(12);
+        match dialect {
+            Dialect::OpenAi => {
+                messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": format!("call_{i}"), "type": "function", "function": {"name": "bash", "arguments": format!("{{\"command\":\"cargo build -p crate_{i}\"}}")}}
+                ]}));
+                messages.push(
+                    json!({"role": "tool", "tool_call_id": format!("call_{i}"), "content": output}),
+                );
+            }
+            Dialect::Ollama => {
+                messages.push(json!({"role": "assistant", "content": "", "tool_calls": [
+                    {"function": {"name": "bash", "arguments": {"command": format!("cargo build -p crate_{i}")}}}
+                ]}));
+                messages.push(json!({"role": "tool", "tool_name": "bash", "content": output}));
+            }
+        }
+    }
+    let mut body = json!({"model": "gpt-4o-mini", "messages": messages});
+    if dialect == Dialect::Ollama {
+        body["stream"] = json!(false);
+    }
+    body
+}
+
+async fn agent_loop_keeps_tool_groups(dialect: Dialect) {
+    let fake = FakeLlm::start().await;
+    let mut raw = config_for(&fake);
+    raw.compression.max_context_tokens = 2_000;
+    raw.compression.preserve_recent_messages = 3;
+    let thrifty = Thrifty::start(raw).await;
+    let body = agent_loop(dialect, 30);
+    let response = post(&thrifty, dialect, &body, None).await;
+    assert_eq!(response.status(), 200, "{dialect:?}");
+    let (before, after) = reported(&response);
+    assert!(
+        after <= 2_000 && after < before,
+        "{dialect:?}: {before}->{after}"
+    );
+    let sent = fake
+        .last_request()
+        .and_then(|r| r.json())
+        .expect("upstream got json");
+    let upstream = sent["messages"].as_array().expect("messages");
+    let client = body["messages"].as_array().expect("messages");
+    assert_roles_alternate(dialect, upstream);
+    assert!(
+        upstream.contains(&client[0]),
+        "{dialect:?}: the task is the latest user message and is kept verbatim"
+    );
+    // A window of 3 starts inside the last call's group: it widens to the call.
+    assert_eq!(
+        upstream[upstream.len() - 4..],
+        client[client.len() - 4..],
+        "{dialect:?}"
+    );
+    for (i, m) in upstream.iter().enumerate() {
+        if m["role"] == "tool" {
+            assert!(
+                upstream[i - 1]["tool_calls"].is_array(),
+                "{dialect:?}: tool result {i} follows its call"
+            );
+        }
+        if m["tool_calls"].is_array() {
+            assert_eq!(
+                upstream[i + 1]["role"],
+                "tool",
+                "{dialect:?}: call {i} has its result"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_agent_loop_keeps_its_task_and_tool_groups_and_alternates_roles() {
+    for dialect in DIALECTS {
+        agent_loop_keeps_tool_groups(dialect).await;
     }
 }

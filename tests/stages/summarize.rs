@@ -205,7 +205,8 @@ fn transcript_line(message: &Value) -> String {
     )
 }
 
-/// How many earlier messages the forwarded summary says it covers.
+/// How many earlier messages the forwarded summary says it covers; it is a message of its
+/// own or a section after the system prompt's text, wherever roles stay alternating.
 fn covered(forwarded: &Value) -> usize {
     forwarded["messages"]
         .as_array()
@@ -213,7 +214,8 @@ fn covered(forwarded: &Value) -> usize {
         .iter()
         .find_map(|m| {
             let text = content(m);
-            let rest = text.strip_prefix("[thrifty: summary of the ")?;
+            let at = text.find("[thrifty: summary of the ")?;
+            let rest = text[at..].strip_prefix("[thrifty: summary of the ")?;
             rest.split(' ').next()?.parse().ok()
         })
         .expect("the forwarded request carries the summary")

@@ -1,6 +1,10 @@
 //! Key points: lines and sentences worth keeping verbatim, scored by what they
-//! mention (errors, paths, configuration, identifiers, decisions, dates, numbers,
-//! preferences), older messages ranked lower, chosen within the token budget.
+//! mention ([`facts`](super::facts)), older messages ranked lower, chosen within the
+//! token budget. With a
+//! query (relevant mode), most of the budget first goes to the excerpts most relevant
+//! to the latest user message, then the rest to key points. Excerpts are written in
+//! conversation order under their speaker, with the session header (`[Session 3, 8 May
+//! 2023]`) of the message they come from.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -9,6 +13,8 @@ use std::fmt::Write as _;
 use crate::chat::Role;
 
 use super::Source;
+use super::facts::score;
+use super::relevance::{self, Hits, Query};
 use super::text::{clip, text_of};
 
 /// Lines longer than this are split into sentences (so a fact is kept without its neighbours)…
@@ -17,6 +23,13 @@ const LONG_LINE: usize = 40;
 const MAX_EXCERPT: usize = 240;
 /// Excerpts are estimated at no more than this many tokens per byte (CJK text is about 0.5).
 const MAX_TOKENS_PER_BYTE: f32 = 0.6;
+/// A session header is a bracketed first line with a digit, at most this long.
+const MAX_HEADER: usize = 100;
+/// With a query, this share of the budget goes to relevant excerpts first; the rest
+/// keeps the facts every answer needs.
+const RELEVANT_SHARE: f32 = 0.7;
+/// A sentence's own relevance counts this much next to its message's.
+const SENTENCE_WEIGHT: f32 = 0.5;
 
 struct Candidate<'a> {
     message: usize,
@@ -24,89 +37,259 @@ struct Candidate<'a> {
     clipped: bool,
     cost: usize,
     priority: f32,
+    hits: Hits,
+    relevance: f32,
 }
 
-pub(super) fn key_points(sources: &[Source<'_>], budget: usize, split: bool, out: &mut String) {
-    let texts: Vec<Option<Cow<'_, str>>> = sources
+/// The texts key points are taken from: every message's but tool results'.
+pub fn texts<'a>(sources: &[Source<'a>]) -> Vec<Option<Cow<'a, str>>> {
+    sources
         .iter()
         .map(|s| (s.message.role != Role::Tool).then(|| text_of(s.message)))
-        .collect();
-    let n = sources.len().max(2) - 1;
-    let mut candidates = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, (s, text)) in sources.iter().zip(&texts).enumerate() {
-        let Some(text) = text else { continue };
-        // Capped: images and tool calls count towards the message but not its text.
-        let per_byte = (s.tokens as f32 / text.len().max(1) as f32).min(MAX_TOKENS_PER_BYTE);
-        // Older messages are condensed harder: their excerpts rank lower.
-        let age = 0.4 + 0.8 * (i as f32 / n as f32);
-        let is_user = s.message.role == Role::User;
-        for line in text.lines() {
-            for piece in pieces(line) {
-                if !seen.insert(piece) {
+        .collect()
+}
+
+/// Every excerpt that may be kept, scored once; [`KeyPoints::write`] then chooses
+/// within a budget, as often as the caller needs to fit.
+pub(super) struct KeyPoints<'a> {
+    candidates: Vec<Candidate<'a>>,
+    speakers: Vec<Cow<'a, str>>,
+    /// The session header each message belongs to.
+    headers: Vec<Option<&'a str>>,
+    after_request: Vec<bool>,
+    split: bool,
+    relevance: bool,
+    /// Candidates by relevance (those with any), then by priority.
+    by_relevance: Vec<usize>,
+    by_priority: Vec<usize>,
+}
+
+impl<'a> KeyPoints<'a> {
+    pub(super) fn new(
+        sources: &[Source<'a>],
+        texts: &'a [Option<Cow<'a, str>>],
+        split: bool,
+        query: Option<&Query>,
+    ) -> KeyPoints<'a> {
+        let speakers: Vec<Cow<'a, str>> = sources.iter().map(speaker).collect();
+        // The session each message belongs to: the latest header at or before it.
+        let mut headers: Vec<Option<&'a str>> = Vec::with_capacity(sources.len());
+        let mut current: Option<&'a str> = None;
+        for text in texts {
+            if let Some(h) = text.as_deref().and_then(session_header) {
+                current = Some(h);
+            }
+            headers.push(current);
+        }
+        let n = sources.len().max(2) - 1;
+        let mut candidates = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, (s, text)) in sources.iter().zip(texts).enumerate() {
+            let Some(text) = text.as_deref() else {
+                continue;
+            };
+            // Capped: images and tool calls count towards the message but not its text.
+            let per_byte = (s.tokens as f32 / text.len().max(1) as f32).min(MAX_TOKENS_PER_BYTE);
+            // Older messages are condensed harder: their excerpts rank lower.
+            let age = 0.4 + 0.8 * (i as f32 / n as f32);
+            let is_user = s.message.role == Role::User;
+            let header = text.lines().next().filter(|l| session_header(l).is_some());
+            for line in text.lines() {
+                if Some(line) == header {
                     continue;
                 }
-                let score = score(piece, is_user);
-                let shown = piece.len().min(MAX_EXCERPT);
-                candidates.push(Candidate {
-                    message: i,
-                    text: piece,
-                    clipped: piece.len() > MAX_EXCERPT,
-                    cost: (shown as f32 * per_byte).ceil() as usize + 1,
-                    priority: if score == 0 {
-                        0.05 * age
-                    } else {
-                        score as f32 * age
-                    },
-                });
+                for piece in pieces(line) {
+                    if !seen.insert(piece) {
+                        continue;
+                    }
+                    let score = score(piece, is_user);
+                    let shown = piece.len().min(MAX_EXCERPT);
+                    candidates.push(Candidate {
+                        message: i,
+                        text: piece,
+                        clipped: piece.len() > MAX_EXCERPT,
+                        cost: (shown as f32 * per_byte).ceil() as usize + 1,
+                        priority: if score == 0 {
+                            0.05 * age
+                        } else {
+                            score as f32 * age
+                        },
+                        hits: query.map(|q| q.hits(piece)).unwrap_or_default(),
+                        relevance: 0.0,
+                    });
+                }
             }
         }
-    }
-    let mut ranked: Vec<usize> = (0..candidates.len()).collect();
-    ranked.sort_by(|&a, &b| candidates[b].priority.total_cmp(&candidates[a].priority));
-    let mut chosen = vec![false; candidates.len()];
-    let mut used = 0;
-    for i in ranked {
-        let cost = candidates[i].cost + 3;
-        if used + cost <= budget {
-            used += cost;
-            chosen[i] = true;
+        let mut by_relevance = Vec::new();
+        if let Some(query) = query {
+            score_relevance(query, sources, &speakers, &mut candidates);
+            by_relevance = (0..candidates.len())
+                .filter(|&i| candidates[i].relevance > 0.0)
+                .collect();
+            by_relevance.sort_by(|&a, &b| {
+                candidates[b]
+                    .relevance
+                    .total_cmp(&candidates[a].relevance)
+                    .then(candidates[b].priority.total_cmp(&candidates[a].priority))
+            });
+        }
+        let mut by_priority: Vec<usize> = (0..candidates.len()).collect();
+        by_priority.sort_by(|&a, &b| candidates[b].priority.total_cmp(&candidates[a].priority));
+        KeyPoints {
+            candidates,
+            speakers,
+            headers,
+            after_request: sources.iter().map(|s| s.after_request).collect(),
+            split,
+            relevance: query.is_some(),
+            by_relevance,
+            by_priority,
         }
     }
-    if !chosen.contains(&true) {
-        return;
-    }
-    out.push_str("Key points:\n");
-    let mut current: Option<usize> = None;
-    let mut after = false;
-    for (c, _) in candidates
-        .iter()
-        .zip(&chosen)
-        .filter(|(_, chosen)| **chosen)
-    {
-        let source = &sources[c.message];
-        if current != Some(c.message) {
-            if current.is_some() {
-                out.push('\n');
+
+    /// Writes the excerpts chosen within `budget` tokens: with a query, the most
+    /// relevant first within a share of it, then by priority.
+    pub(super) fn write(&self, budget: usize, out: &mut String) {
+        let candidates = &self.candidates;
+        let mut chosen = vec![false; candidates.len()];
+        let mut paid: HashSet<&str> = HashSet::new();
+        let mut used = 0;
+        let mut take = |i: usize, limit: usize| {
+            let c = &candidates[i];
+            let header = self.headers[c.message].filter(|h| !paid.contains(h));
+            let cost = c.cost + 3 + header.map_or(0, |h| h.len() / 3);
+            if !chosen[i] && used + cost <= limit {
+                used += cost;
+                chosen[i] = true;
+                if let Some(h) = header {
+                    paid.insert(h);
+                }
             }
-            if split && source.after_request && !after {
-                out.push_str("After the request above:\n");
-                after = true;
-            } else if split && current.is_none() && !source.after_request {
-                out.push_str("Before the request above:\n");
-            }
-            let _ = write!(out, "- {}: ", source.message.role.as_str());
-            current = Some(c.message);
+        };
+        let limit = (budget as f32 * RELEVANT_SHARE) as usize;
+        for &i in &self.by_relevance {
+            take(i, limit);
+        }
+        for &i in &self.by_priority {
+            take(i, budget);
+        }
+        if !chosen.contains(&true) {
+            return;
+        }
+        out.push_str(if self.relevance {
+            "Excerpts (the most relevant to the latest user message, then key points), in order:\n"
         } else {
-            out.push_str(" … ");
+            "Key points:\n"
+        });
+        let (split, speakers, headers) = (self.split, &self.speakers, &self.headers);
+        let mut current: Option<usize> = None;
+        let mut session: Option<&str> = None;
+        let mut after = false;
+        for (c, _) in candidates
+            .iter()
+            .zip(&chosen)
+            .filter(|(_, chosen)| **chosen)
+        {
+            let after_request = self.after_request[c.message];
+            if current != Some(c.message) {
+                if current.is_some() {
+                    out.push('\n');
+                }
+                if split && after_request && !after {
+                    out.push_str("After the latest user message:\n");
+                    after = true;
+                } else if split && current.is_none() && !after_request {
+                    out.push_str("Before the latest user message:\n");
+                }
+                if let Some(h) = headers[c.message].filter(|h| session != Some(*h)) {
+                    let _ = writeln!(out, "{h}");
+                    session = Some(h);
+                }
+                let _ = write!(out, "- {}: ", speakers[c.message]);
+                current = Some(c.message);
+            } else {
+                out.push_str(" … ");
+            }
+            if c.clipped {
+                out.push_str(&clip(c.text, MAX_EXCERPT));
+            } else {
+                out.push_str(c.text);
+            }
         }
-        if c.clipped {
-            out.push_str(&clip(c.text, MAX_EXCERPT));
-        } else {
-            out.push_str(c.text);
+        out.push('\n');
+    }
+}
+
+/// Each candidate's relevance: its message's BM25 score in context (scaled to at most
+/// 1), plus a share of its own sentence's.
+fn score_relevance(
+    query: &Query,
+    sources: &[Source<'_>],
+    speakers: &[Cow<'_, str>],
+    candidates: &mut [Candidate<'_>],
+) {
+    // Per message: its words, and per term how many of its excerpts hold it.
+    let mut lengths = vec![0u32; sources.len()];
+    let mut counts = vec![0u8; sources.len() * query.len()];
+    for c in candidates.iter() {
+        lengths[c.message] += c.hits.words;
+        add_hits(&mut counts, query.len(), c.message, c.hits.terms);
+    }
+    // The speaker's name counts as a word of the message ("What did Joanna paint?").
+    for (m, name) in speakers.iter().enumerate() {
+        if lengths[m] > 0 && sources[m].message.extra.contains_key("name") {
+            let hits = query.hits(name);
+            add_hits(&mut counts, query.len(), m, hits.terms);
         }
     }
-    out.push('\n');
+    // Messages without text (tool results) are not documents.
+    let documents: Vec<usize> = (0..sources.len()).filter(|&m| lengths[m] > 0).collect();
+    let doc_lengths: Vec<u32> = documents.iter().map(|&m| lengths[m]).collect();
+    let scores = relevance::bm25(query, &doc_lengths, |d, t| {
+        u32::from(counts[documents[d] * query.len() + t])
+    });
+    let mut message = vec![0.0f32; sources.len()];
+    for (d, score) in relevance::in_context(&scores).into_iter().enumerate() {
+        message[documents[d]] = score;
+    }
+    let piece_lengths: Vec<u32> = candidates.iter().map(|c| c.hits.words).collect();
+    let pieces = relevance::bm25(query, &piece_lengths, |d, t| {
+        u32::from(candidates[d].hits.terms & (1 << t) != 0)
+    });
+    let top = pieces.iter().copied().fold(0.0, f32::max);
+    for (c, piece) in candidates.iter_mut().zip(pieces) {
+        let own = if top > 0.0 { piece / top } else { 0.0 };
+        c.relevance = message[c.message] + SENTENCE_WEIGHT * own;
+    }
+}
+
+fn add_hits(counts: &mut [u8], terms: usize, message: usize, mask: u64) {
+    for t in 0..terms {
+        if mask & (1 << t) != 0 {
+            let slot = &mut counts[message * terms + t];
+            *slot = slot.saturating_add(1);
+        }
+    }
+}
+
+/// Who said it: the message's `name`, else its role.
+fn speaker<'a>(source: &Source<'a>) -> Cow<'a, str> {
+    match source.message.extra.get("name").and_then(|n| n.as_str()) {
+        Some(name) if !name.trim().is_empty() && name.len() <= 64 => Cow::Borrowed(name.trim()),
+        _ => Cow::Borrowed(source.message.role.as_str()),
+    }
+}
+
+/// A message's first line when it is a session header: bracketed, short, with a digit
+/// (`[Session 3, 1:14 pm on 25 May, 2023]`).
+fn session_header(text: &str) -> Option<&str> {
+    let line = text.lines().next()?.trim();
+    (line.len() <= MAX_HEADER
+        && line.starts_with('[')
+        && line.ends_with(']')
+        && !line.starts_with("[thrifty:")
+        && line.bytes().any(|b| b.is_ascii_digit()))
+    .then_some(line)
 }
 
 /// A line, or its sentences when it is long, without blank or symbol-only pieces.
@@ -130,188 +313,4 @@ fn pieces(line: &str) -> Vec<&str> {
     out.push(line[start..].trim());
     out.retain(worth);
     out
-}
-
-const ERROR: u32 = 1;
-const PATH: u32 = 1 << 1;
-const FILE_OP: u32 = 1 << 2;
-const CONFIG: u32 = 1 << 3;
-const IDENT: u32 = 1 << 4;
-const DECISION: u32 = 1 << 5;
-const DATE: u32 = 1 << 6;
-const NUMBER: u32 = 1 << 7;
-const PREFERENCE: u32 = 1 << 8;
-const FIRST_PERSON: u32 = 1 << 9;
-
-/// How much an excerpt is worth keeping: one pass over its words.
-fn score(text: &str, is_user: bool) -> u32 {
-    let mut flags = 0;
-    let mut names = 0;
-    if text.contains('`') || text.contains("::") || text.contains("()") {
-        flags |= IDENT;
-    }
-    for token in text.split_whitespace() {
-        let t = token.trim_matches(|c: char| !(c.is_alphanumeric() || "/_.~-".contains(c)));
-        let t = t.trim_end_matches('.');
-        if looks_like_path(t) {
-            flags |= PATH;
-        } else if looks_like_identifier(t) {
-            flags |= IDENT;
-        }
-    }
-    let mut buf = [0u8; 24];
-    for (i, word) in text
-        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty())
-        .enumerate()
-    {
-        let bytes = word.as_bytes();
-        if bytes[0].is_ascii_digit() {
-            flags |= NUMBER;
-        }
-        if i > 0 && bytes[0].is_ascii_uppercase() && bytes.len() > 1 {
-            names += 1;
-        }
-        if bytes.len() > buf.len() || !word.is_ascii() {
-            continue;
-        }
-        let lower = &mut buf[..bytes.len()];
-        lower.copy_from_slice(bytes);
-        lower.make_ascii_lowercase();
-        flags |= keyword(lower);
-    }
-    let mut score = 0;
-    for (flag, weight) in [
-        (ERROR, 5),
-        (PATH, 3),
-        (CONFIG, 2),
-        (IDENT, 2),
-        (DECISION, 2),
-        (DATE, 2),
-        (NUMBER, 1),
-    ] {
-        if flags & flag != 0 {
-            score += weight;
-        }
-    }
-    if flags & FILE_OP != 0 && flags & PATH != 0 {
-        score += 2;
-    }
-    if flags & PREFERENCE != 0 && flags & FIRST_PERSON != 0 {
-        score += 3;
-    }
-    score += names.min(2);
-    if is_user && score > 0 {
-        score += 1;
-    }
-    // Numbered lines of a file listing (`273:    raise ...`) are context, not facts.
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    if digits > 0 && text[digits..].starts_with(':') && flags & ERROR == 0 {
-        score /= 3;
-    }
-    score
-}
-
-fn keyword(word: &[u8]) -> u32 {
-    match word {
-        b"error" | b"errors" | b"failed" | b"failure" | b"failing" | b"fails" | b"exception"
-        | b"traceback" | b"panic" | b"panicked" | b"fatal" | b"denied" | b"errno" | b"crash"
-        | b"crashed" | b"segfault" | b"aborted" | b"refused" | b"cannot" | b"unable" => ERROR,
-        b"created" | b"wrote" | b"written" | b"edited" | b"modified" | b"deleted" | b"removed"
-        | b"renamed" | b"moved" | b"opened" | b"saved" | b"patched" | b"replaced" | b"copied"
-        | b"create" | b"write" | b"edit" | b"delete" | b"rename" | b"open" | b"mkdir" => FILE_OP,
-        b"install" | b"installed" | b"installing" | b"pip" | b"npm" | b"yarn" | b"cargo"
-        | b"apt" | b"brew" | b"conda" | b"config" | b"configuration" | b"configure"
-        | b"configured" | b"setting" | b"settings" | b"env" | b"environment" | b"version"
-        | b"upgrade" | b"upgraded" | b"dependency" | b"dependencies" | b"docker" | b"export"
-        | b"enabled" | b"disabled" | b"port" => CONFIG,
-        b"decided" | b"decide" | b"decision" | b"chose" | b"choose" | b"chosen" | b"instead"
-        | b"plan" | b"agreed" | b"conclusion" | b"solution" | b"fix" | b"fixed" | b"resolved"
-        | b"cause" | b"caused" | b"approach" | b"recommend" | b"recommended" | b"must"
-        | b"important" | b"todo" => DECISION,
-        b"january" | b"february" | b"march" | b"april" | b"june" | b"july" | b"august"
-        | b"september" | b"october" | b"november" | b"december" | b"monday" | b"tuesday"
-        | b"wednesday" | b"thursday" | b"friday" | b"saturday" | b"sunday" | b"today"
-        | b"tomorrow" | b"yesterday" | b"tonight" | b"weekend" | b"birthday" | b"deadline" => DATE,
-        b"like" | b"love" | b"prefer" | b"hate" | b"enjoy" | b"favorite" | b"favourite"
-        | b"want" | b"wish" | b"allergic" | b"vegetarian" | b"vegan" | b"dislike" | b"budget"
-        | b"interested" | b"planning" | b"live" | b"name" | b"need" => PREFERENCE,
-        b"i" | b"my" | b"me" | b"we" | b"our" | b"im" => FIRST_PERSON,
-        w if w.len() > 6 && (w.ends_with(b"error") || w.ends_with(b"exception")) => ERROR,
-        _ => 0,
-    }
-}
-
-pub(super) fn looks_like_path(t: &str) -> bool {
-    if t.len() < 3 || t.starts_with("http") {
-        return false;
-    }
-    let has_ext = t.rsplit_once('.').is_some_and(|(stem, ext)| {
-        !stem.is_empty()
-            && (1..=5).contains(&ext.len())
-            && ext.bytes().all(|b| b.is_ascii_alphanumeric())
-            && ext.bytes().any(|b| b.is_ascii_alphabetic())
-            && !stem.ends_with('.')
-    });
-    let slashed = t.contains('/') && t.bytes().filter(u8::is_ascii_alphanumeric).count() >= 2;
-    (slashed && (has_ext || t.starts_with('/') || t.starts_with("./") || t.starts_with("~/")))
-        || (has_ext && t.bytes().any(|b| b == b'_' || b == b'/') && !t.contains(' '))
-        || (has_ext && is_source_extension(t))
-}
-
-fn is_source_extension(t: &str) -> bool {
-    const EXTENSIONS: &[&str] = &[
-        "rs",
-        "py",
-        "js",
-        "ts",
-        "tsx",
-        "jsx",
-        "go",
-        "java",
-        "kt",
-        "c",
-        "h",
-        "cc",
-        "cpp",
-        "hpp",
-        "cs",
-        "rb",
-        "php",
-        "swift",
-        "sh",
-        "toml",
-        "yaml",
-        "yml",
-        "json",
-        "md",
-        "txt",
-        "cfg",
-        "ini",
-        "lock",
-        "sql",
-        "html",
-        "css",
-        "xml",
-        "env",
-        "log",
-        "csv",
-        "ipynb",
-        "dockerfile",
-    ];
-    t.rsplit_once('.')
-        .is_some_and(|(_, ext)| EXTENSIONS.iter().any(|e| ext.eq_ignore_ascii_case(e)))
-}
-
-/// `snake_case`, `camelCase`, `Type::path` or `call()` words.
-pub(super) fn looks_like_identifier(t: &str) -> bool {
-    let b = t.as_bytes();
-    if b.len() < 4 || !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') {
-        return false;
-    }
-    let inner_underscore = b[1..b.len() - 1].contains(&b'_');
-    let camel = b
-        .windows(2)
-        .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
-    inner_underscore || camel
 }

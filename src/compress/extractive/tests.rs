@@ -1,7 +1,7 @@
 //! The extractive strategy's tests: what is kept, how tools are summarized, what
 //! counts as a failure, a path or an identifier.
 
-use super::key_points::{looks_like_identifier, looks_like_path};
+use super::facts::{looks_like_identifier, looks_like_path};
 use super::tools::mentions_failure;
 use super::*;
 use crate::chat::ToolCall;
@@ -63,7 +63,7 @@ fn tool_calls_are_summarized_with_counts_targets_and_error_lines() {
         messages.push(result(&id, "wrote 12 bytes"));
     }
     let sources: Vec<Source<'_>> = messages.iter().map(source).collect();
-    let text = condense(&sources, 400);
+    let text = condense(&sources, 400, None);
     assert!(
         text.contains("read_file ×12 (11 ok, 1 failed): src/f7.rs, src/f8.rs, src/f9.rs, src/f10.rs, src/f11.rs, +7 more"),
         "{text}"
@@ -97,7 +97,7 @@ fn ollama_tool_results_answer_calls_in_order() {
         ),
     ];
     let sources: Vec<Source<'_>> = messages.iter().map(source).collect();
-    let text = condense(&sources, 200);
+    let text = condense(&sources, 200, None);
     assert!(text.contains("grep ×1 (1 ok): deprecated"), "{text}");
     assert!(
         text.contains("bash ×1 (0 ok, 1 failed): cargo build"),
@@ -154,7 +154,7 @@ fn key_points_prefer_facts_and_keep_them_verbatim() {
         ),
     ];
     let sources: Vec<Source<'_>> = messages.iter().map(source).collect();
-    let text = condense(&sources, 100);
+    let text = condense(&sources, 100, None);
     assert!(text.contains("We decided to deploy on March 3rd using config/prod.toml and the `deploy_service` script."), "{text}");
     assert!(
         text.contains("My name is Dana and I live in Lisbon."),
@@ -173,7 +173,7 @@ fn recent_material_ranks_above_old_material() {
         ));
     }
     let sources: Vec<Source<'_>> = messages.iter().map(source).collect();
-    let text = condense(&sources, 120);
+    let text = condense(&sources, 120, None);
     assert!(text.contains("module_19.rs"), "{text}");
     assert!(!text.contains("module_0.rs"), "{text}");
 }

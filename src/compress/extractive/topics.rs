@@ -205,5 +205,8 @@ fn is_stopword(word: &str) -> bool {
         "definitely",
         "quite",
     ];
-    STOP.contains(&word)
+    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(|| STOP.iter().copied().collect())
+        .contains(word)
 }

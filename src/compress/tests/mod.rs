@@ -6,9 +6,10 @@ use serde_json::Map;
 
 use super::{Compressor, Force, Outcome};
 use crate::chat::{ChatRequest, Message, Role, ToolCall};
-use crate::config::CompressionConfig;
+use crate::config::{CompressionConfig, Mode};
 
 mod budget;
+mod relevance;
 mod summaries;
 mod validity;
 
@@ -77,8 +78,19 @@ pub(super) fn compress(
     compressor.compress_extractive(chat, None, force)
 }
 
-pub(super) fn condensed_message(chat: &ChatRequest) -> Option<&Message> {
-    chat.messages
-        .iter()
-        .find(|m| m.flat_text().starts_with("[thrifty:"))
+/// The condensed text, wherever compression put it: a user message of its own or a
+/// section at the end of an instruction message.
+pub(super) fn condensed_text(chat: &ChatRequest) -> Option<String> {
+    chat.messages.iter().find_map(|m| {
+        let text = m.flat_text();
+        text.find("[thrifty:").map(|at| text[at..].to_owned())
+    })
+}
+
+/// The test config in stable mode, for what only the block-stepped prefix promises.
+pub(super) fn stable(max_context_tokens: u64, recent: usize) -> CompressionConfig {
+    CompressionConfig {
+        mode: Mode::Stable,
+        ..config(max_context_tokens, recent)
+    }
 }

@@ -88,7 +88,7 @@ async fn summaries_are_created_reused_then_extended() {
             .expect("compressed");
         check_invariants(&original, &compressed, 4, true).expect("valid");
         assert_eq!(outcome.strategy, "summarize");
-        prefixes.push(compressed.messages[1].flat_text());
+        prefixes.push(condensed_text(&compressed).expect("condensed"));
         outcomes.push(outcome);
     }
     let uses: Vec<SummaryUse> = outcomes.iter().map(|o| o.summary).collect();
@@ -148,9 +148,8 @@ async fn a_failing_or_hanging_summarizer_falls_back_to_extractive() {
         assert!(outcome.budget_met);
         check_invariants(&original, &compressed, 4, true).expect("valid");
         assert!(
-            condensed_message(&compressed)
+            condensed_text(&compressed)
                 .expect("condensed")
-                .flat_text()
                 .contains("Key points")
         );
     }
