@@ -40,17 +40,15 @@ impl Proxy {
             controls,
         );
         let stats = self.cache.stats();
-        let namespace = plan.controls.namespace.clone();
         let mut account = self.account(&exchange, call.endpoint(), call.model());
+        let counted = |outcome: Outcome| {
+            let namespace = plan.controls.namespace.as_deref();
+            stats.record(&plan.tenant, namespace, &plan.model, outcome);
+            tracing::Span::current().record("cache", outcome.as_str());
+        };
         let (outcome, flight) = match self.cache.lookup(&plan, &call).await {
             Lookup::Hit { entry, key } => {
-                stats.record(
-                    &plan.tenant,
-                    namespace.as_deref(),
-                    &plan.model,
-                    Outcome::Hit,
-                );
-                tracing::Span::current().record("cache", Outcome::Hit.as_str());
+                counted(Outcome::Hit);
                 let mut response = replay::respond(exchange.dialect, &call, &entry, &key);
                 account.hit(
                     ledger::Outcome::ExactHit,
@@ -61,13 +59,7 @@ impl Proxy {
                 return Ok(response);
             }
             Lookup::Follow { feed, answer, key } => {
-                stats.record(
-                    &plan.tenant,
-                    namespace.as_deref(),
-                    &plan.model,
-                    Outcome::Hit,
-                );
-                tracing::Span::current().record("cache", Outcome::Hit.as_str());
+                counted(Outcome::Hit);
                 return Ok(self.follow(exchange.dialect, &call, feed, answer, &key, account));
             }
             Lookup::Miss { outcome, flight } => (outcome, flight),
@@ -91,13 +83,7 @@ impl Proxy {
                 recorded,
                 ..
             } = hit;
-            stats.record(
-                &plan.tenant,
-                namespace.as_deref(),
-                &plan.model,
-                Outcome::SemanticHit,
-            );
-            tracing::Span::current().record("cache", Outcome::SemanticHit.as_str());
+            counted(Outcome::SemanticHit);
             let mut response = replay::respond(exchange.dialect, &call, &entry, &key);
             let h = response.headers_mut();
             headers::set(h, "x-thrifty-cache", Outcome::SemanticHit.as_str());
@@ -115,8 +101,7 @@ impl Proxy {
             );
             return Ok(response);
         }
-        stats.record(&plan.tenant, namespace.as_deref(), &plan.model, outcome);
-        tracing::Span::current().record("cache", outcome.as_str());
+        counted(outcome);
         let key = plan.key.clone();
         let dialect = exchange.dialect;
         let call = Arc::new(call);
