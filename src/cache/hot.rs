@@ -80,6 +80,11 @@ impl Hot {
         }
     }
 
+    /// Whether the layer keeps anything.
+    pub fn enabled(&self) -> bool {
+        self.entries.is_some()
+    }
+
     /// The copy of `key` (a full store key), if one may still be served at `now_ms`.
     pub fn get(&self, key: &str, now_ms: u64) -> Option<Arc<HotEntry>> {
         let entries = self.entries.as_ref()?;

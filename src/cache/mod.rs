@@ -234,17 +234,8 @@ impl Cache {
     pub async fn read(&self, plan: &Plan, key: &CacheKey, call: &Call) -> Option<Arc<Entry>> {
         let full = Self::store_key(key);
         let now = now_ms();
-        if let Some(copy) = self.hot.get(&full, now) {
-            if !self.servable(plan, &copy.entry, call) {
-                return None;
-            }
-            if copy.touch_due(now, copy.entry.ttl_ms) {
-                let extended = copy.clone();
-                self.slide(&full, &copy.entry, now, move |expires| {
-                    extended.extended(now, expires);
-                });
-            }
-            return Some(copy.entry.clone());
+        if let Some(entry) = self.read_hot(plan, &full, call, now) {
+            return Some(entry);
         }
         let raw = self.store.get(&full).await.ok()??;
         let Some(entry) = self.sealer.open::<Entry>(&raw) else {
@@ -261,6 +252,22 @@ impl Cache {
             hot.put(key, copy, sealed, now, expires);
         });
         Some(entry)
+    }
+
+    /// The hot layer's copy, if it holds one servable for the plan; a hit on it extends the
+    /// stored entry's TTL when that is due.
+    fn read_hot(&self, plan: &Plan, full: &str, call: &Call, now: u64) -> Option<Arc<Entry>> {
+        let copy = self.hot.get(full, now)?;
+        if !self.servable(plan, &copy.entry, call) {
+            return None;
+        }
+        if copy.touch_due(now, copy.entry.ttl_ms) {
+            let extended = copy.clone();
+            self.slide(full, &copy.entry, now, move |expires| {
+                extended.extended(now, expires);
+            });
+        }
+        Some(copy.entry.clone())
     }
 
     fn servable(&self, plan: &Plan, entry: &Entry, call: &Call) -> bool {
@@ -327,9 +334,16 @@ impl Cache {
                     feed: own,
                     done: false,
                 };
-                // A leader may have stored its answer between our read and our claim.
+                // A leader in this instance may have stored its answer between our read and
+                // our claim. It kept a copy in the hot layer when there is one, so only without
+                // it does this cost a second store read.
                 if plan.mode.read() {
-                    if let Some(entry) = self.read(plan, &key, call).await {
+                    let stored = if self.hot.enabled() {
+                        self.read_hot(plan, &Self::store_key(&key), call, now_ms())
+                    } else {
+                        self.read(plan, &key, call).await
+                    };
+                    if let Some(entry) = stored {
                         flight.finish(Some(entry.clone()));
                         return Lookup::Hit { entry, key };
                     }
