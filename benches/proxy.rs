@@ -53,7 +53,7 @@
 //! by the guard. `default stream first chunk c=1` streams the long-message miss. Each prints
 //! what the semantic stage did (`/admin/cache/stats`) under the table.
 //!
-//! Cache scenarios. `hit redis …` and `hit embedded …` run thrifty with the cache on (a private
+//! Cache scenarios. `hit redis …` and `hit embedded …` run thrifty in the default configuration (a private
 //! `redis-server`, or the embedded store), warm one entry and then measure exact hits against
 //! the same requests sent straight to the fake (misses by construction); every hit must say
 //! `x-thrifty-cache: hit` and none may reach the fake. `default semantic hit c=1` runs the
@@ -389,22 +389,9 @@ async fn exact_hits(
     store: Store,
     load: Load,
 ) -> Result<Comparison> {
-    let scratch = ScratchDir::new("hit-store")?;
-    let redis = match store {
-        Store::Redis => Some(redis_server::RedisServer::start()),
-        Store::Embedded => None,
-    };
-    let vars: Vec<(&str, String)> = redis
-        .iter()
-        .map(|redis| ("THRIFTY_REDIS_URL", redis.url()))
-        .collect();
-    let mut raw = config_for(&bench.fake, scratch.path());
-    raw.cache.enabled = true;
-    let (addr, server) = start_thrifty_with_env(raw, bench.settings.proxy_workers, &vars)?;
-    let cached = Target {
-        name: "thrifty",
-        base: format!("http://{addr}"),
-    };
+    // The default configuration, as for the misses.
+    let thrifty = DefaultThrifty::start(bench, store, Variant::Default)?;
+    let cached = thrifty.target.clone();
     let miss = Call::openai_chat(CHAT);
     warm_entry(bench, &cached, &miss, "hit")
         .await
@@ -426,9 +413,7 @@ async fn exact_hits(
             },
         )
         .await;
-    drop(server);
-    drop(redis);
-    drop(scratch);
+    drop(thrifty);
     result
 }
 

@@ -39,8 +39,8 @@ struct State {
 
 /// The pieces of one leader's answer so far.
 pub struct Feed {
-    pieces: Mutex<Vec<Bytes>>,
-    bytes: Mutex<usize>,
+    /// The pieces, and how many bytes they hold.
+    pieces: Mutex<(Vec<Bytes>, usize)>,
     limit: usize,
     state: watch::Sender<State>,
 }
@@ -52,8 +52,7 @@ pub struct Broken;
 impl Feed {
     pub fn new(limit: usize) -> Arc<Feed> {
         Arc::new(Feed {
-            pieces: Mutex::new(Vec::new()),
-            bytes: Mutex::new(0),
+            pieces: Mutex::new((Vec::new(), 0)),
             limit,
             state: watch::channel(State::default()).0,
         })
@@ -65,17 +64,17 @@ impl Feed {
     }
 
     fn push(&self, piece: &Bytes) {
-        let mut bytes = self.bytes.lock();
+        let mut pieces = self.pieces.lock();
         if self.state.borrow().end.is_some() {
             return;
         }
-        *bytes += piece.len();
-        if *bytes > self.limit {
-            drop(bytes);
+        pieces.1 += piece.len();
+        if pieces.1 > self.limit {
+            drop(pieces);
             self.end(false);
             return;
         }
-        self.pieces.lock().push(piece.clone());
+        pieces.0.push(piece.clone());
         self.state.send_modify(|s| s.pieces += 1);
     }
 
@@ -117,7 +116,7 @@ impl Feed {
                 loop {
                     let state = *rx.borrow_and_update();
                     if at < state.pieces {
-                        let piece = feed.pieces.lock()[at].clone();
+                        let piece = feed.pieces.lock().0[at].clone();
                         return Some((Ok(Frame::data(piece)), (feed, at + 1, rx, false)));
                     }
                     match state.end {

@@ -310,48 +310,56 @@ impl Cache {
         // A follower whose leader recorded nothing takes the next turn: one of them goes
         // upstream and the rest follow it, once; after that each goes on its own.
         for _ in 0..FOLLOW_TURNS {
-            // A refreshing call while another is in flight records its own answer, unregistered.
-            let own = feed::Feed::new(self.config.max_entry_bytes);
+            let limit = self.config.max_entry_bytes;
             let waiting = {
                 let mut flights = self.flights.lock();
                 match flights.get(&key.0) {
                     Some(leader) if plan.mode.read() => {
-                        Some((leader.answer.subscribe(), leader.feed.clone()))
+                        Ok((leader.answer.subscribe(), leader.feed.clone()))
                     }
-                    Some(_) => None,
+                    // A refreshing call while another is in flight records its own answer,
+                    // unregistered.
+                    Some(_) => Err(feed::Feed::new(limit)),
                     None => {
                         let (answer, _) = watch::channel(None);
-                        let feed = own.clone();
-                        flights.insert(key.0.clone(), Leader { answer, feed });
-                        None
+                        let feed = feed::Feed::new(limit);
+                        let leader = Leader {
+                            answer,
+                            feed: feed.clone(),
+                        };
+                        flights.insert(key.0.clone(), leader);
+                        Err(feed)
                     }
                 }
             };
-            let Some((mut rx, feed)) = waiting else {
-                let flight = Flight {
-                    cache: self.clone(),
-                    key: key.clone(),
-                    feed: own,
-                    done: false,
-                };
-                // A leader in this instance may have stored its answer between our read and
-                // our claim. It kept a copy in the hot layer when there is one, so only without
-                // it does this cost a second store read.
-                if plan.mode.read() {
-                    let stored = if self.hot.enabled() {
-                        self.read_hot(plan, &Self::store_key(&key), call, now_ms())
-                    } else {
-                        self.read(plan, &key, call).await
+            let (mut rx, feed) = match waiting {
+                Ok(following) => following,
+                Err(own) => {
+                    let flight = Flight {
+                        cache: self.clone(),
+                        key: key.clone(),
+                        feed: own,
+                        done: false,
                     };
-                    if let Some(entry) = stored {
-                        flight.finish(Some(entry.clone()));
-                        return Lookup::Hit { entry, key };
+                    // A leader in this instance may have stored its answer between our read and
+                    // our claim. It kept a copy in the hot layer when there is one, so only without
+                    // it does this cost a second store read.
+                    if plan.mode.read() {
+                        let stored = if self.hot.enabled() {
+                            self.read_hot(plan, &Self::store_key(&key), call, now_ms())
+                        } else {
+                            self.read(plan, &key, call).await
+                        };
+                        if let Some(entry) = stored {
+                            flight.finish(Some(entry.clone()));
+                            return Lookup::Hit { entry, key };
+                        }
                     }
+                    return Lookup::Miss {
+                        outcome,
+                        flight: Some(flight),
+                    };
                 }
-                return Lookup::Miss {
-                    outcome,
-                    flight: Some(flight),
-                };
             };
             // A streaming follower of a streamed answer reads it as it comes.
             if call.stream() {
