@@ -20,7 +20,8 @@ use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::{Encoding, TokenCounter};
 use crate::dialect::{stream, usage};
 use crate::error::ProxyError;
-use crate::headers;
+use crate::headers::Labels;
+use crate::headers::names;
 use crate::savings::{Ledger, Outcome, Tokens, UsageRecord, money};
 
 /// The most of an answer kept to read its usage from.
@@ -80,7 +81,7 @@ const MAX_TAGS: usize = 16;
 /// `x-thrifty-tags: a,b` (projects and apps, for reports), at most [`MAX_TAGS`] of 64 bytes.
 fn tags(headers: &HeaderMap) -> Vec<String> {
     headers
-        .get("x-thrifty-tags")
+        .get(names::TAGS)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             v.split(',')
@@ -185,7 +186,7 @@ impl Account {
 
     /// A compressed request's saved headers, known before its answer: the prompt tokens
     /// compression removed, and their cost net of what the summarizer spent.
-    pub fn compressed_headers(&self, response: &mut Response<Body>) {
+    pub fn compressed_labels(&self, labels: &mut Labels) {
         let Some(removed) = self.compressed_away else {
             return;
         };
@@ -195,7 +196,7 @@ impl Account {
             ..Tokens::default()
         };
         record.actual = Tokens::default();
-        saved_headers(&self.ledger, &record, response);
+        saved_labels(&self.ledger, &record, labels);
     }
 
     /// Counts one local embedding made for the semantic stage.
@@ -252,17 +253,11 @@ impl Account {
     }
 
     /// A hit: nothing billed; the baseline is what the recorded answer cost.
-    pub fn hit(
-        self,
-        outcome: Outcome,
-        dialect: Dialect,
-        entry: &Entry,
-        response: &mut Response<Body>,
-    ) {
+    pub fn hit(self, outcome: Outcome, dialect: Dialect, entry: &Entry, labels: &mut Labels) {
         let (baseline, estimated) = self.hit_baseline(outcome, dialect, entry);
         let ledger = self.ledger.clone();
         let record = self.finish(outcome, 200, baseline, Tokens::default(), estimated);
-        saved_headers(&ledger, &record, response);
+        saved_labels(&ledger, &record, labels);
     }
 
     /// A call that followed an identical call's stream as it came: nothing billed, and the
@@ -316,12 +311,12 @@ impl Account {
         status: u16,
         baseline: Tokens,
         actual: Tokens,
-        response: &mut Response<Body>,
+        labels: &mut Labels,
     ) {
         let ledger = self.ledger.clone();
         let record = self.finish(outcome, status, baseline, actual, false);
         if outcome == Outcome::ExactHit || baseline != actual {
-            saved_headers(&ledger, &record, response);
+            saved_labels(&ledger, &record, labels);
         }
     }
 
@@ -420,18 +415,13 @@ fn prompt_tokens(counter: &TokenCounter, encoding: Encoding, prompt: &serde_json
     }
 }
 
-fn saved_headers(ledger: &Ledger, record: &UsageRecord, response: &mut Response<Body>) {
-    let h = response.headers_mut();
+fn saved_labels(ledger: &Ledger, record: &UsageRecord, labels: &mut Labels) {
     let saved = record
         .baseline
         .total()
         .saturating_sub(record.actual.total());
-    headers::set(h, "x-thrifty-tokens-saved", &saved.to_string());
+    labels.tokens_saved = Some(saved);
     if let Some(costs) = ledger.pricing().quote(record).costs {
-        headers::set(
-            h,
-            "x-thrifty-cost-saved",
-            &money::decimal(costs.net_saved()),
-        );
+        labels.cost_saved = Some(money::decimal(costs.net_saved()));
     }
 }

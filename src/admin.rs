@@ -20,6 +20,7 @@ use crate::cache::invalidate::{self, Selector, State};
 use crate::cache::{ANSWER_PREFIX, EMBEDDING_PREFIX};
 use crate::compress::conversations;
 use crate::error::ProxyError;
+use crate::headers::names;
 use crate::pipeline::{Proxy, read_body};
 use crate::{dialect, reply, router, savings};
 
@@ -72,6 +73,7 @@ pub async fn handle(
             &proxy.calibration().report(None).await,
         )),
         (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
+        (Method::GET, "/admin/savings/audit") => audit(proxy, request.uri().query()).await,
         (Method::GET, "/metrics") => {
             let semantic: Vec<_> = proxy.semantic().map(|s| s.metrics()).into_iter().collect();
             Ok(text(
@@ -138,6 +140,24 @@ async fn savings(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, P
     let report = ledger.report(&query).await.map_err(store_error)?;
     let (content_type, body) = report.render();
     Ok(text(content_type, body))
+}
+
+/// `GET /admin/savings/audit?limit=&format=json|csv`: the newest raw records of the audit log,
+/// oldest first, with the prices applied to each.
+async fn audit(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, ProxyError> {
+    let query = savings::parse_audit_query(query.unwrap_or("")).map_err(ProxyError::bad_request)?;
+    let records = proxy
+        .ledger()
+        .recent(query.limit)
+        .await
+        .map_err(store_error)?;
+    Ok(match query.format {
+        savings::Format::Csv => text(
+            "text/csv; charset=utf-8",
+            savings::report::audit_csv(&records),
+        ),
+        _ => reply::json(StatusCode::OK, &json!({ "records": records })),
+    })
 }
 
 /// The cookie that admits a browser to `/dashboard` after it presented the admin token once.
@@ -480,7 +500,7 @@ async fn warm(proxy: &Proxy, warm: WarmRequest) -> Result<Response<Body>, ProxyE
                 let status = response.status().as_u16();
                 let cache = response
                     .headers()
-                    .get("x-thrifty-cache")
+                    .get(names::CACHE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_owned();

@@ -3,18 +3,21 @@
 //! The rooms, in the order a request meets them:
 //!
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful shutdown.
-//! - [`router`]: `(method, path)` to a [`router::Route`].
-//! - [`pipeline`]: the stage order for every request, and nothing else.
+//! - [`router`]: `(method, path)` to a [`router::Route`]; [`door`]: each route to its handler,
+//!   request ids, errors in the caller's dialect.
+//! - [`pipeline`]: the stage order for every intercepted request, and nothing else.
 //! - [`dialect`]: the only code that knows OpenAI and Ollama wire JSON.
 //! - [`chat`]: canonical request types the stages work on.
 //! - [`auth`]: client keys and tenant ids. [`ratelimit`]: per-tenant limits.
-//! - [`upstream`]: the pooled client with its timeouts. [`headers`]: hop-by-hop hygiene.
+//! - [`upstream`]: the pooled client with its timeouts. [`headers`]: hop-by-hop hygiene,
+//!   header names and the `x-thrifty-*` labels.
 //! - [`body`], [`reply`], [`error`]: bodies, self-made responses, errors by fault.
 //! - [`cache`]: exact answers and embeddings; [`semantic`]: answers to questions that mean the same.
 //! - [`compress`]: token counting and conversation compression before forwarding.
 //! - [`accounting`], [`savings`]: what each request cost and saved, the ledger and its reports.
 //! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API.
-//! - [`config`]: file + environment to a validated [`config::Config`]; [`secret`], [`tls`], [`telemetry`].
+//! - [`config`]: file + environment to a validated [`config::Config`]; [`table`]: the data
+//!   tables it reads; [`clock`]: Unix milliseconds; [`secret`], [`tls`], [`telemetry`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -24,9 +27,11 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod chat;
+pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod dialect;
+pub mod door;
 pub mod error;
 pub mod headers;
 pub mod pipeline;
@@ -39,6 +44,7 @@ pub mod semantic;
 pub mod server;
 pub mod store;
 pub mod summarizer;
+pub mod table;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

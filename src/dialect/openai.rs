@@ -4,10 +4,12 @@
 use serde_json::{Map, Value, json};
 
 use super::embedding;
-use super::wire::{join_fields, parse_message_fields, peek_bool, split_fields, take_string};
+use super::wire::{
+    decode_part, join_fields, parse_message_fields, peek_bool, split_fields, take_string,
+};
 use crate::chat::{
     Call, ChatRequest, CompletionRequest, Content, EmbeddingInput, EmbeddingRequest, Endpoint,
-    Message, Part, PartKind, Role, ToolCall,
+    Message, Role, ToolCall,
 };
 use crate::error::ProxyError;
 
@@ -171,25 +173,6 @@ fn decode_message(value: Value) -> Result<Message, ProxyError> {
         tool_call_id,
         extra,
     })
-}
-
-pub(super) fn decode_part(raw: Value) -> Part {
-    let kind = match raw.get("type").and_then(Value::as_str) {
-        Some("text") | Some("input_text") | Some("output_text") => {
-            PartKind::Text(raw["text"].as_str().unwrap_or_default().to_owned())
-        }
-        Some("image_url") | Some("input_image") => PartKind::Image,
-        Some("input_audio") => PartKind::Audio,
-        Some("file") | Some("input_file") => PartKind::File(
-            raw.pointer("/file/filename")
-                .or_else(|| raw.get("filename"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        ),
-        Some(other) => PartKind::Other(other.to_owned()),
-        None => PartKind::Other("part".to_owned()),
-    };
-    Part { kind, raw }
 }
 
 fn decode_tool_call(raw: Value) -> Result<ToolCall, ProxyError> {

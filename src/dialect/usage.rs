@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::responses::events;
 use crate::chat::Dialect;
-use crate::savings::Tokens;
+use crate::chat::Tokens;
 
 /// The usage a JSON answer (or one stream chunk) reports, if any.
 pub fn from_json(dialect: Dialect, body: &Value) -> Option<Tokens> {

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::chat::{Part, PartKind};
 use crate::error::ProxyError;
 
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProxyError> {
@@ -97,4 +98,24 @@ pub fn parse_message_fields(value: Value) -> Result<MessageFields, ProxyError> {
     };
     let content = object.shift_remove("content");
     Ok((role, content, object))
+}
+
+/// A content part as OpenAI's Chat Completions and Responses APIs both write them.
+pub(super) fn decode_part(raw: Value) -> Part {
+    let kind = match raw.get("type").and_then(Value::as_str) {
+        Some("text") | Some("input_text") | Some("output_text") => {
+            PartKind::Text(raw["text"].as_str().unwrap_or_default().to_owned())
+        }
+        Some("image_url") | Some("input_image") => PartKind::Image,
+        Some("input_audio") => PartKind::Audio,
+        Some("file") | Some("input_file") => PartKind::File(
+            raw.pointer("/file/filename")
+                .or_else(|| raw.get("filename"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ),
+        Some(other) => PartKind::Other(other.to_owned()),
+        None => PartKind::Other("part".to_owned()),
+    };
+    Part { kind, raw }
 }

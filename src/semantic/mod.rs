@@ -49,8 +49,7 @@ use embedder::{Embedded, Embedder};
 use index::Index;
 use stats::{Skip, Stats};
 
-/// Prefix of persisted vectors in the store.
-pub const SEMANTIC_PREFIX: &str = "thrifty:v1:semantic:";
+pub use crate::cache::SEMANTIC_PREFIX;
 
 /// Where instances announce new and removed entries.
 const EVENTS: &str = "thrifty:v1:semantic:events";

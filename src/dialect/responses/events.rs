@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::savings::Tokens;
+use crate::chat::Tokens;
 
 /// The event that ends a complete stream.
 const COMPLETED: &str = "response.completed";
