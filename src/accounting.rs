@@ -14,18 +14,27 @@ use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 
 use crate::auth::Tenant;
-use crate::body::{Body, Tap};
-use crate::cache::entry::{Answer, Entry};
+use crate::body::{Body, Ending, Tap};
 use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::{Encoding, TokenCounter};
-use crate::dialect::{stream, usage};
+use crate::dialect::observe::{Observed, observe};
+use crate::dialect::stream;
 use crate::error::ProxyError;
 use crate::headers::Labels;
 use crate::headers::names;
 use crate::savings::{Ledger, Outcome, Tokens, UsageRecord, money};
 
+/// What a recorded answer cost when it was asked for: what a hit on it is billed against.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Replayed {
+    /// The usage the upstream reported with it.
+    pub usage: Option<Tokens>,
+    /// Prompt tokens compression removed before it was asked for (thrifty's count).
+    pub compressed_away: u64,
+}
+
 /// The most of an answer kept to read its usage from.
-const TAP_LIMIT: usize = 16 * 1024 * 1024;
+pub const ANSWER_TAP_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The most of an error answer kept: it carries no usage, so only enough to count it.
 const ERROR_TAP_LIMIT: usize = 64 * 1024;
@@ -119,7 +128,7 @@ impl Account {
             reworded: 0,
             done: false,
             record: UsageRecord {
-                at_ms: crate::cache::now_ms(),
+                at_ms: crate::clock::now_ms(),
                 tenant: tenant.id.clone(),
                 key_name: tenant.key_name.clone(),
                 team: tenant.team.clone(),
@@ -253,8 +262,8 @@ impl Account {
     }
 
     /// A hit: nothing billed; the baseline is what the recorded answer cost.
-    pub fn hit(self, outcome: Outcome, dialect: Dialect, entry: &Entry, labels: &mut Labels) {
-        let (baseline, estimated) = self.hit_baseline(outcome, dialect, entry);
+    pub fn hit(self, outcome: Outcome, replayed: Replayed, labels: &mut Labels) {
+        let (baseline, estimated) = self.hit_baseline(outcome, replayed);
         let ledger = self.ledger.clone();
         let record = self.finish(outcome, 200, baseline, Tokens::default(), estimated);
         saved_labels(&ledger, &record, labels);
@@ -263,10 +272,10 @@ impl Account {
     /// A call that followed an identical call's stream as it came: nothing billed, and the
     /// baseline is what the shared answer cost once it is recorded. With no recorded answer
     /// (it broke off, or was not storable) the record is a partial error that billed nothing.
-    pub fn followed(mut self, dialect: Dialect, entry: Option<&Entry>) {
-        match entry {
-            Some(entry) => {
-                let (baseline, estimated) = self.hit_baseline(Outcome::ExactHit, dialect, entry);
+    pub fn followed(mut self, replayed: Option<Replayed>) {
+        match replayed {
+            Some(replayed) => {
+                let (baseline, estimated) = self.hit_baseline(Outcome::ExactHit, replayed);
                 self.finish(
                     Outcome::ExactHit,
                     200,
@@ -288,18 +297,18 @@ impl Account {
         }
     }
 
-    /// What a hit on `entry` would have cost, and whether that is thrifty's estimate.
-    fn hit_baseline(&self, outcome: Outcome, dialect: Dialect, entry: &Entry) -> (Tokens, bool) {
-        let tokens = match &entry.answer {
-            Answer::Json(body) => usage::from_json(dialect, body),
-            Answer::Stream(chunks) => usage::from_chunks(dialect, chunks),
-        };
+    /// What a hit on a recorded answer would have cost, and whether that is thrifty's
+    /// estimate.
+    fn hit_baseline(&self, outcome: Outcome, replayed: Replayed) -> (Tokens, bool) {
+        let Replayed {
+            usage,
+            compressed_away,
+        } = replayed;
         // A semantic hit answers a differently worded prompt: its size is the recorded one's.
         // A compressed answer's baseline adds back what thrifty counted as removed.
-        let estimated =
-            tokens.is_none() || outcome == Outcome::SemanticHit || entry.compressed_away > 0;
-        let mut baseline = tokens.unwrap_or_default();
-        baseline.prompt += entry.compressed_away;
+        let estimated = usage.is_none() || outcome == Outcome::SemanticHit || compressed_away > 0;
+        let mut baseline = usage.unwrap_or_default();
+        baseline.prompt += compressed_away;
         baseline.prompt = baseline.prompt.saturating_add_signed(self.reworded);
         (baseline, estimated)
     }
@@ -323,7 +332,7 @@ impl Account {
     /// An answer from the upstream: recorded when its body ends, from the usage it reports.
     /// A compressed request's baseline adds back the prompt tokens compression removed.
     pub fn upstream(
-        mut self,
+        self,
         outcome: Outcome,
         dialect: Dialect,
         response: Response<Body>,
@@ -331,60 +340,59 @@ impl Account {
         let status = response.status().as_u16();
         let streamed = stream::is_stream(response.headers());
         let endpoint = self.endpoint;
-        let outcome = match self.compressed_away {
-            Some(_) => Outcome::Compressed,
-            None => outcome,
+        let limit = if status >= 400 {
+            ERROR_TAP_LIMIT
+        } else {
+            ANSWER_TAP_LIMIT
         };
         response.map(|body| {
             Tap::new(
                 body,
-                if status >= 400 {
-                    ERROR_TAP_LIMIT
-                } else {
-                    TAP_LIMIT
-                },
+                limit,
                 Box::new(move |bytes, ending| {
-                    // A client that hangs up right after a stream's terminal event got it all.
-                    let complete = ending.clean
-                        || (streamed
-                            && ending.whole
-                            && stream::parse(dialect, endpoint, &bytes).is_some());
-                    let broken = !complete;
-                    let outcome = if broken { Outcome::Error } else { outcome };
-                    let reported = usage::from_bytes(dialect, streamed, &bytes);
-                    let counted = match (&reported, &self.call) {
-                        (None, Some((call, counter, encoding))) if status < 400 => Some(estimate(
-                            counter, *encoding, call, dialect, streamed, &bytes,
-                        )),
-                        _ => None,
-                    };
-                    // A compressed request's baseline is partly thrifty's own count.
-                    let estimated = counted.is_some() || self.compressed_away.is_some();
-                    let billed = reported.or(counted).unwrap_or_default();
-                    let mut baseline = billed;
-                    if let Some(removed) = self.compressed_away {
-                        baseline.prompt += removed;
-                    }
-                    self.record.partial = broken;
-                    self.finish(outcome, status, baseline, billed, estimated);
+                    let observed = observe(dialect, endpoint, streamed, &bytes);
+                    self.settle(outcome, status, &observed, ending);
                 }),
             )
             .boxed_unsync()
         })
     }
+
+    /// Writes the record of an upstream answer once its body ended: billed from the usage it
+    /// reported, else counted with thrifty's tokenizer. A compressed request's baseline adds
+    /// back the prompt tokens compression removed.
+    pub fn settle(mut self, outcome: Outcome, status: u16, observed: &Observed, ending: Ending) {
+        let outcome = match self.compressed_away {
+            Some(_) => Outcome::Compressed,
+            None => outcome,
+        };
+        // A client that hangs up right after a stream's terminal event got it all.
+        let complete = ending.clean || (observed.streamed && ending.whole && observed.complete);
+        let broken = !complete;
+        let outcome = if broken { Outcome::Error } else { outcome };
+        let reported = observed.usage();
+        let counted = match (&reported, &self.call) {
+            (None, Some((call, counter, encoding))) if status < 400 => {
+                Some(estimate(counter, *encoding, call, observed))
+            }
+            _ => None,
+        };
+        // A compressed request's baseline is partly thrifty's own count.
+        let estimated = counted.is_some() || self.compressed_away.is_some();
+        let billed = reported.or(counted).unwrap_or_default();
+        let mut baseline = billed;
+        if let Some(removed) = self.compressed_away {
+            baseline.prompt += removed;
+        }
+        self.record.partial = broken;
+        self.finish(outcome, status, baseline, billed, estimated);
+    }
 }
 
 /// Counts a call and its answer with thrifty's tokenizer in the model's encoding.
-fn estimate(
-    counter: &TokenCounter,
-    encoding: Encoding,
-    call: &Call,
-    dialect: Dialect,
-    streamed: bool,
-    answer: &[u8],
-) -> Tokens {
+fn estimate(counter: &TokenCounter, encoding: Encoding, call: &Call, answer: &Observed) -> Tokens {
     let prompt = prompt_of(counter, encoding, call);
-    let completion = counter.text(encoding, &usage::answer_text(dialect, streamed, answer));
+    let completion = counter.text(encoding, &answer.text());
     Tokens {
         prompt: prompt as u64,
         cached_prompt: 0,

@@ -247,7 +247,7 @@ fn dashboard_login(proxy: &Proxy, token: &str, rest: &str) -> Result<Response<Bo
 }
 
 fn now_s() -> u64 {
-    crate::cache::now_ms() / 1000
+    crate::clock::now_ms() / 1000
 }
 
 /// The cookie's value: when it expires (Unix seconds) and a digest of that time and the admin

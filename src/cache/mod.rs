@@ -136,7 +136,7 @@ pub struct Cache {
     config: CacheConfig,
 }
 
-pub use crate::clock::now_ms;
+use crate::clock::now_ms;
 
 impl Cache {
     pub fn new(config: &CacheConfig, store: Arc<Store>) -> Arc<Cache> {

@@ -12,11 +12,12 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::Value;
 
+use super::Outcome;
 use super::entry::{Answer, Entry};
 use super::key::CacheKey;
-use super::{Outcome, now_ms};
 use crate::body::{Body, BoxError, full};
 use crate::chat::{Call, Dialect};
+use crate::clock::now_ms;
 
 use crate::dialect::{self, stream as wire};
 use crate::headers::Labels;

@@ -6,6 +6,7 @@
 //! Nothing outside this folder matches on `Dialect` to read or write JSON.
 
 pub mod embedding;
+pub mod observe;
 mod ollama;
 mod openai;
 pub mod responses;
@@ -34,6 +35,17 @@ pub fn decode(dialect: Dialect, endpoint: Endpoint, body: &[u8]) -> Result<Call,
 pub fn json_model(body: &[u8]) -> Option<String> {
     let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
     Some(value["model"].as_str().unwrap_or_default().to_owned())
+}
+
+/// How the stream of a call that follows an identical one in flight is rewritten for it: the
+/// usage it did not ask for taken out, and an id of its own, as a replay gets (a Responses
+/// answer keeps its id, which names the response the upstream stored).
+pub fn follower_stream(dialect: Dialect, call: &Call, strip_usage: bool) -> sse::Changes {
+    let own_id = dialect == Dialect::OpenAi && call.endpoint() != Endpoint::Responses;
+    sse::Changes {
+        strip_usage,
+        id_suffix: own_id.then(|| uuid::Uuid::new_v4().simple().to_string()),
+    }
 }
 
 /// Encodes a call as the JSON body the given dialect expects.

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::embedding;
 use super::wire::{
-    decode_part, join_fields, parse_message_fields, peek_bool, split_fields, take_string,
+    self, Encoding, decode_part, parse_message_fields, peek_bool, split_fields, take_string,
 };
 use crate::chat::{
     Call, ChatRequest, CompletionRequest, Content, EmbeddingInput, EmbeddingRequest, Endpoint,
@@ -193,51 +193,19 @@ fn decode_tool_call(raw: Value) -> Result<ToolCall, ProxyError> {
     })
 }
 
+/// How this dialect writes the parts of a call that differ from Ollama's.
+pub const ENCODING: Encoding = Encoding {
+    message: encode_message,
+    embedding_input,
+    responses: super::responses::encode,
+};
+
 pub fn encode(call: &Call) -> Map<String, Value> {
-    match call {
-        Call::Responses(chat) => super::responses::encode(chat),
-        Call::Chat(ChatRequest {
-            model,
-            messages,
-            stream: _,
-            shaping,
-            incidental,
-        }) => join_fields(
-            [
-                ("model", json!(model)),
-                (
-                    "messages",
-                    Value::Array(messages.iter().map(encode_message).collect()),
-                ),
-            ],
-            shaping,
-            incidental,
-        ),
-        Call::Completion(CompletionRequest {
-            model,
-            prompt,
-            stream: _,
-            shaping,
-            incidental,
-        }) => {
-            let mut head = vec![("model", json!(model))];
-            if !prompt.is_null() {
-                head.push(("prompt", prompt.clone()));
-            }
-            join_fields(head, shaping, incidental)
-        }
-        Call::Embedding(EmbeddingRequest {
-            model,
-            input,
-            legacy: _,
-            shaping,
-            incidental,
-        }) => join_fields(
-            [("model", json!(model)), ("input", embedding::input(input))],
-            shaping,
-            incidental,
-        ),
-    }
+    wire::encode(call, &ENCODING)
+}
+
+fn embedding_input(request: &EmbeddingRequest) -> (&'static str, Value) {
+    ("input", embedding::input(&request.input))
 }
 
 fn encode_message(message: &Message) -> Value {

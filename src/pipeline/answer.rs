@@ -8,16 +8,18 @@ use http::Response;
 use http::header::CONTENT_LENGTH;
 use http_body_util::BodyExt;
 
-use crate::body::{Body, Rewrite, RewriteFn};
+use crate::accounting::{ANSWER_TAP_LIMIT, Replayed};
+use crate::body::{Body, Rewrite, RewriteFn, Tap, TapEnd};
 use crate::cache::controls::Controls;
 use crate::cache::entry::Entry;
 use crate::cache::feed::{Fanout, Start};
 use crate::cache::key::CacheKey;
-use crate::cache::record::{Recording, recorder};
+use crate::cache::record::Recording;
 use crate::cache::{Flight, Lookup, Outcome, Plan, replay};
-use crate::chat::Call;
+use crate::chat::{Call, Dialect};
 use crate::dialect;
-use crate::dialect::sse::UsageStripper;
+use crate::dialect::observe::observe;
+use crate::dialect::sse::{Changes, EventRewriter};
 use crate::error::ProxyError;
 use crate::savings as ledger;
 
@@ -114,12 +116,8 @@ impl Proxy {
             ..
         } = cx;
         replay::labels(entry, key, &mut labels);
-        account.hit(
-            ledger::Outcome::ExactHit,
-            exchange.dialect,
-            entry,
-            &mut labels,
-        );
+        let replayed = replayed(exchange.dialect, entry);
+        account.hit(ledger::Outcome::ExactHit, replayed, &mut labels);
         labels.written(replay::respond(exchange.dialect, call, entry))
     }
 
@@ -143,12 +141,8 @@ impl Proxy {
             &hit.asked,
             &hit.recorded,
         );
-        account.hit(
-            ledger::Outcome::SemanticHit,
-            exchange.dialect,
-            &hit.entry,
-            &mut labels,
-        );
+        let replayed = replayed(exchange.dialect, &hit.entry);
+        account.hit(ledger::Outcome::SemanticHit, replayed, &mut labels);
         labels.written(replay::respond(exchange.dialect, call, &hit.entry))
     }
 
@@ -178,14 +172,15 @@ impl Proxy {
             Outcome::Miss => ledger::Outcome::Miss,
             _ => ledger::Outcome::Bypass,
         };
-        let response = account.upstream(billed, dialect, response);
         labels.cache = Some(missed.outcome.as_str());
         labels.cache_key = plan.key.as_ref().map(|key| key.short().to_owned());
         let response = labels.written(response);
         let Some(flight) = missed.flight.filter(|_| response.status().is_success()) else {
+            let response = account.upstream(billed, dialect, response);
             return strip_usage(response, sent.strips_usage);
         };
         let streamed = dialect::stream::is_stream(response.headers());
+        let endpoint = call.endpoint();
         let feed = flight.feed().clone();
         feed.start(Start {
             streamed,
@@ -202,6 +197,9 @@ impl Proxy {
                 .map_or(0, |o| o.before.saturating_sub(o.after) as u64),
             on_stored,
         };
+        // One read of the answer when it ends, for the savings record and the recorder.
+        let status = response.status().as_u16();
+        let limit = ANSWER_TAP_LIMIT.max(recording.limit());
         let response = response.map(|body| {
             // Streaming followers read the answer as it comes.
             let body = if streamed {
@@ -209,23 +207,46 @@ impl Proxy {
             } else {
                 body
             };
-            recorder(body, recording).boxed_unsync()
+            let end: TapEnd = Box::new(move |bytes, ending| {
+                let observed = observe(dialect, endpoint, streamed, &bytes);
+                account.settle(billed, status, &observed, ending);
+                recording.finish(observed, ending, bytes.len());
+            });
+            Tap::new(body, limit, end).boxed_unsync()
         });
         strip_usage(response, sent.strips_usage)
     }
 }
 
+/// What a recorded answer cost, for the savings record of a call it answers.
+pub(super) fn replayed(dialect: Dialect, entry: &Entry) -> Replayed {
+    Replayed {
+        usage: entry.usage(dialect),
+        compressed_away: entry.compressed_away,
+    }
+}
+
 /// Takes the usage thrifty asked for back out of a stream whose client did not ask for it.
 pub(super) fn strip_usage(response: Response<Body>, strips: bool) -> Response<Body> {
-    if !strips || !dialect::stream::is_stream(response.headers()) {
+    let changes = Changes {
+        strip_usage: strips,
+        id_suffix: None,
+    };
+    rewrite_events(response, changes)
+}
+
+/// Rewrites the events of a streamed answer as they pass (see [`dialect::sse`]).
+pub(super) fn rewrite_events(response: Response<Body>, changes: Changes) -> Response<Body> {
+    let nothing = !changes.strip_usage && changes.id_suffix.is_none();
+    if nothing || !dialect::stream::is_stream(response.headers()) {
         return response;
     }
     let (mut head, body) = response.into_parts();
     head.headers.remove(CONTENT_LENGTH);
-    let mut stripper = UsageStripper::default();
+    let mut rewriter = EventRewriter::new(changes);
     let rewrite: RewriteFn = Box::new(move |piece| match piece {
-        Some(piece) => stripper.push(piece),
-        None => stripper.finish(),
+        Some(piece) => rewriter.push(piece),
+        None => rewriter.finish(),
     });
     Response::from_parts(head, Rewrite::new(body, rewrite).boxed_unsync())
 }

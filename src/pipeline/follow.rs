@@ -16,7 +16,7 @@ use crate::chat::{Call, Dialect};
 use crate::dialect::{self, stream as wire};
 
 use super::Proxy;
-use super::answer::strip_usage;
+use super::answer::{replayed, rewrite_events};
 
 impl Proxy {
     pub(super) fn follow(
@@ -42,8 +42,8 @@ impl Proxy {
         }
         self.cache.tasks().spawn(async move {
             let entry = recorded(answer).await;
-            account.followed(dialect, entry.as_deref());
+            account.followed(entry.as_deref().map(|e| replayed(dialect, e)));
         });
-        strip_usage(response, strips)
+        rewrite_events(response, dialect::follower_stream(dialect, call, strips))
     }
 }

@@ -152,7 +152,7 @@ impl Proxy {
             calibration: Arc::new(Calibration::new(
                 &config.semantic,
                 Some(cache.store().clone()),
-                crate::cache::now_ms(),
+                crate::clock::now_ms(),
             )),
             compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
             ledger,

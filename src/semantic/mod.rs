@@ -41,9 +41,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::cache::Cache;
 use crate::cache::key::{self, CacheKey, Scope};
-use crate::cache::{Cache, now_ms};
 use crate::chat::{ChatRequest, Content, Dialect, Endpoint, Message, PartKind, Role};
+use crate::clock::now_ms;
 use crate::config::{ContextRule, SemanticConfig};
 use embedder::{Embedded, Embedder};
 use index::Index;
