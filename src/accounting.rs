@@ -18,7 +18,7 @@ use crate::body::{Body, Ending, Tap};
 use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::{Encoding, TokenCounter};
 use crate::dialect::observe::{Observed, observe};
-use crate::dialect::stream;
+use crate::dialect::{self, stream};
 use crate::error::ProxyError;
 use crate::headers::Labels;
 use crate::headers::names;
@@ -409,18 +409,11 @@ fn prompt_of(counter: &TokenCounter, encoding: Encoding, call: &Call) -> usize {
     }
 }
 
-/// A legacy prompt: a text, token ids, or a list of either.
+/// A legacy prompt's tokens: its texts counted, its token ids one each.
 fn prompt_tokens(counter: &TokenCounter, encoding: Encoding, prompt: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    match prompt {
-        Value::String(text) => counter.text(encoding, text),
-        Value::Number(_) => 1,
-        Value::Array(items) => items
-            .iter()
-            .map(|item| prompt_tokens(counter, encoding, item))
-            .sum(),
-        _ => 0,
-    }
+    let prompt = dialect::legacy_prompt(prompt);
+    let texts: usize = prompt.texts.iter().map(|t| counter.text(encoding, t)).sum();
+    texts + prompt.token_ids
 }
 
 fn saved_labels(ledger: &Ledger, record: &UsageRecord, labels: &mut Labels) {

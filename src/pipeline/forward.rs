@@ -135,7 +135,7 @@ impl Proxy {
         dialect::whole_conversation(call).is_some()
             && self.compressor.config().enabled
             && self.force(exchange) != Force::Off
-            && matches!(status.as_u16(), 400 | 413 | 500)
+            && dialect::may_be_context_overflow(status)
             && !dialect::stream::is_stream(response.headers())
     }
 

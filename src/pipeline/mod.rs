@@ -59,7 +59,7 @@ use crate::savings::Ledger;
 use crate::semantic::SemanticCache;
 use crate::semantic::calibration::Calibration;
 use crate::store::Store;
-use crate::upstream::{UpstreamClient, root_store};
+use crate::upstream::{OnFailure, UpstreamClient, root_store};
 
 /// How long a client may take to send a request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -140,10 +140,13 @@ impl Proxy {
             config.savings.ledger,
         );
         let roots = Arc::new(root_store());
+        let metrics = ledger.metrics_hooks().clone();
+        let on_failure: OnFailure =
+            Arc::new(move |upstream, kind| metrics.upstream_error(upstream, kind));
         let clients = config
             .upstreams
             .iter()
-            .map(|u| UpstreamClient::new(u, roots.clone(), ledger.metrics_hooks().clone()))
+            .map(|u| UpstreamClient::new(u, roots.clone(), on_failure.clone()))
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
             auth: Authenticator::new(&config.keys),
