@@ -21,33 +21,33 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-pub mod accounting;
-pub mod admin;
+pub(crate) mod accounting;
+pub(crate) mod admin;
 pub mod auth;
-pub mod body;
-pub mod cache;
+pub(crate) mod body;
+pub(crate) mod cache;
 pub mod chat;
-pub mod clock;
+pub(crate) mod clock;
 pub mod compress;
 pub mod config;
-pub mod dialect;
-pub mod door;
-pub mod error;
-pub mod headers;
-pub mod pipeline;
-pub mod ratelimit;
-pub mod reply;
-pub mod router;
+pub(crate) mod dialect;
+pub(crate) mod door;
+pub(crate) mod error;
+pub(crate) mod headers;
+pub(crate) mod pipeline;
+pub(crate) mod ratelimit;
+pub(crate) mod reply;
+pub(crate) mod router;
 pub mod savings;
-pub mod secret;
+pub(crate) mod secret;
 pub mod semantic;
-pub mod server;
+pub(crate) mod server;
 pub mod store;
-pub mod summarizer;
-pub mod table;
+pub(crate) mod summarizer;
+pub(crate) mod table;
 pub mod telemetry;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -80,15 +80,6 @@ impl RateLimiter {
             bucket.limiter.shrink_to_fit();
         }
     }
-
-    /// How many tenants are currently tracked.
-    pub fn tracked(&self) -> usize {
-        self.default
-            .iter()
-            .chain(self.per_key.values())
-            .map(|b| b.limiter.len())
-            .sum()
-    }
 }
 
 /// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do (`1s`, `6m0s`, `20ms`).

@@ -84,6 +84,7 @@ pub fn is_whole_stream(dialect: Dialect, endpoint: Endpoint, read: &Values) -> b
 
 /// Splits a complete streamed body into its chunk objects; `None` unless
 /// [`is_whole_stream`].
+#[cfg(test)]
 pub fn parse(dialect: Dialect, endpoint: Endpoint, body: &[u8]) -> Option<Vec<Value>> {
     let read = read(dialect, true, body);
     is_whole_stream(dialect, endpoint, &read).then_some(read.values)
