@@ -11,14 +11,7 @@ const KNOWN_FILE_CYCLES: &[(&str, &str)] = &[
     ("compress::compressor", "compress::strategy"),
     ("compress::conversations", "compress::summarize"),
 ];
-const KNOWN_MODULE_CYCLE_EDGES: &[(&str, &str)] = &[
-    ("compress", "config"),
-    ("compress", "store"),
-    ("config", "compress"),
-    ("config", "savings"),
-    ("savings", "store"),
-    ("store", "config"),
-];
+const KNOWN_MODULE_CYCLE_EDGES: &[(&str, &str)] = &[("compress", "config"), ("config", "compress")];
 
 type Module = Vec<String>;
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, Env};
 use crate::secret::Secret;
+use crate::store::StoreConfig;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -102,22 +103,6 @@ impl CacheConfig {
             .map_or(self.ttl, |(_, ttl)| *ttl)
             .min(self.max_ttl)
     }
-}
-
-#[derive(Debug)]
-pub struct StoreConfig {
-    pub data_dir: PathBuf,
-    pub memory_bytes: u64,
-    pub timeout: Duration,
-    /// The budget of one bulk or background store call (a batch of keys, a key walk, a
-    /// ledger batch); requests never wait on it.
-    pub bulk_timeout: Duration,
-    /// Consecutive failures after which store calls are skipped until a probe answers.
-    pub breaker_failures: NonZeroU32,
-    /// The first pause between probes of a skipped store; it doubles up to a cap.
-    pub breaker_backoff: Duration,
-    pub redis_url: Option<Secret<String>>,
-    pub redis_cluster: bool,
 }
 
 pub fn validate_cache(raw: RawCache, env: &Env<'_>) -> Result<CacheConfig, ConfigError> {

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore, StoreConfig};
+pub use crate::store::StoreConfig;
+pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore};
 pub use compression::*;
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
 pub use savings::{RawSavings, SavingsConfig};

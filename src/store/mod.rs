@@ -8,6 +8,7 @@
 //! failures the [`breaker`] skips the store until a background probe finds it answering.
 
 pub mod breaker;
+mod config;
 pub mod counters;
 mod embedded;
 mod redis;
@@ -19,8 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::config::StoreConfig;
 use breaker::Breaker;
+pub use config::StoreConfig;
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 
