@@ -2,8 +2,9 @@
 //! savings record (its usage, or its text to count) and the cache's recorder (the whole answer,
 //! when it is a complete success).
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use super::responses::events;
 use super::{stream, usage};
 use crate::chat::{Dialect, Endpoint, Tokens};
 
@@ -47,6 +48,52 @@ impl Observed {
     /// The text the answer holds, for counting its tokens when no usage was reported.
     pub fn text(&self) -> String {
         usage::text_of(self.dialect, &self.values)
+    }
+}
+
+/// What a whole answer says, read out of its wire form: its text, and its tool calls by name
+/// and arguments (as data: OpenAI sends the arguments as a JSON string, Ollama as an object).
+#[derive(Debug, Default, PartialEq)]
+pub struct Saying {
+    pub text: String,
+    pub calls: Vec<(String, Value)>,
+}
+
+/// Reads a whole JSON answer (a stream assembled first, see [`stream::assemble`]).
+pub fn saying(dialect: Dialect, endpoint: Endpoint, body: &Value) -> Saying {
+    let (text, calls) = match (dialect, endpoint) {
+        (_, Endpoint::Responses) => {
+            let message = events::as_message(body);
+            (message["content"].clone(), message["tool_calls"].clone())
+        }
+        (Dialect::OpenAi, Endpoint::Chat) => {
+            let message = &body["choices"][0]["message"];
+            (message["content"].clone(), message["tool_calls"].clone())
+        }
+        (Dialect::OpenAi, _) => (body["choices"][0]["text"].clone(), Value::Null),
+        (Dialect::Ollama, Endpoint::Chat) => {
+            let message = &body["message"];
+            (message["content"].clone(), message["tool_calls"].clone())
+        }
+        (Dialect::Ollama, _) => (body["response"].clone(), Value::Null),
+    };
+    let calls = calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|call| {
+            let function = &call["function"];
+            let arguments = match &function["arguments"] {
+                Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
+                other => other.clone(),
+            };
+            let name = function["name"].as_str().unwrap_or_default().to_owned();
+            (name, arguments)
+        })
+        .collect();
+    Saying {
+        text: text.as_str().unwrap_or_default().to_owned(),
+        calls,
     }
 }
 

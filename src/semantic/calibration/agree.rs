@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::cache::entry::{Answer, Entry};
 use crate::chat::{Dialect, Endpoint};
-use crate::dialect::{responses, stream};
+use crate::dialect::{observe, stream};
 use crate::semantic::embedder::{Embedder, similarity};
 
 /// Answers whose texts differ still agree when their embeddings are at least this
@@ -29,14 +29,6 @@ fn normalise(text: &str) -> String {
         .to_owned()
 }
 
-/// A tool call's arguments as data: OpenAI sends a JSON string, Ollama an object.
-fn arguments(value: &Value) -> Value {
-    match value {
-        Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| value.clone()),
-        other => other.clone(),
-    }
-}
-
 fn said(entry: &Entry) -> Option<Said> {
     let dialect = match entry.dialect.as_str() {
         "openai" => Dialect::OpenAi,
@@ -53,37 +45,11 @@ fn said(entry: &Entry) -> Option<Said> {
         Answer::Json(body) => body.clone(),
         Answer::Stream(chunks) => stream::assemble(dialect, endpoint, chunks),
     };
-    let (text, calls) = match (dialect, endpoint) {
-        (_, Endpoint::Responses) => {
-            let message = responses::events::as_message(&body);
-            (message["content"].clone(), message["tool_calls"].clone())
-        }
-        (Dialect::OpenAi, Endpoint::Chat) => {
-            let message = &body["choices"][0]["message"];
-            (message["content"].clone(), message["tool_calls"].clone())
-        }
-        (Dialect::OpenAi, _) => (body["choices"][0]["text"].clone(), Value::Null),
-        (Dialect::Ollama, Endpoint::Chat) => {
-            let message = &body["message"];
-            (message["content"].clone(), message["tool_calls"].clone())
-        }
-        (Dialect::Ollama, _) => (body["response"].clone(), Value::Null),
-    };
-    let mut calls: Vec<(String, Value)> = calls
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|call| {
-            let function = &call["function"];
-            (
-                function["name"].as_str().unwrap_or_default().to_owned(),
-                arguments(&function["arguments"]),
-            )
-        })
-        .collect();
+    let saying = observe::saying(dialect, endpoint, &body);
+    let mut calls = saying.calls;
     calls.sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
     Some(Said {
-        text: normalise(text.as_str().unwrap_or_default()),
+        text: normalise(&saying.text),
         calls,
     })
 }
