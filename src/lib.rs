@@ -13,7 +13,8 @@
 //! - [`cache`]: exact answers and embeddings; [`semantic`]: answers to questions that mean the same.
 //! - [`compress`]: token counting and conversation compression before forwarding.
 //! - [`accounting`], [`savings`]: what each request cost and saved, the ledger and its reports.
-//! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API.
+//! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API;
+//!   [`fleet`]: the statistics every instance on one Redis reports alike.
 //! - [`config`]: file + environment to a validated [`config::Config`]; [`secret`], [`tls`], [`telemetry`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -28,6 +29,7 @@ pub mod compress;
 pub mod config;
 pub mod dialect;
 pub mod error;
+pub mod fleet;
 pub mod headers;
 pub mod pipeline;
 pub mod ratelimit;
@@ -66,6 +68,8 @@ pub enum StartError {
 
 /// How often expired entries are removed from the embedded store.
 const STORE_SWEEP: Duration = Duration::from_secs(600);
+/// How often this instance adds its counters to the totals shared through Redis.
+const STATS_PUBLISH: Duration = Duration::from_secs(1);
 /// How often cache writes committed without an `fsync` are made durable.
 const STORE_PERSIST: Duration = Duration::from_secs(1);
 
@@ -112,6 +116,16 @@ pub async fn run(
         }
     });
     background.spawn(proxy.cache().clone().listen());
+    if proxy.fleet().is_some() {
+        let stats_proxy = proxy.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(STATS_PUBLISH);
+            loop {
+                tick.tick().await;
+                stats_proxy.publish_stats().await;
+            }
+        });
+    }
     let persist_store = proxy.cache().store().clone();
     background.spawn(async move {
         let mut tick = tokio::time::interval(STORE_PERSIST);
@@ -150,6 +164,8 @@ pub async fn run(
         );
     }
     background.shutdown().await;
+    // What this instance counted last is added to the totals the other instances report.
+    let _ = tokio::time::timeout(grace, proxy.publish_stats()).await;
     proxy.cache().store().persist().await;
     Ok(())
 }

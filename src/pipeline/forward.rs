@@ -98,7 +98,7 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         tracing::Span::current().record("model", model);
         tracing::debug!(%refusal, "body not decoded: forwarded as it came");
-        let exchange = self.admit(dialect, parts, Some(model))?;
+        let exchange = self.admit(dialect, parts, Some(model)).await?;
         let mut account = self.account(&exchange, endpoint, model);
         account.sending();
         let mut response = match self.forward(&exchange, full(bytes), true).await {

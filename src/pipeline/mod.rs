@@ -47,6 +47,7 @@ use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::Compressor;
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::fleet::FleetStats;
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Route};
 use crate::savings::Ledger;
@@ -71,6 +72,8 @@ pub struct Proxy {
     calibration: Arc<Calibration>,
     ledger: Arc<Ledger>,
     compressor: Compressor,
+    /// The totals every instance on a shared store reports alike.
+    fleet: Option<FleetStats>,
 }
 
 /// When a request arrived, and whether a savings record will describe it. `handle` puts it
@@ -108,7 +111,7 @@ impl Proxy {
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
             auth: Authenticator::new(&config.keys),
-            limiter: RateLimiter::new(config.rate_limit, &config.keys),
+            limiter: RateLimiter::with_store(config.rate_limit, &config.keys, cache.store()),
             semantic: SemanticCache::load(&config.semantic, cache.clone()),
             calibration: Arc::new(Calibration::new(
                 &config.semantic,
@@ -116,6 +119,7 @@ impl Proxy {
                 crate::cache::now_ms(),
             )),
             compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
+            fleet: FleetStats::new(cache.store()),
             ledger,
             cache,
             clients,
@@ -149,6 +153,18 @@ impl Proxy {
 
     pub fn compressor(&self) -> &Compressor {
         &self.compressor
+    }
+
+    pub fn fleet(&self) -> Option<&FleetStats> {
+        self.fleet.as_ref()
+    }
+
+    /// Publishes this instance's counters to the shared totals; called each second and at
+    /// shutdown. A failure is the store's to log; the counts wait for the next publish.
+    pub async fn publish_stats(&self) {
+        if let Some(fleet) = &self.fleet {
+            let _ = fleet.publish(self).await;
+        }
     }
 
     /// Serves one request; never fails, errors become responses in the caller's dialect.
@@ -263,7 +279,7 @@ impl Proxy {
         bytes: Bytes,
     ) -> Result<Response<Body>, ProxyError> {
         tracing::Span::current().record("model", call.model());
-        let exchange = self.admit(dialect, parts, Some(call.model()))?;
+        let exchange = self.admit(dialect, parts, Some(call.model())).await?;
         let controls = Controls::from_headers(&exchange.parts.headers)?;
         match call {
             Call::Embedding(request) => self.embed(exchange, request, bytes, controls).await,
@@ -290,16 +306,20 @@ impl Proxy {
     }
 
     /// `/readyz`: ready when the store answers; degraded (still serving, uncached) when not.
+    /// `rate_limits` says whether limits are shared across instances or, with the shared
+    /// store unreachable, this instance's own.
     async fn readiness(&self) -> Response<Body> {
         let store = self.cache.store();
-        match store.ping().await {
+        let ping = store.ping().await;
+        let rate_limits = self.limiter.mode(ping.is_ok());
+        match ping {
             Ok(()) => reply::json(
                 StatusCode::OK,
-                &json!({"status": "ready", "store": store.kind()}),
+                &json!({"status": "ready", "store": store.kind(), "rate_limits": rate_limits}),
             ),
             Err(e) => reply::json(
                 StatusCode::OK,
-                &json!({"status": "degraded", "store": store.kind(), "error": e.to_string()}),
+                &json!({"status": "degraded", "store": store.kind(), "rate_limits": rate_limits, "error": e.to_string()}),
             ),
         }
     }
@@ -311,12 +331,12 @@ impl Proxy {
         request: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = request.into_parts();
-        let exchange = self.admit(dialect, parts, None)?;
+        let exchange = self.admit(dialect, parts, None).await?;
         self.forward(&exchange, boxed(body), false).await
     }
 
     /// Selects the upstream, authenticates and applies the rate limit.
-    fn admit(
+    async fn admit(
         &self,
         dialect: Dialect,
         parts: Parts,
@@ -328,7 +348,7 @@ impl Proxy {
         span.record("upstream", target.name.as_str());
         let (tenant, upstream_auth) = self.auth.authenticate(&parts.headers, target)?;
         span.record("tenant", tenant.id.as_str());
-        self.limiter.check(&tenant)?;
+        self.limiter.check(&tenant).await?;
         let arrived = parts
             .extensions
             .get::<Arrival>()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{AsyncCommands, Client, Cmd, FromRedisValue, Pipeline};
+use ::redis::{AsyncCommands, Client, Cmd, FromRedisValue, Pipeline, ScriptInvocation};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use tokio::sync::OnceCell;
@@ -114,6 +114,17 @@ impl RedisStore {
         Ok(match self.connection()? {
             Connection::Single(mut c) => pipe.query_async(&mut c).await?,
             Connection::Cluster(mut c) => pipe.query_async(&mut c).await?,
+        })
+    }
+
+    /// Runs a Lua script by its digest, loading it first where the server does not know it.
+    pub(super) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        Ok(match self.connection()? {
+            Connection::Single(mut c) => invocation.invoke_async(&mut c).await?,
+            Connection::Cluster(mut c) => invocation.invoke_async(&mut c).await?,
         })
     }
 

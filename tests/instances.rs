@@ -1,0 +1,84 @@
+//! Several thrifty instances behind one load balancer, sharing one Redis (or one Redis
+//! Cluster), driven over real sockets: what one instance does, the others see. The scenarios
+//! live in `tests/instances/`:
+//!
+//! - `limits`: a tenant's rate limit is one budget across the instances, and falls back to
+//!   each instance's own limit while Redis is down.
+
+mod common;
+
+#[path = "instances/limits.rs"]
+mod limits;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use thrifty::config::RawConfig;
+
+use common::client::{ADMIN_TOKEN, Api, Reply, bearer, start_redis, start_thrifty};
+use common::fake_llm::FakeLlm;
+use common::redis::RedisServer;
+use common::thrifty::{Thrifty, config_for};
+
+/// How long any single wait in these tests may take before it counts as a failure.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The fake upstream, one Redis and several thrifty instances on it.
+pub struct Fleet {
+    pub fake: FakeLlm,
+    pub redis: RedisServer,
+    pub instances: Vec<Thrifty>,
+    pub apis: Vec<Api>,
+}
+
+impl Fleet {
+    /// Starts `n` instances on one new Redis, each with its config changed by `tweak`.
+    pub async fn start(n: usize, tweak: impl Fn(&mut RawConfig)) -> Fleet {
+        let fake = FakeLlm::start().await;
+        let redis = start_redis().await;
+        let vars = vec![
+            ("THRIFTY_REDIS_URL".to_owned(), redis.url()),
+            ("THRIFTY_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+        ];
+        let mut instances = Vec::new();
+        let mut apis = Vec::new();
+        for _ in 0..n {
+            let mut raw = config_for(&fake);
+            // A loaded test machine must not turn store calls into misses or local limits.
+            raw.store.timeout = Duration::from_secs(2);
+            tweak(&mut raw);
+            let thrifty = start_thrifty(raw, &vars, WAIT).await;
+            apis.push(Api::new(thrifty.url(), WAIT));
+            instances.push(thrifty);
+        }
+        Fleet {
+            fake,
+            redis,
+            instances,
+            apis,
+        }
+    }
+}
+
+/// An OpenAI chat request asking `question`.
+pub fn chat(question: &str) -> Value {
+    json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": question}],
+    })
+}
+
+/// A chat request sent to `api` with bearer `token`.
+pub async fn chat_as(api: &Api, token: &str, question: &str) -> Reply {
+    api.post("/v1/chat/completions", &chat(question), &[bearer(token)])
+        .await
+}
+
+/// `/readyz` as JSON.
+pub async fn readiness(api: &Api) -> Value {
+    let reply = api
+        .request(reqwest::Method::GET, "/readyz", None, None)
+        .await;
+    reply.assert_ok("readyz");
+    reply.json()
+}
