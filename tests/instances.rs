@@ -4,18 +4,24 @@
 //!
 //! - `limits`: a tenant's rate limit is one budget across the instances, and falls back to
 //!   each instance's own limit while Redis is down.
+//! - `stats`: every instance's `/admin/*/stats` report the traffic of all.
+//! - `sharing`: an answer cached through one instance, exact or semantic, is a hit on another.
 
 mod common;
 
 #[path = "instances/limits.rs"]
 mod limits;
+#[path = "instances/sharing.rs"]
+mod sharing;
+#[path = "instances/stats.rs"]
+mod stats;
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use thrifty::config::RawConfig;
 
-use common::client::{ADMIN_TOKEN, Api, Reply, bearer, start_redis, start_thrifty};
+use common::client::{ADMIN_TOKEN, Api, Reply, bearer, poll, start_redis, start_thrifty};
 use common::fake_llm::FakeLlm;
 use common::redis::RedisServer;
 use common::thrifty::{Thrifty, config_for};
@@ -34,6 +40,15 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `n` instances on one new Redis, each with its config changed by `tweak`.
     pub async fn start(n: usize, tweak: impl Fn(&mut RawConfig)) -> Fleet {
+        Fleet::start_from(n, config_for, tweak).await
+    }
+
+    /// Like [`Fleet::start`] from the config `base` makes for the fake.
+    pub async fn start_from(
+        n: usize,
+        base: impl Fn(&FakeLlm) -> RawConfig,
+        tweak: impl Fn(&mut RawConfig),
+    ) -> Fleet {
         let fake = FakeLlm::start().await;
         let redis = start_redis().await;
         let vars = vec![
@@ -43,7 +58,7 @@ impl Fleet {
         let mut instances = Vec::new();
         let mut apis = Vec::new();
         for _ in 0..n {
-            let mut raw = config_for(&fake);
+            let mut raw = base(&fake);
             // A loaded test machine must not turn store calls into misses or local limits.
             raw.store.timeout = Duration::from_secs(2);
             tweak(&mut raw);
@@ -72,6 +87,14 @@ pub fn chat(question: &str) -> Value {
 pub async fn chat_as(api: &Api, token: &str, question: &str) -> Reply {
     api.post("/v1/chat/completions", &chat(question), &[bearer(token)])
         .await
+}
+
+/// Waits until the answer with short key `short` is in the store.
+pub async fn wait_stored(api: &Api, short: &str) {
+    poll(WAIT, &format!("answer {short} stored"), || async {
+        api.stored(short).await.then_some(())
+    })
+    .await;
 }
 
 /// `/readyz` as JSON.
