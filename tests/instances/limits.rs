@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use thrifty::config::RawRateLimit;
 
 use crate::common::client::{Reply, poll};
-use crate::{Fleet, WAIT, chat_as, readiness};
+use crate::{Fleet, Topology, WAIT, chat_as, readiness};
 
 /// Checks a 429 the way an SDK reads it: `retry-after`, the `x-ratelimit-*` headers and
 /// OpenAI's error body.
@@ -50,7 +50,16 @@ fn assert_limited(reply: &Reply, limit: u32, what: &str) {
 
 #[tokio::test]
 async fn a_tenant_gets_its_limit_once_across_two_instances() {
-    let fleet = Fleet::start(2, |raw| {
+    one_budget_across_instances(Topology::Single).await;
+}
+
+#[tokio::test]
+async fn a_tenant_gets_its_limit_once_across_two_instances_on_a_cluster() {
+    one_budget_across_instances(Topology::Cluster).await;
+}
+
+async fn one_budget_across_instances(topology: Topology) {
+    let fleet = Fleet::start(topology, 2, |raw| {
         raw.rate_limit = Some(RawRateLimit {
             requests_per_minute: 60,
             burst: Some(60),
@@ -97,7 +106,7 @@ async fn a_tenant_gets_its_limit_once_across_two_instances() {
 
 #[tokio::test]
 async fn with_redis_down_each_instance_applies_the_limit_itself() {
-    let mut fleet = Fleet::start(2, |raw| {
+    let mut fleet = Fleet::start(Topology::Single, 2, |raw| {
         // One request a minute refills nothing during the test: the burst is all there is.
         raw.rate_limit = Some(RawRateLimit {
             requests_per_minute: 1,
@@ -117,7 +126,7 @@ async fn with_redis_down_each_instance_applies_the_limit_itself() {
         "over the shared burst",
     );
 
-    fleet.redis.stop();
+    fleet.redis.server().stop();
     let down = readiness(a).await;
     assert_eq!(down["status"], "degraded", "{down}");
     assert_eq!(down["rate_limits"], "local (store unreachable)", "{down}");
@@ -141,7 +150,7 @@ async fn with_redis_down_each_instance_applies_the_limit_itself() {
     );
 
     // Back on a fresh, empty Redis the limits are shared again.
-    fleet.redis.restart();
+    fleet.redis.server().restart();
     poll(WAIT, "the store answers again", || async {
         (readiness(a).await["status"] == "ready").then_some(())
     })

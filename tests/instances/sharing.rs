@@ -2,11 +2,20 @@
 
 use crate::common::client::poll;
 use crate::common::thrifty::semantic_config_for;
-use crate::{Fleet, WAIT, chat, wait_stored};
+use crate::{Fleet, Topology, WAIT, chat, wait_stored};
 
 #[tokio::test]
 async fn an_answer_cached_through_one_instance_is_a_hit_on_the_other() {
-    let fleet = Fleet::start(2, |_| {}).await;
+    exact_hit_across_instances(Topology::Single).await;
+}
+
+#[tokio::test]
+async fn an_answer_cached_through_one_instance_is_a_hit_on_the_other_on_a_cluster() {
+    exact_hit_across_instances(Topology::Cluster).await;
+}
+
+async fn exact_hit_across_instances(topology: Topology) {
+    let fleet = Fleet::start(topology, 2, |_| {}).await;
     let (a, b) = (&fleet.apis[0], &fleet.apis[1]);
     let miss = a
         .send("/v1/chat/completions", &chat("shared question"))
@@ -23,7 +32,16 @@ async fn an_answer_cached_through_one_instance_is_a_hit_on_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_question_answered_through_one_instance_is_a_semantic_hit_on_the_other() {
-    let fleet = Fleet::start_from(2, semantic_config_for, |_| {}).await;
+    semantic_hit_across_instances(Topology::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_answered_through_one_instance_is_a_semantic_hit_on_the_other_on_a_cluster() {
+    semantic_hit_across_instances(Topology::Cluster).await;
+}
+
+async fn semantic_hit_across_instances(topology: Topology) {
+    let fleet = Fleet::start_from(topology, 2, semantic_config_for, |_| {}).await;
     let (a, b) = (&fleet.apis[0], &fleet.apis[1]);
     let miss = a
         .send("/v1/chat/completions", &chat("How do I reset my password?"))

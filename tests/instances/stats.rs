@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::common::client::{Api, poll};
-use crate::{Fleet, WAIT, chat_as, wait_stored};
+use crate::{Fleet, Topology, WAIT, chat_as, wait_stored};
 
 /// The figures of `/admin/cache/stats` every instance must agree on.
 fn cache_totals(stats: &Value) -> Value {
@@ -70,7 +70,16 @@ async fn stats(api: &Api, path: &str) -> Value {
 
 #[tokio::test]
 async fn every_instance_reports_the_traffic_of_all() {
-    let fleet = Fleet::start(2, |raw| {
+    the_same_totals_everywhere(Topology::Single).await;
+}
+
+#[tokio::test]
+async fn every_instance_reports_the_traffic_of_all_on_a_cluster() {
+    the_same_totals_everywhere(Topology::Cluster).await;
+}
+
+async fn the_same_totals_everywhere(topology: Topology) {
+    let fleet = Fleet::start(topology, 2, |raw| {
         raw.compression.max_context_tokens = 2_000;
         raw.compression.preserve_recent_messages = 4;
     })
