@@ -47,7 +47,7 @@ use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::Compressor;
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::fleet::FleetStats;
+use crate::fleet::{FleetStats, Sources};
 use crate::ratelimit::RateLimiter;
 use crate::router::{self, Route};
 use crate::savings::Ledger;
@@ -159,11 +159,20 @@ impl Proxy {
         self.fleet.as_ref()
     }
 
+    /// This instance's statistics counters.
+    pub fn stat_sources(&self) -> Sources<'_> {
+        Sources {
+            cache: self.cache.stats(),
+            semantic: self.semantic.as_deref(),
+            compressor: &self.compressor,
+        }
+    }
+
     /// Publishes this instance's counters to the shared totals; called each second and at
     /// shutdown. A failure is the store's to log; the counts wait for the next publish.
     pub async fn publish_stats(&self) {
         if let Some(fleet) = &self.fleet {
-            let _ = fleet.publish(self).await;
+            let _ = fleet.publish(self.stat_sources()).await;
         }
     }
 

@@ -7,33 +7,30 @@ use crate::common::client::{Api, poll};
 use crate::{Fleet, Topology, WAIT, chat_as, wait_stored};
 
 /// The figures of `/admin/cache/stats` every instance must agree on.
-fn cache_totals(stats: &Value) -> Value {
-    let mut out = json!({});
-    for name in [
-        "hits",
-        "misses",
-        "bypasses",
-        "off",
-        "stored",
-        "by_tenant",
-        "by_model",
-        "entries",
-    ] {
-        out[name] = stats[name].clone();
-    }
-    out
-}
+const CACHE_TOTALS: [&str; 8] = [
+    "hits",
+    "misses",
+    "bypasses",
+    "off",
+    "stored",
+    "by_tenant",
+    "by_model",
+    "entries",
+];
 
 /// The figures of `/admin/compression/stats` every instance must agree on.
-fn compression_totals(stats: &Value) -> Value {
+const COMPRESSION_TOTALS: [&str; 4] = [
+    "requests_checked",
+    "requests_compressed",
+    "tokens_before",
+    "tokens_after",
+];
+
+/// The fields `names` of `stats`.
+fn pick(stats: &Value, names: &[&str]) -> Value {
     let mut out = json!({});
-    for name in [
-        "requests_checked",
-        "requests_compressed",
-        "tokens_before",
-        "tokens_after",
-    ] {
-        out[name] = stats[name].clone();
+    for name in names {
+        out[*name] = stats[*name].clone();
     }
     out
 }
@@ -123,8 +120,8 @@ async fn the_same_totals_everywhere(topology: Topology) {
         "both instances report the same cache totals",
         || async {
             let (one, two) = (
-                cache_totals(&stats(a, "/admin/cache/stats").await),
-                cache_totals(&stats(b, "/admin/cache/stats").await),
+                pick(&stats(a, "/admin/cache/stats").await, &CACHE_TOTALS),
+                pick(&stats(b, "/admin/cache/stats").await, &CACHE_TOTALS),
             );
             (one == two && one["hits"] == 3 && one["misses"] == 4).then_some(one)
         },
@@ -141,8 +138,14 @@ async fn the_same_totals_everywhere(topology: Topology) {
         "both instances report the same compression",
         || async {
             let (one, two) = (
-                compression_totals(&stats(a, "/admin/compression/stats").await),
-                compression_totals(&stats(b, "/admin/compression/stats").await),
+                pick(
+                    &stats(a, "/admin/compression/stats").await,
+                    &COMPRESSION_TOTALS,
+                ),
+                pick(
+                    &stats(b, "/admin/compression/stats").await,
+                    &COMPRESSION_TOTALS,
+                ),
             );
             (one == two && one["requests_compressed"] == 2).then_some(one)
         },
@@ -152,4 +155,24 @@ async fn the_same_totals_everywhere(topology: Topology) {
     assert_eq!(compression["tokens_after"], tokens.1, "{compression}");
     let report = stats(b, "/admin/compression/stats").await;
     assert_eq!(report["scope"], "cluster", "{report}");
+
+    // `/metrics` tells the shared totals (`thrifty_cluster_*`) from the instance's own.
+    for api in [a, b] {
+        let metrics = api.admin_get("/metrics").await.text();
+        for line in [
+            "thrifty_cluster_cache_lookups_total{outcome=\"hits\"} 3".to_owned(),
+            "thrifty_cluster_cache_lookups_total{outcome=\"misses\"} 4".to_owned(),
+            "thrifty_cluster_compressed_requests_total 2".to_owned(),
+            format!(
+                "thrifty_cluster_compression_tokens_total{{measure=\"before\"}} {}",
+                tokens.0
+            ),
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{}: no {line} in\n{metrics}",
+                api.base
+            );
+        }
+    }
 }
