@@ -14,17 +14,27 @@ use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 
 use crate::auth::Tenant;
-use crate::body::{Body, Tap};
-use crate::cache::entry::{Answer, Entry};
+use crate::body::{Body, Ending, Tap};
 use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::{Encoding, TokenCounter};
-use crate::dialect::{stream, usage};
+use crate::dialect::observe::{Observed, observe};
+use crate::dialect::{self, stream};
 use crate::error::ProxyError;
-use crate::headers;
+use crate::headers::Labels;
+use crate::headers::names;
 use crate::savings::{Ledger, Outcome, Tokens, UsageRecord, money};
 
+/// What a recorded answer cost when it was asked for: what a hit on it is billed against.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Replayed {
+    /// The usage the upstream reported with it.
+    pub usage: Option<Tokens>,
+    /// Prompt tokens compression removed before it was asked for (thrifty's count).
+    pub compressed_away: u64,
+}
+
 /// The most of an answer kept to read its usage from.
-const TAP_LIMIT: usize = 16 * 1024 * 1024;
+pub const ANSWER_TAP_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The most of an error answer kept: it carries no usage, so only enough to count it.
 const ERROR_TAP_LIMIT: usize = 64 * 1024;
@@ -80,7 +90,7 @@ const MAX_TAGS: usize = 16;
 /// `x-thrifty-tags: a,b` (projects and apps, for reports), at most [`MAX_TAGS`] of 64 bytes.
 fn tags(headers: &HeaderMap) -> Vec<String> {
     headers
-        .get("x-thrifty-tags")
+        .get(names::TAGS)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             v.split(',')
@@ -118,7 +128,7 @@ impl Account {
             reworded: 0,
             done: false,
             record: UsageRecord {
-                at_ms: crate::cache::now_ms(),
+                at_ms: crate::clock::now_ms(),
                 tenant: tenant.id.clone(),
                 key_name: tenant.key_name.clone(),
                 team: tenant.team.clone(),
@@ -185,7 +195,7 @@ impl Account {
 
     /// A compressed request's saved headers, known before its answer: the prompt tokens
     /// compression removed, and their cost net of what the summarizer spent.
-    pub fn compressed_headers(&self, response: &mut Response<Body>) {
+    pub fn compressed_labels(&self, labels: &mut Labels) {
         let Some(removed) = self.compressed_away else {
             return;
         };
@@ -195,7 +205,7 @@ impl Account {
             ..Tokens::default()
         };
         record.actual = Tokens::default();
-        saved_headers(&self.ledger, &record, response);
+        saved_labels(&self.ledger, &record, labels);
     }
 
     /// Counts one local embedding made for the semantic stage.
@@ -252,26 +262,20 @@ impl Account {
     }
 
     /// A hit: nothing billed; the baseline is what the recorded answer cost.
-    pub fn hit(
-        self,
-        outcome: Outcome,
-        dialect: Dialect,
-        entry: &Entry,
-        response: &mut Response<Body>,
-    ) {
-        let (baseline, estimated) = self.hit_baseline(outcome, dialect, entry);
+    pub fn hit(self, outcome: Outcome, replayed: Replayed, labels: &mut Labels) {
+        let (baseline, estimated) = self.hit_baseline(outcome, replayed);
         let ledger = self.ledger.clone();
         let record = self.finish(outcome, 200, baseline, Tokens::default(), estimated);
-        saved_headers(&ledger, &record, response);
+        saved_labels(&ledger, &record, labels);
     }
 
     /// A call that followed an identical call's stream as it came: nothing billed, and the
     /// baseline is what the shared answer cost once it is recorded. With no recorded answer
     /// (it broke off, or was not storable) the record is a partial error that billed nothing.
-    pub fn followed(mut self, dialect: Dialect, entry: Option<&Entry>) {
-        match entry {
-            Some(entry) => {
-                let (baseline, estimated) = self.hit_baseline(Outcome::ExactHit, dialect, entry);
+    pub fn followed(mut self, replayed: Option<Replayed>) {
+        match replayed {
+            Some(replayed) => {
+                let (baseline, estimated) = self.hit_baseline(Outcome::ExactHit, replayed);
                 self.finish(
                     Outcome::ExactHit,
                     200,
@@ -293,18 +297,18 @@ impl Account {
         }
     }
 
-    /// What a hit on `entry` would have cost, and whether that is thrifty's estimate.
-    fn hit_baseline(&self, outcome: Outcome, dialect: Dialect, entry: &Entry) -> (Tokens, bool) {
-        let tokens = match &entry.answer {
-            Answer::Json(body) => usage::from_json(dialect, body),
-            Answer::Stream(chunks) => usage::from_chunks(dialect, chunks),
-        };
+    /// What a hit on a recorded answer would have cost, and whether that is thrifty's
+    /// estimate.
+    fn hit_baseline(&self, outcome: Outcome, replayed: Replayed) -> (Tokens, bool) {
+        let Replayed {
+            usage,
+            compressed_away,
+        } = replayed;
         // A semantic hit answers a differently worded prompt: its size is the recorded one's.
         // A compressed answer's baseline adds back what thrifty counted as removed.
-        let estimated =
-            tokens.is_none() || outcome == Outcome::SemanticHit || entry.compressed_away > 0;
-        let mut baseline = tokens.unwrap_or_default();
-        baseline.prompt += entry.compressed_away;
+        let estimated = usage.is_none() || outcome == Outcome::SemanticHit || compressed_away > 0;
+        let mut baseline = usage.unwrap_or_default();
+        baseline.prompt += compressed_away;
         baseline.prompt = baseline.prompt.saturating_add_signed(self.reworded);
         (baseline, estimated)
     }
@@ -316,19 +320,19 @@ impl Account {
         status: u16,
         baseline: Tokens,
         actual: Tokens,
-        response: &mut Response<Body>,
+        labels: &mut Labels,
     ) {
         let ledger = self.ledger.clone();
         let record = self.finish(outcome, status, baseline, actual, false);
         if outcome == Outcome::ExactHit || baseline != actual {
-            saved_headers(&ledger, &record, response);
+            saved_labels(&ledger, &record, labels);
         }
     }
 
     /// An answer from the upstream: recorded when its body ends, from the usage it reports.
     /// A compressed request's baseline adds back the prompt tokens compression removed.
     pub fn upstream(
-        mut self,
+        self,
         outcome: Outcome,
         dialect: Dialect,
         response: Response<Body>,
@@ -336,60 +340,59 @@ impl Account {
         let status = response.status().as_u16();
         let streamed = stream::is_stream(response.headers());
         let endpoint = self.endpoint;
-        let outcome = match self.compressed_away {
-            Some(_) => Outcome::Compressed,
-            None => outcome,
+        let limit = if status >= 400 {
+            ERROR_TAP_LIMIT
+        } else {
+            ANSWER_TAP_LIMIT
         };
         response.map(|body| {
             Tap::new(
                 body,
-                if status >= 400 {
-                    ERROR_TAP_LIMIT
-                } else {
-                    TAP_LIMIT
-                },
+                limit,
                 Box::new(move |bytes, ending| {
-                    // A client that hangs up right after a stream's terminal event got it all.
-                    let complete = ending.clean
-                        || (streamed
-                            && ending.whole
-                            && stream::parse(dialect, endpoint, &bytes).is_some());
-                    let broken = !complete;
-                    let outcome = if broken { Outcome::Error } else { outcome };
-                    let reported = usage::from_bytes(dialect, streamed, &bytes);
-                    let counted = match (&reported, &self.call) {
-                        (None, Some((call, counter, encoding))) if status < 400 => Some(estimate(
-                            counter, *encoding, call, dialect, streamed, &bytes,
-                        )),
-                        _ => None,
-                    };
-                    // A compressed request's baseline is partly thrifty's own count.
-                    let estimated = counted.is_some() || self.compressed_away.is_some();
-                    let billed = reported.or(counted).unwrap_or_default();
-                    let mut baseline = billed;
-                    if let Some(removed) = self.compressed_away {
-                        baseline.prompt += removed;
-                    }
-                    self.record.partial = broken;
-                    self.finish(outcome, status, baseline, billed, estimated);
+                    let observed = observe(dialect, endpoint, streamed, &bytes);
+                    self.settle(outcome, status, &observed, ending);
                 }),
             )
             .boxed_unsync()
         })
     }
+
+    /// Writes the record of an upstream answer once its body ended: billed from the usage it
+    /// reported, else counted with thrifty's tokenizer. A compressed request's baseline adds
+    /// back the prompt tokens compression removed.
+    pub fn settle(mut self, outcome: Outcome, status: u16, observed: &Observed, ending: Ending) {
+        let outcome = match self.compressed_away {
+            Some(_) => Outcome::Compressed,
+            None => outcome,
+        };
+        // A client that hangs up right after a stream's terminal event got it all.
+        let complete = ending.clean || (observed.streamed && ending.whole && observed.complete);
+        let broken = !complete;
+        let outcome = if broken { Outcome::Error } else { outcome };
+        let reported = observed.usage();
+        let counted = match (&reported, &self.call) {
+            (None, Some((call, counter, encoding))) if status < 400 => {
+                Some(estimate(counter, *encoding, call, observed))
+            }
+            _ => None,
+        };
+        // A compressed request's baseline is partly thrifty's own count.
+        let estimated = counted.is_some() || self.compressed_away.is_some();
+        let billed = reported.or(counted).unwrap_or_default();
+        let mut baseline = billed;
+        if let Some(removed) = self.compressed_away {
+            baseline.prompt += removed;
+        }
+        self.record.partial = broken;
+        self.finish(outcome, status, baseline, billed, estimated);
+    }
 }
 
 /// Counts a call and its answer with thrifty's tokenizer in the model's encoding.
-fn estimate(
-    counter: &TokenCounter,
-    encoding: Encoding,
-    call: &Call,
-    dialect: Dialect,
-    streamed: bool,
-    answer: &[u8],
-) -> Tokens {
+fn estimate(counter: &TokenCounter, encoding: Encoding, call: &Call, answer: &Observed) -> Tokens {
     let prompt = prompt_of(counter, encoding, call);
-    let completion = counter.text(encoding, &usage::answer_text(dialect, streamed, answer));
+    let completion = counter.text(encoding, &answer.text());
     Tokens {
         prompt: prompt as u64,
         cached_prompt: 0,
@@ -406,32 +409,20 @@ fn prompt_of(counter: &TokenCounter, encoding: Encoding, call: &Call) -> usize {
     }
 }
 
-/// A legacy prompt: a text, token ids, or a list of either.
+/// A legacy prompt's tokens: its texts counted, its token ids one each.
 fn prompt_tokens(counter: &TokenCounter, encoding: Encoding, prompt: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    match prompt {
-        Value::String(text) => counter.text(encoding, text),
-        Value::Number(_) => 1,
-        Value::Array(items) => items
-            .iter()
-            .map(|item| prompt_tokens(counter, encoding, item))
-            .sum(),
-        _ => 0,
-    }
+    let prompt = dialect::legacy_prompt(prompt);
+    let texts: usize = prompt.texts.iter().map(|t| counter.text(encoding, t)).sum();
+    texts + prompt.token_ids
 }
 
-fn saved_headers(ledger: &Ledger, record: &UsageRecord, response: &mut Response<Body>) {
-    let h = response.headers_mut();
+fn saved_labels(ledger: &Ledger, record: &UsageRecord, labels: &mut Labels) {
     let saved = record
         .baseline
         .total()
         .saturating_sub(record.actual.total());
-    headers::set(h, "x-thrifty-tokens-saved", &saved.to_string());
+    labels.tokens_saved = Some(saved);
     if let Some(costs) = ledger.pricing().quote(record).costs {
-        headers::set(
-            h,
-            "x-thrifty-cost-saved",
-            &money::decimal(costs.net_saved()),
-        );
+        labels.cost_saved = Some(money::decimal(costs.net_saved()));
     }
 }

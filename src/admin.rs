@@ -20,6 +20,7 @@ use crate::cache::invalidate::{self, Selector, State};
 use crate::cache::{ANSWER_PREFIX, EMBEDDING_PREFIX};
 use crate::compress::conversations;
 use crate::error::ProxyError;
+use crate::headers::names;
 use crate::pipeline::{Proxy, read_body};
 use crate::{dialect, reply, router, savings};
 
@@ -73,6 +74,7 @@ pub async fn handle(
             &proxy.calibration().report(None).await,
         )),
         (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
+        (Method::GET, "/admin/savings/audit") => audit(proxy, request.uri().query()).await,
         (Method::GET, "/metrics") => {
             let mut more: Vec<_> = proxy.semantic().map(|s| s.metrics()).into_iter().collect();
             more.extend(crate::fleet::metrics(proxy.fleet(), proxy.stat_sources()).await);
@@ -140,6 +142,24 @@ async fn savings(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, P
     let report = ledger.report(&query).await.map_err(store_error)?;
     let (content_type, body) = report.render();
     Ok(text(content_type, body))
+}
+
+/// `GET /admin/savings/audit?limit=&format=json|csv`: the newest raw records of the audit log,
+/// oldest first, with the prices applied to each.
+async fn audit(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, ProxyError> {
+    let query = savings::parse_audit_query(query.unwrap_or("")).map_err(ProxyError::bad_request)?;
+    let records = proxy
+        .ledger()
+        .recent(query.limit)
+        .await
+        .map_err(store_error)?;
+    Ok(match query.format {
+        savings::Format::Csv => text(
+            "text/csv; charset=utf-8",
+            savings::report::audit_csv(&records),
+        ),
+        _ => reply::json(StatusCode::OK, &json!({ "records": records })),
+    })
 }
 
 /// The cookie that admits a browser to `/dashboard` after it presented the admin token once.
@@ -229,7 +249,7 @@ fn dashboard_login(proxy: &Proxy, token: &str, rest: &str) -> Result<Response<Bo
 }
 
 fn now_s() -> u64 {
-    crate::cache::now_ms() / 1000
+    crate::clock::now_ms() / 1000
 }
 
 /// The cookie's value: when it expires (Unix seconds) and a digest of that time and the admin
@@ -479,7 +499,7 @@ async fn warm(proxy: &Proxy, warm: WarmRequest) -> Result<Response<Body>, ProxyE
                 let status = response.status().as_u16();
                 let cache = response
                     .headers()
-                    .get("x-thrifty-cache")
+                    .get(names::CACHE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_owned();

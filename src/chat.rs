@@ -6,6 +6,7 @@
 //! not know yet) and `incidental` (fields known not to change it), so the cache
 //! key never has to guess.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The wire protocol a downstream client or an upstream server speaks.
@@ -335,4 +336,32 @@ pub struct ToolCall {
     pub name: String,
     /// The arguments as JSON text.
     pub arguments: String,
+}
+
+/// Token counts of one side of the bill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    /// Prompt tokens, cached ones included.
+    pub prompt: u64,
+    /// The part of `prompt` billed at the provider's cached-input price.
+    pub cached_prompt: u64,
+    pub completion: u64,
+}
+
+impl Tokens {
+    pub fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.prompt == 0 && self.cached_prompt == 0 && self.completion == 0
+    }
+}
+
+impl std::ops::AddAssign for Tokens {
+    fn add_assign(&mut self, other: Tokens) {
+        self.prompt += other.prompt;
+        self.cached_prompt += other.cached_prompt;
+        self.completion += other.completion;
+    }
 }

@@ -92,16 +92,6 @@ impl ProxyError {
         }
     }
 
-    /// Whether the same request may succeed if sent again unchanged.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::RateLimited { .. }
-                | ProxyError::UpstreamUnavailable { .. }
-                | ProxyError::UpstreamTimeout { .. }
-        )
-    }
-
     /// OpenAI's `type` field for this error.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -3,47 +3,53 @@
 //! The rooms, in the order a request meets them:
 //!
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful shutdown.
-//! - [`router`]: `(method, path)` to a [`router::Route`].
-//! - [`pipeline`]: the stage order for every request, and nothing else.
+//! - [`router`]: `(method, path)` to a [`router::Route`]; [`door`]: each route to its handler,
+//!   request ids, errors in the caller's dialect.
+//! - [`pipeline`]: the stage order for every intercepted request, and nothing else.
 //! - [`dialect`]: the only code that knows OpenAI and Ollama wire JSON.
 //! - [`chat`]: canonical request types the stages work on.
 //! - [`auth`]: client keys and tenant ids. [`ratelimit`]: per-tenant limits.
-//! - [`upstream`]: the pooled client with its timeouts. [`headers`]: hop-by-hop hygiene.
+//! - [`upstream`]: the pooled client with its timeouts. [`headers`]: hop-by-hop hygiene,
+//!   header names and the `x-thrifty-*` labels.
 //! - [`body`], [`reply`], [`error`]: bodies, self-made responses, errors by fault.
 //! - [`cache`]: exact answers and embeddings; [`semantic`]: answers to questions that mean the same.
 //! - [`compress`]: token counting and conversation compression before forwarding.
 //! - [`accounting`], [`savings`]: what each request cost and saved, the ledger and its reports.
 //! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API;
 //!   [`fleet`]: the statistics every instance on one Redis reports alike.
-//! - [`config`]: file + environment to a validated [`config::Config`]; [`secret`], [`tls`], [`telemetry`].
+//! - [`config`]: file + environment to a validated [`config::Config`]; [`table`]: the data
+//!   tables it reads; [`clock`]: Unix milliseconds; [`secret`], [`tls`], [`telemetry`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-pub mod accounting;
-pub mod admin;
+pub(crate) mod accounting;
+pub(crate) mod admin;
 pub mod auth;
-pub mod body;
-pub mod cache;
+pub(crate) mod body;
+pub(crate) mod cache;
 pub mod chat;
+pub(crate) mod clock;
 pub mod compress;
 pub mod config;
-pub mod dialect;
-pub mod error;
-pub mod fleet;
-pub mod headers;
-pub mod pipeline;
-pub mod ratelimit;
-pub mod reply;
-pub mod router;
+pub(crate) mod dialect;
+pub(crate) mod door;
+pub(crate) mod error;
+pub(crate) mod fleet;
+pub(crate) mod headers;
+pub(crate) mod pipeline;
+pub(crate) mod ratelimit;
+pub(crate) mod reply;
+pub(crate) mod router;
 pub mod savings;
-pub mod secret;
+pub(crate) mod secret;
 pub mod semantic;
-pub mod server;
+pub(crate) mod server;
 pub mod store;
-pub mod summarizer;
+pub(crate) mod summarizer;
+pub(crate) mod table;
 pub mod telemetry;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 
 use crate::body::{Body, full};
-use crate::chat::{Dialect, Message};
+use crate::chat::{Dialect, Endpoint, Message};
 use crate::compress::conversations::Conversation;
 use crate::compress::{Summarizer, SummaryFuture};
 use crate::config::Upstream;
@@ -64,7 +64,10 @@ impl<'a> UpstreamSummarizer<'a> {
         let body = dialect::own_chat_request(self.upstream.dialect, self.model, prompt, max_tokens);
         let mut request = Request::builder()
             .method(Method::POST)
-            .uri(format!("{root}/chat/completions"))
+            .uri(format!(
+                "{root}{}",
+                dialect::path_of(Dialect::OpenAi, Endpoint::Chat).unwrap_or_default()
+            ))
             .header(CONTENT_TYPE, "application/json")
             .body(full(body))
             .map_err(|e| format!("cannot build the summarizer request: {e}"))?;

@@ -16,11 +16,13 @@ use rustls::RootCertStore;
 use crate::body::{Body, IdleTimeout, boxed};
 use crate::config::Upstream;
 use crate::error::ProxyError;
-use crate::savings::Metrics;
+/// Told of every failed upstream call: the upstream's name and the kind of failure
+/// (`rate_limited`, `server_error`, `timeout`, …), for the metrics.
+pub type OnFailure = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
-    metrics: Arc<Metrics>,
+    on_failure: OnFailure,
 }
 
 /// Roots trusted for upstream TLS: Mozilla's webpki set plus the system's own.
@@ -39,7 +41,7 @@ impl UpstreamClient {
     pub fn new(
         upstream: &Upstream,
         roots: Arc<RootCertStore>,
-        metrics: Arc<Metrics>,
+        on_failure: OnFailure,
     ) -> Result<Self, rustls::Error> {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -58,7 +60,7 @@ impl UpstreamClient {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(https);
-        Ok(UpstreamClient { client, metrics })
+        Ok(UpstreamClient { client, on_failure })
     }
 
     /// Sends a request and waits for the response head within the first-byte timeout.
@@ -73,8 +75,8 @@ impl UpstreamClient {
         let (kind, error) = match sent.await {
             Ok(Ok(response)) => {
                 match response.status().as_u16() {
-                    429 => self.metrics.upstream_error(&upstream.name, "rate_limited"),
-                    500.. => self.metrics.upstream_error(&upstream.name, "server_error"),
+                    429 => (self.on_failure)(&upstream.name, "rate_limited"),
+                    500.. => (self.on_failure)(&upstream.name, "server_error"),
                     _ => {}
                 }
                 return Ok(response
@@ -95,7 +97,7 @@ impl UpstreamClient {
                 },
             ),
         };
-        self.metrics.upstream_error(&upstream.name, kind);
+        (self.on_failure)(&upstream.name, kind);
         Err(error)
     }
 }

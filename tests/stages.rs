@@ -217,6 +217,52 @@ async fn the_savings_report_counts_a_miss_and_a_hit() {
         .await
         .expect("text");
     assert!(csv.lines().count() >= 2, "{csv}");
+    // The audit log: each raw record, priced, without a word of the conversation.
+    let audit = |format: &'static str| {
+        let client = client.clone();
+        let url = format!(
+            "{}/admin/savings/audit?limit=10&format={format}",
+            thrifty.url()
+        );
+        async move {
+            let response = client
+                .get(url)
+                .bearer_auth("adm")
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status(), 200);
+            response.text().await.expect("text")
+        }
+    };
+    let records: Value = serde_json::from_str(&audit("json").await).expect("json");
+    let outcomes: Vec<&str> = records["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["outcome"].as_str().expect("an outcome"))
+        .collect();
+    assert_eq!(outcomes, ["miss", "exact_hit"], "{records:#}");
+    assert_eq!(
+        records["records"][1]["baseline"]["completion"], completion,
+        "{records:#}"
+    );
+    let audit_csv = audit("csv").await;
+    let lines: Vec<&str> = audit_csv.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two records: {audit_csv}");
+    assert!(lines[0].starts_with("at_ms,day,tenant,"), "{audit_csv}");
+    assert!(lines[2].contains(",exact_hit,200,"), "{audit_csv}");
+    assert!(
+        !audit_csv.contains("savings please"),
+        "no prompt text in the log"
+    );
+    let refused = client
+        .get(format!("{}/admin/savings/audit?limit=0", thrifty.url()))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 400);
     let metrics = client
         .get(format!("{}/metrics", thrifty.url()))
         .bearer_auth("adm")

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::error::ProxyError;
+use crate::headers::names;
 
 /// Whether a request reads and writes the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +91,7 @@ impl Controls {
                 }
             }
         }
-        let off = match header(headers, "x-thrifty-cache")? {
+        let off = match header(headers, names::CACHE)? {
             None => false,
             Some(v) if v.eq_ignore_ascii_case("off") => true,
             Some(v) if v.eq_ignore_ascii_case("on") => false,
@@ -103,9 +104,9 @@ impl Controls {
             (false, false, true) => CacheMode::ReadOnly,
             (false, false, false) => CacheMode::Normal,
         };
-        let ttl = match header(headers, "x-thrifty-cache-ttl")? {
+        let ttl = match header(headers, names::CACHE_TTL)? {
             Some(v) => {
-                let ttl = seconds(v, "x-thrifty-cache-ttl")?;
+                let ttl = seconds(v, names::CACHE_TTL)?;
                 if ttl.is_zero() {
                     return Err(ProxyError::bad_request(
                         "x-thrifty-cache-ttl must be above zero",
@@ -115,7 +116,7 @@ impl Controls {
             }
             None => None,
         };
-        let namespace = match header(headers, "x-thrifty-cache-namespace")? {
+        let namespace = match header(headers, names::CACHE_NAMESPACE)? {
             Some(ns) if valid_name(ns) => Some(ns.to_owned()),
             Some(_) => {
                 return Err(ProxyError::bad_request(
@@ -124,7 +125,7 @@ impl Controls {
             }
             None => None,
         };
-        let tags = match header(headers, "x-thrifty-cache-tags")? {
+        let tags = match header(headers, names::CACHE_TAGS)? {
             Some(list) => {
                 let tags: Vec<String> = list
                     .split(',')
@@ -141,7 +142,7 @@ impl Controls {
             }
             None => Vec::new(),
         };
-        let semantic = match header(headers, "x-thrifty-semantic")? {
+        let semantic = match header(headers, names::SEMANTIC)? {
             None => true,
             Some(v) if v.eq_ignore_ascii_case("off") => false,
             Some(v) if v.eq_ignore_ascii_case("on") => true,
@@ -151,7 +152,7 @@ impl Controls {
                 ));
             }
         };
-        let semantic_threshold = match header(headers, "x-thrifty-semantic-threshold")? {
+        let semantic_threshold = match header(headers, names::SEMANTIC_THRESHOLD)? {
             None => None,
             Some(v) => match v.parse::<f32>() {
                 Ok(t) if (0.0..=1.0).contains(&t) => Some(t),

@@ -4,8 +4,9 @@
 use super::controls::{CacheMode, Controls};
 use super::entry::EmbeddingEntry;
 use super::key::{self, CacheKey};
-use super::{Cache, EMBEDDING_PREFIX, Outcome, now_ms};
+use super::{Cache, EMBEDDING_PREFIX, Outcome};
 use crate::chat::{Dialect, EmbeddingRequest};
+use crate::clock::now_ms;
 
 /// The cache's view of one embedding call.
 pub struct EmbeddingPlan {

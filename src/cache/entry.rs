@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::chat::{Dialect, Tokens};
+use crate::dialect::usage;
 use crate::secret::Secret;
 
 const PLAIN: &[u8] = b"TJ1";
@@ -33,6 +35,17 @@ pub struct Entry {
     /// count); a hit's baseline adds them back to the recorded usage.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub compressed_away: u64,
+}
+
+impl Entry {
+    /// The usage the upstream reported with this answer, read by the dialect it was
+    /// recorded in.
+    pub fn usage(&self, dialect: Dialect) -> Option<Tokens> {
+        match &self.answer {
+            Answer::Json(body) => usage::from_json(dialect, body),
+            Answer::Stream(chunks) => usage::from_chunks(dialect, chunks),
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

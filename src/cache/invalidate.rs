@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 
 use super::controls::tag_matches;
 use super::entry::{EmbeddingEntry, Entry};
-use super::{ANSWER_PREFIX, Cache, EMBEDDING_PREFIX};
-use crate::semantic::SEMANTIC_PREFIX;
+use super::{ANSWER_PREFIX, Cache, EMBEDDING_PREFIX, SEMANTIC_PREFIX};
 use crate::store::{BATCH_KEYS, StoreError};
 
 /// How many finished or running jobs are remembered for their status.

@@ -24,7 +24,7 @@ pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -42,6 +42,10 @@ use stats::Stats;
 pub const ANSWER_PREFIX: &str = "thrifty:v1:answer:";
 /// Prefix of per-input embeddings in the store.
 pub const EMBEDDING_PREFIX: &str = "thrifty:v1:embedding:";
+
+/// Prefix of the semantic stage's persisted vectors: invalidation deletes them with the
+/// answers they point to.
+pub const SEMANTIC_PREFIX: &str = "thrifty:v1:semantic:";
 
 /// The longest a follower waits for a leader's answer before going upstream itself.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(900);
@@ -132,11 +136,7 @@ pub struct Cache {
     config: CacheConfig,
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use crate::clock::now_ms;
 
 impl Cache {
     pub fn new(config: &CacheConfig, store: Arc<Store>) -> Arc<Cache> {

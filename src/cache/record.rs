@@ -12,9 +12,9 @@ use std::time::Duration;
 use super::entry::{Answer, Entry};
 use super::key::CacheKey;
 use super::{Flight, Plan};
-use crate::body::{Body, Tap};
-use crate::chat::{Call, Dialect, Endpoint};
-use crate::dialect::stream;
+use crate::body::Ending;
+use crate::chat::Call;
+use crate::dialect::observe::Observed;
 
 /// Called with the key, time to live and entry of an answer once it is stored.
 pub type OnStored = Box<
@@ -33,45 +33,49 @@ pub struct Recording {
     pub on_stored: Option<OnStored>,
 }
 
-/// Wraps an upstream answer so that it is recorded when it ends cleanly and whole.
-/// Anything else (an error, a client gone, an answer over `max_entry_bytes`) drops the
-/// recording, which releases the followers to go upstream themselves.
-pub fn recorder(inner: Body, recording: Recording) -> Tap {
-    let limit = recording.flight.cache().config().max_entry_bytes;
-    Tap::new(
-        inner,
-        limit,
-        Box::new(move |bytes, ending| {
-            // A client may hang up the moment it reads a stream's terminal event, before
-            // the upstream's end of body reaches us; such a stream is still complete, and
-            // `answer` only accepts streams that carry their terminal event. An upstream that
-            // fails instead of ending its body fails the client's body too: not stored.
-            if ending.whole && (ending.clean || (recording.streamed && !ending.failed)) {
-                finish(recording, &bytes);
-            }
-        }),
-    )
-}
-
-/// The answer the recorded bytes hold, if they are a complete success.
-fn answer(dialect: Dialect, endpoint: Endpoint, streamed: bool, bytes: &[u8]) -> Option<Answer> {
-    if streamed {
-        return stream::parse(dialect, endpoint, bytes).map(Answer::Stream);
+impl Recording {
+    /// The most of an answer this recording keeps.
+    pub fn limit(&self) -> usize {
+        self.flight.cache().config().max_entry_bytes
     }
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    stream::is_complete(dialect, endpoint, &value).then_some(Answer::Json(value))
+
+    /// The answer's body ended: it is recorded when it ended cleanly and whole (`size` bytes,
+    /// within [`Recording::limit`]) and is a complete success. Anything else (an error, a
+    /// client gone mid-answer, an answer over the limit) drops the recording, which releases
+    /// the followers to go upstream themselves.
+    ///
+    /// A client may hang up the moment it reads a stream's terminal event, before the
+    /// upstream's end of body reaches us; such a stream is still complete. An upstream that
+    /// fails instead of ending its body fails the client's body too: not stored.
+    pub fn finish(self, observed: Observed, ending: Ending, size: usize) {
+        let whole = ending.whole && size <= self.limit();
+        if whole && (ending.clean || (self.streamed && !ending.failed)) {
+            store(self, observed);
+        }
+    }
 }
 
-fn finish(recording: Recording, bytes: &[u8]) {
+/// The answer the observed bytes hold, if they are a complete success.
+fn answer(observed: Observed) -> Option<Answer> {
+    if !observed.complete {
+        return None;
+    }
+    if observed.streamed {
+        return Some(Answer::Stream(observed.values));
+    }
+    observed.values.into_iter().next().map(Answer::Json)
+}
+
+fn store(recording: Recording, observed: Observed) {
     let Recording {
         flight,
         plan,
         call,
-        streamed,
+        streamed: _,
         compressed_away,
         on_stored,
     } = recording;
-    let Some(answer) = answer(plan.dialect, call.endpoint(), streamed, bytes) else {
+    let Some(answer) = answer(observed) else {
         flight.finish(None);
         return;
     };

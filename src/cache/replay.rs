@@ -12,14 +12,15 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::Value;
 
+use super::Outcome;
 use super::entry::{Answer, Entry};
 use super::key::CacheKey;
-use super::now_ms;
 use crate::body::{Body, BoxError, full};
 use crate::chat::{Call, Dialect};
+use crate::clock::now_ms;
 
 use crate::dialect::{self, stream as wire};
-use crate::headers;
+use crate::headers::Labels;
 
 /// Whether this entry can answer this call exactly as the upstream would.
 pub fn can_serve(dialect: Dialect, call: &Call, entry: &Entry) -> bool {
@@ -63,7 +64,7 @@ fn payload(dialect: Dialect, call: &Call, entry: &Entry) -> (bool, Vec<Value>) {
 }
 
 /// The response that replays the entry.
-pub fn respond(dialect: Dialect, call: &Call, entry: &Entry, key: &CacheKey) -> Response<Body> {
+pub fn respond(dialect: Dialect, call: &Call, entry: &Entry) -> Response<Body> {
     let endpoint = call.endpoint();
     let (streamed, values) = payload(dialect, call, entry);
     let (body, content_type) = if streamed {
@@ -87,9 +88,12 @@ pub fn respond(dialect: Dialect, call: &Call, entry: &Entry, key: &CacheKey) -> 
     if let Some(directive) = wire::stream_cache_control(dialect).filter(|_| streamed) {
         h.insert(CACHE_CONTROL, HeaderValue::from_static(directive));
     }
-    let age = now_ms().saturating_sub(entry.created_ms) / 1000;
-    headers::set(h, "x-thrifty-cache", "hit");
-    headers::set(h, "x-thrifty-cache-age", &age.to_string());
-    headers::set(h, "x-thrifty-cache-key", key.short());
     response
+}
+
+/// The labels of a replayed answer: a hit, its key and its age.
+pub fn labels(entry: &Entry, key: &CacheKey, labels: &mut Labels) {
+    labels.cache = Some(Outcome::Hit.as_str());
+    labels.cache_key = Some(key.short().to_owned());
+    labels.cache_age_secs = Some(now_ms().saturating_sub(entry.created_ms) / 1000);
 }

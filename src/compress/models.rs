@@ -12,8 +12,8 @@ use std::sync::{Arc, LazyLock};
 use globset::GlobMatcher;
 use serde::Deserialize;
 
-use crate::config::table::{self, TableError, glob};
 use crate::config::{CompressionConfig, ModelOverride};
+use crate::table::{self, TableError, glob};
 
 use super::tokens::Encoding;
 

@@ -8,7 +8,6 @@ mod compression;
 mod keys;
 mod savings;
 mod semantic;
-pub mod table;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -21,7 +20,7 @@ pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore, StoreConfig};
 pub use compression::*;
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
 pub use savings::{RawSavings, SavingsConfig};
-pub use semantic::{ContextRule, RawSemantic, SemanticConfig, SemanticMode};
+pub use semantic::{ContextRule, DEFAULT_THREADS, RawSemantic, SemanticConfig, SemanticMode};
 pub use upstream::{RawDialect, RawRoute, RawRouting, RawUpstream, Routing, Upstream};
 
 use crate::secret::Secret;

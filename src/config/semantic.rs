@@ -7,6 +7,10 @@ use serde::Deserialize;
 
 use super::{ConfigError, Env};
 
+/// Threads one inference may use unless `semantic.threads` says otherwise (README, "What the
+/// semantic stage costs", has the measurements behind the default).
+pub const DEFAULT_THREADS: usize = 1;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSemantic {
@@ -72,7 +76,7 @@ impl Default for RawSemantic {
             max_question_tokens: 128,
             max_wait: Duration::from_millis(5),
             index_queue: 1024,
-            threads: crate::semantic::embedder::DEFAULT_THREADS,
+            threads: DEFAULT_THREADS,
             mode: SemanticMode::Verified,
             max_error: 0.05,
             explore: 0.03,

@@ -6,6 +6,7 @@
 //! Nothing outside this folder matches on `Dialect` to read or write JSON.
 
 pub mod embedding;
+pub mod observe;
 mod ollama;
 mod openai;
 pub mod responses;
@@ -34,6 +35,17 @@ pub fn decode(dialect: Dialect, endpoint: Endpoint, body: &[u8]) -> Result<Call,
 pub fn json_model(body: &[u8]) -> Option<String> {
     let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
     Some(value["model"].as_str().unwrap_or_default().to_owned())
+}
+
+/// How the stream of a call that follows an identical one in flight is rewritten for it: the
+/// usage it did not ask for taken out, and an id of its own, as a replay gets (a Responses
+/// answer keeps its id, which names the response the upstream stored).
+pub fn follower_stream(dialect: Dialect, call: &Call, strip_usage: bool) -> sse::Changes {
+    let own_id = dialect == Dialect::OpenAi && call.endpoint() != Endpoint::Responses;
+    sse::Changes {
+        strip_usage,
+        id_suffix: own_id.then(|| uuid::Uuid::new_v4().simple().to_string()),
+    }
 }
 
 /// Encodes a call as the JSON body the given dialect expects.
@@ -181,6 +193,52 @@ pub fn is_context_overflow(body: &[u8]) -> bool {
         .any(|phrase| message.contains(phrase))
 }
 
+/// Whether an error answer with this status may be one that says the prompt did not fit
+/// (OpenAI answers 400, some compatible servers 413, Ollama 500); only those are read.
+pub fn may_be_context_overflow(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 500)
+}
+
+/// A legacy completion prompt (`prompt`: a text, token ids, or a list of either), as what
+/// counts: its texts and how many token ids it holds.
+#[derive(Debug, Default, PartialEq)]
+pub struct LegacyPrompt<'a> {
+    pub texts: Vec<&'a str>,
+    pub token_ids: usize,
+}
+
+pub fn legacy_prompt(prompt: &serde_json::Value) -> LegacyPrompt<'_> {
+    fn walk<'a>(value: &'a serde_json::Value, out: &mut LegacyPrompt<'a>) {
+        match value {
+            serde_json::Value::String(text) => out.texts.push(text),
+            serde_json::Value::Number(_) => out.token_ids += 1,
+            serde_json::Value::Array(items) => items.iter().for_each(|item| walk(item, out)),
+            _ => {}
+        }
+    }
+    let mut out = LegacyPrompt::default();
+    walk(prompt, &mut out);
+    out
+}
+
+/// The path under an upstream's API root where a dialect takes an endpoint's calls; the
+/// inverse of [`endpoint_for`].
+pub fn path_of(dialect: Dialect, endpoint: Endpoint) -> Option<&'static str> {
+    Some(match (dialect, endpoint) {
+        (Dialect::OpenAi, Endpoint::Chat) => "/chat/completions",
+        (Dialect::OpenAi, Endpoint::Completion) => "/completions",
+        (Dialect::OpenAi, Endpoint::Responses) => "/responses",
+        (Dialect::OpenAi, Endpoint::Embedding) => "/embeddings",
+        (Dialect::Ollama, Endpoint::Chat) => "/chat",
+        (Dialect::Ollama, Endpoint::Completion) => "/generate",
+        (Dialect::Ollama, Endpoint::Embedding) => "/embed",
+        (Dialect::Ollama, Endpoint::LegacyEmbedding) => "/embeddings",
+        (Dialect::OpenAi, Endpoint::LegacyEmbedding) | (Dialect::Ollama, Endpoint::Responses) => {
+            return None;
+        }
+    })
+}
+
 /// The sampling temperature the call asks for, if it names one.
 pub fn temperature(dialect: Dialect, call: &Call) -> Option<f64> {
     let shaping = match call {
@@ -217,6 +275,35 @@ pub fn max_output_tokens(dialect: Dialect, call: &Call) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_path_names_its_endpoint_and_back() {
+        let endpoints = [
+            Endpoint::Chat,
+            Endpoint::Completion,
+            Endpoint::Embedding,
+            Endpoint::LegacyEmbedding,
+            Endpoint::Responses,
+        ];
+        let mut paths = 0;
+        for dialect in [Dialect::OpenAi, Dialect::Ollama] {
+            for endpoint in endpoints {
+                if let Some(path) = path_of(dialect, endpoint) {
+                    assert_eq!(endpoint_for(dialect, path), Some(endpoint), "{path}");
+                    paths += 1;
+                }
+            }
+        }
+        assert_eq!(paths, 8);
+    }
+
+    #[test]
+    fn a_legacy_prompt_counts_its_texts_and_token_ids() {
+        let prompt = serde_json::json!(["Say hi", [1, 2, 3], 7, "and bye"]);
+        let read = legacy_prompt(&prompt);
+        assert_eq!(read.texts, ["Say hi", "and bye"]);
+        assert_eq!(read.token_ids, 4);
+    }
 
     fn chat(body: &str) -> Call {
         match decode(Dialect::OpenAi, Endpoint::Chat, body.as_bytes()) {

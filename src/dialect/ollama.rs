@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use super::embedding;
-use super::wire::{join_fields, parse_message_fields, peek_bool, split_fields, take_string};
+use super::wire::{self, Encoding, parse_message_fields, peek_bool, split_fields, take_string};
 use crate::chat::{
     Call, ChatRequest, CompletionRequest, Content, EmbeddingInput, EmbeddingRequest, Endpoint,
     Message, Part, PartKind, Role, ToolCall,
@@ -180,59 +180,25 @@ fn decode_tool_call(raw: Value) -> Result<ToolCall, ProxyError> {
     })
 }
 
+/// How this dialect writes the parts of a call that differ from OpenAI's; the Responses API
+/// has one wire format, OpenAI's, whoever serves it.
+pub const ENCODING: Encoding = Encoding {
+    message: encode_message,
+    embedding_input,
+    responses: super::responses::encode,
+};
+
 pub fn encode(call: &Call) -> Map<String, Value> {
-    match call {
-        // The Responses API has one wire format, OpenAI's, whoever serves it.
-        Call::Responses(chat) => super::responses::encode(chat),
-        Call::Chat(ChatRequest {
-            model,
-            messages,
-            stream: _,
-            shaping,
-            incidental,
-        }) => join_fields(
-            [
-                ("model", json!(model)),
-                (
-                    "messages",
-                    Value::Array(messages.iter().map(encode_message).collect()),
-                ),
-            ],
-            shaping,
-            incidental,
-        ),
-        Call::Completion(CompletionRequest {
-            model,
-            prompt,
-            stream: _,
-            shaping,
-            incidental,
-        }) => {
-            let mut head = vec![("model", json!(model))];
-            if !prompt.is_null() {
-                head.push(("prompt", prompt.clone()));
-            }
-            join_fields(head, shaping, incidental)
+    wire::encode(call, &ENCODING)
+}
+
+/// The legacy `/api/embeddings` takes one `prompt`; `/api/embed` an `input`.
+fn embedding_input(request: &EmbeddingRequest) -> (&'static str, Value) {
+    match &request.input {
+        EmbeddingInput::Texts { texts, .. } if request.legacy => {
+            ("prompt", json!(texts.first().cloned().unwrap_or_default()))
         }
-        Call::Embedding(EmbeddingRequest {
-            model,
-            input,
-            legacy,
-            shaping,
-            incidental,
-        }) => {
-            let (field, input) = match input {
-                EmbeddingInput::Texts { texts, .. } if *legacy => {
-                    ("prompt", json!(texts.first().cloned().unwrap_or_default()))
-                }
-                input => ("input", embedding::input(input)),
-            };
-            join_fields(
-                [("model", json!(model)), (field, input)],
-                shaping,
-                incidental,
-            )
-        }
+        input => ("input", embedding::input(input)),
     }
 }
 

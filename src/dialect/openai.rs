@@ -4,10 +4,12 @@
 use serde_json::{Map, Value, json};
 
 use super::embedding;
-use super::wire::{join_fields, parse_message_fields, peek_bool, split_fields, take_string};
+use super::wire::{
+    self, Encoding, decode_part, parse_message_fields, peek_bool, split_fields, take_string,
+};
 use crate::chat::{
     Call, ChatRequest, CompletionRequest, Content, EmbeddingInput, EmbeddingRequest, Endpoint,
-    Message, Part, PartKind, Role, ToolCall,
+    Message, Role, ToolCall,
 };
 use crate::error::ProxyError;
 
@@ -173,25 +175,6 @@ fn decode_message(value: Value) -> Result<Message, ProxyError> {
     })
 }
 
-pub(super) fn decode_part(raw: Value) -> Part {
-    let kind = match raw.get("type").and_then(Value::as_str) {
-        Some("text") | Some("input_text") | Some("output_text") => {
-            PartKind::Text(raw["text"].as_str().unwrap_or_default().to_owned())
-        }
-        Some("image_url") | Some("input_image") => PartKind::Image,
-        Some("input_audio") => PartKind::Audio,
-        Some("file") | Some("input_file") => PartKind::File(
-            raw.pointer("/file/filename")
-                .or_else(|| raw.get("filename"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        ),
-        Some(other) => PartKind::Other(other.to_owned()),
-        None => PartKind::Other("part".to_owned()),
-    };
-    Part { kind, raw }
-}
-
 fn decode_tool_call(raw: Value) -> Result<ToolCall, ProxyError> {
     let function = raw.get("function");
     let name = function
@@ -210,51 +193,19 @@ fn decode_tool_call(raw: Value) -> Result<ToolCall, ProxyError> {
     })
 }
 
+/// How this dialect writes the parts of a call that differ from Ollama's.
+pub const ENCODING: Encoding = Encoding {
+    message: encode_message,
+    embedding_input,
+    responses: super::responses::encode,
+};
+
 pub fn encode(call: &Call) -> Map<String, Value> {
-    match call {
-        Call::Responses(chat) => super::responses::encode(chat),
-        Call::Chat(ChatRequest {
-            model,
-            messages,
-            stream: _,
-            shaping,
-            incidental,
-        }) => join_fields(
-            [
-                ("model", json!(model)),
-                (
-                    "messages",
-                    Value::Array(messages.iter().map(encode_message).collect()),
-                ),
-            ],
-            shaping,
-            incidental,
-        ),
-        Call::Completion(CompletionRequest {
-            model,
-            prompt,
-            stream: _,
-            shaping,
-            incidental,
-        }) => {
-            let mut head = vec![("model", json!(model))];
-            if !prompt.is_null() {
-                head.push(("prompt", prompt.clone()));
-            }
-            join_fields(head, shaping, incidental)
-        }
-        Call::Embedding(EmbeddingRequest {
-            model,
-            input,
-            legacy: _,
-            shaping,
-            incidental,
-        }) => join_fields(
-            [("model", json!(model)), ("input", embedding::input(input))],
-            shaping,
-            incidental,
-        ),
-    }
+    wire::encode(call, &ENCODING)
+}
+
+fn embedding_input(request: &EmbeddingRequest) -> (&'static str, Value) {
+    ("input", embedding::input(&request.input))
 }
 
 fn encode_message(message: &Message) -> Value {

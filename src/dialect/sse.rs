@@ -1,30 +1,49 @@
 //! OpenAI event streams rewritten as they pass: thrifty asks the upstream for the
 //! usage chunk (`stream_options.include_usage`) so the ledger gets exact counts, and
-//! takes it out again for a client that did not ask for it.
+//! takes it out again for a client that did not ask for it; a call that follows an
+//! identical one in flight gets the stream with an id of its own, as a replay does.
 //!
 //! Events are cut at their blank line; an event whose single `data:` line is a JSON
 //! object with a top-level `usage` loses that field (`"usage": null` on every chunk),
-//! and the trailing usage chunk (`choices: []`) is dropped whole. Every other byte,
-//! nested values included, passes through as the upstream wrote it.
+//! and the trailing usage chunk (`choices: []`) is dropped whole; a top-level string `id`
+//! keeps its prefix (`chatcmpl-`) and gets the fresh suffix. Every other byte, nested values
+//! included, passes through as the upstream wrote it.
 
 use bytes::Bytes;
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
 
-/// Strips usage reporting from an SSE byte stream, one piece at a time.
-#[derive(Default)]
-pub struct UsageStripper {
-    pending: Vec<u8>,
+/// What an [`EventRewriter`] changes in each event.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Take usage reporting out.
+    pub strip_usage: bool,
+    /// Give every event's `id` this suffix.
+    pub id_suffix: Option<String>,
 }
 
-impl UsageStripper {
+/// Rewrites an SSE byte stream's events, one piece at a time.
+#[derive(Default)]
+pub struct EventRewriter {
+    pending: Vec<u8>,
+    changes: Changes,
+}
+
+impl EventRewriter {
+    pub fn new(changes: Changes) -> EventRewriter {
+        EventRewriter {
+            pending: Vec::new(),
+            changes,
+        }
+    }
+
     /// Takes the next piece of the stream; returns the events it completed, rewritten.
     pub fn push(&mut self, piece: &[u8]) -> Bytes {
         self.pending.extend_from_slice(piece);
         let mut out = Vec::with_capacity(self.pending.len());
         let mut start = 0;
         while let Some(end) = event_end(&self.pending[start..]) {
-            rewrite(&self.pending[start..start + end], &mut out);
+            rewrite(&self.pending[start..start + end], &self.changes, &mut out);
             start += end;
         }
         self.pending.drain(..start);
@@ -36,7 +55,7 @@ impl UsageStripper {
         let mut out = Vec::new();
         let rest = std::mem::take(&mut self.pending);
         if !rest.is_empty() {
-            rewrite(&rest, &mut out);
+            rewrite(&rest, &self.changes, &mut out);
         }
         Bytes::from(out)
     }
@@ -68,9 +87,9 @@ fn event_end(bytes: &[u8]) -> Option<usize> {
     None
 }
 
-/// Appends `event` to `out` without its usage, or not at all when it is the usage chunk.
-fn rewrite(event: &[u8], out: &mut Vec<u8>) {
-    match without_usage(event) {
+/// Appends `event` to `out` changed, or not at all when it is a usage chunk to take out.
+fn rewrite(event: &[u8], changes: &Changes, out: &mut Vec<u8>) {
+    match changed(event, changes) {
         Some(Rewritten::Drop) => {}
         Some(Rewritten::Event(bytes)) => out.extend_from_slice(&bytes),
         None => out.extend_from_slice(event),
@@ -82,9 +101,11 @@ enum Rewritten {
     Event(Vec<u8>),
 }
 
-/// `None` when the event has no usage to take out.
-fn without_usage(event: &[u8]) -> Option<Rewritten> {
-    if !contains(event, b"\"usage\"") {
+/// `None` when the event has nothing to change.
+fn changed(event: &[u8], changes: &Changes) -> Option<Rewritten> {
+    let usage = changes.strip_usage && contains(event, b"\"usage\"");
+    let renames = changes.id_suffix.is_some() && contains(event, b"\"id\"");
+    if !usage && !renames {
         return None;
     }
     let text = std::str::from_utf8(event).ok()?;
@@ -99,14 +120,30 @@ fn without_usage(event: &[u8]) -> Option<Rewritten> {
     let body = line.trim_end_matches(['\r', '\n']);
     let ending = &line[body.len()..];
     let payload = body["data:".len()..].trim_start_matches(' ');
-    let mut fields: IndexMap<String, &RawValue> = serde_json::from_str(payload).ok()?;
-    let usage = fields.shift_remove("usage")?;
-    let no_choices = fields
-        .get("choices")
-        .and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok())
-        .is_some_and(|c| c.is_empty());
-    if no_choices && usage.get() != "null" {
-        return Some(Rewritten::Drop);
+    let mut fields: IndexMap<String, Box<RawValue>> = serde_json::from_str(payload).ok()?;
+    let fresh = changes
+        .id_suffix
+        .as_deref()
+        .zip(fields.get("id"))
+        .and_then(|(suffix, id)| fresh_id(id, suffix));
+    let renamed = fresh.is_some();
+    if let Some(fresh) = fresh {
+        fields.insert("id".to_owned(), fresh);
+    }
+    if changes.strip_usage {
+        if let Some(usage) = fields.shift_remove("usage") {
+            let no_choices = fields
+                .get("choices")
+                .and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok())
+                .is_some_and(|c| c.is_empty());
+            if no_choices && usage.get() != "null" {
+                return Some(Rewritten::Drop);
+            }
+        } else if !renamed {
+            return None;
+        }
+    } else if !renamed {
+        return None;
     }
     let json = serde_json::to_string(&fields).ok()?;
     let mut rewritten = Vec::with_capacity(event.len());
@@ -120,6 +157,13 @@ fn without_usage(event: &[u8]) -> Option<Rewritten> {
         }
     }
     Some(Rewritten::Event(rewritten))
+}
+
+/// `prefix-suffix` for a string id `prefix-…` (`chatcmpl` when it has no dash).
+fn fresh_id(id: &RawValue, suffix: &str) -> Option<Box<RawValue>> {
+    let id: String = serde_json::from_str(id.get()).ok()?;
+    let prefix = id.split_once('-').map_or("chatcmpl", |(p, _)| p);
+    serde_json::value::to_raw_value(&format!("{prefix}-{suffix}")).ok()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -144,7 +188,10 @@ mod tests {
     );
 
     fn strip_in_pieces(stream: &[u8], size: usize) -> Vec<u8> {
-        let mut stripper = UsageStripper::default();
+        let mut stripper = EventRewriter::new(Changes {
+            strip_usage: true,
+            id_suffix: None,
+        });
         let mut out = Vec::new();
         for piece in stream.chunks(size) {
             out.extend_from_slice(&stripper.push(piece));
@@ -180,6 +227,23 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             "data: {\"choices\":[{\"delta\":{\"content\":\"end\"}}]}\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_follower_gets_one_fresh_id_on_every_event_and_the_rest_as_written() {
+        let mut renamer = EventRewriter::new(Changes {
+            strip_usage: false,
+            id_suffix: Some("abc".to_owned()),
+        });
+        let mut out = Vec::new();
+        for piece in STREAM.as_bytes().chunks(5) {
+            out.extend_from_slice(&renamer.push(piece));
+        }
+        out.extend_from_slice(&renamer.finish());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            STREAM.replace("\"id\":\"c-1\"", "\"id\":\"c-abc\"")
         );
     }
 

@@ -9,51 +9,85 @@ use serde_json::{Map, Value, json};
 use super::responses::events;
 use crate::chat::{Dialect, Endpoint};
 
-/// Splits a complete streamed body into its chunk objects.
-/// `None` unless the stream ended cleanly (`[DONE]`, `done: true`) with a finish reason,
-/// or, for the Responses API, with `response.completed`.
-pub fn parse(dialect: Dialect, endpoint: Endpoint, body: &[u8]) -> Option<Vec<Value>> {
-    let text = std::str::from_utf8(body).ok()?;
-    if endpoint == Endpoint::Responses {
-        return events::parse(text);
+/// The JSON values an answer is made of, read once and leniently: the body, or each event
+/// of a stream (SSE `data:` lines, NDJSON lines). What does not parse is skipped and noted,
+/// so a truncated stream still yields what arrived.
+#[derive(Debug, Default)]
+pub struct Values {
+    pub values: Vec<Value>,
+    /// Every piece that should be JSON was.
+    pub all_parsed: bool,
+    /// An SSE stream's `[DONE]` marker arrived.
+    pub done_marker: bool,
+}
+
+/// Reads an answer's values; see [`Values`].
+pub fn read(dialect: Dialect, streamed: bool, body: &[u8]) -> Values {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Values::default();
+    };
+    let mut read = Values {
+        all_parsed: true,
+        ..Values::default()
+    };
+    let take = |piece: &str, read: &mut Values| match serde_json::from_str(piece) {
+        Ok(value) => read.values.push(value),
+        Err(_) => read.all_parsed = false,
+    };
+    if !streamed {
+        take(text.trim(), &mut read);
+        return read;
     }
-    match dialect {
-        Dialect::OpenAi => {
-            let mut chunks = Vec::new();
-            let mut done = false;
-            for line in text.lines() {
+    for line in text.lines() {
+        match dialect {
+            Dialect::OpenAi => {
                 let Some(data) = line.strip_prefix("data:") else {
                     continue;
                 };
-                let data = data.trim();
-                if data == "[DONE]" {
-                    done = true;
-                    continue;
+                match data.trim() {
+                    "[DONE]" => read.done_marker = true,
+                    data => take(data, &mut read),
                 }
-                let chunk: Value = serde_json::from_str(data).ok()?;
-                if chunk.get("error").is_some() {
-                    return None;
-                }
-                chunks.push(chunk);
             }
+            Dialect::Ollama if line.trim().is_empty() => {}
+            Dialect::Ollama => take(line.trim(), &mut read),
+        }
+    }
+    read
+}
+
+/// Whether a stream's values make a complete success: every event parsed, and it ended
+/// cleanly (`[DONE]` with a finish reason, `done: true`, or for the Responses API
+/// `response.completed`) with no error event.
+pub fn is_whole_stream(dialect: Dialect, endpoint: Endpoint, read: &Values) -> bool {
+    if !read.all_parsed {
+        return false;
+    }
+    let chunks = &read.values;
+    if endpoint == Endpoint::Responses {
+        return events::is_whole(chunks);
+    }
+    match dialect {
+        Dialect::OpenAi => {
             let finished = chunks.iter().any(|c| {
                 c["choices"]
                     .as_array()
                     .is_some_and(|cs| cs.iter().any(|ch| !ch["finish_reason"].is_null()))
             });
-            (done && finished).then_some(chunks)
+            read.done_marker && finished && chunks.iter().all(|c| c.get("error").is_none())
         }
-        Dialect::Ollama => {
-            let chunks = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(serde_json::from_str::<Value>)
-                .collect::<Result<Vec<_>, _>>()
-                .ok()?;
-            let last = chunks.last()?;
-            (last["done"] == json!(true) && last.get("error").is_none()).then_some(chunks)
-        }
+        Dialect::Ollama => chunks
+            .last()
+            .is_some_and(|last| last["done"] == json!(true) && last.get("error").is_none()),
     }
+}
+
+/// Splits a complete streamed body into its chunk objects; `None` unless
+/// [`is_whole_stream`].
+#[cfg(test)]
+pub fn parse(dialect: Dialect, endpoint: Endpoint, body: &[u8]) -> Option<Vec<Value>> {
+    let read = read(dialect, true, body);
+    is_whole_stream(dialect, endpoint, &read).then_some(read.values)
 }
 
 /// Whether a JSON answer is complete enough to serve again.

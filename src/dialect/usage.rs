@@ -6,8 +6,9 @@
 use serde_json::Value;
 
 use super::responses::events;
+use super::stream;
 use crate::chat::Dialect;
-use crate::savings::Tokens;
+use crate::chat::Tokens;
 
 /// The usage a JSON answer (or one stream chunk) reports, if any.
 pub fn from_json(dialect: Dialect, body: &Value) -> Option<Tokens> {
@@ -38,48 +39,30 @@ pub fn from_json(dialect: Dialect, body: &Value) -> Option<Tokens> {
     }
 }
 
-/// The usage in a stream's chunks: OpenAI's usage chunk, Ollama's final chunk.
+/// The usage among an answer's values (a stream's chunks: OpenAI's usage chunk, Ollama's
+/// final chunk): the last that reports it.
 pub fn from_chunks(dialect: Dialect, chunks: &[Value]) -> Option<Tokens> {
     chunks.iter().rev().find_map(|c| from_json(dialect, c))
-}
-
-/// The JSON values an answer is made of: the body, or each event of a stream, lazily and
-/// from either end; what does not parse (a cut-off last event, `[DONE]`) is skipped.
-fn values(
-    dialect: Dialect,
-    streamed: bool,
-    bytes: &[u8],
-) -> impl DoubleEndedIterator<Item = Value> + '_ {
-    let text = std::str::from_utf8(bytes).unwrap_or_default();
-    let pieces: Box<dyn DoubleEndedIterator<Item = &str> + '_> = if streamed {
-        Box::new(text.lines())
-    } else {
-        Box::new(std::iter::once(text))
-    };
-    pieces.filter_map(move |piece| {
-        let data = match (streamed, dialect) {
-            (true, Dialect::OpenAi) => piece.strip_prefix("data:")?,
-            _ => piece,
-        };
-        serde_json::from_str(data.trim()).ok()
-    })
 }
 
 /// The usage in a whole answer as it went over the wire, streamed or not; a
 /// truncated stream still yields what it reported.
 pub fn from_bytes(dialect: Dialect, streamed: bool, bytes: &[u8]) -> Option<Tokens> {
-    values(dialect, streamed, bytes)
-        .rev()
-        .find_map(|v| from_json(dialect, &v))
+    from_chunks(dialect, &stream::read(dialect, streamed, bytes).values)
 }
 
 /// The text an answer holds (content, legacy completion text, tool-call arguments), streamed
 /// or not, so its tokens can be counted when the upstream reported none. A truncated
 /// stream yields what arrived.
 pub fn answer_text(dialect: Dialect, streamed: bool, bytes: &[u8]) -> String {
+    text_of(dialect, &stream::read(dialect, streamed, bytes).values)
+}
+
+/// The text among an answer's values.
+pub fn text_of(dialect: Dialect, values: &[Value]) -> String {
     let mut text = String::new();
-    for value in values(dialect, streamed, bytes) {
-        collect_text(dialect, &value, &mut text);
+    for value in values {
+        collect_text(dialect, value, &mut text);
     }
     text
 }

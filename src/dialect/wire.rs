@@ -2,6 +2,11 @@
 
 use serde_json::{Map, Value};
 
+use serde_json::json;
+
+use crate::chat::{
+    Call, ChatRequest, CompletionRequest, EmbeddingRequest, Message, Part, PartKind,
+};
 use crate::error::ProxyError;
 
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProxyError> {
@@ -97,4 +102,78 @@ pub fn parse_message_fields(value: Value) -> Result<MessageFields, ProxyError> {
     };
     let content = object.shift_remove("content");
     Ok((role, content, object))
+}
+
+/// What a dialect writes its own way when it encodes a call; the rest (the model first, then
+/// the shaping fields, then the fields thrifty does not read) is the same in every dialect.
+pub struct Encoding {
+    pub message: fn(&Message) -> Value,
+    /// The embedding input's field name and value.
+    pub embedding_input: fn(&EmbeddingRequest) -> (&'static str, Value),
+    pub responses: fn(&ChatRequest) -> Map<String, Value>,
+}
+
+/// A call as a dialect's wire JSON object.
+pub fn encode(call: &Call, encoding: &Encoding) -> Map<String, Value> {
+    match call {
+        Call::Responses(chat) => (encoding.responses)(chat),
+        Call::Chat(ChatRequest {
+            model,
+            messages,
+            stream: _,
+            shaping,
+            incidental,
+        }) => {
+            let messages = messages.iter().map(encoding.message).collect();
+            join_fields(
+                [
+                    ("model", json!(model)),
+                    ("messages", Value::Array(messages)),
+                ],
+                shaping,
+                incidental,
+            )
+        }
+        Call::Completion(CompletionRequest {
+            model,
+            prompt,
+            stream: _,
+            shaping,
+            incidental,
+        }) => {
+            let mut head = vec![("model", json!(model))];
+            if !prompt.is_null() {
+                head.push(("prompt", prompt.clone()));
+            }
+            join_fields(head, shaping, incidental)
+        }
+        Call::Embedding(request) => {
+            let (field, input) = (encoding.embedding_input)(request);
+            join_fields(
+                [("model", json!(request.model)), (field, input)],
+                &request.shaping,
+                &request.incidental,
+            )
+        }
+    }
+}
+
+/// A content part as OpenAI's Chat Completions and Responses APIs both write them.
+pub(super) fn decode_part(raw: Value) -> Part {
+    let kind = match raw.get("type").and_then(Value::as_str) {
+        Some("text") | Some("input_text") | Some("output_text") => {
+            PartKind::Text(raw["text"].as_str().unwrap_or_default().to_owned())
+        }
+        Some("image_url") | Some("input_image") => PartKind::Image,
+        Some("input_audio") => PartKind::Audio,
+        Some("file") | Some("input_file") => PartKind::File(
+            raw.pointer("/file/filename")
+                .or_else(|| raw.get("filename"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ),
+        Some(other) => PartKind::Other(other.to_owned()),
+        None => PartKind::Other("part".to_owned()),
+    };
+    Part { kind, raw }
 }

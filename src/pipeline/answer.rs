@@ -8,174 +8,245 @@ use http::Response;
 use http::header::CONTENT_LENGTH;
 use http_body_util::BodyExt;
 
-use crate::body::{Body, Rewrite, RewriteFn};
+use crate::accounting::{ANSWER_TAP_LIMIT, Replayed};
+use crate::body::{Body, Rewrite, RewriteFn, Tap, TapEnd};
 use crate::cache::controls::Controls;
+use crate::cache::entry::Entry;
 use crate::cache::feed::{Fanout, Start};
-use crate::cache::record::{Recording, recorder};
-use crate::cache::{Lookup, Outcome, replay};
-use crate::chat::Call;
-use crate::dialect::sse::UsageStripper;
+use crate::cache::key::CacheKey;
+use crate::cache::record::Recording;
+use crate::cache::{Flight, Lookup, Outcome, Plan, replay};
+use crate::chat::{Call, Dialect};
+use crate::dialect;
+use crate::dialect::observe::observe;
+use crate::dialect::sse::{Changes, EventRewriter};
 use crate::error::ProxyError;
 use crate::savings as ledger;
-use crate::{dialect, headers};
 
+use super::forward::Sent;
 use super::semantic::{Decision, SemanticHit};
-use super::{Exchange, Proxy};
+use super::{Context, Proxy};
+
+/// A call the exact cache could not answer: how it counts, and the flight its answer is
+/// recorded through when it is the leader of identical calls.
+struct Missed {
+    outcome: Outcome,
+    flight: Option<Flight>,
+}
 
 impl Proxy {
-    /// Chat and completion calls: exact cache lookup, then upstream, recording the answer.
+    /// The stages of a chat, Responses or completion call, in order.
     pub(super) async fn answer(
         &self,
-        exchange: Exchange,
+        cx: Context<()>,
         call: Call,
         bytes: Bytes,
         controls: Controls,
     ) -> Result<Response<Body>, ProxyError> {
-        let upstream = &self.config.upstreams[exchange.upstream].name;
+        let upstream = &self.config.upstreams[cx.exchange.upstream].name;
         let plan = self.cache.plan(
-            exchange.dialect,
+            cx.exchange.dialect,
             upstream,
-            &exchange.tenant.id,
+            &cx.exchange.tenant.id,
             &call,
             controls,
         );
-        let stats = self.cache.stats();
-        let mut account = self.account(&exchange, call.endpoint(), call.model());
-        let counted = |outcome: Outcome| {
-            let namespace = plan.controls.namespace.as_deref();
-            stats.record(&plan.tenant, namespace, &plan.model, outcome);
-            tracing::Span::current().record("cache", outcome.as_str());
-        };
-        let (outcome, flight) = match self.cache.lookup(&plan, &call).await {
-            Lookup::Hit { entry, key } => {
-                counted(Outcome::Hit);
-                let mut response = replay::respond(exchange.dialect, &call, &entry, &key);
-                account.hit(
-                    ledger::Outcome::ExactHit,
-                    exchange.dialect,
-                    &entry,
-                    &mut response,
-                );
-                return Ok(response);
-            }
+        let mut cx = cx.with_plan(plan);
+        let missed = match self.cache.lookup(&cx.plan, &call).await {
+            Lookup::Hit { entry, key } => return Ok(self.replay(cx, &call, &entry, &key)),
             Lookup::Follow { feed, answer, key } => {
-                counted(Outcome::Hit);
-                return Ok(self.follow(exchange.dialect, &call, feed, answer, &key, account));
+                self.count(&cx.plan, Outcome::Hit);
+                cx.labels.cache = Some(Outcome::Hit.as_str());
+                cx.labels.cache_key = Some(key.short().to_owned());
+                let response = self.follow(cx.exchange.dialect, &call, feed, answer, cx.account);
+                return Ok(cx.labels.written(response));
             }
-            Lookup::Miss { outcome, flight } => (outcome, flight),
+            Lookup::Miss { outcome, flight } => Missed { outcome, flight },
         };
+        let decision = self.semantic_stage(&cx.plan, &call, upstream).await;
+        if decision.embedded() {
+            cx.account.embedded();
+        }
         let Decision {
-            hit: semantic_hit,
+            hit,
             question,
             verify,
-        } = self.semantic_stage(&plan, &call, upstream).await;
-        let embedded = verify.is_some() || question.as_ref().is_some_and(|q| q.vector.is_some());
-        if semantic_hit.is_some() || embedded {
-            account.embedded();
+        } = decision;
+        if let Some(hit) = hit {
+            return Ok(self.serve_semantic(cx, &call, hit));
         }
-        if let Some(hit) = semantic_hit {
-            let confidence = hit.confidence_header();
-            let SemanticHit {
-                entry,
-                key,
-                similarity,
-                asked,
-                recorded,
-                ..
-            } = hit;
-            counted(Outcome::SemanticHit);
-            let mut response = replay::respond(exchange.dialect, &call, &entry, &key);
-            let h = response.headers_mut();
-            headers::set(h, "x-thrifty-cache", Outcome::SemanticHit.as_str());
-            headers::set(h, "x-thrifty-similarity", &format!("{similarity:.4}"));
-            if let Some(confidence) = &confidence {
-                headers::set(h, "x-thrifty-confidence", confidence);
-            }
-            let encoding = self.compressor.encoding(call.model());
-            account.reworded(self.compressor.counter(), encoding, &asked, &recorded);
-            account.hit(
-                ledger::Outcome::SemanticHit,
-                exchange.dialect,
-                &entry,
-                &mut response,
-            );
-            return Ok(response);
-        }
-        counted(outcome);
-        let key = plan.key.clone();
-        let dialect = exchange.dialect;
+        self.count(&cx.plan, missed.outcome);
         let call = Arc::new(call);
         let encoding = self.compressor.encoding(call.model());
-        account.estimate_from(call.clone(), self.compressor.counter(), encoding);
-        let (mut response, sent) = match self
-            .upstream_stage(&exchange, &call, bytes, &mut account)
+        cx.account
+            .estimate_from(call.clone(), self.compressor.counter(), encoding);
+        let (response, sent) = match self
+            .upstream_stage(&cx.exchange, &call, bytes, &mut cx.account)
             .await
         {
             Ok(answered) => answered,
-            Err(e) => return Err(account.failed(e)),
+            Err(e) => return Err(cx.account.failed(e)),
         };
+        let on_stored = self.after_stored(question, verify);
+        Ok(self.record_stage(cx, call, response, sent, missed, on_stored))
+    }
+
+    /// Counts a call's cache outcome and names it in the request's span.
+    fn count(&self, plan: &Plan, outcome: Outcome) {
+        let namespace = plan.controls.namespace.as_deref();
+        self.cache
+            .stats()
+            .record(&plan.tenant, namespace, &plan.model, outcome);
+        tracing::Span::current().record("cache", outcome.as_str());
+    }
+
+    /// An exact hit: the recorded answer, replayed in the mode the client asked for.
+    fn replay(
+        &self,
+        cx: Context<Plan>,
+        call: &Call,
+        entry: &Entry,
+        key: &CacheKey,
+    ) -> Response<Body> {
+        self.count(&cx.plan, Outcome::Hit);
+        let Context {
+            exchange,
+            account,
+            mut labels,
+            ..
+        } = cx;
+        replay::labels(entry, key, &mut labels);
+        let replayed = replayed(exchange.dialect, entry);
+        account.hit(ledger::Outcome::ExactHit, replayed, &mut labels);
+        labels.written(replay::respond(exchange.dialect, call, entry))
+    }
+
+    /// A semantic hit: the answer to a question that means the same, and why it was served.
+    fn serve_semantic(&self, cx: Context<Plan>, call: &Call, hit: SemanticHit) -> Response<Body> {
+        self.count(&cx.plan, Outcome::SemanticHit);
+        let Context {
+            exchange,
+            mut account,
+            mut labels,
+            ..
+        } = cx;
+        replay::labels(&hit.entry, &hit.key, &mut labels);
+        labels.cache = Some(Outcome::SemanticHit.as_str());
+        labels.similarity = Some(hit.similarity);
+        labels.confidence = hit.confidence_header();
+        let encoding = self.compressor.encoding(call.model());
+        account.reworded(
+            self.compressor.counter(),
+            encoding,
+            &hit.asked,
+            &hit.recorded,
+        );
+        let replayed = replayed(exchange.dialect, &hit.entry);
+        account.hit(ledger::Outcome::SemanticHit, replayed, &mut labels);
+        labels.written(replay::respond(exchange.dialect, call, &hit.entry))
+    }
+
+    /// The upstream's answer on its way to the client: billed when it ends, and recorded
+    /// (and fanned out to identical streaming calls) when this call leads a flight.
+    fn record_stage(
+        &self,
+        cx: Context<Plan>,
+        call: Arc<Call>,
+        response: Response<Body>,
+        sent: Sent,
+        missed: Missed,
+        on_stored: Option<crate::cache::record::OnStored>,
+    ) -> Response<Body> {
+        let Context {
+            exchange,
+            plan,
+            account,
+            mut labels,
+        } = cx;
+        let dialect = exchange.dialect;
         if let Some(outcome) = &sent.compressed {
-            let h = response.headers_mut();
-            headers::set(h, "x-thrifty-compression", &outcome.header_value());
-            account.compressed_headers(&mut response);
+            labels.compression = Some(outcome.header_value());
+            account.compressed_labels(&mut labels);
         }
-        let billed = match outcome {
+        let billed = match missed.outcome {
             Outcome::Miss => ledger::Outcome::Miss,
             _ => ledger::Outcome::Bypass,
         };
-        let mut response = account.upstream(billed, dialect, response);
-        let h = response.headers_mut();
-        headers::set(h, "x-thrifty-cache", outcome.as_str());
-        if let Some(key) = &key {
-            headers::set(h, "x-thrifty-cache-key", key.short());
-        }
-        match flight {
-            Some(flight) if response.status().is_success() => {
-                let streamed = dialect::stream::is_stream(response.headers());
-                let feed = flight.feed().clone();
-                feed.start(Start {
-                    streamed,
-                    has_usage: sent.strips_usage || dialect::wants_stream_usage(dialect, &call),
-                });
-                let on_stored = self.after_stored(question, verify);
-                let recording = Recording {
-                    flight,
-                    plan,
-                    call,
-                    streamed,
-                    compressed_away: sent
-                        .compressed
-                        .as_ref()
-                        .map_or(0, |o| o.before.saturating_sub(o.after) as u64),
-                    on_stored,
-                };
-                let response = response.map(|body| {
-                    // Streaming followers read the answer as it comes.
-                    let body = if streamed {
-                        Fanout::new(body, feed).boxed_unsync()
-                    } else {
-                        body
-                    };
-                    recorder(body, recording).boxed_unsync()
-                });
-                Ok(strip_usage(response, sent.strips_usage))
-            }
-            _ => Ok(strip_usage(response, sent.strips_usage)),
-        }
+        labels.cache = Some(missed.outcome.as_str());
+        labels.cache_key = plan.key.as_ref().map(|key| key.short().to_owned());
+        let response = labels.written(response);
+        let Some(flight) = missed.flight.filter(|_| response.status().is_success()) else {
+            let response = account.upstream(billed, dialect, response);
+            return strip_usage(response, sent.strips_usage);
+        };
+        let streamed = dialect::stream::is_stream(response.headers());
+        let endpoint = call.endpoint();
+        let feed = flight.feed().clone();
+        feed.start(Start {
+            streamed,
+            has_usage: sent.strips_usage || dialect::wants_stream_usage(dialect, &call),
+        });
+        let recording = Recording {
+            flight,
+            plan,
+            call,
+            streamed,
+            compressed_away: sent
+                .compressed
+                .as_ref()
+                .map_or(0, |o| o.before.saturating_sub(o.after) as u64),
+            on_stored,
+        };
+        // One read of the answer when it ends, for the savings record and the recorder.
+        let status = response.status().as_u16();
+        let limit = ANSWER_TAP_LIMIT.max(recording.limit());
+        let response = response.map(|body| {
+            // Streaming followers read the answer as it comes.
+            let body = if streamed {
+                Fanout::new(body, feed).boxed_unsync()
+            } else {
+                body
+            };
+            let end: TapEnd = Box::new(move |bytes, ending| {
+                let observed = observe(dialect, endpoint, streamed, &bytes);
+                account.settle(billed, status, &observed, ending);
+                recording.finish(observed, ending, bytes.len());
+            });
+            Tap::new(body, limit, end).boxed_unsync()
+        });
+        strip_usage(response, sent.strips_usage)
+    }
+}
+
+/// What a recorded answer cost, for the savings record of a call it answers.
+pub(super) fn replayed(dialect: Dialect, entry: &Entry) -> Replayed {
+    Replayed {
+        usage: entry.usage(dialect),
+        compressed_away: entry.compressed_away,
     }
 }
 
 /// Takes the usage thrifty asked for back out of a stream whose client did not ask for it.
 pub(super) fn strip_usage(response: Response<Body>, strips: bool) -> Response<Body> {
-    if !strips || !dialect::stream::is_stream(response.headers()) {
+    let changes = Changes {
+        strip_usage: strips,
+        id_suffix: None,
+    };
+    rewrite_events(response, changes)
+}
+
+/// Rewrites the events of a streamed answer as they pass (see [`dialect::sse`]).
+pub(super) fn rewrite_events(response: Response<Body>, changes: Changes) -> Response<Body> {
+    let nothing = !changes.strip_usage && changes.id_suffix.is_none();
+    if nothing || !dialect::stream::is_stream(response.headers()) {
         return response;
     }
     let (mut head, body) = response.into_parts();
     head.headers.remove(CONTENT_LENGTH);
-    let mut stripper = UsageStripper::default();
+    let mut rewriter = EventRewriter::new(changes);
     let rewrite: RewriteFn = Box::new(move |piece| match piece {
-        Some(piece) => stripper.push(piece),
-        None => stripper.finish(),
+        Some(piece) => rewriter.push(piece),
+        None => rewriter.finish(),
     });
     Response::from_parts(head, Rewrite::new(body, rewrite).boxed_unsync())
 }

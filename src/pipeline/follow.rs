@@ -11,14 +11,12 @@ use tokio::sync::watch;
 use crate::accounting::Account;
 use crate::body::Body;
 use crate::cache::feed::Feed;
-use crate::cache::key::CacheKey;
-use crate::cache::{FlightResult, Outcome, recorded};
+use crate::cache::{FlightResult, recorded};
 use crate::chat::{Call, Dialect};
 use crate::dialect::{self, stream as wire};
-use crate::headers;
 
 use super::Proxy;
-use super::answer::strip_usage;
+use super::answer::{replayed, rewrite_events};
 
 impl Proxy {
     pub(super) fn follow(
@@ -27,7 +25,6 @@ impl Proxy {
         call: &Call,
         feed: Arc<Feed>,
         answer: watch::Receiver<FlightResult>,
-        key: &CacheKey,
         account: Account,
     ) -> Response<Body> {
         // The leader's stream carries usage when its client or thrifty asked for it.
@@ -43,12 +40,10 @@ impl Proxy {
         if let Some(directive) = wire::stream_cache_control(dialect) {
             h.insert(CACHE_CONTROL, HeaderValue::from_static(directive));
         }
-        headers::set(h, "x-thrifty-cache", Outcome::Hit.as_str());
-        headers::set(h, "x-thrifty-cache-key", key.short());
         self.cache.tasks().spawn(async move {
             let entry = recorded(answer).await;
-            account.followed(dialect, entry.as_deref());
+            account.followed(entry.as_deref().map(|e| replayed(dialect, e)));
         });
-        strip_usage(response, strips)
+        rewrite_events(response, dialect::follower_stream(dialect, call, strips))
     }
 }

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
-use http::request::Parts;
 use http::{Request, Response};
 
 use crate::accounting::Account;
@@ -15,17 +14,34 @@ use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::conversations::Conversation;
 use crate::compress::{self, Force};
 use crate::config::{Strategy, Upstream};
+use crate::dialect;
 use crate::error::ProxyError;
+use crate::headers::names;
+use crate::headers::{self, Labels};
 use crate::router::{self};
 use crate::savings::Outcome;
 use crate::summarizer::UpstreamSummarizer;
-use crate::{dialect, headers};
 
 use super::{Exchange, Proxy};
 
 /// The most of an upstream error answer read to see whether it is a context overflow; such
 /// errors are a few hundred bytes, and anything longer streams through to the client.
 const ERROR_PREFIX: usize = 64 * 1024;
+
+/// How hard a call is condensed: as configured, or harder after the upstream said the
+/// prompt exceeds the model's context window.
+#[derive(Clone, Copy)]
+enum Pressure {
+    Usual,
+    Harder,
+}
+
+/// Whether thrifty reads an upstream answer or passes it through untouched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Read,
+    Untouched,
+}
 
 /// What one attempt sent upstream.
 pub(super) struct Sent {
@@ -45,10 +61,12 @@ impl Proxy {
         bytes: Bytes,
         account: &mut Account,
     ) -> Result<(Response<Body>, Sent), ProxyError> {
-        let sent = self.outbound(exchange, call, bytes, false, account).await;
+        let sent = self
+            .outbound(exchange, call, bytes, Pressure::Usual, account)
+            .await;
         account.sending();
         let response = self
-            .forward(exchange, full(sent.bytes.clone()), true)
+            .forward_intercepted(exchange, full(sent.bytes.clone()))
             .await?;
         if !self.may_retry(exchange, call, &response) {
             return Ok((response, sent));
@@ -72,14 +90,14 @@ impl Proxy {
             return Ok((original, sent));
         }
         let retry = self
-            .outbound(exchange, call, Bytes::new(), true, account)
+            .outbound(exchange, call, Bytes::new(), Pressure::Harder, account)
             .await;
         if retry.compressed.is_none() {
             return Ok((original, sent));
         }
         tracing::info!("context window exceeded: retrying once, compressed harder");
         let response = self
-            .forward(exchange, full(retry.bytes.clone()), true)
+            .forward_intercepted(exchange, full(retry.bytes.clone()))
             .await?;
         Ok((response, retry))
     }
@@ -89,28 +107,25 @@ impl Proxy {
     /// answer), recorded as a bypass.
     pub(super) async fn undecoded(
         &self,
-        dialect: Dialect,
+        exchange: Exchange,
         endpoint: Endpoint,
-        parts: Parts,
         bytes: Bytes,
         model: &str,
         refusal: &ProxyError,
     ) -> Result<Response<Body>, ProxyError> {
-        tracing::Span::current().record("model", model);
         tracing::debug!(%refusal, "body not decoded: forwarded as it came");
-        let exchange = self.admit(dialect, parts, Some(model)).await?;
+        let dialect = exchange.dialect;
         let mut account = self.account(&exchange, endpoint, model);
         account.sending();
-        let mut response = match self.forward(&exchange, full(bytes), true).await {
+        let response = match self.forward_intercepted(&exchange, full(bytes)).await {
             Ok(response) => account.upstream(Outcome::Bypass, dialect, response),
             Err(e) => return Err(account.failed(e)),
         };
-        headers::set(
-            response.headers_mut(),
-            "x-thrifty-cache",
-            Outcome::Bypass.as_str(),
-        );
-        Ok(response)
+        let labels = Labels {
+            cache: Some(Outcome::Bypass.as_str()),
+            ..Labels::default()
+        };
+        Ok(labels.written(response))
     }
 
     /// A chat answered with an error that may say the prompt was too long, and which
@@ -120,7 +135,7 @@ impl Proxy {
         dialect::whole_conversation(call).is_some()
             && self.compressor.config().enabled
             && self.force(exchange) != Force::Off
-            && matches!(status.as_u16(), 400 | 413 | 500)
+            && dialect::may_be_context_overflow(status)
             && !dialect::stream::is_stream(response.headers())
     }
 
@@ -129,7 +144,7 @@ impl Proxy {
             exchange
                 .parts
                 .headers
-                .get("x-thrifty-compression")
+                .get(names::COMPRESSION)
                 .and_then(|v| v.to_str().ok()),
         )
     }
@@ -142,7 +157,7 @@ impl Proxy {
         exchange: &Exchange,
         call: &Call,
         bytes: Bytes,
-        harder: bool,
+        pressure: Pressure,
         account: &mut Account,
     ) -> Sent {
         let dialect = exchange.dialect;
@@ -155,13 +170,14 @@ impl Proxy {
             let output = dialect::max_output_tokens(dialect, call);
             let summarizer = self.summarizer(exchange);
             let scribe = summarizer.as_ref().map(|s| s as &dyn compress::Summarizer);
-            let outcome = if harder {
-                self.compressor.harder(&mut chat, output, scribe).await
-            } else {
-                let force = self.force(exchange);
-                self.compressor
-                    .compress(&mut chat, output, force, scribe)
-                    .await
+            let outcome = match pressure {
+                Pressure::Harder => self.compressor.harder(&mut chat, output, scribe).await,
+                Pressure::Usual => {
+                    let force = self.force(exchange);
+                    self.compressor
+                        .compress(&mut chat, output, force, scribe)
+                        .await
+                }
             };
             if let Some(summarizer) = &summarizer {
                 let spent = summarizer.spent();
@@ -217,18 +233,37 @@ impl Proxy {
         let named = exchange
             .parts
             .headers
-            .get("x-thrifty-chat-id")
+            .get(names::CHAT_ID)
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
         summarizer.conversation = Conversation::named(named, tenant);
         Some(summarizer)
     }
 
-    /// Sends the exchange upstream and turns the answer into the downstream response.
-    pub(super) async fn forward(
+    /// Sends an intercepted call upstream: thrifty reads its answer, so it asks for it
+    /// uncompressed.
+    pub(super) async fn forward_intercepted(
         &self,
         exchange: &Exchange,
         body: Body,
-        intercepted: bool,
+    ) -> Result<Response<Body>, ProxyError> {
+        self.forward(exchange, body, Reading::Read).await
+    }
+
+    /// Sends a passthrough request upstream; its answer streams back untouched.
+    pub(super) async fn forward_untouched(
+        &self,
+        exchange: &Exchange,
+        body: Body,
+    ) -> Result<Response<Body>, ProxyError> {
+        self.forward(exchange, body, Reading::Untouched).await
+    }
+
+    /// Sends the exchange upstream and turns the answer into the downstream response.
+    async fn forward(
+        &self,
+        exchange: &Exchange,
+        body: Body,
+        reading: Reading,
     ) -> Result<Response<Body>, ProxyError> {
         let upstream: &Upstream = &self.config.upstreams[exchange.upstream];
         let parts = &exchange.parts;
@@ -257,8 +292,7 @@ impl Proxy {
             .map_err(|e| ProxyError::Internal(format!("cannot build upstream request: {e}")))?;
         let h = request.headers_mut();
         *h = headers::upstream_request(&parts.headers);
-        if intercepted {
-            // Thrifty reads intercepted answers, so it asks for them uncompressed.
+        if reading == Reading::Read {
             h.remove(ACCEPT_ENCODING);
             h.remove(CONTENT_LENGTH);
         }
@@ -281,7 +315,7 @@ impl Proxy {
         );
         let (mut head, body) = response.into_parts();
         head.headers = headers::downstream_response(&head.headers);
-        headers::set(&mut head.headers, "x-thrifty-upstream", &upstream.name);
+        headers::set(&mut head.headers, names::UPSTREAM, &upstream.name);
         Ok(Response::from_parts(head, body))
     }
 }

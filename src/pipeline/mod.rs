@@ -1,16 +1,21 @@
-//! The life of a request, top to bottom. This folder orders the stages and nothing else.
+//! The life of an intercepted request, top to bottom. This folder orders the stages and
+//! nothing else.
 //!
 //! ```text
-//!  downstream ──► route ──► read body ──► decode (dialect) ──► select upstream
-//!            ──► authenticate ──► rate limit ──► forward ──► upstream
-//!  downstream ◄── response head + x-thrifty-* ◄── stream body (idle timeout) ◄──┘
+//!  door ──► read body ──► decode (dialect) ──► select upstream ──► authenticate
+//!       ──► rate limit ──► cache controls ──► savings record (Context)
+//!       ──► exact lookup ──hit / follow──► replay
+//!       ──► semantic lookup ──hit──► replay
+//!       ──► compress, ask for stream usage ──► forward ──► upstream
+//!                                      (context overflow: compress harder, once)
+//!  client ◄── labels (x-thrifty-*) ◄── savings tap, recorder and fan-out ◄──┘
 //! ```
 //!
 //! Passthrough routes skip reading and decoding: the body streams through untouched.
 //! Stages never call each other; each is a function or object these files call in order:
 //!
-//! - `mod.rs`: the door (`handle`), admission (route, upstream, tenant, rate limit) and the
-//!   savings record every intercepted call gets.
+//! - `mod.rs`: admission (upstream, tenant, rate limit), the `Context` every stage gets
+//!   and the savings record every intercepted call gets.
 //! - `answer.rs`: chat, Responses and completion calls: exact lookup, semantic lookup,
 //!   upstream, recording.
 //! - `follow.rs`: a streaming call following an identical one in flight, piece by piece.
@@ -36,7 +41,6 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
-use tracing::{Instrument, field};
 
 use crate::accounting::Account;
 use crate::auth::{Authenticator, Tenant, UpstreamAuth};
@@ -46,16 +50,17 @@ use crate::cache::controls::Controls;
 use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::Compressor;
 use crate::config::Config;
+use crate::dialect;
 use crate::error::ProxyError;
 use crate::fleet::{FleetStats, Sources};
+use crate::headers::Labels;
 use crate::ratelimit::RateLimiter;
-use crate::router::{self, Route};
+use crate::reply;
 use crate::savings::Ledger;
 use crate::semantic::SemanticCache;
 use crate::semantic::calibration::Calibration;
 use crate::store::Store;
-use crate::upstream::{UpstreamClient, root_store};
-use crate::{dialect, headers, reply};
+use crate::upstream::{OnFailure, UpstreamClient, root_store};
 
 /// How long a client may take to send a request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -76,13 +81,47 @@ pub struct Proxy {
     fleet: Option<FleetStats>,
 }
 
-/// When a request arrived, and whether a savings record will describe it. `handle` puts it
-/// in the request's extensions; `admit` reads the time and `account` raises the flag, so that
-/// `handle` counts in the metrics only the requests no record counts.
+/// When a request arrived, and whether a savings record describes it: the door makes one,
+/// `account` raises the flag, and the door counts in the metrics only the requests no record
+/// counts.
 #[derive(Clone)]
-struct Arrival {
-    at: Instant,
+pub(crate) struct Arrival {
+    pub(crate) at: Instant,
     accounted: Arc<AtomicBool>,
+}
+
+impl Arrival {
+    pub(crate) fn now() -> Arrival {
+        Arrival {
+            at: Instant::now(),
+            accounted: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) fn is_accounted(&self) -> bool {
+        self.accounted.load(Ordering::Relaxed)
+    }
+}
+
+/// An intercepted call on its way through the stages: who sent it and where it goes
+/// (`exchange`), how the cache treats it (`plan`, once made), its savings record and the
+/// labels its response gets.
+struct Context<P> {
+    exchange: Exchange,
+    plan: P,
+    account: Account,
+    labels: Labels,
+}
+
+impl Context<()> {
+    fn with_plan<P>(self, plan: P) -> Context<P> {
+        Context {
+            exchange: self.exchange,
+            plan,
+            account: self.account,
+            labels: self.labels,
+        }
+    }
 }
 
 /// One request on its way through the stages.
@@ -92,7 +131,7 @@ struct Exchange {
     upstream: usize,
     tenant: Tenant,
     upstream_auth: UpstreamAuth,
-    arrived: Instant,
+    arrival: Arrival,
 }
 
 impl Proxy {
@@ -104,10 +143,13 @@ impl Proxy {
             config.savings.ledger,
         );
         let roots = Arc::new(root_store());
+        let metrics = ledger.metrics_hooks().clone();
+        let on_failure: OnFailure =
+            Arc::new(move |upstream, kind| metrics.upstream_error(upstream, kind));
         let clients = config
             .upstreams
             .iter()
-            .map(|u| UpstreamClient::new(u, roots.clone(), ledger.metrics_hooks().clone()))
+            .map(|u| UpstreamClient::new(u, roots.clone(), on_failure.clone()))
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
             auth: Authenticator::new(&config.keys),
@@ -116,7 +158,7 @@ impl Proxy {
             calibration: Arc::new(Calibration::new(
                 &config.semantic,
                 Some(cache.store().clone()),
-                crate::cache::now_ms(),
+                crate::clock::now_ms(),
             )),
             compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
             fleet: FleetStats::new(cache.store()),
@@ -151,10 +193,6 @@ impl Proxy {
         &self.ledger
     }
 
-    pub fn compressor(&self) -> &Compressor {
-        &self.compressor
-    }
-
     pub fn fleet(&self) -> Option<&FleetStats> {
         self.fleet.as_ref()
     }
@@ -176,90 +214,28 @@ impl Proxy {
         }
     }
 
-    /// Serves one request; never fails, errors become responses in the caller's dialect.
-    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let accounted = Arc::new(AtomicBool::new(false));
-        request.extensions_mut().insert(Arrival {
-            at: started,
-            accounted: accounted.clone(),
-        });
-        let request_id = request_id(request.headers());
-        let route = router::route(request.method(), request.uri().path());
-        let span = tracing::info_span!(
-            "request",
-            id = %request_id,
-            dialect = route.dialect().as_str(),
-            route = route.name(),
-            model = field::Empty,
-            upstream = field::Empty,
-            tenant = field::Empty,
-            cache = field::Empty,
-        );
-        async move {
-            let result = match route {
-                Route::Health => Ok(reply::json(StatusCode::OK, &json!({"status": "ok"}))),
-                Route::Ready => Ok(self.readiness().await),
-                Route::Admin => crate::admin::handle(self, request).await,
-                Route::Api { dialect, endpoint } => {
-                    self.intercept(dialect, endpoint, request).await
-                }
-                Route::Passthrough { dialect } => self.pass_through(dialect, request).await,
-                Route::NotFound => Err(ProxyError::NotFound(format!(
-                    "unknown path {}: thrifty serves /v1/* and /api/*",
-                    request.uri().path()
-                ))),
-            };
-            let metrics = self.ledger.metrics_hooks();
-            let mut response = result.unwrap_or_else(|e| {
-                if e.fault() != crate::error::Fault::Downstream {
-                    tracing::warn!(error = %e, fault = ?e.fault(), "request failed");
-                }
-                if matches!(e, ProxyError::RateLimited { .. }) {
-                    metrics.rate_limited();
-                }
-                reply::error(route.dialect(), &e)
-            });
-            let h = response.headers_mut();
-            // The upstream's own id stays, as its support can look it up; only an answer no
-            // upstream gave (a hit, thrifty's own refusal) carries thrifty's id there.
-            if !h.contains_key("x-request-id") {
-                headers::set(h, "x-request-id", &request_id);
-            }
-            headers::set(h, "x-thrifty-request-id", &request_id);
-            let status = response.status().as_u16();
-            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-            if !accounted.load(Ordering::Relaxed) {
-                let outcome = match route {
-                    _ if status >= 400 => "error",
-                    Route::Passthrough { .. } => "passthrough",
-                    _ => "none",
-                };
-                let dialect = route.dialect().as_str();
-                metrics.request(route.name(), dialect, outcome, status, latency_ms);
-            }
-            tracing::info!(status, latency_ms, "served");
-            response
-        }
-        .instrument(span)
-        .await
-    }
-
     /// An intercepted call: decoded, checked, then forwarded.
-    async fn intercept(
+    pub(crate) async fn intercept(
         &self,
         dialect: Dialect,
         endpoint: Endpoint,
         request: Request<Incoming>,
+        arrival: &Arrival,
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = request.into_parts();
         let bytes = read_body(body, &parts.headers, self.config.max_body_bytes).await?;
+        let arrival = arrival.clone();
         match dialect::decode(dialect, endpoint, &bytes) {
-            Ok(call) => self.intercept_call(dialect, parts, call, bytes).await,
+            Ok(call) => {
+                self.intercept_call(dialect, parts, call, bytes, arrival)
+                    .await
+            }
             // JSON thrifty cannot read as a call is the upstream's to judge, in its own words.
             Err(refusal) => match dialect::json_model(&bytes) {
                 Some(model) => {
-                    self.undecoded(dialect, endpoint, parts, bytes, &model, &refusal)
+                    tracing::Span::current().record("model", model.as_str());
+                    let exchange = self.admit(dialect, parts, Some(&model), arrival).await?;
+                    self.undecoded(exchange, endpoint, bytes, &model, &refusal)
                         .await
                 }
                 None => Err(refusal),
@@ -276,7 +252,8 @@ impl Proxy {
         bytes: Bytes,
     ) -> Result<Response<Body>, ProxyError> {
         let call = dialect::decode(dialect, endpoint, &bytes)?;
-        self.intercept_call(dialect, parts, call, bytes).await
+        self.intercept_call(dialect, parts, call, bytes, Arrival::now())
+            .await
     }
 
     /// A decoded call through the stages.
@@ -286,25 +263,33 @@ impl Proxy {
         parts: Parts,
         call: Call,
         bytes: Bytes,
+        arrival: Arrival,
     ) -> Result<Response<Body>, ProxyError> {
         tracing::Span::current().record("model", call.model());
-        let exchange = self.admit(dialect, parts, Some(call.model())).await?;
+        let exchange = self
+            .admit(dialect, parts, Some(call.model()), arrival)
+            .await?;
         let controls = Controls::from_headers(&exchange.parts.headers)?;
+        let account = self.account(&exchange, call.endpoint(), call.model());
+        let cx = Context {
+            exchange,
+            plan: (),
+            account,
+            labels: Labels::default(),
+        };
         match call {
-            Call::Embedding(request) => self.embed(exchange, request, bytes, controls).await,
-            call => self.answer(exchange, call, bytes, controls).await,
+            Call::Embedding(request) => self.embed(cx, request, bytes, controls).await,
+            call => self.answer(cx, call, bytes, controls).await,
         }
     }
 
     /// The savings record of an intercepted call, filled in as the call goes on. Every path
     /// from here on ends in one of its recording methods (`failed` for an error).
     fn account(&self, exchange: &Exchange, endpoint: Endpoint, model: &str) -> Account {
-        if let Some(arrival) = exchange.parts.extensions.get::<Arrival>() {
-            arrival.accounted.store(true, Ordering::Relaxed);
-        }
+        exchange.arrival.accounted.store(true, Ordering::Relaxed);
         Account::new(
             self.ledger.clone(),
-            exchange.arrived,
+            exchange.arrival.at,
             &exchange.tenant,
             &exchange.parts.headers,
             exchange.dialect,
@@ -317,7 +302,7 @@ impl Proxy {
     /// `/readyz`: ready when the store answers; degraded (still serving, uncached) when not.
     /// `rate_limits` says whether limits are shared across instances or, with the shared
     /// store unreachable, this instance's own.
-    async fn readiness(&self) -> Response<Body> {
+    pub(crate) async fn readiness(&self) -> Response<Body> {
         let store = self.cache.store();
         let ping = store.ping().await;
         let rate_limits = self.limiter.mode(ping.is_ok());
@@ -334,14 +319,15 @@ impl Proxy {
     }
 
     /// Any other path of a dialect's API: the body streams through untouched.
-    async fn pass_through(
+    pub(crate) async fn pass_through(
         &self,
         dialect: Dialect,
         request: Request<Incoming>,
+        arrival: &Arrival,
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = request.into_parts();
-        let exchange = self.admit(dialect, parts, None).await?;
-        self.forward(&exchange, boxed(body), false).await
+        let exchange = self.admit(dialect, parts, None, arrival.clone()).await?;
+        self.forward_untouched(&exchange, boxed(body)).await
     }
 
     /// Selects the upstream, authenticates and applies the rate limit.
@@ -350,6 +336,7 @@ impl Proxy {
         dialect: Dialect,
         parts: Parts,
         model: Option<&str>,
+        arrival: Arrival,
     ) -> Result<Exchange, ProxyError> {
         let upstream = self.select_upstream(dialect, model);
         let target = &self.config.upstreams[upstream];
@@ -358,17 +345,13 @@ impl Proxy {
         let (tenant, upstream_auth) = self.auth.authenticate(&parts.headers, target)?;
         span.record("tenant", tenant.id.as_str());
         self.limiter.check(&tenant).await?;
-        let arrived = parts
-            .extensions
-            .get::<Arrival>()
-            .map_or_else(Instant::now, |a| a.at);
         Ok(Exchange {
             dialect,
             parts,
             upstream,
             tenant,
             upstream_auth,
-            arrived,
+            arrival,
         })
     }
 
@@ -411,14 +394,4 @@ pub(crate) async fn read_body(
             "cannot read the request body: {e}"
         ))),
     }
-}
-
-/// The client's `x-request-id` when it is reasonable header text, else a new one.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }

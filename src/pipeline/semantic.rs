@@ -57,6 +57,15 @@ pub(super) struct Decision {
     pub verify: Option<Verification>,
 }
 
+impl Decision {
+    /// Whether the stage ran the model for this call (a local embedding, recorded as such).
+    pub fn embedded(&self) -> bool {
+        self.hit.is_some()
+            || self.verify.is_some()
+            || self.question.as_ref().is_some_and(|q| q.vector.is_some())
+    }
+}
+
 impl Proxy {
     /// Nothing is embedded here unless a hit is possible (see
     /// [`semantic::SemanticCache::lookup`]).

@@ -61,13 +61,4 @@ impl Local {
             limiter.shrink_to_fit();
         }
     }
-
-    /// How many tenants are currently tracked.
-    pub fn tracked(&self) -> usize {
-        self.default
-            .iter()
-            .chain(self.per_key.values())
-            .map(Keyed::len)
-            .sum()
-    }
 }

@@ -147,11 +147,6 @@ impl RateLimiter {
     pub fn forget_idle(&self) {
         self.local.forget_idle();
     }
-
-    /// How many tenants the local limiters track.
-    pub fn tracked(&self) -> usize {
-        self.local.tracked()
-    }
 }
 
 /// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do (`1s`, `6m0s`, `20ms`).

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::aggregate::{self, Cell, Totals};
@@ -31,7 +30,7 @@ use super::metrics::Metrics;
 use super::money;
 use super::pricing::{Pricing, Quote};
 use super::query::ReportQuery;
-use super::record::UsageRecord;
+use super::record::{AuditCost, AuditEntry, UsageRecord};
 use super::report::Report;
 use crate::store::counters::CounterBatch;
 use crate::store::{Store, StoreError};
@@ -72,27 +71,6 @@ impl Default for LedgerOptions {
             tenants_per_day: 1_000,
         }
     }
-}
-
-/// A raw record as the audit log keeps it: the record, its prices and its costs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    #[serde(flatten)]
-    pub record: UsageRecord,
-    /// Price versions applied, as `model|upstream|effective`.
-    pub prices: Vec<String>,
-    pub unpriced: Vec<String>,
-    /// Exact decimal costs; absent when a model had no price.
-    pub cost: Option<AuditCost>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditCost {
-    pub currency: String,
-    pub baseline: String,
-    pub actual: String,
-    pub overhead: String,
-    pub net_saved: String,
 }
 
 /// The savings ledger. Create it inside a Tokio runtime: it spawns its writer.

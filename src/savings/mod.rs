@@ -32,11 +32,13 @@ use std::time::Duration;
 
 pub use dashboard::dashboard_html;
 pub use day::Day;
-pub use ledger::{AuditEntry, Ledger, LedgerOptions};
+pub use ledger::{Ledger, LedgerOptions};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 pub use pricing::{Price, Pricing};
-pub use query::{Dimension, Format, ReportArgs, ReportQuery, parse_query};
-pub use record::{Outcome, Tokens, UsageRecord};
+pub use query::{
+    AuditQuery, Dimension, Format, ReportArgs, ReportQuery, parse_audit_query, parse_query,
+};
+pub use record::{AuditEntry, Outcome, Tokens, UsageRecord};
 pub use report::Report;
 
 use crate::store::Store;

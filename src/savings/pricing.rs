@@ -9,7 +9,7 @@ use std::path::Path;
 use globset::GlobMatcher;
 use serde::Deserialize;
 
-use crate::config::table::{self, TableError, glob};
+use crate::table::{self, TableError, glob};
 
 use super::day::Day;
 use super::record::{Tokens, UsageRecord};

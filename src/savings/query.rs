@@ -75,18 +75,6 @@ pub struct ReportQuery {
     pub format: Format,
 }
 
-impl ReportQuery {
-    /// The last `days` days up to `today`, grouped by day.
-    pub fn last_days(today: Day, days: i64) -> ReportQuery {
-        ReportQuery {
-            from: today.plus(1 - days.max(1)),
-            to: today,
-            group_by: vec![Dimension::Day],
-            format: Format::Json,
-        }
-    }
-}
-
 /// The `thrifty report` arguments, as typed.
 #[derive(Clone, Debug, Default)]
 pub struct ReportArgs {
@@ -138,6 +126,48 @@ pub fn parse_query(query_string: &str) -> Result<ReportQuery, String> {
         format.as_deref(),
         Format::Json,
     )
+}
+
+/// Records `GET /admin/savings/audit` returns when no `limit` is given, and at most.
+pub const AUDIT_DEFAULT: usize = 100;
+pub const AUDIT_MAX: usize = 10_000;
+
+/// `GET /admin/savings/audit?limit=&format=json|csv`: the newest raw records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub limit: usize,
+    pub format: Format,
+}
+
+pub fn parse_audit_query(query_string: &str) -> Result<AuditQuery, String> {
+    let mut query = AuditQuery {
+        limit: AUDIT_DEFAULT,
+        format: Format::Json,
+    };
+    for (name, value) in form_urlencoded::parse(query_string.as_bytes()) {
+        match name.as_ref() {
+            "limit" => {
+                query.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=AUDIT_MAX).contains(n))
+                    .ok_or_else(|| format!("limit must be a whole number from 1 to {AUDIT_MAX}"))?;
+            }
+            "format" => {
+                query.format = match value.as_ref() {
+                    "json" => Format::Json,
+                    "csv" => Format::Csv,
+                    _ => return Err("format must be json or csv".to_owned()),
+                };
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter {other}: expected limit or format"
+                ));
+            }
+        }
+    }
+    Ok(query)
 }
 
 fn build(

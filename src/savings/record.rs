@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::day::Day;
+pub use crate::chat::Tokens;
 
 /// What thrifty did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -51,34 +52,6 @@ impl Outcome {
     /// Whether the answer came from a cache without calling the upstream.
     pub fn is_hit(self) -> bool {
         matches!(self, Outcome::ExactHit | Outcome::SemanticHit)
-    }
-}
-
-/// Token counts of one side of the bill.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tokens {
-    /// Prompt tokens, cached ones included.
-    pub prompt: u64,
-    /// The part of `prompt` billed at the provider's cached-input price.
-    pub cached_prompt: u64,
-    pub completion: u64,
-}
-
-impl Tokens {
-    pub fn total(&self) -> u64 {
-        self.prompt.saturating_add(self.completion)
-    }
-
-    pub fn is_zero(&self) -> bool {
-        self.prompt == 0 && self.cached_prompt == 0 && self.completion == 0
-    }
-}
-
-impl std::ops::AddAssign for Tokens {
-    fn add_assign(&mut self, other: Tokens) {
-        self.prompt += other.prompt;
-        self.cached_prompt += other.cached_prompt;
-        self.completion += other.completion;
     }
 }
 
@@ -131,4 +104,25 @@ impl UsageRecord {
     pub fn key(&self) -> &str {
         self.key_name.as_deref().unwrap_or(&self.tenant)
     }
+}
+
+/// A raw record as the audit log keeps it: the record, its prices and its costs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(flatten)]
+    pub record: UsageRecord,
+    /// Price versions applied, as `model|upstream|effective`.
+    pub prices: Vec<String>,
+    pub unpriced: Vec<String>,
+    /// Exact decimal costs; absent when a model had no price.
+    pub cost: Option<AuditCost>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCost {
+    pub currency: String,
+    pub baseline: String,
+    pub actual: String,
+    pub overhead: String,
+    pub net_saved: String,
 }

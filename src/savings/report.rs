@@ -9,11 +9,10 @@ use serde_json::{Map, Value, json};
 
 use super::aggregate::{self, Cell, TokenSums, Totals};
 use super::day::Day;
-use super::ledger::AuditEntry;
 use super::money;
 use super::pricing::{Price, Pricing};
 use super::query::{Dimension, Format, ReportQuery};
-use super::record::Outcome;
+use super::record::{AuditEntry, Outcome};
 
 /// One group of the report: its dimension values (in `group_by` order) and sums.
 #[derive(Clone, Debug, PartialEq, Eq)]

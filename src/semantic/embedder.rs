@@ -33,9 +33,7 @@ const MAX_BATCH: usize = 32;
 /// (`eval-semantic --cost`: padding to the longest text eats what it saves).
 const BACKGROUND_BATCH: usize = 1;
 
-/// Threads one inference may use unless `semantic.threads` says otherwise (README, "What the
-/// semantic stage costs", has the measurements behind the default).
-pub const DEFAULT_THREADS: usize = 1;
+pub use crate::config::DEFAULT_THREADS;
 
 /// The longest input the model reads, in word pieces; longer texts are truncated by it.
 pub const MODEL_MAX_TOKENS: usize = 256;

@@ -41,16 +41,16 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::cache::Cache;
 use crate::cache::key::{self, CacheKey, Scope};
-use crate::cache::{Cache, now_ms};
 use crate::chat::{ChatRequest, Content, Dialect, Endpoint, Message, PartKind, Role};
+use crate::clock::now_ms;
 use crate::config::{ContextRule, SemanticConfig};
 use embedder::{Embedded, Embedder};
 use index::Index;
 use stats::{Skip, Stats};
 
-/// Prefix of persisted vectors in the store.
-pub const SEMANTIC_PREFIX: &str = "thrifty:v1:semantic:";
+pub use crate::cache::SEMANTIC_PREFIX;
 
 /// Where instances announce new and removed entries.
 const EVENTS: &str = "thrifty:v1:semantic:events";

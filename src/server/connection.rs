@@ -65,7 +65,7 @@ async fn http<S>(
     let service = service_fn(move |request| {
         arrived.notify_one();
         let proxy = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(request).await) }
+        async move { Ok::<_, std::convert::Infallible>(crate::door::handle(&proxy, request).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let connection = watcher.watch(connection.into_owned());

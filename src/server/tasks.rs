@@ -35,10 +35,6 @@ impl Tasks {
         self.tracker.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.tracker.is_empty()
-    }
-
     /// Drops every task still running (their connections close, their response bodies are
     /// dropped and record what they carried), then waits until all of them are gone.
     pub async fn cut(&self) {

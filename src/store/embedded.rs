@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use moka::sync::Cache;
@@ -19,6 +19,7 @@ use redb::{
 };
 
 use super::{StoreError, Tally};
+use crate::clock::now_ms;
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
@@ -40,12 +41,6 @@ pub struct EmbeddedStore {
     deletes: Arc<Mutex<u64>>,
     /// Set by a commit made without an `fsync`, cleared by the durable commit that follows.
     unpersisted: Arc<AtomicBool>,
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn expiry(ttl: Duration) -> u64 {

@@ -1,5 +1,6 @@
 //! Single flight: identical concurrent misses send one request upstream and share its answer.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -201,7 +202,33 @@ async fn staggered_identical_streams_each_get_pieces_before_the_leader_ends() {
         for w in &watched[1..] {
             assert_eq!(w.cache, "hit", "{what}: followers are hits");
         }
+        // Each OpenAI client's stream has one id of its own, as live answers have.
+        if dialect == Dialect::OpenAi {
+            let ids: Vec<HashSet<String>> = watched.iter().map(|w| stream_ids(&w.body)).collect();
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(
+                    id.len(),
+                    1,
+                    "{what}: client {i}'s chunks share one id: {id:?}"
+                );
+            }
+            let distinct: HashSet<&String> = ids.iter().flatten().collect();
+            assert_eq!(
+                distinct.len(),
+                4,
+                "{what}: every client has its own id: {ids:?}"
+            );
+        }
     }
+}
+
+/// The ids of an SSE stream's chunks.
+fn stream_ids(body: &str) -> HashSet<String> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|chunk| chunk["id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A leader whose client leaves midway does not hang the calls following it: they end at

@@ -15,6 +15,7 @@ use thrifty::config::{RawConfig, SemanticMode};
 use thrifty::semantic::calibration::{CALIBRATION_PREFIX, Calibration, Scope};
 use thrifty::semantic::embedder::{Embedded, Embedder, similarity};
 use thrifty::semantic::guard;
+use thrifty::store::Store;
 
 use crate::common::thrifty::model_dir;
 use crate::{Backend, Dialect, NO_HEADERS, PARAPHRASE, QUESTION, WAIT, World, poll};
@@ -43,8 +44,16 @@ async fn fill(w: &World, dialect: Dialect) {
     .await;
 }
 
-/// A calibration of the test's own on the world's Redis, as another instance would hold.
-async fn shared_calibration(w: &World) -> Calibration {
+/// Another instance's calibration on the world's Redis, and the store it writes through.
+struct Peer {
+    calibration: Calibration,
+    store: Arc<Store>,
+}
+
+/// A calibration of the test's own on the world's Redis, as another instance would hold. It
+/// returns once its store answers: the connection is made in the background, and observations
+/// written before it (or while the breaker it trips is open) would be lost.
+async fn shared_calibration(w: &World) -> Peer {
     let url = w
         .vars
         .iter()
@@ -56,7 +65,15 @@ async fn shared_calibration(w: &World) -> Calibration {
     raw.semantic.mode = SemanticMode::Verified;
     let config = raw.validate(&env).expect("a valid config");
     let store = thrifty::open_store(&config.store).expect("the store opens");
-    Calibration::new(&config.semantic, Some(store), 7)
+    poll(WAIT, "the peer's store answers", || {
+        let store = store.clone();
+        async move { store.ping().await.ok() }
+    })
+    .await;
+    Peer {
+        calibration: Calibration::new(&config.semantic, Some(store.clone()), 7),
+        store,
+    }
 }
 
 /// The similarity and features thrifty sees for `asked` against the recorded `cached`.
@@ -74,25 +91,31 @@ async fn pair(asked: &str, cached: &str) -> (f32, guard::Features) {
 
 /// Records 300 outcomes at `similarity` and 0.01 either side: the test's embedding of a pair
 /// and thrifty's (batched with other tests' lookups) may differ in the last digits, and a
-/// similarity near a bin's edge would then land in the next bin.
+/// similarity near a bin's edge would then land in the next bin. Every one must reach the store.
 async fn observe_around(
-    calibration: &Calibration,
+    peer: &Peer,
     dialect: Dialect,
     similarity: f32,
     features: &guard::Features,
     agreed: bool,
 ) {
+    let (errors, skipped) = (peer.store.errors(), peer.store.skipped());
     for at in [
         similarity - 0.01,
         similarity,
         (similarity + 0.01).min(0.999),
     ] {
         for _ in 0..300 {
-            calibration
+            peer.calibration
                 .observe(&scope(dialect), at, features, agreed)
                 .await;
         }
     }
+    assert_eq!(
+        (peer.store.errors(), peer.store.skipped()),
+        (errors, skipped),
+        "every observation reached the store"
+    );
 }
 
 /// Polls ask with this: `no-store` reads both caches but stores nothing, so a poll that went
@@ -151,7 +174,7 @@ async fn agreeing_outcomes_make_a_paraphrase_a_hit_and_a_corrupt_record_ends_hit
     let dialect = Dialect::OpenAi;
     fill(&w, dialect).await;
     // Another instance has verified many such pairs, and they agreed.
-    let calibration = Arc::new(shared_calibration(&w).await);
+    let calibration = shared_calibration(&w).await;
     let (similarity, features) = pair("What is the way to reset my password?", QUESTION).await;
     observe_around(&calibration, dialect, similarity, &features, true).await;
     let body = dialect.chat("What is the way to reset my password?", false);

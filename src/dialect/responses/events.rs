@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::savings::Tokens;
+use crate::chat::Tokens;
 
 /// The event that ends a complete stream.
 const COMPLETED: &str = "response.completed";
@@ -20,25 +20,14 @@ fn event_type(event: &Value) -> Option<&str> {
     event.get("type").and_then(Value::as_str)
 }
 
-/// The events of a complete streamed body, or `None` unless it ended with `response.completed`.
-/// A `[DONE]` after it, which some compatible servers send, is no event.
-pub fn parse(text: &str) -> Option<Vec<Value>> {
-    let mut events = Vec::new();
-    for line in text.lines() {
-        let Some(data) = line.strip_prefix("data:") else {
-            continue;
-        };
-        if data.trim() == "[DONE]" {
-            continue;
-        }
-        let event: Value = serde_json::from_str(data.trim()).ok()?;
-        match event_type(&event) {
-            Some("error" | "response.failed" | "response.incomplete") => return None,
-            Some(_) => events.push(event),
-            None => return None,
-        }
-    }
-    (events.last().and_then(event_type) == Some(COMPLETED)).then_some(events)
+/// Whether a stream's events make a completed response: each names its type, none is an
+/// error, a failure or an incomplete end, and the last is `response.completed`.
+pub fn is_whole(events: &[Value]) -> bool {
+    let typed = events.iter().all(|e| {
+        event_type(e)
+            .is_some_and(|t| !matches!(t, "error" | "response.failed" | "response.incomplete"))
+    });
+    typed && events.last().and_then(event_type) == Some(COMPLETED)
 }
 
 /// Whether a JSON answer is a completed response.

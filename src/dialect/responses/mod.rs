@@ -24,8 +24,7 @@ pub mod events;
 
 use serde_json::{Map, Value, json};
 
-use super::openai::decode_part;
-use super::wire::{join_fields, peek_bool, split_fields, take_named, take_string};
+use super::wire::{decode_part, join_fields, peek_bool, split_fields, take_named, take_string};
 use crate::chat::{Call, ChatRequest, Content, Message, Role, ToolCall};
 use crate::error::ProxyError;
 

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cache::now_ms;
+use crate::clock::now_ms;
 use crate::config::{SemanticConfig, SemanticMode};
 use crate::store::Store;
 use curve::{Curve, SIMILARITY_EDGES, Tally};
