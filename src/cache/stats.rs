@@ -171,3 +171,41 @@ pub fn render(counters: &HashMap<String, i64>) -> Value {
     out["by_model"] = render(&by[2]);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_like_the_rows_they_come_from() {
+        let stats = Stats::default();
+        let odd = "team \"a\",\u{1f}é";
+        stats.record(odd, Some("ns"), "gpt-4o", Outcome::Hit);
+        stats.record(odd, Some("ns"), "gpt-4o", Outcome::Miss);
+        stats.record("b", None, "gpt-4o", Outcome::SemanticHit);
+        stats.record("b", None, "llama3", Outcome::Off);
+        stats.stored();
+        let counters = stats.counters();
+        assert_eq!(counters["stored"], 1);
+        let out = render(&counters);
+        assert_eq!(out["hits"], 1);
+        assert_eq!(out["semantic_hits"], 1);
+        assert_eq!(out["misses"], 1);
+        assert_eq!(out["off"], 1);
+        assert_eq!(out["hit_rate"], 2.0 / 3.0);
+        assert_eq!(out["by_tenant"][odd]["misses"], 1);
+        assert_eq!(out["by_namespace"][""]["semantic_hits"], 1);
+        assert_eq!(out["by_model"]["gpt-4o"]["hits"], 1);
+        assert_eq!(out["by_model"]["llama3"]["off"], 1);
+        let mut doubled = counters.clone();
+        for value in doubled.values_mut() {
+            *value *= 2;
+        }
+        doubled.insert("unrelated".to_owned(), 7);
+        assert_eq!(
+            render(&doubled)["by_tenant"]["b"]["off"],
+            2,
+            "totals add up"
+        );
+    }
+}
