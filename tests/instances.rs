@@ -2,8 +2,8 @@
 //! Redis Cluster, see [`Topology`]), driven over real sockets: what one instance does, the
 //! others see. The scenarios live in `tests/instances/`, most of them run on both topologies:
 //!
-//! - `limits`: a tenant's rate limit is one budget across the instances, and falls back to
-//!   each instance's own limit while Redis is down.
+//! - `limits`: a tenant's rate limit (the default or its key's own) is one budget across the
+//!   instances, and falls back to each instance's own limit while Redis is down.
 //! - `stats`: every instance's `/admin/*/stats` report the traffic of all.
 //! - `cluster`: the admin API's key walks and the savings ledger on a Redis Cluster.
 //! - `sharing`: an answer cached through one instance, exact or semantic, is a hit on another.

@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use reqwest::StatusCode;
-use thrifty::config::RawRateLimit;
+use thrifty::auth::hash_key;
+use thrifty::config::{RawKey, RawRateLimit};
 
 use crate::common::client::{Reply, poll};
 use crate::{Fleet, Topology, WAIT, chat_as, readiness};
@@ -159,4 +160,44 @@ async fn with_redis_down_each_instance_applies_the_limit_itself() {
         .await
         .assert_ok("a fresh shared bucket");
     assert_eq!(readiness(a).await["rate_limits"], "shared");
+}
+
+#[tokio::test]
+async fn a_keys_own_limit_is_shared_too() {
+    let fleet = Fleet::start(Topology::Single, 2, |raw| {
+        raw.rate_limit = Some(RawRateLimit {
+            requests_per_minute: 1,
+            burst: Some(1),
+        });
+        raw.keys = vec![RawKey {
+            name: "batch-jobs".to_owned(),
+            team: None,
+            sha256: hash_key("tk-batch"),
+            rate_limit: Some(RawRateLimit {
+                requests_per_minute: 1,
+                burst: Some(4),
+            }),
+        }];
+    })
+    .await;
+    // One a minute refills nothing during the test: the key's burst of 4 is its budget.
+    let mut admitted = 0;
+    for n in 0..8 {
+        let reply = chat_as(&fleet.apis[n % 2], "tk-batch", &format!("job {n}")).await;
+        if reply.status == StatusCode::OK {
+            admitted += 1;
+        } else {
+            assert_limited(&reply, 1, &format!("keyed request {n}"));
+        }
+    }
+    assert_eq!(admitted, 4, "the key's burst, once across both instances");
+    // Anyone else has the default limit, shared as well.
+    chat_as(&fleet.apis[0], "tk-other", "first")
+        .await
+        .assert_ok("another tenant's first request");
+    assert_limited(
+        &chat_as(&fleet.apis[1], "tk-other", "second").await,
+        1,
+        "over the default",
+    );
 }
