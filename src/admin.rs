@@ -65,9 +65,10 @@ pub async fn handle(
     let method = request.method().clone();
     match (method, path.as_str()) {
         (Method::GET, "/admin/cache/stats") => stats(proxy).await,
-        (Method::GET, "/admin/compression/stats") => {
-            Ok(reply::json(StatusCode::OK, &proxy.compressor().stats()))
-        }
+        (Method::GET, "/admin/compression/stats") => Ok(reply::json(
+            StatusCode::OK,
+            &crate::fleet::compression(proxy.fleet(), proxy.stat_sources()).await,
+        )),
         (Method::GET, "/admin/semantic/calibration") => Ok(reply::json(
             StatusCode::OK,
             &proxy.calibration().report(None).await,
@@ -75,10 +76,11 @@ pub async fn handle(
         (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
         (Method::GET, "/admin/savings/audit") => audit(proxy, request.uri().query()).await,
         (Method::GET, "/metrics") => {
-            let semantic: Vec<_> = proxy.semantic().map(|s| s.metrics()).into_iter().collect();
+            let mut more: Vec<_> = proxy.semantic().map(|s| s.metrics()).into_iter().collect();
+            more.extend(crate::fleet::metrics(proxy.fleet(), proxy.stat_sources()).await);
             Ok(text(
                 savings::METRICS_CONTENT_TYPE,
-                proxy.ledger().metrics(&semantic),
+                proxy.ledger().metrics(&more),
             ))
         }
         (Method::POST, "/admin/cache/invalidate") => {
@@ -307,7 +309,7 @@ fn take_token(query: &str) -> (Option<String>, String) {
 async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
     let cache = proxy.cache();
     let store = cache.store();
-    let mut out = cache.stats().json();
+    let mut out = crate::fleet::cache(proxy.fleet(), proxy.stat_sources()).await;
     // Lengths only: reading every value took seconds and moved the whole cache.
     let tallies =
         futures_util::future::try_join(store.tally(ANSWER_PREFIX), store.tally(EMBEDDING_PREFIX));
@@ -317,9 +319,6 @@ async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
             out["bytes"] = json!(answers.bytes + embeddings.bytes);
         }
         Err(e) => out["entries_error"] = json!(e.to_string()),
-    }
-    if let Some(semantic) = proxy.semantic() {
-        out["semantic"] = semantic.stats_json();
     }
     out["evictions"] = json!(store.evictions());
     out["store"] = json!(store.kind());

@@ -15,7 +15,8 @@
 //! - [`cache`]: exact answers and embeddings; [`semantic`]: answers to questions that mean the same.
 //! - [`compress`]: token counting and conversation compression before forwarding.
 //! - [`accounting`], [`savings`]: what each request cost and saved, the ledger and its reports.
-//! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API.
+//! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API;
+//!   [`fleet`]: the statistics every instance on one Redis reports alike.
 //! - [`config`]: file + environment to a validated [`config::Config`]; [`table`]: the data
 //!   tables it reads; [`clock`]: Unix milliseconds; [`secret`], [`tls`], [`telemetry`].
 
@@ -33,6 +34,7 @@ pub mod config;
 pub(crate) mod dialect;
 pub(crate) mod door;
 pub(crate) mod error;
+pub(crate) mod fleet;
 pub(crate) mod headers;
 pub(crate) mod pipeline;
 pub(crate) mod ratelimit;
@@ -72,6 +74,8 @@ pub enum StartError {
 
 /// How often expired entries are removed from the embedded store.
 const STORE_SWEEP: Duration = Duration::from_secs(600);
+/// How often this instance adds its counters to the totals shared through Redis.
+const STATS_PUBLISH: Duration = Duration::from_secs(1);
 /// How often cache writes committed without an `fsync` are made durable.
 const STORE_PERSIST: Duration = Duration::from_secs(1);
 
@@ -118,6 +122,16 @@ pub async fn run(
         }
     });
     background.spawn(proxy.cache().clone().listen());
+    if proxy.fleet().is_some() {
+        let stats_proxy = proxy.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(STATS_PUBLISH);
+            loop {
+                tick.tick().await;
+                stats_proxy.publish_stats().await;
+            }
+        });
+    }
     let persist_store = proxy.cache().store().clone();
     background.spawn(async move {
         let mut tick = tokio::time::interval(STORE_PERSIST);
@@ -156,6 +170,8 @@ pub async fn run(
         );
     }
     background.shutdown().await;
+    // What this instance counted last is added to the totals the other instances report.
+    let _ = tokio::time::timeout(grace, proxy.publish_stats()).await;
     proxy.cache().store().persist().await;
     Ok(())
 }

@@ -302,6 +302,16 @@ impl Compressor {
 
     /// Counters for `GET /admin/compression/stats`.
     pub fn stats(&self) -> Value {
-        self.stats.json(&self.config)
+        super::stats::render(&self.stats.counters(), &self.config)
+    }
+
+    /// The counters as named integers, for the totals shared by every instance.
+    pub fn stats_counters(&self) -> std::collections::HashMap<String, i64> {
+        self.stats.counters()
+    }
+
+    /// The report of `counters` (every instance's, from [`Compressor::stats_counters`]).
+    pub fn stats_of(&self, counters: &std::collections::HashMap<String, i64>) -> Value {
+        super::stats::render(counters, &self.config)
     }
 }

@@ -52,6 +52,7 @@ use crate::compress::Compressor;
 use crate::config::Config;
 use crate::dialect;
 use crate::error::ProxyError;
+use crate::fleet::{FleetStats, Sources};
 use crate::headers::Labels;
 use crate::ratelimit::RateLimiter;
 use crate::reply;
@@ -76,6 +77,8 @@ pub struct Proxy {
     calibration: Arc<Calibration>,
     ledger: Arc<Ledger>,
     compressor: Compressor,
+    /// The totals every instance on a shared store reports alike.
+    fleet: Option<FleetStats>,
 }
 
 /// When a request arrived, and whether a savings record describes it: the door makes one,
@@ -150,7 +153,7 @@ impl Proxy {
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
             auth: Authenticator::new(&config.keys),
-            limiter: RateLimiter::new(config.rate_limit, &config.keys),
+            limiter: RateLimiter::with_store(config.rate_limit, &config.keys, cache.store()),
             semantic: SemanticCache::load(&config.semantic, cache.clone()),
             calibration: Arc::new(Calibration::new(
                 &config.semantic,
@@ -158,6 +161,7 @@ impl Proxy {
                 crate::clock::now_ms(),
             )),
             compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
+            fleet: FleetStats::new(cache.store()),
             ledger,
             cache,
             clients,
@@ -189,8 +193,25 @@ impl Proxy {
         &self.ledger
     }
 
-    pub fn compressor(&self) -> &Compressor {
-        &self.compressor
+    pub fn fleet(&self) -> Option<&FleetStats> {
+        self.fleet.as_ref()
+    }
+
+    /// This instance's statistics counters.
+    pub fn stat_sources(&self) -> Sources<'_> {
+        Sources {
+            cache: self.cache.stats(),
+            semantic: self.semantic.as_deref(),
+            compressor: &self.compressor,
+        }
+    }
+
+    /// Publishes this instance's counters to the shared totals; called each second and at
+    /// shutdown. A failure is the store's to log; the counts wait for the next publish.
+    pub async fn publish_stats(&self) {
+        if let Some(fleet) = &self.fleet {
+            let _ = fleet.publish(self.stat_sources()).await;
+        }
     }
 
     /// An intercepted call: decoded, checked, then forwarded.
@@ -213,7 +234,7 @@ impl Proxy {
             Err(refusal) => match dialect::json_model(&bytes) {
                 Some(model) => {
                     tracing::Span::current().record("model", model.as_str());
-                    let exchange = self.admit(dialect, parts, Some(&model), arrival)?;
+                    let exchange = self.admit(dialect, parts, Some(&model), arrival).await?;
                     self.undecoded(exchange, endpoint, bytes, &model, &refusal)
                         .await
                 }
@@ -245,7 +266,9 @@ impl Proxy {
         arrival: Arrival,
     ) -> Result<Response<Body>, ProxyError> {
         tracing::Span::current().record("model", call.model());
-        let exchange = self.admit(dialect, parts, Some(call.model()), arrival)?;
+        let exchange = self
+            .admit(dialect, parts, Some(call.model()), arrival)
+            .await?;
         let controls = Controls::from_headers(&exchange.parts.headers)?;
         let account = self.account(&exchange, call.endpoint(), call.model());
         let cx = Context {
@@ -277,16 +300,20 @@ impl Proxy {
     }
 
     /// `/readyz`: ready when the store answers; degraded (still serving, uncached) when not.
+    /// `rate_limits` says whether limits are shared across instances or, with the shared
+    /// store unreachable, this instance's own.
     pub(crate) async fn readiness(&self) -> Response<Body> {
         let store = self.cache.store();
-        match store.ping().await {
+        let ping = store.ping().await;
+        let rate_limits = self.limiter.mode(ping.is_ok());
+        match ping {
             Ok(()) => reply::json(
                 StatusCode::OK,
-                &json!({"status": "ready", "store": store.kind()}),
+                &json!({"status": "ready", "store": store.kind(), "rate_limits": rate_limits}),
             ),
             Err(e) => reply::json(
                 StatusCode::OK,
-                &json!({"status": "degraded", "store": store.kind(), "error": e.to_string()}),
+                &json!({"status": "degraded", "store": store.kind(), "rate_limits": rate_limits, "error": e.to_string()}),
             ),
         }
     }
@@ -299,12 +326,12 @@ impl Proxy {
         arrival: &Arrival,
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = request.into_parts();
-        let exchange = self.admit(dialect, parts, None, arrival.clone())?;
+        let exchange = self.admit(dialect, parts, None, arrival.clone()).await?;
         self.forward_untouched(&exchange, boxed(body)).await
     }
 
     /// Selects the upstream, authenticates and applies the rate limit.
-    fn admit(
+    async fn admit(
         &self,
         dialect: Dialect,
         parts: Parts,
@@ -317,7 +344,7 @@ impl Proxy {
         span.record("upstream", target.name.as_str());
         let (tenant, upstream_auth) = self.auth.authenticate(&parts.headers, target)?;
         span.record("tenant", tenant.id.as_str());
-        self.limiter.check(&tenant)?;
+        self.limiter.check(&tenant).await?;
         Ok(Exchange {
             dialect,
             parts,

@@ -228,9 +228,23 @@ impl SemanticCache {
 
     /// The stage's counters and the model's work, as `/admin/cache/stats` shows them.
     pub fn stats_json(&self) -> serde_json::Value {
+        self.stats.json(self.embedder.counters(), self.queued())
+    }
+
+    /// The stage's decisions as named integers, for the totals shared by every instance.
+    pub fn stats_counters(&self) -> std::collections::HashMap<String, i64> {
+        self.stats.counters()
+    }
+
+    /// `counters` (every instance's decisions) with this process's model work and queue.
+    pub fn stats_of(&self, counters: &std::collections::HashMap<String, i64>) -> serde_json::Value {
+        stats::render(counters, self.embedder.counters(), self.queued())
+    }
+
+    /// Questions waiting to be indexed now.
+    fn queued(&self) -> usize {
         let free = self.queue.lock().as_ref().map_or(0, mpsc::Sender::capacity);
-        let queued = self.config.index_queue.saturating_sub(free);
-        self.stats.json(self.embedder.counters(), queued)
+        self.config.index_queue.saturating_sub(free)
     }
 
     /// The stage's counters for `/metrics`.

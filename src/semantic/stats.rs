@@ -2,6 +2,7 @@
 //!
 //! Counters only: the stage adds one per decision, and readers take a snapshot.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::ConstCounter;
@@ -70,27 +71,30 @@ impl Stats {
         self.skipped[why as usize].load(Ordering::Relaxed)
     }
 
-    /// The counters and the model's work as JSON, `queued` being the questions waiting now.
-    pub fn json(&self, model: &Counters, queued: usize) -> Value {
-        let skipped: serde_json::Map<String, Value> = Skip::ALL
+    /// The stage's decisions as named integers, the shape [`crate::store::totals`]
+    /// publishes; the model's work is not among them, it is this process's own.
+    pub fn counters(&self) -> HashMap<String, i64> {
+        let get = |c: &AtomicU64| i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let mut out: HashMap<String, i64> = Skip::ALL
             .iter()
-            .map(|s| (s.as_str().to_owned(), json!(self.skips(*s))))
+            .map(|s| {
+                (
+                    format!("skipped_{}", s.as_str()),
+                    get(&self.skipped[*s as usize]),
+                )
+            })
             .collect();
-        let texts = model.texts.load(Ordering::Relaxed);
-        let micros = model.busy_micros.load(Ordering::Relaxed);
-        json!({
-            "lookups": self.lookups.load(Ordering::Relaxed),
-            "skipped": skipped,
-            "indexed": self.indexed.load(Ordering::Relaxed),
-            "index_queue": queued,
-            "index_dropped": self.dropped.load(Ordering::Relaxed),
-            "embeddings": texts,
-            "model_runs": model.runs.load(Ordering::Relaxed),
-            "embedding_ms": micros as f64 / 1000.0,
-            "embedding_ms_per_text": if texts == 0 { 0.0 } else { micros as f64 / 1000.0 / texts as f64 },
-        })
+        out.insert("lookups".to_owned(), get(&self.lookups));
+        out.insert("indexed".to_owned(), get(&self.indexed));
+        out.insert("index_dropped".to_owned(), get(&self.dropped));
+        out
     }
 
+    /// This process's counters and the model's work as JSON, `queued` being the questions
+    /// waiting now.
+    pub fn json(&self, model: &Counters, queued: usize) -> Value {
+        render(&self.counters(), model, queued)
+    }
     /// The counters as a registry for `/metrics`.
     pub fn registry(&self, model: &Counters) -> Registry {
         let mut registry = Registry::default();
@@ -133,4 +137,30 @@ impl Stats {
         );
         registry
     }
+}
+
+/// Counters shaped like [`Stats::counters`] (every instance's, or this one's) and this
+/// process's model work as JSON.
+pub fn render(counters: &HashMap<String, i64>, model: &Counters, queued: usize) -> Value {
+    let get = |name: &str| u64::try_from(counters.get(name).copied().unwrap_or(0)).unwrap_or(0);
+    let skipped: serde_json::Map<String, Value> = Skip::ALL
+        .iter()
+        .map(|s| {
+            let name = s.as_str();
+            (name.to_owned(), json!(get(&format!("skipped_{name}"))))
+        })
+        .collect();
+    let texts = model.texts.load(Ordering::Relaxed);
+    let micros = model.busy_micros.load(Ordering::Relaxed);
+    json!({
+        "lookups": get("lookups"),
+        "skipped": skipped,
+        "indexed": get("indexed"),
+        "index_queue": queued,
+        "index_dropped": get("index_dropped"),
+        "embeddings": texts,
+        "model_runs": model.runs.load(Ordering::Relaxed),
+        "embedding_ms": micros as f64 / 1000.0,
+        "embedding_ms_per_text": if texts == 0 { 0.0 } else { micros as f64 / 1000.0 / texts as f64 },
+    })
 }

@@ -12,6 +12,7 @@ mod config;
 pub mod counters;
 mod embedded;
 mod redis;
+pub mod totals;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -276,6 +277,40 @@ impl Store {
         match &self.backend {
             Backend::Redis(r) => r.ping().await,
             Backend::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// Whether every instance on this store sees what one writes: Redis, not the embedded store.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// Runs a Lua script on Redis, bounded like any request-path call; the embedded store
+    /// runs no scripts.
+    pub async fn run_script<T: ::redis::FromRedisValue>(
+        &self,
+        invocation: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.bounded(self.script(invocation)).await
+    }
+
+    /// Like [`Store::run_script`] off the request path: bounded by the bulk timeout.
+    pub async fn run_script_off_path<T: ::redis::FromRedisValue>(
+        &self,
+        invocation: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.bounded_bulk(self.script(invocation)).await
+    }
+
+    async fn script<T: ::redis::FromRedisValue>(
+        &self,
+        invocation: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        match &self.backend {
+            Backend::Redis(r) => r.invoke(invocation).await,
+            Backend::Embedded(_) => {
+                Err(StoreError::Embedded("scripts run on redis only".to_owned()))
+            }
         }
     }
 

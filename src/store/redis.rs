@@ -7,7 +7,8 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{AsyncCommands, Client, Cmd, FromRedisValue, Pipeline};
+use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use ::redis::{AsyncCommands, Client, Cmd, FromRedisValue, Pipeline, ScriptInvocation, Value};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use tokio::sync::OnceCell;
@@ -117,6 +118,17 @@ impl RedisStore {
         })
     }
 
+    /// Runs a Lua script by its digest, loading it first where the server does not know it.
+    pub(super) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        Ok(match self.connection()? {
+            Connection::Single(mut c) => invocation.invoke_async(&mut c).await?,
+            Connection::Cluster(mut c) => invocation.invoke_async(&mut c).await?,
+        })
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let value: Option<Vec<u8>> = self.query(&::redis::cmd("GET").arg(key).clone()).await?;
         Ok(value.map(Bytes::from))
@@ -197,10 +209,11 @@ impl RedisStore {
                     keys.push(key?);
                 }
             }
+            // `SCAN` on a cluster connection walks one node picked at random: walk every
+            // master instead, each with a cursor of its own.
             Connection::Cluster(mut c) => {
-                let mut iter = c.scan_options::<String>(scan_options(&pattern)).await?;
-                while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-                    keys.push(key?);
+                for (host, port) in masters(&mut c).await? {
+                    scan_node(&mut c, host, port, &pattern, &mut keys).await?;
                 }
             }
         }
@@ -284,6 +297,65 @@ impl RedisStore {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.query::<String>(&::redis::cmd("PING")).await.map(drop)
+    }
+}
+
+/// The address of every master of the cluster, from `CLUSTER SLOTS`.
+async fn masters(c: &mut ClusterConnection) -> Result<Vec<(String, u16)>, StoreError> {
+    let slots: Value = ::redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+    let mut out: Vec<(String, u16)> = Vec::new();
+    let Value::Array(ranges) = slots else {
+        return Ok(out);
+    };
+    for range in ranges {
+        // `[start, end, [host, port, id, ..], replicas..]`: the third item is the master.
+        let Value::Array(items) = range else { continue };
+        let Some(Value::Array(master)) = items.get(2) else {
+            continue;
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = master.get(1) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(*port) else {
+            continue;
+        };
+        if !out.iter().any(|(h, p)| *h == host && *p == port) {
+            out.push((host, port));
+        }
+    }
+    Ok(out)
+}
+
+/// Walks the keys of one cluster node that match `pattern` into `keys`.
+async fn scan_node(
+    c: &mut ClusterConnection,
+    host: String,
+    port: u16,
+    pattern: &str,
+    keys: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+    let mut cursor: u64 = 0;
+    loop {
+        let mut cmd = ::redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let reply = c.route_command(cmd, routing.clone()).await?;
+        let (next, batch): (u64, Vec<String>) =
+            ::redis::from_redis_value(reply).map_err(::redis::RedisError::from)?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
 

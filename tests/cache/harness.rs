@@ -153,21 +153,31 @@ impl Harness {
 /// Where the savings ledger keeps its records in the shared store.
 const LEDGER_PREFIX: &str = "thrifty:v1:{savings}:";
 
+/// Where the counters every instance reports alike are kept in the shared store.
+const TOTALS_PREFIX: &str = "thrifty:v1:{totals}:";
+
+/// Whether `key` is bookkeeping (the ledger, the shared totals) rather than cache.
+fn is_bookkeeping(key: &str) -> bool {
+    key.starts_with(LEDGER_PREFIX) || key.starts_with(TOTALS_PREFIX)
+}
+
 /// The cache suite's Redis reads.
 impl Probe {
-    /// The cache's keys. The savings ledger shares the store but is not cache: its keys
-    /// (`thrifty:v1:{savings}:*`) never expire and are read with [`Probe::ledger_bytes`].
+    /// The cache's keys. The savings ledger and the shared statistics share the store but
+    /// are not cache: their keys (`thrifty:v1:{savings}:*`, `thrifty:v1:{totals}:*`) are
+    /// read with [`Probe::ledger_bytes`].
     pub async fn keys(&self) -> Vec<String> {
         let mut keys = self.all_keys().await;
-        keys.retain(|k| !k.starts_with(LEDGER_PREFIX));
+        keys.retain(|k| !is_bookkeeping(k));
         keys
     }
 
-    /// Everything the savings ledger holds, as raw bytes, to check what it contains.
+    /// Everything the savings ledger and the shared statistics hold, as raw bytes, to check
+    /// what they contain.
     pub async fn ledger_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for key in self.all_keys().await {
-            if !key.starts_with(LEDGER_PREFIX) {
+            if !is_bookkeeping(&key) {
                 continue;
             }
             out.extend_from_slice(key.as_bytes());

@@ -11,4 +11,5 @@ pub mod client;
 pub mod fake_llm;
 pub mod python;
 pub mod redis;
+pub mod redis_cluster;
 pub mod thrifty;

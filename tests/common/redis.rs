@@ -28,6 +28,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Arguments beyond the defaults, kept for a restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -37,16 +39,24 @@ impl RedisServer {
     ///
     /// When `redis-server` is not installed or does not come up; the panic carries its log.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`] with `extra` arguments after the defaults (a cluster node's,
+    /// for one).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         let dir = unique_dir();
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
             let port = free_port();
-            match launch(&dir, port) {
+            match launch(&dir, port, &extra) {
                 Ok(child) => {
                     return Self {
                         port,
                         dir,
                         child: Some(child),
+                        extra,
                     };
                 }
                 Err(failure) => failures.push(format!("port {port}: {failure}")),
@@ -113,7 +123,7 @@ impl RedisServer {
         self.stop();
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
-            match launch(&self.dir, self.port) {
+            match launch(&self.dir, self.port, &self.extra) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -161,7 +171,7 @@ fn free_port() -> u16 {
 
 /// Spawns `redis-server` on `port` and waits until it is ready; on failure the server is
 /// killed and the error carries its log.
-fn launch(dir: &Path, port: u16) -> Result<Child, String> {
+fn launch(dir: &Path, port: u16, extra: &[String]) -> Result<Child, String> {
     let log = dir.join("redis.log");
     let output = dir.join("redis.out");
     let _ = fs::remove_file(&log);
@@ -178,6 +188,7 @@ fn launch(dir: &Path, port: u16) -> Result<Child, String> {
         .arg(dir)
         .arg("--logfile")
         .arg(&log)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(output_file)
         .stderr(stderr_file)
@@ -231,7 +242,7 @@ fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
 }
 
 /// Sends one inline command and returns the whole reply (a simple line or a bulk string).
-fn command(port: u16, command: &str) -> Option<String> {
+pub fn command(port: u16, command: &str) -> Option<String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     stream

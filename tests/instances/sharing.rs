@@ -1,0 +1,70 @@
+//! What one instance caches, exact or semantic, the others serve.
+
+use crate::common::client::poll;
+use crate::common::thrifty::semantic_config_for;
+use crate::{Fleet, Topology, WAIT, chat, wait_stored};
+
+#[tokio::test]
+async fn an_answer_cached_through_one_instance_is_a_hit_on_the_other() {
+    exact_hit_across_instances(Topology::Single).await;
+}
+
+#[tokio::test]
+async fn an_answer_cached_through_one_instance_is_a_hit_on_the_other_on_a_cluster() {
+    exact_hit_across_instances(Topology::Cluster).await;
+}
+
+async fn exact_hit_across_instances(topology: Topology) {
+    let fleet = Fleet::start(topology, 2, |_| {}).await;
+    let (a, b) = (&fleet.apis[0], &fleet.apis[1]);
+    let miss = a
+        .send("/v1/chat/completions", &chat("shared question"))
+        .await;
+    miss.assert_cache("miss", "through A");
+    wait_stored(a, &miss.key()).await;
+    let hit = b
+        .send("/v1/chat/completions", &chat("shared question"))
+        .await;
+    hit.assert_cache("hit", "through B");
+    assert_eq!(hit.json()["choices"], miss.json()["choices"], "A's answer");
+    assert_eq!(fleet.fake.calls(), 1, "B never asked the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_answered_through_one_instance_is_a_semantic_hit_on_the_other() {
+    semantic_hit_across_instances(Topology::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_answered_through_one_instance_is_a_semantic_hit_on_the_other_on_a_cluster() {
+    semantic_hit_across_instances(Topology::Cluster).await;
+}
+
+async fn semantic_hit_across_instances(topology: Topology) {
+    let fleet = Fleet::start_from(topology, 2, semantic_config_for, |_| {}).await;
+    let (a, b) = (&fleet.apis[0], &fleet.apis[1]);
+    let miss = a
+        .send("/v1/chat/completions", &chat("How do I reset my password?"))
+        .await;
+    miss.assert_cache("miss", "through A");
+    // Read-only probes: a miss through B records nothing, so the paraphrase stays a question
+    // only A's entry can answer.
+    let read_only = [("cache-control", "no-store")];
+    let hit = poll(WAIT, "B learns A's entry", || async {
+        let reply = b
+            .post(
+                "/v1/chat/completions",
+                &chat("How can I reset my password?"),
+                &read_only,
+            )
+            .await;
+        reply.assert_ok("a paraphrase through B");
+        (reply.cache() == "semantic-hit").then_some(reply)
+    })
+    .await;
+    assert_eq!(
+        hit.json()["choices"][0]["message"]["content"],
+        miss.json()["choices"][0]["message"]["content"],
+        "A's answer"
+    );
+}
