@@ -8,7 +8,9 @@
 //! ```
 //!
 //! A batch keeps its sequence number across retries and the store skips a sequence it
-//! has applied, so a write that timed out after landing is not counted twice.
+//! has applied, so a write that timed out after landing is not counted twice. After a quiet
+//! spell the writer gathers records for up to [`LINGER`] (less when a batch fills or a flush
+//! waits) before it writes, so a busy instance makes one store write per batch.
 //!
 //! Ledger keys never expire, so the store must keep them: on Redis, persist with the
 //! append-only file (`appendonly yes`, `appendfsync everysec` loses at most a second on a
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::aggregate::{self, Cell, Totals};
 use super::bounds::Bounds;
@@ -41,6 +43,11 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How long a report waits for records still being written before it reads.
 const REPORT_FLUSH: Duration = Duration::from_secs(2);
+
+/// How long the writer gathers records after the first of a quiet spell before it writes a
+/// batch (unless the batch fills or a flush asks sooner): under load, one store write per
+/// batch instead of one per few requests.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// Sizes of the ledger's queue, buffer, batches and audit log.
 #[derive(Clone, Copy, Debug)]
@@ -80,6 +87,8 @@ pub struct Ledger {
     sender: mpsc::Sender<UsageRecord>,
     accepted: AtomicU64,
     settled: watch::Receiver<u64>,
+    /// Tells the writer a flush is waiting.
+    hurry: Arc<Notify>,
     metrics: Arc<Metrics>,
     writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -98,7 +107,9 @@ impl Ledger {
         let metrics = Arc::new(Metrics::new(store.clone(), pricing.currency()));
         let (sender, receiver) = mpsc::channel(options.queue.max(1));
         let (settle, settled) = watch::channel(0);
+        let hurry = Arc::new(Notify::new());
         let writer = Writer {
+            hurry: hurry.clone(),
             store: store.clone(),
             pricing: pricing.clone(),
             metrics: metrics.clone(),
@@ -120,6 +131,7 @@ impl Ledger {
             sender,
             accepted: AtomicU64::new(0),
             settled,
+            hurry,
             metrics,
             writer: parking_lot::Mutex::new(Some(writer)),
         })
@@ -151,6 +163,7 @@ impl Ledger {
     pub async fn flush(&self) {
         let target = self.accepted.load(Ordering::SeqCst);
         let mut settled = self.settled.clone();
+        self.hurry.notify_one();
         // An error means the writer is gone, and with it anything left to wait for.
         let _ = settled.wait_for(|n| *n >= target).await;
     }
@@ -236,6 +249,8 @@ struct Writer {
     pricing: Arc<Pricing>,
     metrics: Arc<Metrics>,
     receiver: mpsc::Receiver<UsageRecord>,
+    /// A flush waits: write what is gathered now.
+    hurry: Arc<Notify>,
     open: bool,
     buffer: VecDeque<Pending>,
     /// The batch being written and how many records it holds; kept until it lands.
@@ -260,6 +275,7 @@ impl Writer {
                     Some(record) => self.accept(record),
                     None => return,
                 }
+                self.gather().await;
             }
             while let Ok(record) = self.receiver.try_recv() {
                 self.accept(record);
@@ -289,6 +305,22 @@ impl Writer {
                     self.pause(wait).await;
                     wait = (wait * 2).min(RETRY_MAX);
                 }
+            }
+        }
+    }
+
+    /// Takes in records for up to [`LINGER`], until a batch is full, the queue closes or a
+    /// flush asks for the write.
+    async fn gather(&mut self) {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while self.open && self.buffer.len() < self.options.batch.max(1) {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                () = self.hurry.notified() => return,
+                received = self.receiver.recv() => match received {
+                    Some(record) => self.accept(record),
+                    None => self.open = false,
+                },
             }
         }
     }

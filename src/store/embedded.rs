@@ -18,6 +18,8 @@ use redb::{
     Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 
+use tokio::sync::oneshot;
+
 use super::{StoreError, Tally};
 use crate::clock::now_ms;
 
@@ -41,6 +43,71 @@ pub struct EmbeddedStore {
     deletes: Arc<Mutex<u64>>,
     /// Set by a commit made without an `fsync`, cleared by the durable commit that follows.
     unpersisted: Arc<AtomicBool>,
+    /// Single puts waiting for the next group commit.
+    puts: Arc<Puts>,
+}
+
+/// Group commit of single puts: a put joins the queue, and whichever put finds no commit
+/// running starts one that writes everything queued in one transaction, again and again
+/// until the queue is empty. Under load many answers share one commit; alone, a put commits
+/// at once as before. Each put still returns only once its own write has committed.
+#[derive(Default)]
+struct Puts {
+    queue: Mutex<PutQueue>,
+}
+
+/// A queued put: its key and entry, and where its commit's outcome goes.
+type Waiting = (String, Entry, oneshot::Sender<Result<(), String>>);
+
+#[derive(Default)]
+struct PutQueue {
+    waiting: Vec<Waiting>,
+    committing: bool,
+}
+
+impl Puts {
+    /// Writes every queued put, a batch per transaction, until none is left.
+    fn commit_all(&self, db: &Database, unpersisted: &AtomicBool) {
+        // Should a write panic, the queue is released: its waiters get an error and the next
+        // put starts a commit of its own.
+        struct Release<'a>(&'a Puts);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut queue = self.0.queue.lock();
+                    queue.committing = false;
+                    queue.waiting.clear();
+                }
+            }
+        }
+        let _release = Release(self);
+        loop {
+            let batch = {
+                let mut queue = self.queue.lock();
+                if queue.waiting.is_empty() {
+                    queue.committing = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            let written = (|| {
+                let txn = db.begin_write().map_err(err)?;
+                {
+                    let mut table = txn.open_table(TABLE).map_err(err)?;
+                    for (key, entry, _) in &batch {
+                        table
+                            .insert(key.as_str(), encode(entry).as_slice())
+                            .map_err(err)?;
+                    }
+                }
+                commit_lazily(txn, unpersisted)
+            })();
+            let outcome = written.map_err(|e| e.to_string());
+            for (_, _, done) in batch {
+                let _ = done.send(outcome.clone());
+            }
+        }
+    }
 }
 
 fn expiry(ttl: Duration) -> u64 {
@@ -101,6 +168,7 @@ impl EmbeddedStore {
             evictions,
             deletes: Arc::new(Mutex::new(0)),
             unpersisted: Arc::new(AtomicBool::new(false)),
+            puts: Arc::new(Puts::default()),
         })
     }
 
@@ -243,19 +311,22 @@ impl EmbeddedStore {
             expires_ms: expiry(ttl),
         };
         self.memory.insert(key.to_owned(), entry.clone());
-        let owned = key.to_owned();
-        let unpersisted = self.unpersisted.clone();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut table = txn.open_table(TABLE).map_err(err)?;
-                table
-                    .insert(owned.as_str(), encode(&entry).as_slice())
-                    .map_err(err)?;
-            }
-            commit_lazily(txn, &unpersisted)
-        })
-        .await
+        let (done, committed) = oneshot::channel();
+        let starts = {
+            let mut queue = self.puts.queue.lock();
+            queue.waiting.push((key.to_owned(), entry, done));
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if starts {
+            let (puts, unpersisted) = (self.puts.clone(), self.unpersisted.clone());
+            let db = self.db.clone();
+            // The commit runs on its own: this put's result comes through its channel.
+            tokio::task::spawn_blocking(move || puts.commit_all(&db, &unpersisted));
+        }
+        match committed.await {
+            Ok(outcome) => outcome.map_err(StoreError::Embedded),
+            Err(_) => Err(err("the group commit stopped")),
+        }
     }
 
     /// Extends a live key. The read and the rewrite are one transaction, so a touch racing
@@ -402,6 +473,30 @@ mod tests {
         // The open database outlives its directory entry; nothing is left behind.
         let _ = std::fs::remove_dir_all(&dir);
         store
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_puts_share_commits_and_every_one_lands_on_disk() {
+        let s = store("group");
+        let puts = (0..200).map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let value = Bytes::from(format!("value {i}"));
+                s.put(&format!("k{i}"), value, Duration::from_secs(60)).await
+            })
+        });
+        for put in futures_util::future::join_all(puts).await {
+            put.unwrap().unwrap();
+        }
+        // Read from disk, not from the memory copies.
+        s.memory.invalidate_all();
+        for i in 0..200 {
+            let got = s.get(&format!("k{i}")).await.unwrap();
+            assert_eq!(got, Some(Bytes::from(format!("value {i}"))), "k{i}");
+        }
+        assert_eq!(s.keys("k").await.unwrap().len(), 200);
+        let queue = s.puts.queue.lock();
+        assert!(queue.waiting.is_empty() && !queue.committing);
     }
 
     #[tokio::test]
