@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::framed::Framed;
 use crate::chat::{Dialect, Tokens};
 use crate::dialect::usage;
 use crate::secret::Secret;
@@ -35,6 +36,9 @@ pub struct Entry {
     /// count); a hit's baseline adds them back to the recorded usage.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub compressed_away: u64,
+    /// Replay templates, made on first replay while this copy lives in memory.
+    #[serde(skip)]
+    pub framed: Framed,
 }
 
 impl Entry {

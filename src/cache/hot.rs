@@ -170,6 +170,7 @@ mod tests {
             endpoint: "chat".to_owned(),
             answer: Answer::Json(serde_json::json!({"a": 1})),
             compressed_away: 0,
+            framed: Default::default(),
         })
     }
 

@@ -15,6 +15,7 @@ pub mod controls;
 pub mod embedding;
 pub mod entry;
 pub mod feed;
+mod framed;
 pub mod hot;
 pub mod invalidate;
 pub mod key;
@@ -437,6 +438,7 @@ impl Cache {
             endpoint: call.endpoint().as_str().to_owned(),
             answer,
             compressed_away: 0,
+            framed: Default::default(),
         }
     }
 

@@ -141,6 +141,7 @@ fn answer(class: usize) -> Entry {
         answer: Answer::Json(json!({"choices":[{"index":0,"message":{"role":"assistant",
             "content": format!("the answer for class {class}")},"finish_reason":"stop"}]})),
         compressed_away: 0,
+        framed: Default::default(),
     }
 }
 

@@ -482,7 +482,8 @@ mod tests {
             let s = s.clone();
             tokio::spawn(async move {
                 let value = Bytes::from(format!("value {i}"));
-                s.put(&format!("k{i}"), value, Duration::from_secs(60)).await
+                s.put(&format!("k{i}"), value, Duration::from_secs(60))
+                    .await
             })
         });
         for put in futures_util::future::join_all(puts).await {

@@ -103,6 +103,7 @@ mod tests {
             endpoint: "chat".to_owned(),
             answer,
             compressed_away: 0,
+            framed: Default::default(),
         }
     }
 
