@@ -29,7 +29,7 @@ use thrifty::chat::ChatRequest;
 use thrifty::compress::synthetic::{
     synthetic_agent_conversation_seeded, synthetic_chat_conversation_seeded,
 };
-use thrifty::compress::{Compressor, Encoding, Force};
+use thrifty::compress::{Compressor, Encoding, Force, TokenCounter};
 use thrifty::config::{CompressionConfig, Mode};
 
 /// Builds a conversation of so many messages from a seed.
@@ -52,7 +52,7 @@ fn main() -> Result<()> {
         "THRIFTY_BENCH_ITERATIONS must be above zero"
     );
     let build = Instant::now();
-    Encoding::warm_up();
+    TokenCounter::warm_up();
     println!(
         "tokenizer build (once per process, not timed below): {:.0} ms",
         ms(build.elapsed())
