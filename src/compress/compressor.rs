@@ -13,6 +13,7 @@ use crate::chat::ChatRequest;
 use crate::config::{CompressionConfig, Encoding, Mode, Strategy};
 use crate::store::Store;
 
+use super::extractive::Analyses;
 use super::models;
 use super::outcome::{Force, Outcome, SummaryUse};
 use super::placement::Placement;
@@ -31,6 +32,8 @@ pub struct Compressor {
     pub(super) config: CompressionConfig,
     pub(super) store: Option<Arc<Store>>,
     pub(super) counter: TokenCounter,
+    /// What each old message yields whatever the question, kept across turns.
+    pub(super) analyses: Analyses,
     pub(super) stats: Stats,
 }
 
@@ -54,6 +57,7 @@ impl Compressor {
             config,
             store,
             counter: TokenCounter::new(),
+            analyses: Analyses::new(),
             stats: Stats::default(),
         }
     }
@@ -134,7 +138,13 @@ impl Compressor {
             force: force == Force::Force,
         };
         let prepared = self.prepare(chat, requested_output_tokens, pressure)?;
-        let condensed = strategy::extractive(&self.counter, self.config.ratio, chat, &prepared);
+        let condensed = strategy::extractive(
+            &self.counter,
+            &self.analyses,
+            self.config.ratio,
+            chat,
+            &prepared,
+        );
         self.finish(chat, prepared, condensed, started)
     }
 
@@ -168,7 +178,13 @@ impl Compressor {
         }
         let mut condensed = match condensed {
             Some(done) => done,
-            None => strategy::extractive(&self.counter, self.config.ratio, chat, &prepared),
+            None => strategy::extractive(
+                &self.counter,
+                &self.analyses,
+                self.config.ratio,
+                chat,
+                &prepared,
+            ),
         };
         if failed {
             condensed.summary = SummaryUse::Failed;

@@ -9,7 +9,7 @@ use crate::chat::{ChatRequest, Content, Message, Role};
 use crate::config::{CompressionConfig, Mode, Strategy};
 use crate::store::Store;
 
-use super::extractive::{self, Condenser, Query, Source};
+use super::extractive::{self, Analyses, Condenser, Query, Source};
 use super::outcome::SummaryUse;
 use super::plan::Prepared;
 use super::stats::Stats;
@@ -43,6 +43,7 @@ impl Condensed {
 /// relevant mode its excerpts are chosen for the latest user message.
 pub(super) fn extractive(
     counter: &TokenCounter,
+    analyses: &Analyses,
     ratio: f64,
     chat: &ChatRequest,
     prepared: &Prepared,
@@ -66,7 +67,8 @@ pub(super) fn extractive(
     };
     let target = prepared.summary_target(ratio);
     let texts = extractive::texts(&sources);
-    let condenser = Condenser::new(&sources, &texts, query.as_ref());
+    let analyses: Vec<_> = sources.iter().map(|s| analyses.of(s.message)).collect();
+    let condenser = Condenser::new(&sources, &texts, &analyses, query.as_ref());
     let mut aim = target;
     let mut message = Message::text(Role::User, String::new());
     for _ in 0..FIT_ATTEMPTS {
