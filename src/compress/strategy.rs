@@ -67,7 +67,10 @@ pub(super) fn extractive(
     };
     let target = prepared.summary_target(ratio);
     let texts = extractive::texts(&sources);
-    let analyses: Vec<_> = sources.iter().map(|s| analyses.of(s.message)).collect();
+    let analyses: Vec<_> = sources
+        .iter()
+        .map(|s| analyses.of(s.message, query.is_some()))
+        .collect();
     let condenser = Condenser::new(&sources, &texts, &analyses, query.as_ref());
     let mut aim = target;
     let mut message = Message::text(Role::User, String::new());

@@ -34,6 +34,8 @@ pub struct Analysis {
     /// The session header: the trimmed first line, when it is one.
     header: Option<Range<usize>>,
     excerpts: Vec<Excerpt>,
+    /// Whether the stems were worked out: only relevance needs them.
+    with_stems: bool,
     /// The stems of the excerpts' words ([`term_hashes`]), excerpt after excerpt.
     stems: Vec<u64>,
     topics: TopicWords,
@@ -46,7 +48,7 @@ pub(super) struct Excerpt {
     pub(super) range: Range<usize>,
     /// What it mentions ([`score`]).
     pub(super) score: u32,
-    /// Its words, as relevance counts them.
+    /// Its words, as relevance counts them (0 without stems).
     pub(super) words: u32,
     /// Its text's hash under [`EXCERPT_KEYS`], so the same excerpt in two messages is kept once.
     pub(super) hash: u64,
@@ -62,13 +64,15 @@ pub(super) fn signature(stem: u64) -> u64 {
 }
 
 impl Analysis {
-    /// Analyses `message`; tool results get only their error lines, as they give no excerpts.
-    pub fn of(message: &Message) -> Analysis {
+    /// Analyses `message`, with its words' stems when `with_stems` (for scoring relevance);
+    /// tool results get only their error lines, as they give no excerpts.
+    pub fn of(message: &Message, with_stems: bool) -> Analysis {
         let text = text_of(message);
         let mut analysis = Analysis {
             len: text.len(),
             header: None,
             excerpts: Vec::new(),
+            with_stems,
             stems: Vec::new(),
             topics: TopicWords::default(),
             errors: Vec::new(),
@@ -90,11 +94,13 @@ impl Analysis {
                 let first = stem_index(&analysis.stems);
                 let mut words = 0;
                 let mut bits = 0;
-                for stem in term_hashes(piece) {
-                    words += 1;
-                    if let Some(stem) = stem {
-                        analysis.stems.push(stem);
-                        bits |= signature(stem);
+                if with_stems {
+                    for stem in term_hashes(piece) {
+                        words += 1;
+                        if let Some(stem) = stem {
+                            analysis.stems.push(stem);
+                            bits |= signature(stem);
+                        }
                     }
                 }
                 let start = offset(piece);
@@ -115,6 +121,11 @@ impl Analysis {
     /// Whether it was made from a text of `text`'s length, so its ranges fit in `text`.
     pub(super) fn fits(&self, text: &str) -> bool {
         self.len == text.len()
+    }
+
+    /// Whether it holds its words' stems.
+    pub(super) fn with_stems(&self) -> bool {
+        self.with_stems
     }
 
     /// The session header in `text`, the message's text.

@@ -58,18 +58,21 @@ impl Analyses {
         }
     }
 
-    /// The analysis of `message`, from the cache when its text was seen before.
-    pub fn of(&self, message: &Message) -> Arc<Analysis> {
+    /// The analysis of `message`, with stems when `with_stems`, from the cache when its
+    /// text was seen before (and analysed with stems, if they are asked for).
+    pub fn of(&self, message: &Message, with_stems: bool) -> Arc<Analysis> {
         let text = text_of(message);
         let mut hasher = self.keys.build_hasher();
         message.role.as_str().hash(&mut hasher);
         matches!(message.content, Content::Text(_)).hash(&mut hasher);
         text.hash(&mut hasher);
         let key = hasher.finish();
-        if let Some(analysis) = self.cache.get(&key).filter(|a| a.fits(&text)) {
+        let cached = self.cache.get(&key);
+        if let Some(analysis) = cached.filter(|a| a.fits(&text) && (a.with_stems() || !with_stems))
+        {
             return analysis;
         }
-        let analysis = Arc::new(Analysis::of(message));
+        let analysis = Arc::new(Analysis::of(message, with_stems));
         self.analysed.fetch_add(1, Ordering::Relaxed);
         self.cache.insert(key, analysis.clone());
         analysis
@@ -115,10 +118,10 @@ mod tests {
     fn the_cache_stays_within_its_bound_and_keeps_the_latest_messages() {
         const BOUND: u64 = 256 * 1024;
         let analyses = Analyses::bounded(BOUND);
-        let first = analyses.of(&message(0));
+        let first = analyses.of(&message(0), true);
         let messages = (4 * BOUND / first.bytes() as u64) as usize;
         for i in 1..messages {
-            analyses.of(&message(i));
+            analyses.of(&message(i), true);
             assert!(analyses.bytes() <= BOUND, "{} after {i}", analyses.bytes());
         }
         assert!(analyses.bytes() > BOUND / 2, "{}", analyses.bytes());
@@ -126,19 +129,28 @@ mod tests {
         // The latest message is answered from the cache; the first was dropped and is
         // analysed afresh.
         let latest = message(messages - 1);
-        assert!(Arc::ptr_eq(&analyses.of(&latest), &analyses.of(&latest)));
-        assert!(!Arc::ptr_eq(&first, &analyses.of(&message(0))));
+        assert!(Arc::ptr_eq(
+            &analyses.of(&latest, true),
+            &analyses.of(&latest, true)
+        ));
+        assert!(!Arc::ptr_eq(&first, &analyses.of(&message(0), true)));
     }
 
     #[test]
-    fn the_same_text_in_another_role_is_another_analysis() {
+    fn analyses_are_kept_per_role_and_text_and_made_again_for_stems() {
         let analyses = Analyses::new();
         let user = message(1);
         let assistant = Message::text(Role::Assistant, user.flat_text());
-        let a = analyses.of(&user);
-        let b = analyses.of(&assistant);
+        let a = analyses.of(&user, true);
+        let b = analyses.of(&assistant, true);
         assert!(!Arc::ptr_eq(&a, &b));
-        assert!(Arc::ptr_eq(&a, &analyses.of(&user)));
-        assert_eq!(analyses.len(), 2);
+        assert!(Arc::ptr_eq(&a, &analyses.of(&user, true)));
+        assert!(Arc::ptr_eq(&a, &analyses.of(&user, false)));
+        assert_eq!(analyses.analysed(), 2);
+        // Asked for stems, an analysis made without them is made again.
+        let plain = analyses.of(&Message::text(Role::User, "No stems here, please."), false);
+        let stemmed = analyses.of(&Message::text(Role::User, "No stems here, please."), true);
+        assert!(!plain.with_stems() && stemmed.with_stems());
+        assert_eq!(analyses.analysed(), 4);
     }
 }

@@ -59,7 +59,7 @@ pub fn condense(sources: &[Source<'_>], target_tokens: usize, query: Option<&Que
     let texts = texts(sources);
     let analyses: Vec<Arc<Analysis>> = sources
         .iter()
-        .map(|s| Arc::new(Analysis::of(s.message)))
+        .map(|s| Arc::new(Analysis::of(s.message, query.is_some())))
         .collect();
     Condenser::new(sources, &texts, &analyses, query).write(target_tokens)
 }
