@@ -114,6 +114,8 @@ impl Analysis {
                 });
             }
         }
+        analysis.excerpts.shrink_to_fit();
+        analysis.stems.shrink_to_fit();
         analysis.topics = TopicWords::of(message);
         analysis
     }
