@@ -46,7 +46,8 @@
 //!
 //! The rooms: `compressor` is the door (count, plan, condense, place, record);
 //! `plan` picks the cut; `strategy` writes the condensed text with [`extractive`]
-//! (relevance scoring in its `relevance`) or a [`summarize`]d, cached summary;
+//! (relevance scoring in its `relevance`, each message's analysis kept across turns in
+//! its `memo`) or a [`summarize`]d, cached summary;
 //! `placement` splices it in; `shorten` is the last resort inside the protected part;
 //! `summarizer` is the model the pipeline hands in for summaries;
 //! [`tokens`] counts messages in the encoding [`models`] finds for the model (the models

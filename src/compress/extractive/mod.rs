@@ -9,10 +9,12 @@
 //! names, dates, numbers, places and preferences people state, under their speaker
 //! and session header. Older messages get a smaller share than recent ones. Given the
 //! latest user message as a query (relevant mode), most of the room first goes to the
-//! excerpts most relevant to it. Everything is a single pass over the text
-//! with no allocation per word, so condensing a long agent loop takes well under
-//! a millisecond. This room must not count tokens exactly or reorder messages:
-//! the caller checks the result against the ratio.
+//! excerpts most relevant to it. What a message yields whatever the question (its
+//! excerpts, their facts score and word stems, topic words, a tool result's error lines)
+//! is its [`Analysis`], made in one pass per concern with no allocation per word and kept
+//! across turns in [`Analyses`]; a request then only scores those against its question and
+//! chooses. This room must not count tokens exactly or reorder messages: the caller
+//! checks the result against the ratio.
 
 mod analysis;
 mod facts;
