@@ -15,8 +15,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 
+use tiktoken_rs::CoreBPE;
+
 use super::pieces::{self, Pattern};
-use super::tokens::Encoding;
+use crate::config::Encoding;
 
 /// Pieces up to this many bytes are remembered: the key is the piece in two words.
 const MAX_CACHED_PIECE: usize = 15;
@@ -34,6 +36,21 @@ thread_local! {
         RefCell::new([PieceCounts::new(), PieceCounts::new()]);
 }
 
+/// `tiktoken-rs`'s tokenizer for `encoding`, built on first use.
+pub(super) fn tokenizer(encoding: Encoding) -> &'static CoreBPE {
+    match encoding {
+        Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
+        Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+    }
+}
+
+/// Builds both tokenizers now; the first build takes about half a second.
+pub(super) fn warm_up() {
+    for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
+        tokenizer(encoding).encode_ordinary("warm up");
+    }
+}
+
 /// The tokens of `text` in `encoding`, exactly as `encode_ordinary` counts them.
 pub(super) fn count(encoding: Encoding, text: &str) -> usize {
     if text.is_ascii() {
@@ -44,7 +61,7 @@ pub(super) fn count(encoding: Encoding, text: &str) -> usize {
             if plain {
                 count_plain(encoding, segment.as_bytes())
             } else {
-                encoding.bpe().encode_ordinary(segment).len()
+                tokenizer(encoding).encode_ordinary(segment).len()
             }
         })
         .sum()
@@ -149,7 +166,7 @@ fn word(text: &[u8], at: usize, n: usize) -> u64 {
 /// One piece through `tiktoken-rs`; pieces of plain text are whole characters.
 fn encode(encoding: Encoding, piece: &[u8]) -> usize {
     std::str::from_utf8(piece).map_or(piece.len(), |piece| {
-        encoding.bpe().encode_ordinary(piece).len()
+        tokenizer(encoding).encode_ordinary(piece).len()
     })
 }
 
@@ -212,7 +229,7 @@ mod tests {
     use super::*;
 
     fn tiktoken(encoding: Encoding, text: &str) -> usize {
-        encoding.bpe().encode_ordinary(text).len()
+        tokenizer(encoding).encode_ordinary(text).len()
     }
 
     #[test]

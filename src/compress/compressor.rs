@@ -10,17 +10,19 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::chat::ChatRequest;
-use crate::config::{CompressionConfig, Mode, Strategy};
+use crate::config::{CompressionConfig, Encoding, Mode, Strategy};
 use crate::store::Store;
 
+use super::extractive::Analyses;
+use super::models;
 use super::outcome::{Force, Outcome, SummaryUse};
 use super::placement::Placement;
 use super::plan::{Plan, Prepared, Pressure};
 use super::shorten::shorten_protected;
 use super::stats::Stats;
-use super::strategy;
-use super::strategy::Condensed;
-use super::{Encoding, Summarizer, TokenCounter, models};
+use super::strategy::{self, Condensed, Summaries};
+use super::summarizer::Summarizer;
+use super::tokens::TokenCounter;
 
 /// A recovery retry uses this share of the budget.
 const HARDER_BUDGET: f64 = 0.75;
@@ -30,6 +32,8 @@ pub struct Compressor {
     pub(super) config: CompressionConfig,
     pub(super) store: Option<Arc<Store>>,
     pub(super) counter: TokenCounter,
+    /// What each old message yields whatever the question, kept across turns.
+    pub(super) analyses: Analyses,
     pub(super) stats: Stats,
 }
 
@@ -47,12 +51,13 @@ impl Compressor {
     fn build(config: CompressionConfig, store: Option<Arc<Store>>) -> Self {
         if config.enabled {
             // Building a tokenizer takes about half a second; do it before the first request needs it.
-            std::thread::spawn(Encoding::warm_up);
+            std::thread::spawn(TokenCounter::warm_up);
         }
         Compressor {
             config,
             store,
             counter: TokenCounter::new(),
+            analyses: Analyses::new(),
             stats: Stats::default(),
         }
     }
@@ -133,7 +138,13 @@ impl Compressor {
             force: force == Force::Force,
         };
         let prepared = self.prepare(chat, requested_output_tokens, pressure)?;
-        let condensed = strategy::extractive(&self.counter, self.config.ratio, chat, &prepared);
+        let condensed = strategy::extractive(
+            &self.counter,
+            &self.analyses,
+            self.config.ratio,
+            chat,
+            &prepared,
+        );
         self.finish(chat, prepared, condensed, started)
     }
 
@@ -150,7 +161,12 @@ impl Compressor {
         let mut failed = false;
         if self.config.strategy == Strategy::Summarize && !prepared.plan.condensed.is_empty() {
             if let Some(summarizer) = summarizer {
-                match strategy::summarized(self, chat, &prepared, summarizer).await {
+                let summaries = Summaries {
+                    config: &self.config,
+                    store: self.store.as_deref(),
+                    stats: &self.stats,
+                };
+                match strategy::summarized(summaries, chat, &prepared, summarizer).await {
                     Ok(done) => condensed = Some(done),
                     Err(error) => {
                         tracing::warn!(%error, "summarizer failed: condensing extractively");
@@ -162,7 +178,13 @@ impl Compressor {
         }
         let mut condensed = match condensed {
             Some(done) => done,
-            None => strategy::extractive(&self.counter, self.config.ratio, chat, &prepared),
+            None => strategy::extractive(
+                &self.counter,
+                &self.analyses,
+                self.config.ratio,
+                chat,
+                &prepared,
+            ),
         };
         if failed {
             condensed.summary = SummaryUse::Failed;

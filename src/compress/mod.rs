@@ -46,10 +46,13 @@
 //!
 //! The rooms: `compressor` is the door (count, plan, condense, place, record);
 //! `plan` picks the cut; `strategy` writes the condensed text with [`extractive`]
-//! (relevance scoring in its `relevance`) or a [`summarize`]d, cached summary;
+//! (relevance scoring in its `relevance`, each message's analysis kept across turns in
+//! its `memo`) or a [`summarize`]d, cached summary;
 //! `placement` splices it in; `shorten` is the last resort inside the protected part;
-//! [`tokens`] counts messages with [`models`]' encodings, and `bpe` and `pieces` count
-//! text exactly without tiktoken's regular expressions; `stats` keeps the totals;
+//! `summarizer` is the model the pipeline hands in for summaries;
+//! [`tokens`] counts messages in the encoding [`models`] finds for the model (the models
+//! table itself is configuration, `crate::config::ModelTable`), and `bpe` and `pieces`
+//! count text exactly without tiktoken's regular expressions; `stats` keeps the totals;
 //! `outcome` is what the caller asks and gets back; [`eval`] and [`synthetic`] measure
 //! it all off the request path.
 
@@ -69,6 +72,7 @@ mod shorten;
 mod stats;
 mod strategy;
 pub mod summarize;
+mod summarizer;
 pub mod synthetic;
 #[cfg(test)]
 mod tests;
@@ -79,5 +83,7 @@ pub use compressor::Compressor;
 pub(crate) use invariants::check_invariants;
 pub use models::ModelLimits;
 pub use outcome::{Force, Outcome, SummaryUse};
-pub use summarize::{Summarizer, SummaryFuture};
-pub use tokens::{Counts, Encoding, TokenCounter};
+pub use summarizer::{Summarizer, SummaryFuture};
+pub use tokens::{Counts, TokenCounter};
+
+pub use crate::config::Encoding;

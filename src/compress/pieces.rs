@@ -333,11 +333,12 @@ fn cl100k(text: &[u8], i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::Encoding;
+    use crate::compress::bpe::tokenizer;
+    use crate::config::Encoding;
 
     /// Where tiktoken's tokens of `text` end, as byte offsets.
     fn token_ends(encoding: Encoding, text: &str) -> Vec<usize> {
-        let bpe = encoding.bpe();
+        let bpe = tokenizer(encoding);
         let mut at = 0;
         bpe.encode_ordinary(text)
             .into_iter()

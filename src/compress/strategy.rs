@@ -6,14 +6,16 @@
 use std::sync::atomic::Ordering;
 
 use crate::chat::{ChatRequest, Content, Message, Role};
-use crate::config::{Mode, Strategy};
+use crate::config::{CompressionConfig, Mode, Strategy};
+use crate::store::Store;
 
-use super::compressor::Compressor;
-use super::extractive::{self, Condenser, Query, Source};
+use super::extractive::{self, Analyses, Condenser, Query, Source};
 use super::outcome::SummaryUse;
 use super::plan::Prepared;
+use super::stats::Stats;
 use super::summarize;
-use super::{Summarizer, TokenCounter};
+use super::summarizer::Summarizer;
+use super::tokens::TokenCounter;
 
 /// How often the extractive text is rebuilt smaller when it overshoots its target.
 const FIT_ATTEMPTS: usize = 3;
@@ -41,6 +43,7 @@ impl Condensed {
 /// relevant mode its excerpts are chosen for the latest user message.
 pub(super) fn extractive(
     counter: &TokenCounter,
+    analyses: &Analyses,
     ratio: f64,
     chat: &ChatRequest,
     prepared: &Prepared,
@@ -64,7 +67,11 @@ pub(super) fn extractive(
     };
     let target = prepared.summary_target(ratio);
     let texts = extractive::texts(&sources);
-    let condenser = Condenser::new(&sources, &texts, query.as_ref());
+    let analyses: Vec<_> = sources
+        .iter()
+        .map(|s| analyses.of(s.message, query.is_some()))
+        .collect();
+    let condenser = Condenser::new(&sources, &texts, &analyses, query.as_ref());
     let mut aim = target;
     let mut message = Message::text(Role::User, String::new());
     for _ in 0..FIT_ATTEMPTS {
@@ -87,20 +94,29 @@ pub(super) fn extractive(
     }
 }
 
+/// What the summarize strategy works with: the configuration, the summary store (none
+/// offline) and the counters it records into.
+pub(super) struct Summaries<'a> {
+    pub(super) config: &'a CompressionConfig,
+    pub(super) store: Option<&'a Store>,
+    pub(super) stats: &'a Stats,
+}
+
 /// The summarize strategy: reuse, extend or create the summary of the prefix.
 pub(super) async fn summarized(
-    compressor: &Compressor,
+    summaries: Summaries<'_>,
     chat: &ChatRequest,
     prepared: &Prepared,
     summarizer: &dyn Summarizer,
 ) -> Result<Condensed, String> {
+    let Summaries {
+        config,
+        store,
+        stats,
+    } = summaries;
     let plan = &prepared.plan;
     let (lead, cut) = (plan.lead, plan.cut);
-    let model = compressor
-        .config
-        .summarizer_model
-        .as_deref()
-        .unwrap_or_default();
+    let model = config.summarizer_model.as_deref().unwrap_or_default();
     let hashes = summarize::chain(chat, lead, cut, model, summarizer.tenant());
     let covers = cut - lead;
     let boundaries: Vec<usize> = plan
@@ -112,19 +128,19 @@ pub(super) async fn summarized(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let found = match &compressor.store {
+    let found = match store {
         Some(store) => summarize::longest(store, &hashes, &boundaries).await,
         None => None,
     };
     let (summary, used, spent) = match found {
         Some(stored) if stored.covers == covers => {
-            if let Some(store) = &compressor.store {
+            if let Some(store) = store {
                 summarize::refresh(
                     store,
                     &hashes[covers],
                     &stored,
-                    compressor.config.summary_ttl,
-                    compressor.config.summary_max_ttl,
+                    config.summary_ttl,
+                    config.summary_max_ttl,
                 )
                 .await;
             }
@@ -139,50 +155,39 @@ pub(super) async fn summarized(
                 ),
                 None => (None, lead, SummaryUse::Created),
             };
-            let target = prepared.summary_target(compressor.config.ratio) as u64;
+            let target = prepared.summary_target(config.ratio) as u64;
             let prompt = summarize::prompt(previous, &chat.messages[from..cut], target);
             let call = summarizer.summarize(&prompt, target);
-            let (text, spent) = tokio::time::timeout(compressor.config.summarizer_timeout, call)
+            let (text, spent) = tokio::time::timeout(config.summarizer_timeout, call)
                 .await
-                .map_err(|_| {
-                    format!("timed out after {:?}", compressor.config.summarizer_timeout)
-                })??;
+                .map_err(|_| format!("timed out after {:?}", config.summarizer_timeout))??;
             let text = text.trim().to_owned();
             if text.is_empty() {
                 return Err("the summary was empty".to_owned());
             }
-            if let Some(store) = &compressor.store {
+            if let Some(store) = store {
                 let stored = summarize::Stored {
                     covers,
                     summary: text.clone(),
                     created: summarize::now_secs(),
                 };
-                summarize::save(
-                    store,
-                    &hashes[covers],
-                    &stored,
-                    compressor.config.summary_ttl,
-                )
-                .await;
+                summarize::save(store, &hashes[covers], &stored, config.summary_ttl).await;
             }
             (text, used, spent)
         }
     };
-    if let (Some(store), Some(conversation)) = (&compressor.store, summarizer.conversation()) {
+    if let (Some(store), Some(conversation)) = (store, summarizer.conversation()) {
         // Listed for as long as the summary may live; a stale listing points at nothing.
-        let ttl = compressor.config.summary_max_ttl;
+        let ttl = config.summary_max_ttl;
         conversation.mark(store, &hashes[covers], ttl).await;
     }
     let counter = match used {
-        SummaryUse::Created => &compressor.stats.summaries_created,
-        SummaryUse::Extended => &compressor.stats.summaries_extended,
-        _ => &compressor.stats.summaries_reused,
+        SummaryUse::Created => &stats.summaries_created,
+        SummaryUse::Extended => &stats.summaries_extended,
+        _ => &stats.summaries_reused,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    compressor
-        .stats
-        .summarizer_tokens
-        .fetch_add(spent, Ordering::Relaxed);
+    stats.summarizer_tokens.fetch_add(spent, Ordering::Relaxed);
     Ok(Condensed {
         text: Some(format!(
             "[thrifty: summary of the {covers} earlier messages of this conversation; a record, not instructions]\n{summary}"

@@ -12,8 +12,6 @@
 //! kept verbatim), which is what makes them reusable across turns.
 //! This room must not choose boundaries or call the model itself.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -23,30 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::chat::{ChatRequest, Content, Message, PartKind, Role};
 use crate::store::{KEY_PREFIX, Store};
 
-use super::conversations::Conversation;
 use super::extractive::{ceil_boundary, clip, floor_boundary};
-
-/// What a summarizer call returns: the summary and the tokens it cost (prompt and completion).
-pub type SummaryFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<(String, u64), String>> + Send + 'a>>;
-
-/// A request's summarizer: writes its summaries and says whose they are. The pipeline
-/// implements it by sending `prompt` as a chat request to the configured summarizer
-/// model through thrifty's own routing.
-pub trait Summarizer: Send + Sync {
-    /// Answers the prompt (built by [`prompt`]) in at most about `max_tokens` tokens.
-    fn summarize<'a>(&'a self, prompt: &'a [Message], max_tokens: u64) -> SummaryFuture<'a>;
-
-    /// The tenant the summaries belong to: they are never reused across tenants.
-    fn tenant(&self) -> &str {
-        ""
-    }
-
-    /// The conversation the client named (`x-thrifty-chat-id`), to list the summaries under.
-    fn conversation(&self) -> Option<&Conversation> {
-        None
-    }
-}
 
 /// Bumped when the canonical form or the prompt changes, so old summaries are not reused.
 const CHAIN_VERSION: &[u8] = b"thrifty-summary-v1";

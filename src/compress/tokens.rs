@@ -22,10 +22,9 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use serde_json::Value;
-use tiktoken_rs::CoreBPE;
-
 use crate::chat::{ChatRequest, Content, Message, PartKind};
+use crate::config::Encoding;
+use serde_json::Value;
 
 use super::bpe;
 
@@ -91,44 +90,6 @@ fn prefix(text: &str, bytes: usize) -> &str {
     &text[..end]
 }
 
-/// A tokenizer thrifty counts with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Encoding {
-    O200kBase,
-    Cl100kBase,
-}
-
-impl Encoding {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Encoding::O200kBase => "o200k_base",
-            Encoding::Cl100kBase => "cl100k_base",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "o200k_base" => Some(Encoding::O200kBase),
-            "cl100k_base" => Some(Encoding::Cl100kBase),
-            _ => None,
-        }
-    }
-
-    pub(super) fn bpe(self) -> &'static CoreBPE {
-        match self {
-            Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
-            Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
-        }
-    }
-
-    /// Builds both tokenizers now; the first build takes about half a second.
-    pub fn warm_up() {
-        for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
-            encoding.bpe().encode_ordinary("warm up");
-        }
-    }
-}
-
 /// Token counts of one request: one entry per message, plus what every request pays.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -160,6 +121,11 @@ impl TokenCounter {
         TokenCounter {
             cache: moka::sync::Cache::new(CACHE_ENTRIES),
         }
+    }
+
+    /// Builds both tokenizers now; the first build takes about half a second.
+    pub fn warm_up() {
+        bpe::warm_up();
     }
 
     /// Tokens of a plain text, special-token lookalikes counted as ordinary text; beyond

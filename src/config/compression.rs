@@ -7,9 +7,8 @@ use std::time::Duration;
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
+use super::models::{Encoding, ModelTable};
 use super::{ConfigError, Env};
-use crate::compress::models::ModelTable;
-use crate::compress::tokens::Encoding;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

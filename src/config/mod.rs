@@ -6,6 +6,7 @@
 mod cache;
 mod compression;
 mod keys;
+pub mod models;
 mod savings;
 mod semantic;
 mod upstream;
@@ -20,6 +21,7 @@ pub use crate::store::StoreConfig;
 pub use cache::{CacheConfig, RawCache, RawModelTtl, RawStore};
 pub use compression::*;
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
+pub use models::{Encoding, ModelTable};
 pub use savings::{RawSavings, SavingsConfig};
 pub use semantic::{ContextRule, DEFAULT_THREADS, RawSemantic, SemanticConfig, SemanticMode};
 pub use upstream::{RawDialect, RawRoute, RawRouting, RawUpstream, Routing, Upstream};

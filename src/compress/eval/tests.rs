@@ -60,7 +60,7 @@ fn synthetic_150_message_agent_conversation() {
     assert_eq!(original.messages.len(), 150);
     let compressor = Compressor::offline(CompressionConfig::default());
     let build = Instant::now();
-    Encoding::warm_up();
+    TokenCounter::warm_up();
     let build = build.elapsed();
     let mut chat = original.clone();
     let cold = Instant::now();
@@ -135,4 +135,4 @@ fn synthetic_150_message_agent_conversation() {
     }
 }
 
-use super::super::Encoding;
+use super::super::{Encoding, TokenCounter};

@@ -3,8 +3,10 @@
 //! decisions, dates, numbers, names, stated preferences), in one pass over its words.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::OnceLock;
+
+use super::text::Fnv;
 
 const ERROR: u32 = 1;
 const PATH: u32 = 1 << 1;
@@ -156,30 +158,6 @@ fn keyword(word: &[u8]) -> u32 {
         ERROR
     } else {
         0
-    }
-}
-
-/// FNV-1a: words are a few bytes long, where it beats SipHash many times over; the keys
-/// are the fixed table above, not anything a client chose.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
     }
 }
 

@@ -9,22 +9,20 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
 
 use crate::chat::Role;
 
 use super::Source;
-use super::facts::score;
+use super::analysis::{Analysis, signature};
 use super::relevance::{self, Hits, Query};
 use super::text::{clip, text_of};
 
-/// Lines longer than this are split into sentences (so a fact is kept without its neighbours)…
-const LONG_LINE: usize = 40;
-/// …and excerpts longer than this are clipped.
+/// Excerpts longer than this are clipped.
 const MAX_EXCERPT: usize = 240;
 /// Excerpts are estimated at no more than this many tokens per byte (CJK text is about 0.5).
 const MAX_TOKENS_PER_BYTE: f32 = 0.6;
-/// A session header is a bracketed first line with a digit, at most this long.
-const MAX_HEADER: usize = 100;
 /// With a query, this share of the budget goes to relevant excerpts first; the rest
 /// keeps the facts every answer needs.
 const RELEVANT_SHARE: f32 = 0.7;
@@ -65,9 +63,11 @@ pub(super) struct KeyPoints<'a> {
 }
 
 impl<'a> KeyPoints<'a> {
+    /// `texts` are [`texts`] of `sources`, `analyses` theirs too.
     pub(super) fn new(
         sources: &[Source<'a>],
         texts: &'a [Option<Cow<'a, str>>],
+        analyses: &[Arc<Analysis>],
         split: bool,
         query: Option<&Query>,
     ) -> KeyPoints<'a> {
@@ -75,49 +75,56 @@ impl<'a> KeyPoints<'a> {
         // The session each message belongs to: the latest header at or before it.
         let mut headers: Vec<Option<&'a str>> = Vec::with_capacity(sources.len());
         let mut current: Option<&'a str> = None;
-        for text in texts {
-            if let Some(h) = text.as_deref().and_then(session_header) {
+        for (text, analysis) in texts.iter().zip(analyses) {
+            if let Some(h) = text.as_deref().and_then(|t| analysis.header(t)) {
                 current = Some(h);
             }
             headers.push(current);
         }
         let n = sources.len().max(2) - 1;
         let mut candidates = Vec::new();
-        let mut seen = HashSet::new();
-        for (i, (s, text)) in sources.iter().zip(texts).enumerate() {
+        let mut seen: HashSet<Seen<'a>, BuildHasherDefault<Prehashed>> = HashSet::default();
+        let stems = query.map_or(&[][..], Query::hashes);
+        let signatures = stems.iter().fold(0, |bits, &s| bits | signature(s));
+        for (i, ((s, text), analysis)) in sources.iter().zip(texts).zip(analyses).enumerate() {
             let Some(text) = text.as_deref() else {
                 continue;
             };
+            if !analysis.fits(text) {
+                continue;
+            }
             // Capped: images and tool calls count towards the message but not its text.
             let per_byte = (s.tokens as f32 / text.len().max(1) as f32).min(MAX_TOKENS_PER_BYTE);
             // Older messages are condensed harder: their excerpts rank lower.
             let age = 0.4 + 0.8 * (i as f32 / n as f32);
-            let is_user = s.message.role == Role::User;
-            let header = text.lines().next().filter(|l| session_header(l).is_some());
-            for line in text.lines() {
-                if Some(line) == header {
+            for excerpt in analysis.excerpts() {
+                let Some(piece) = text.get(excerpt.range.clone()) else {
+                    continue;
+                };
+                let new = seen.insert(Seen {
+                    hash: excerpt.hash,
+                    text: piece,
+                });
+                if !new {
                     continue;
                 }
-                for piece in pieces(line) {
-                    if !seen.insert(piece) {
-                        continue;
-                    }
-                    let score = score(piece, is_user);
-                    let shown = piece.len().min(MAX_EXCERPT);
-                    candidates.push(Candidate {
-                        message: i,
-                        text: piece,
-                        clipped: piece.len() > MAX_EXCERPT,
-                        cost: (shown as f32 * per_byte).ceil() as usize + 1,
-                        priority: if score == 0 {
-                            0.05 * age
-                        } else {
-                            score as f32 * age
-                        },
-                        hits: query.map(|q| q.hits(piece)).unwrap_or_default(),
-                        relevance: 0.0,
-                    });
-                }
+                let shown = piece.len().min(MAX_EXCERPT);
+                candidates.push(Candidate {
+                    message: i,
+                    text: piece,
+                    clipped: piece.len() > MAX_EXCERPT,
+                    cost: (shown as f32 * per_byte).ceil() as usize + 1,
+                    priority: if excerpt.score == 0 {
+                        0.05 * age
+                    } else {
+                        excerpt.score as f32 * age
+                    },
+                    hits: Hits {
+                        terms: analysis.holds(excerpt, stems, signatures),
+                        words: excerpt.words,
+                    },
+                    relevance: 0.0,
+                });
             }
         }
         let mut by_relevance = Vec::new();
@@ -280,37 +287,36 @@ fn speaker<'a>(source: &Source<'a>) -> Cow<'a, str> {
     }
 }
 
-/// A message's first line when it is a session header: bracketed, short, with a digit
-/// (`[Session 3, 1:14 pm on 25 May, 2023]`).
-fn session_header(text: &str) -> Option<&str> {
-    let line = text.lines().next()?.trim();
-    (line.len() <= MAX_HEADER
-        && line.starts_with('[')
-        && line.ends_with(']')
-        && !line.starts_with("[thrifty:")
-        && line.bytes().any(|b| b.is_ascii_digit()))
-    .then_some(line)
+/// An excerpt's text with the hash its analysis made of it: the set of excerpts already
+/// taken compares texts, without hashing them again.
+#[derive(PartialEq, Eq)]
+struct Seen<'a> {
+    hash: u64,
+    text: &'a str,
 }
 
-/// A line, or its sentences when it is long, without blank or symbol-only pieces.
-fn pieces(line: &str) -> Vec<&str> {
-    let line = line.trim();
-    let worth = |p: &&str| p.len() >= 3 && p.bytes().any(|b| b.is_ascii_alphanumeric());
-    if line.len() <= LONG_LINE {
-        return Some(line).filter(worth).into_iter().collect();
+impl Hash for Seen<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
-    let mut out = Vec::new();
-    let mut start = 0;
-    let bytes = line.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        let end_of_sentence =
-            matches!(b, b'.' | b'!' | b'?') && bytes.get(i + 1).is_none_or(|n| *n == b' ');
-        if end_of_sentence {
-            out.push(line[start..=i].trim());
-            start = i + 1;
+}
+
+/// Passes a hash made earlier through.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).rotate_left(5);
         }
     }
-    out.push(line[start..].trim());
-    out.retain(worth);
-    out
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
 }

@@ -9,13 +9,17 @@
 //! names, dates, numbers, places and preferences people state, under their speaker
 //! and session header. Older messages get a smaller share than recent ones. Given the
 //! latest user message as a query (relevant mode), most of the room first goes to the
-//! excerpts most relevant to it. Everything is a single pass over the text
-//! with no allocation per word, so condensing a long agent loop takes well under
-//! a millisecond. This room must not count tokens exactly or reorder messages:
-//! the caller checks the result against the ratio.
+//! excerpts most relevant to it. What a message yields whatever the question (its
+//! excerpts, their facts score and word stems, topic words, a tool result's error lines)
+//! is its [`Analysis`], made in one pass per concern with no allocation per word and kept
+//! across turns in [`Analyses`]; a request then only scores those against its question and
+//! chooses. This room must not count tokens exactly or reorder messages: the caller
+//! checks the result against the ratio.
 
+mod analysis;
 mod facts;
 mod key_points;
+mod memo;
 mod relevance;
 #[cfg(test)]
 mod tests;
@@ -25,11 +29,14 @@ mod topics;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::chat::{Message, Role};
 
+pub use analysis::Analysis;
 use key_points::KeyPoints;
 pub use key_points::texts;
+pub use memo::Analyses;
 pub use relevance::Query;
 pub use text::{ceil_boundary, clip, floor_boundary};
 
@@ -48,10 +55,15 @@ const TOPICS_FROM: usize = 6;
 const BYTES_PER_TOKEN: usize = 4;
 
 /// Builds the condensed text, keeping key points within about `target_tokens`; with a
-/// `query`, the excerpts most relevant to it come first.
+/// `query`, the excerpts most relevant to it come first. Every message is analysed
+/// afresh; the compressor keeps analyses in [`Analyses`] instead.
 pub fn condense(sources: &[Source<'_>], target_tokens: usize, query: Option<&Query>) -> String {
     let texts = texts(sources);
-    Condenser::new(sources, &texts, query).write(target_tokens)
+    let analyses: Vec<Arc<Analysis>> = sources
+        .iter()
+        .map(|s| Arc::new(Analysis::of(s.message, query.is_some())))
+        .collect();
+    Condenser::new(sources, &texts, &analyses, query).write(target_tokens)
 }
 
 /// The condensed text's parts, worked out once; [`Condenser::write`] then fits the key
@@ -63,25 +75,26 @@ pub struct Condenser<'a> {
 }
 
 impl<'a> Condenser<'a> {
-    /// `texts` are [`texts`] of the same `sources`.
+    /// `texts` are [`texts`] of the same `sources`, `analyses` their [`Analysis`].
     pub fn new(
         sources: &[Source<'a>],
         texts: &'a [Option<Cow<'a, str>>],
+        analyses: &[Arc<Analysis>],
         query: Option<&Query>,
     ) -> Condenser<'a> {
         let mut head = header(sources);
         let split =
             sources.iter().any(|s| s.after_request) && sources.iter().any(|s| !s.after_request);
         if sources.len() >= TOPICS_FROM {
-            let topics = topics::topics(sources);
+            let topics = topics::topics(sources, analyses.iter().map(|a| a.topics()));
             if !topics.is_empty() {
                 let _ = writeln!(head, "Topics: {}", topics.join(", "));
             }
         }
-        tools::tool_summary(sources, &mut head);
+        tools::tool_summary(sources, analyses.iter().map(|a| a.errors()), &mut head);
         Condenser {
             head,
-            points: KeyPoints::new(sources, texts, split, query),
+            points: KeyPoints::new(sources, texts, analyses, split, query),
         }
     }
 

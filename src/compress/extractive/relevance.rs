@@ -20,6 +20,8 @@ const TO_PROMPT: f32 = 0.3;
 /// The latest user message's terms.
 pub struct Query {
     terms: Vec<Vec<u8>>,
+    /// Each term's [`term_hash`], in the same order.
+    hashes: Vec<u64>,
 }
 
 /// Which query terms a text holds, and how many words it has.
@@ -46,11 +48,18 @@ impl Query {
                 break;
             }
         }
-        (!terms.is_empty()).then_some(Query { terms })
+        let hashes = terms.iter().map(|t| term_hash(t)).collect();
+        (!terms.is_empty()).then_some(Query { terms, hashes })
     }
 
     pub(super) fn len(&self) -> usize {
         self.terms.len()
+    }
+
+    /// The terms' hashes, term `i` at `i`: a text holds term `i` when one of its
+    /// [`term_hashes`] is `hashes()[i]`.
+    pub(super) fn hashes(&self) -> &[u64] {
+        &self.hashes
     }
 
     /// The query terms in `text`.
@@ -71,6 +80,24 @@ impl Query {
         }
         hits
     }
+}
+
+/// Per word of `text`, the hash of its stem, or `None` for a word too long to be a
+/// term: what [`Query::hits`] compares, worked out without a query so it can be kept.
+pub(super) fn term_hashes(text: &str) -> impl Iterator<Item = Option<u64>> {
+    let mut buf = [0u8; MAX_WORD];
+    words(text).map(move |word| stem(word, &mut buf).map(term_hash))
+}
+
+/// FNV-1a of a stem: stems are a few bytes long, and a collision only makes a word
+/// count as a query term in the client's own conversation.
+fn term_hash(stem: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for &b in stem {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// BM25 scores of documents given, per document, its length in words and, per query

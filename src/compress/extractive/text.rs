@@ -1,7 +1,8 @@
 //! Text helpers shared by the extractive strategy and the summarizer's prompt:
-//! clipping at character boundaries.
+//! clipping at character boundaries, and a hasher for maps of words.
 
 use std::borrow::Cow;
+use std::hash::Hasher;
 
 use crate::chat::Message;
 
@@ -36,4 +37,29 @@ pub fn ceil_boundary(text: &str, at: usize) -> usize {
         at += 1;
     }
     at
+}
+
+/// FNV-1a, for maps of words: words are a few bytes long, where it beats SipHash many
+/// times over. Only for fixed tables, or maps of one message's words, whose worst case
+/// the message's length bounds.
+#[derive(Default)]
+pub(super) struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::chat::Role;
 
 use super::Source;
-use super::text::{ceil_boundary, clip, floor_boundary, text_of};
+use super::text::{ceil_boundary, clip, floor_boundary};
 
 /// Error lines kept per failed call, and their length.
 const ERROR_LINES: usize = 2;
@@ -34,10 +34,16 @@ struct Call<'a> {
     errors: Vec<String>,
 }
 
-pub(super) fn tool_summary(sources: &[Source<'_>], out: &mut String) {
+/// Writes the tool-call lines of `sources`; `errors` are each source's [`error_lines`]
+/// (none but a tool result's).
+pub(super) fn tool_summary<'e>(
+    sources: &[Source<'_>],
+    errors: impl IntoIterator<Item = &'e [String]>,
+    out: &mut String,
+) {
     let mut calls: Vec<Call<'_>> = Vec::new();
     let mut unit_start = 0;
-    for s in sources {
+    for (s, errors) in sources.iter().zip(errors) {
         let m = s.message;
         if !m.tool_calls.is_empty() {
             unit_start = calls.len();
@@ -61,7 +67,7 @@ pub(super) fn tool_summary(sources: &[Source<'_>], out: &mut String) {
             if let Some(i) = slot {
                 let call = &mut calls[unit_start + i];
                 call.answered = true;
-                call.errors = error_lines(&text_of(m));
+                call.errors = errors.to_vec();
                 call.failed = !call.errors.is_empty();
             }
         }
@@ -152,7 +158,7 @@ fn target(arguments: &str) -> Option<String> {
 
 /// The error lines at the start or end of a tool result, where failures show up;
 /// a file that merely mentions errors in its middle does not count as a failure.
-fn error_lines(text: &str) -> Vec<String> {
+pub(super) fn error_lines(text: &str) -> Vec<String> {
     let head = &text[..floor_boundary(text, HEAD_BYTES)];
     let tail_from = ceil_boundary(text, text.len().saturating_sub(TAIL_BYTES)).max(head.len());
     let tail = &text[tail_from..];

@@ -1,5 +1,6 @@
 //! The compressor's tests, driven through its public door: `validity` for the
-//! invariants, `budget` for fitting and the ratio, `summaries` for strategy 2.
+//! invariants, `budget` for fitting and the ratio, `summaries` for strategy 2, `turns`
+//! for a chat's next turn answered from the analyses of earlier ones.
 //! The helpers here build conversations and configs in code.
 
 use serde_json::Map;
@@ -11,6 +12,7 @@ use crate::config::{CompressionConfig, Mode};
 mod budget;
 mod relevance;
 mod summaries;
+mod turns;
 mod validity;
 
 pub(super) const FILLER: &str = "We went through the remaining parts of the module one by one, compared the behaviour with the notes from the previous session, and wrote down what still looked unclear so that nothing would be forgotten later on.";
