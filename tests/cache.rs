@@ -58,9 +58,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub use common::client::{
-    ADMIN_TOKEN, Api, BACKENDS, Backend, DIALECTS, Dialect, NO_HEADERS, POLL, Probe, Reply, bearer,
-    poll, start_redis, start_thrifty,
+    ADMIN_TOKEN, Api, BACKENDS, Backend, NO_HEADERS, POLL, Probe, Reply, bearer, poll, start_redis,
+    start_thrifty,
 };
+pub use common::dialect::{DIALECTS, Dialect};
 pub use harness::Harness;
 
 /// How long any single wait in these tests may take before it counts as a failure.
@@ -90,23 +91,9 @@ pub const KINDS: [Kind; 2] = [Kind::Chat, Kind::Completion];
 impl Dialect {
     /// The path of `kind` on thrifty, which is also its path on the fake.
     pub fn path(self, kind: Kind) -> &'static str {
-        match (self, kind) {
-            (Dialect::OpenAi, Kind::Chat) => "/v1/chat/completions",
-            (Dialect::OpenAi, Kind::Completion) => "/v1/completions",
-            (Dialect::Ollama, Kind::Chat) => "/api/chat",
-            (Dialect::Ollama, Kind::Completion) => "/api/generate",
-        }
-    }
-
-    pub fn chat_path(self) -> &'static str {
-        self.path(Kind::Chat)
-    }
-
-    /// The batch embedding path.
-    pub fn embed_path(self) -> &'static str {
-        match self {
-            Dialect::OpenAi => "/v1/embeddings",
-            Dialect::Ollama => "/api/embed",
+        match kind {
+            Kind::Chat => self.chat_path(),
+            Kind::Completion => self.completion_path(),
         }
     }
 

@@ -62,6 +62,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::dialect::Dialect;
+
 /// The length of every embedding the fake returns before `dimensions` truncates it.
 pub const EMBEDDING_DIMENSIONS: usize = 8;
 
@@ -629,13 +631,7 @@ fn model_of(request: &Value) -> &str {
         .unwrap_or_default()
 }
 
-/// Which wire format a path belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    OpenAi,
-    Ollama,
-}
-
+/// The fake's side of a dialect: which one a path belongs to, and its answers.
 impl Dialect {
     fn of(path: &str) -> Self {
         if path.starts_with("/api/") {

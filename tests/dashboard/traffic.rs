@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use thrifty::config::{RawConfig, RawKey};
 
+use crate::common::dialect::Dialect;
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::fresh_dir;
 
@@ -42,12 +43,6 @@ pub const BOB: Key = Key {
     team: "support",
     secret: "sk-thrifty-bob",
 };
-
-#[derive(Clone, Copy)]
-enum Wire {
-    OpenAi,
-    Ollama,
-}
 
 /// One request as sent, what the fake billed for it, and whether the cache answered it.
 #[derive(Clone, Debug)]
@@ -143,21 +138,21 @@ pub async fn seed(thrifty: &str, fake: &FakeLlm) -> Vec<Call> {
     let script = [
         (
             &ALICE,
-            Wire::OpenAi,
+            Dialect::OpenAi,
             PRICED_MODEL,
             "How much did the alpha project spend on tokens last week?",
             2,
         ),
         (
             &BOB,
-            Wire::OpenAi,
+            Dialect::OpenAi,
             PRICED_MODEL,
             "Summarise the beta invoice",
             1,
         ),
         (
             &BOB,
-            Wire::Ollama,
+            Dialect::Ollama,
             UNPRICED_MODEL,
             "Tell me about gamma rays in plain words",
             1,
@@ -186,21 +181,16 @@ async fn send(
     client: &reqwest::Client,
     thrifty: &str,
     key: &Key,
-    wire: Wire,
+    wire: Dialect,
     model: &'static str,
     text: &str,
 ) -> Call {
     let messages = json!([{"role": "user", "content": text}]);
-    let (path, body) = match wire {
-        Wire::OpenAi => (
-            "/v1/chat/completions",
-            json!({"model": model, "messages": messages}),
-        ),
-        Wire::Ollama => (
-            "/api/chat",
-            json!({"model": model, "messages": messages, "stream": false}),
-        ),
+    let body = match wire {
+        Dialect::OpenAi => json!({"model": model, "messages": messages}),
+        Dialect::Ollama => json!({"model": model, "messages": messages, "stream": false}),
     };
+    let path = wire.chat_path();
     let response = client
         .post(format!("{thrifty}{path}"))
         .bearer_auth(key.secret)
@@ -230,11 +220,11 @@ async fn send(
         hit: cache == "hit",
     };
     let billed = match wire {
-        Wire::OpenAi => (
+        Dialect::OpenAi => (
             &answer["usage"]["prompt_tokens"],
             &answer["usage"]["completion_tokens"],
         ),
-        Wire::Ollama => (&answer["prompt_eval_count"], &answer["eval_count"]),
+        Dialect::Ollama => (&answer["prompt_eval_count"], &answer["eval_count"]),
     };
     assert_eq!(
         (billed.0.as_i64(), billed.1.as_i64()),

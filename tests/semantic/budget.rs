@@ -108,11 +108,11 @@ async fn a_long_message_is_never_embedded_and_is_still_exact_cached() {
             count(&before, &["indexed"]),
             "{what}: a long message is not queued for indexing: {after}"
         );
-        let calls = w.fake.calls_to(dialect.path());
+        let calls = w.fake.calls_to(dialect.chat_path());
         let hit = w.api.ask(dialect, &body, &NO_HEADERS).await;
         hit.assert_cache("hit", &format!("{what}: the same long message again"));
         assert_eq!(
-            w.fake.calls_to(dialect.path()),
+            w.fake.calls_to(dialect.chat_path()),
             calls,
             "{what}: no upstream call"
         );
@@ -151,7 +151,7 @@ async fn a_question_in_an_empty_partition_is_forwarded_without_embedding() {
         runs + 1,
         "one background run indexed it"
     );
-    let calls = w.fake.calls_to(dialect.path());
+    let calls = w.fake.calls_to(dialect.chat_path());
     let hit = w
         .api
         .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
@@ -161,7 +161,7 @@ async fn a_question_in_an_empty_partition_is_forwarded_without_embedding() {
         "a paraphrase after the question was indexed",
     );
     assert_eq!(
-        w.fake.calls_to(dialect.path()),
+        w.fake.calls_to(dialect.chat_path()),
         calls,
         "a hit never goes upstream"
     );
@@ -179,11 +179,11 @@ async fn a_busy_model_never_holds_up_a_miss_and_its_answer_is_still_stored() {
     // A paraphrase could hit, but the model cannot start on it: with the model held for as
     // long as the test lasts, an answer at all proves the lookup did not wait for it.
     let body = dialect.chat("What is the way to reset my password?", false);
-    let calls = w.fake.calls_to(dialect.path());
+    let calls = w.fake.calls_to(dialect.chat_path());
     let miss = w.api.ask(dialect, &body, &NO_HEADERS).await;
     miss.assert_cache("miss", "a question while the model is busy");
     assert_eq!(
-        w.fake.calls_to(dialect.path()),
+        w.fake.calls_to(dialect.chat_path()),
         calls + 1,
         "the miss reached the upstream"
     );

@@ -42,7 +42,7 @@ impl Api {
         body: &Value,
         headers: &[(K, V)],
     ) -> Reply {
-        self.post(dialect.path(), body, headers).await
+        self.post(dialect.chat_path(), body, headers).await
     }
 
     /// `POST /admin/cache/invalidate` with `selector`; returns how many keys it deleted.
