@@ -19,7 +19,7 @@ pub struct Thrifty {
 }
 
 /// A config whose OpenAI and Ollama upstreams are both the fake, with the
-/// embedded store in a fresh directory of its own.
+/// embedded store in a fresh directory of its own, removed with the fake.
 pub fn config_for(fake: &FakeLlm) -> RawConfig {
     let mut raw = RawConfig {
         upstreams: vec![
@@ -28,7 +28,7 @@ pub fn config_for(fake: &FakeLlm) -> RawConfig {
         ],
         ..RawConfig::default()
     };
-    raw.store.data_dir = fresh_dir("store");
+    raw.store.data_dir = fake.scratch_dir("store");
     // Semantic caching is switched on by the tests that are about it.
     raw.semantic.enabled = false;
     raw

@@ -13,7 +13,7 @@ use super::script::{Step, Who};
 use crate::common::client::{Backend, Reply, start_redis};
 use crate::common::fake_llm::FakeLlm;
 use crate::common::redis::RedisServer;
-use crate::common::thrifty::{Thrifty, config_for, fresh_dir, semantic_config_for};
+use crate::common::thrifty::{Thrifty, config_for, semantic_config_for};
 
 /// How long any single wait may take before it counts as a failure.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -41,7 +41,7 @@ impl World {
         };
         // A loaded test machine must not turn store calls into misses.
         raw.store.timeout = Duration::from_secs(2);
-        raw.savings.pricing = Some(prices::write_file(&fresh_dir("truth-pricing")));
+        raw.savings.pricing = Some(prices::write_file(&fake.scratch_dir("pricing")));
         raw.keys = Who::ALL
             .iter()
             .map(|who| RawKey {
@@ -208,7 +208,7 @@ impl World {
 
     /// `thrifty report` run as a command on this world's store and prices.
     pub async fn cli_report(&self, span: (&str, &str), group_by: &str, format: &str) -> String {
-        let dir = fresh_dir("truth-cli");
+        let dir = self.fake.scratch_dir("cli");
         let config = dir.join("thrifty.toml");
         let toml = format!(
             "[store]\ndata_dir = {:?}\n\n[savings]\npricing = {:?}\n",
