@@ -2,7 +2,8 @@
 //! to the fake upstream, and the cache lives in a spawned Redis or in the embedded store.
 //!
 //! Every scenario runs against both stores through [`Backend`], and for both wire formats
-//! through [`Dialect`] wherever the scenario exists in both. Tests assert what a user would
+//! through [`Dialect`] wherever the scenario exists in both: each combination is an `rstest`
+//! case of its own (`#[values(..)]`), so it runs beside the others and fails on its own. Tests assert what a user would
 //! notice: the bytes returned, the `x-thrifty-cache*` headers, how many calls reached the fake
 //! (a hit never does) and what the store holds. The support shared with the semantic suite
 //! (an HTTP client of one thrifty, replies, stores and dialects, raw Redis commands) lives in
