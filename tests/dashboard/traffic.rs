@@ -14,7 +14,6 @@ use thrifty::config::{RawConfig, RawKey};
 
 use crate::common::dialect::Dialect;
 use crate::common::fake_llm::FakeLlm;
-use crate::common::thrifty::fresh_dir;
 
 /// The model the price table prices: one cent a prompt token, two cents a completion token.
 pub const PRICED_MODEL: &str = "dash-gpt";
@@ -111,8 +110,8 @@ impl Figures {
     }
 }
 
-/// A config with the two keys and the test's price table.
-pub fn configure(raw: &mut RawConfig) {
+/// A config with the two keys and the test's price table, written in `fake`'s scratch space.
+pub fn configure(raw: &mut RawConfig, fake: &FakeLlm) {
     raw.keys = [ALICE, BOB]
         .iter()
         .map(|k| RawKey {
@@ -122,7 +121,7 @@ pub fn configure(raw: &mut RawConfig) {
             rate_limit: None,
         })
         .collect();
-    let dir = fresh_dir("prices");
+    let dir = fake.scratch_dir("prices");
     let table = format!(
         "[[price]]\nmodel = \"{PRICED_MODEL}\"\ninput = {}\noutput = {}\ncurrency = \"USD\"\n\
          effective = \"{PRICE_EFFECTIVE}\"\nsource = \"the dashboard test\"\n",
