@@ -62,25 +62,6 @@ pub fn semantic_config_for(fake: &FakeLlm) -> RawConfig {
     raw
 }
 
-/// A new empty directory under the system temp dir, unique to this call.
-pub fn fresh_dir(label: &str) -> std::path::PathBuf {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "thrifty-test-{label}-{}-{n}-{}",
-        std::process::id(),
-        uuid_like()
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-fn uuid_like() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
 /// The environment a test config validates against: nothing but what the test names.
 pub fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let vars: Vec<(String, String)> = vars
