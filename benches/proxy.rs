@@ -68,6 +68,10 @@
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
+#[path = "../tests/common/dialect.rs"]
+#[allow(dead_code, reason = "the fake upstream uses only part of the dialects")]
+mod dialect;
+
 #[path = "../tests/common/fake_llm.rs"]
 #[allow(
     dead_code,

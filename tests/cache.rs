@@ -2,7 +2,8 @@
 //! to the fake upstream, and the cache lives in a spawned Redis or in the embedded store.
 //!
 //! Every scenario runs against both stores through [`Backend`], and for both wire formats
-//! through [`Dialect`] wherever the scenario exists in both. Tests assert what a user would
+//! through [`Dialect`] wherever the scenario exists in both: each combination is an `rstest`
+//! case of its own (`#[values(..)]`), so it runs beside the others and fails on its own. Tests assert what a user would
 //! notice: the bytes returned, the `x-thrifty-cache*` headers, how many calls reached the fake
 //! (a hit never does) and what the store holds. The support shared with the semantic suite
 //! (an HTTP client of one thrifty, replies, stores and dialects, raw Redis commands) lives in
@@ -58,9 +59,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub use common::client::{
-    ADMIN_TOKEN, Api, BACKENDS, Backend, DIALECTS, Dialect, NO_HEADERS, POLL, Probe, Reply, bearer,
-    poll, start_redis, start_thrifty,
+    ADMIN_TOKEN, Api, BACKENDS, Backend, NO_HEADERS, POLL, Probe, Reply, bearer, poll, start_redis,
+    start_thrifty,
 };
+pub use common::dialect::{DIALECTS, Dialect};
 pub use harness::Harness;
 
 /// How long any single wait in these tests may take before it counts as a failure.
@@ -90,23 +92,9 @@ pub const KINDS: [Kind; 2] = [Kind::Chat, Kind::Completion];
 impl Dialect {
     /// The path of `kind` on thrifty, which is also its path on the fake.
     pub fn path(self, kind: Kind) -> &'static str {
-        match (self, kind) {
-            (Dialect::OpenAi, Kind::Chat) => "/v1/chat/completions",
-            (Dialect::OpenAi, Kind::Completion) => "/v1/completions",
-            (Dialect::Ollama, Kind::Chat) => "/api/chat",
-            (Dialect::Ollama, Kind::Completion) => "/api/generate",
-        }
-    }
-
-    pub fn chat_path(self) -> &'static str {
-        self.path(Kind::Chat)
-    }
-
-    /// The batch embedding path.
-    pub fn embed_path(self) -> &'static str {
-        match self {
-            Dialect::OpenAi => "/v1/embeddings",
-            Dialect::Ollama => "/api/embed",
+        match kind {
+            Kind::Chat => self.chat_path(),
+            Kind::Completion => self.completion_path(),
         }
     }
 

@@ -62,7 +62,7 @@ const READ_PAGE: &str = r#"(() => {
 async fn the_dashboard_shows_the_seeded_ledger_in_a_browser_and_loads_nothing_from_elsewhere() {
     let fake = FakeLlm::start().await;
     let mut raw = config_for(&fake);
-    traffic::configure(&mut raw);
+    traffic::configure(&mut raw, &fake);
     let thrifty = Thrifty::start_with_env(raw, &[("THRIFTY_ADMIN_TOKEN", TOKEN)]).await;
     let calls = traffic::seed(&thrifty.url(), &fake).await;
     wait_for_ledger(&thrifty.url(), calls.len()).await;

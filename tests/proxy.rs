@@ -35,17 +35,11 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 
+pub use common::client::Reply;
+pub use common::dialect::{DIALECTS, Dialect};
+
 /// How long any single wait in these tests may take before it counts as a failure.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// The client-facing wire format a scenario speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Ollama,
-}
-
-pub const DIALECTS: [Dialect; 2] = [Dialect::OpenAi, Dialect::Ollama];
 
 /// The intercepted calls both dialects have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,25 +54,10 @@ pub const CALLS: [Call; 3] = [Call::Chat, Call::Completion, Call::Embedding];
 impl Dialect {
     /// The path of `call` on thrifty and on a same-dialect upstream.
     pub fn path(self, call: Call) -> &'static str {
-        match (self, call) {
-            (Dialect::OpenAi, Call::Chat) => "/v1/chat/completions",
-            (Dialect::OpenAi, Call::Completion) => "/v1/completions",
-            (Dialect::OpenAi, Call::Embedding) => "/v1/embeddings",
-            (Dialect::Ollama, Call::Chat) => "/api/chat",
-            (Dialect::Ollama, Call::Completion) => "/api/generate",
-            (Dialect::Ollama, Call::Embedding) => "/api/embed",
-        }
-    }
-
-    pub fn chat_path(self) -> &'static str {
-        self.path(Call::Chat)
-    }
-
-    /// A passthrough `GET` that lists models.
-    pub fn models_path(self) -> &'static str {
-        match self {
-            Dialect::OpenAi => "/v1/models",
-            Dialect::Ollama => "/api/tags",
+        match call {
+            Call::Chat => self.chat_path(),
+            Call::Completion => self.completion_path(),
+            Call::Embedding => self.embed_path(),
         }
     }
 
@@ -264,41 +243,6 @@ pub fn client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
-/// A response read to its end.
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Answer {
-    pub async fn of(response: reqwest::Response) -> Answer {
-        Answer {
-            status: response.status(),
-            headers: response.headers().clone(),
-            body: response.bytes().await.expect("response body"),
-        }
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8(self.body.to_vec()).expect("UTF-8 body")
-    }
-
-    /// A header's value; empty when absent.
-    pub fn header(&self, name: &str) -> &str {
-        header(&self.headers, name)
-    }
-}
-
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
         .get(name)
@@ -307,22 +251,26 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 }
 
 /// POSTs JSON and reads the whole answer.
-pub async fn post(url: String, body: &Value) -> Answer {
+pub async fn post(url: String, body: &Value) -> Reply {
     post_with(url, body, &[]).await
 }
 
 /// POSTs JSON with extra headers and reads the whole answer.
-pub async fn post_with(url: String, body: &Value, headers: &[(&str, &str)]) -> Answer {
+pub async fn post_with(url: String, body: &Value, headers: &[(&str, &str)]) -> Reply {
     let mut request = client().post(url).json(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    Answer::of(request.send().await.expect("request is sent")).await
+    Reply::read(request.send().await.expect("request is sent"), WAIT).await
 }
 
 /// GETs and reads the whole answer.
-pub async fn get(url: String) -> Answer {
-    Answer::of(client().get(url).send().await.expect("request is sent")).await
+pub async fn get(url: String) -> Reply {
+    Reply::read(
+        client().get(url).send().await.expect("request is sent"),
+        WAIT,
+    )
+    .await
 }
 
 /// A streamed body as the client saw it arrive.
@@ -403,7 +351,7 @@ pub fn is_json(content_type: &str) -> bool {
 }
 
 /// Reports with what a test expected in the failure message.
-pub fn assert_status(answer: &Answer, status: StatusCode, what: &str) {
+pub fn assert_status(answer: &Reply, status: StatusCode, what: &str) {
     assert_eq!(
         answer.status,
         status,
@@ -413,13 +361,13 @@ pub fn assert_status(answer: &Answer, status: StatusCode, what: &str) {
 }
 
 /// The header that names the answering upstream, checked present.
-pub fn upstream_of(answer: &Answer) -> &str {
-    let name = answer.header("x-thrifty-upstream");
+pub fn upstream_of(answer: &Reply) -> &str {
+    let name = header(&answer.headers, "x-thrifty-upstream");
     assert!(!name.is_empty(), "x-thrifty-upstream is set");
     name
 }
 
 /// The answer's content type; empty when absent.
-pub fn content_type(answer: &Answer) -> &str {
+pub fn content_type(answer: &Reply) -> &str {
     header(&answer.headers, CONTENT_TYPE.as_str())
 }

@@ -28,7 +28,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use common::client::{ADMIN_TOKEN, Dialect, Probe};
+use common::client::{ADMIN_TOKEN, Probe};
+use common::dialect::Dialect;
 use common::redis::RedisServer;
 
 /// How long any single wait in these tests may take before it counts as a failure.
@@ -53,13 +54,6 @@ pub fn redis_env(redis: &RedisServer) -> Vec<(String, String)> {
 }
 
 impl Dialect {
-    pub fn chat_path(self) -> &'static str {
-        match self {
-            Dialect::OpenAi => "/v1/chat/completions",
-            Dialect::Ollama => "/api/chat",
-        }
-    }
-
     pub fn chat(self, model: &str, question: &str, stream: bool) -> Value {
         json!({
             "model": model,

@@ -47,8 +47,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub use common::client::{
-    ADMIN_TOKEN, Api, BACKENDS, Backend, DIALECTS, Dialect, NO_HEADERS, POLL, Reply, bearer, poll,
+    ADMIN_TOKEN, Api, BACKENDS, Backend, NO_HEADERS, POLL, Reply, bearer, poll,
 };
+pub use common::dialect::{DIALECTS, Dialect};
 pub use world::World;
 
 /// How long any single wait in these tests may take before it counts as a failure.
@@ -72,14 +73,6 @@ pub enum Turn<'a> {
 }
 
 impl Dialect {
-    /// The chat path on thrifty, which is also its path on the fake.
-    pub fn path(self) -> &'static str {
-        match self {
-            Dialect::OpenAi => "/v1/chat/completions",
-            Dialect::Ollama => "/api/chat",
-        }
-    }
-
     pub fn model(self) -> &'static str {
         match self {
             Dialect::OpenAi => "gpt-4o-mini",

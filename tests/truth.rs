@@ -40,8 +40,9 @@ mod verdict;
 #[path = "truth/world.rs"]
 mod world;
 
+use common::client::Backend;
 use verdict::Verdict;
-use world::{Backend, World};
+use world::World;
 
 /// Runs the mix, then checks the reports, restarts thrifty on the same store and checks again.
 async fn the_report_tells_the_truth(backend: Backend, semantic: bool) {

@@ -5,53 +5,54 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
+use rstest::rstest;
 use serde_json::Value;
 
 use crate::common::fake_llm::FakeLlm;
-use crate::{Api, BACKENDS, Backend, DIALECTS, Dialect, Harness, Kind};
+use crate::{Api, Backend, DIALECTS, Dialect, Harness, Kind};
 
 /// How many identical requests arrive together.
 const CLIENTS: usize = 20;
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identical_concurrent_misses_go_upstream_once() {
-    for backend in BACKENDS {
-        for dialect in DIALECTS {
-            for stream in [false, true] {
-                let what = format!("{backend:?}/{dialect:?} stream={stream}");
-                let h = Harness::setup(backend)
-                    .fake(FakeLlm::builder().latency(Duration::from_millis(300)))
-                    .start()
-                    .await;
-                let path = dialect.chat_path();
-                let text = "everyone asks this at once";
-                let body = dialect.chat(text, stream);
-                let replies = join_all((0..CLIENTS).map(|_| h.api.send(path, &body))).await;
+async fn identical_concurrent_misses_go_upstream_once(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    for stream in [false, true] {
+        let what = format!("{backend:?}/{dialect:?} stream={stream}");
+        let h = Harness::setup(backend)
+            .fake(FakeLlm::builder().latency(Duration::from_millis(300)))
+            .start()
+            .await;
+        let path = dialect.chat_path();
+        let text = "everyone asks this at once";
+        let body = dialect.chat(text, stream);
+        let replies = join_all((0..CLIENTS).map(|_| h.api.send(path, &body))).await;
 
-                assert_eq!(
-                    h.fake.calls_to(path),
-                    1,
-                    "{what}: {CLIENTS} identical requests, one upstream call"
-                );
-                let mut outcomes: Vec<&str> = replies.iter().map(|r| r.cache()).collect();
-                outcomes.sort_unstable();
-                let mut expected = vec!["hit"; CLIENTS - 1];
-                expected.push("miss");
-                assert_eq!(outcomes, expected, "{what}: one leader, the rest follow it");
-                for reply in &replies {
-                    reply.assert_ok(&what);
-                    assert_eq!(reply.is_stream(), stream, "{what}: {}", reply.describe());
-                    if stream {
-                        dialect.assert_stream_ends(reply, &what);
-                    }
-                    assert_eq!(
-                        dialect.text(Kind::Chat, reply),
-                        Dialect::echo(text),
-                        "{what}: everyone gets the answer"
-                    );
-                    assert_eq!(reply.key(), replies[0].key(), "{what}");
-                }
+        assert_eq!(
+            h.fake.calls_to(path),
+            1,
+            "{what}: {CLIENTS} identical requests, one upstream call"
+        );
+        let mut outcomes: Vec<&str> = replies.iter().map(|r| r.cache()).collect();
+        outcomes.sort_unstable();
+        let mut expected = vec!["hit"; CLIENTS - 1];
+        expected.push("miss");
+        assert_eq!(outcomes, expected, "{what}: one leader, the rest follow it");
+        for reply in &replies {
+            reply.assert_ok(&what);
+            assert_eq!(reply.is_stream(), stream, "{what}: {}", reply.describe());
+            if stream {
+                dialect.assert_stream_ends(reply, &what);
             }
+            assert_eq!(
+                dialect.text(Kind::Chat, reply),
+                Dialect::echo(text),
+                "{what}: everyone gets the answer"
+            );
+            assert_eq!(reply.key(), replies[0].key(), "{what}");
         }
     }
 }
@@ -62,28 +63,28 @@ const ROUNDS: usize = 40;
 /// A request sent as soon as the previous identical answer has ended finds that answer, in the
 /// store or still in flight; it never becomes a second upstream call, however the write of the
 /// entry and the lookup interleave.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_right_after_a_miss_never_goes_upstream_again() {
-    for backend in BACKENDS {
-        for dialect in DIALECTS {
-            let what = format!("{backend:?}/{dialect:?}");
-            let h = Harness::start(backend).await;
-            let path = dialect.chat_path();
-            for round in 0..ROUNDS {
-                let body = dialect.chat(&format!("round {round}"), false);
-                h.api
-                    .send(path, &body)
-                    .await
-                    .assert_cache("miss", &format!("{what}: round {round}"));
-                let again = h.api.send(path, &body).await;
-                again.assert_ok(&what);
-                assert_eq!(
-                    (again.cache(), h.fake.calls_to(path)),
-                    ("hit", round + 1),
-                    "{what}: round {round}: the repeat went upstream"
-                );
-            }
-        }
+async fn a_request_right_after_a_miss_never_goes_upstream_again(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{backend:?}/{dialect:?}");
+    let h = Harness::start(backend).await;
+    let path = dialect.chat_path();
+    for round in 0..ROUNDS {
+        let body = dialect.chat(&format!("round {round}"), false);
+        h.api
+            .send(path, &body)
+            .await
+            .assert_cache("miss", &format!("{what}: round {round}"));
+        let again = h.api.send(path, &body).await;
+        again.assert_ok(&what);
+        assert_eq!(
+            (again.cache(), h.fake.calls_to(path)),
+            ("hit", round + 1),
+            "{what}: round {round}: the repeat went upstream"
+        );
     }
 }
 
@@ -159,66 +160,67 @@ async fn watch_stream(api: &Api, path: &str, body: &Value, leave_after_first: bo
 
 /// Streams that join an identical one in flight get its pieces as they come, not all at once
 /// when it ends: the upstream takes 300 ms to answer and 100 ms per piece.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn staggered_identical_streams_each_get_pieces_before_the_leader_ends() {
-    for dialect in DIALECTS {
-        let what = format!("{dialect:?}");
-        let h = Harness::setup(Backend::Embedded)
-            .fake(
-                FakeLlm::builder()
-                    .latency(Duration::from_millis(300))
-                    .chunk_delay(Duration::from_millis(100)),
-            )
-            .start()
-            .await;
-        let path = dialect.chat_path();
-        let text = "four clients stream this one after another";
-        let body = dialect.chat(text, true);
-        let clients = (0..4u64).map(|i| {
-            let (api, body) = (&h.api, &body);
-            async move {
-                tokio::time::sleep(Duration::from_millis(150 * i)).await;
-                watch_stream(api, path, body, false).await
-            }
-        });
-        let watched = join_all(clients).await;
-        assert_eq!(h.fake.calls_to(path), 1, "{what}: one upstream call");
-        let leader_end = watched[0].ended;
-        assert_eq!(watched[0].cache, "miss", "{what}");
-        for (i, w) in watched.iter().enumerate() {
-            assert!(!w.failed, "{what}: client {i} failed");
-            let first = w.first.expect("a first piece");
-            assert!(
-                first + Duration::from_millis(50) < leader_end,
-                "{what}: client {i} had its first piece {:?} before the leader's end",
-                leader_end.saturating_duration_since(first)
-            );
+async fn staggered_identical_streams_each_get_pieces_before_the_leader_ends(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let h = Harness::setup(Backend::Embedded)
+        .fake(
+            FakeLlm::builder()
+                .latency(Duration::from_millis(300))
+                .chunk_delay(Duration::from_millis(100)),
+        )
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let text = "four clients stream this one after another";
+    let body = dialect.chat(text, true);
+    let clients = (0..4u64).map(|i| {
+        let (api, body) = (&h.api, &body);
+        async move {
+            tokio::time::sleep(Duration::from_millis(150 * i)).await;
+            watch_stream(api, path, body, false).await
+        }
+    });
+    let watched = join_all(clients).await;
+    assert_eq!(h.fake.calls_to(path), 1, "{what}: one upstream call");
+    let leader_end = watched[0].ended;
+    assert_eq!(watched[0].cache, "miss", "{what}");
+    for (i, w) in watched.iter().enumerate() {
+        assert!(!w.failed, "{what}: client {i} failed");
+        let first = w.first.expect("a first piece");
+        assert!(
+            first + Duration::from_millis(50) < leader_end,
+            "{what}: client {i} had its first piece {:?} before the leader's end",
+            leader_end.saturating_duration_since(first)
+        );
+        assert_eq!(
+            streamed_text(dialect, &w.body),
+            Dialect::echo(text),
+            "{what}: client {i} got the whole answer"
+        );
+    }
+    for w in &watched[1..] {
+        assert_eq!(w.cache, "hit", "{what}: followers are hits");
+    }
+    // Each OpenAI client's stream has one id of its own, as live answers have.
+    if dialect == Dialect::OpenAi {
+        let ids: Vec<HashSet<String>> = watched.iter().map(|w| stream_ids(&w.body)).collect();
+        for (i, id) in ids.iter().enumerate() {
             assert_eq!(
-                streamed_text(dialect, &w.body),
-                Dialect::echo(text),
-                "{what}: client {i} got the whole answer"
+                id.len(),
+                1,
+                "{what}: client {i}'s chunks share one id: {id:?}"
             );
         }
-        for w in &watched[1..] {
-            assert_eq!(w.cache, "hit", "{what}: followers are hits");
-        }
-        // Each OpenAI client's stream has one id of its own, as live answers have.
-        if dialect == Dialect::OpenAi {
-            let ids: Vec<HashSet<String>> = watched.iter().map(|w| stream_ids(&w.body)).collect();
-            for (i, id) in ids.iter().enumerate() {
-                assert_eq!(
-                    id.len(),
-                    1,
-                    "{what}: client {i}'s chunks share one id: {id:?}"
-                );
-            }
-            let distinct: HashSet<&String> = ids.iter().flatten().collect();
-            assert_eq!(
-                distinct.len(),
-                4,
-                "{what}: every client has its own id: {ids:?}"
-            );
-        }
+        let distinct: HashSet<&String> = ids.iter().flatten().collect();
+        assert_eq!(
+            distinct.len(),
+            4,
+            "{what}: every client has its own id: {ids:?}"
+        );
     }
 }
 
@@ -279,48 +281,49 @@ async fn followers_of_a_leader_whose_client_leaves_do_not_hang() {
 
 /// A leader whose client leaves before the upstream answered takes nobody down with it: one
 /// of its followers takes the upstream call over and the others follow that one.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_takes_over_when_the_leader_leaves_before_the_answer() {
-    for dialect in DIALECTS {
-        let what = format!("{dialect:?}");
-        let h = Harness::setup(Backend::Embedded)
-            .fake(FakeLlm::builder().latency(Duration::from_millis(600)))
-            .start()
-            .await;
-        let path = dialect.chat_path();
-        let text = "whoever asked first gave up";
-        for stream in [false, true] {
-            let body = dialect.chat(&format!("{text} (stream={stream})"), stream);
-            let calls = h.fake.calls_to(path);
-            let impatient = h
-                .api
-                .client
-                .post(h.api.url(path))
-                .json(&body)
-                .timeout(Duration::from_millis(200))
-                .send();
-            let followers = (0..3).map(|_| {
-                let (api, body) = (&h.api, &body);
-                async move {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    watch_stream(api, path, body, false).await
-                }
-            });
-            let (gave_up, followed) = tokio::join!(impatient, join_all(followers));
-            assert!(gave_up.is_err(), "{what}: the first client gave up");
-            let mut outcomes: Vec<&str> = followed.iter().map(|w| w.cache.as_str()).collect();
-            outcomes.sort_unstable();
-            assert_eq!(
-                outcomes,
-                ["hit", "hit", "miss"],
-                "{what} stream={stream}: one took over, the others followed it"
-            );
-            assert!(followed.iter().all(|w| !w.failed), "{what}");
-            // The abandoned call may have been cut before the fake counted it.
-            assert!(
-                h.fake.calls_to(path) <= calls + 2,
-                "{what} stream={stream}: the abandoned call and the one that took over, no more"
-            );
-        }
+async fn a_follower_takes_over_when_the_leader_leaves_before_the_answer(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let h = Harness::setup(Backend::Embedded)
+        .fake(FakeLlm::builder().latency(Duration::from_millis(600)))
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let text = "whoever asked first gave up";
+    for stream in [false, true] {
+        let body = dialect.chat(&format!("{text} (stream={stream})"), stream);
+        let calls = h.fake.calls_to(path);
+        let impatient = h
+            .api
+            .client
+            .post(h.api.url(path))
+            .json(&body)
+            .timeout(Duration::from_millis(200))
+            .send();
+        let followers = (0..3).map(|_| {
+            let (api, body) = (&h.api, &body);
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                watch_stream(api, path, body, false).await
+            }
+        });
+        let (gave_up, followed) = tokio::join!(impatient, join_all(followers));
+        assert!(gave_up.is_err(), "{what}: the first client gave up");
+        let mut outcomes: Vec<&str> = followed.iter().map(|w| w.cache.as_str()).collect();
+        outcomes.sort_unstable();
+        assert_eq!(
+            outcomes,
+            ["hit", "hit", "miss"],
+            "{what} stream={stream}: one took over, the others followed it"
+        );
+        assert!(followed.iter().all(|w| !w.failed), "{what}");
+        // The abandoned call may have been cut before the fake counted it.
+        assert!(
+            h.fake.calls_to(path) <= calls + 2,
+            "{what} stream={stream}: the abandoned call and the one that took over, no more"
+        );
     }
 }

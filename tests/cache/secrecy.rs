@@ -1,103 +1,104 @@
 //! What the store may hold: never a client's API key, and with an encryption key, no answer
 //! text in clear.
 
+use rstest::rstest;
 use serde_json::json;
 
 use crate::{
-    Api, BACKENDS, Backend, DIALECTS, Dialect, Harness, KINDS, NO_HEADERS, WAIT, contains,
-    start_thrifty,
+    Api, Backend, DIALECTS, Dialect, Harness, KINDS, NO_HEADERS, WAIT, contains, start_thrifty,
 };
 
 const TOKEN: &str = "sk-secret-XYZ";
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_api_key_bytes_reach_the_store() {
-    for backend in BACKENDS {
-        let what = format!("{backend:?}");
-        let h = Harness::start(backend).await;
-        let auth = format!("Bearer {TOKEN}");
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("x-thrifty-cache-namespace", "ns"),
-            ("x-thrifty-cache-tags", "team:x"),
-        ];
-        let mut keys = Vec::new();
-        for dialect in DIALECTS {
-            for kind in KINDS {
-                for stream in [false, true] {
-                    let body = dialect.request(kind, &format!("secret {stream}"), stream);
-                    keys.push(h.api.fill(dialect.path(kind), &body, &headers).await.key());
-                }
+async fn no_api_key_bytes_reach_the_store(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+) {
+    let what = format!("{backend:?}");
+    let h = Harness::start(backend).await;
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-thrifty-cache-namespace", "ns"),
+        ("x-thrifty-cache-tags", "team:x"),
+    ];
+    let mut keys = Vec::new();
+    for dialect in DIALECTS {
+        for kind in KINDS {
+            for stream in [false, true] {
+                let body = dialect.request(kind, &format!("secret {stream}"), stream);
+                keys.push(h.api.fill(dialect.path(kind), &body, &headers).await.key());
             }
-            h.api
-                .post(
-                    dialect.embed_path(),
-                    &dialect.embed(&["a secret text"]),
-                    &headers,
-                )
-                .await
-                .assert_cache("miss", &what);
         }
-        for key in &keys {
-            let view = h.api.entry(key).await.expect("stored");
-            assert!(!view.to_string().contains("secret-XYZ"), "{what}: {view}");
-        }
+        h.api
+            .post(
+                dialect.embed_path(),
+                &dialect.embed(&["a secret text"]),
+                &headers,
+            )
+            .await
+            .assert_cache("miss", &what);
+    }
+    for key in &keys {
+        let view = h.api.entry(key).await.expect("stored");
+        assert!(!view.to_string().contains("secret-XYZ"), "{what}: {view}");
+    }
 
-        match backend {
-            Backend::Redis => {
-                let probe = h.probe().await;
-                let all = probe.keys().await;
-                assert_eq!(
-                    all.len(),
-                    keys.len() + 2,
-                    "{what}: answers and embeddings: {all:?}"
-                );
-                let mut plain_answers = 0;
-                for key in &all {
-                    assert!(key.starts_with("thrifty:v1:"), "{what}: {key}");
-                    assert!(!key.contains("secret-XYZ"), "{what}: {key}");
-                    let ttl = probe.pttl(key).await;
-                    assert!(ttl > 0, "{what}: {key} has no TTL ({ttl})");
-                    let value = probe.get(key).await.expect("a value");
-                    assert!(
-                        !contains(&value, b"secret-XYZ"),
-                        "{what}: the value of {key}"
-                    );
-                    assert!(
-                        !contains(&value, b"sk-secret"),
-                        "{what}: the value of {key}"
-                    );
-                    plain_answers += usize::from(contains(&value, b"Echo:"));
-                }
-                assert_eq!(
-                    plain_answers,
-                    keys.len(),
-                    "{what}: the scan sees the answers"
-                );
-                // The ledger writes in the background: wait until it holds this test's calls.
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                let mut ledger = probe.ledger_bytes().await;
-                while ledger.is_empty() && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    ledger = probe.ledger_bytes().await;
-                }
-                assert!(!ledger.is_empty(), "{what}: the ledger recorded the calls");
-                for secret in [&b"secret-XYZ"[..], b"sk-secret"] {
-                    assert!(!contains(&ledger, secret), "{what}: the savings ledger");
-                }
-            }
-            Backend::Embedded => {
-                let file = std::fs::read(h.redb_file()).expect("the embedded store's file");
+    match backend {
+        Backend::Redis => {
+            let probe = h.probe().await;
+            let all = probe.keys().await;
+            assert_eq!(
+                all.len(),
+                keys.len() + 2,
+                "{what}: answers and embeddings: {all:?}"
+            );
+            let mut plain_answers = 0;
+            for key in &all {
+                assert!(key.starts_with("thrifty:v1:"), "{what}: {key}");
+                assert!(!key.contains("secret-XYZ"), "{what}: {key}");
+                let ttl = probe.pttl(key).await;
+                assert!(ttl > 0, "{what}: {key} has no TTL ({ttl})");
+                let value = probe.get(key).await.expect("a value");
                 assert!(
-                    !contains(&file, b"secret-XYZ"),
-                    "{what}: the token is on disk"
+                    !contains(&value, b"secret-XYZ"),
+                    "{what}: the value of {key}"
                 );
                 assert!(
-                    contains(&file, b"thrifty:v1:answer:"),
-                    "{what}: keys on disk"
+                    !contains(&value, b"sk-secret"),
+                    "{what}: the value of {key}"
                 );
-                assert!(contains(&file, b"Echo:"), "{what}: answers on disk");
+                plain_answers += usize::from(contains(&value, b"Echo:"));
             }
+            assert_eq!(
+                plain_answers,
+                keys.len(),
+                "{what}: the scan sees the answers"
+            );
+            // The ledger writes in the background: wait until it holds this test's calls.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut ledger = probe.ledger_bytes().await;
+            while ledger.is_empty() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                ledger = probe.ledger_bytes().await;
+            }
+            assert!(!ledger.is_empty(), "{what}: the ledger recorded the calls");
+            for secret in [&b"secret-XYZ"[..], b"sk-secret"] {
+                assert!(!contains(&ledger, secret), "{what}: the savings ledger");
+            }
+        }
+        Backend::Embedded => {
+            let file = std::fs::read(h.redb_file()).expect("the embedded store's file");
+            assert!(
+                !contains(&file, b"secret-XYZ"),
+                "{what}: the token is on disk"
+            );
+            assert!(
+                contains(&file, b"thrifty:v1:answer:"),
+                "{what}: keys on disk"
+            );
+            assert!(contains(&file, b"Echo:"), "{what}: answers on disk");
         }
     }
 }
@@ -143,128 +144,129 @@ async fn ask(api: &Api, dialect: Dialect, outcome: &str, what: &str) {
     reply.assert_cache(outcome, &format!("{what}: embedding"));
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn encrypted_entries_hide_the_answer_and_need_the_key() {
-    for backend in BACKENDS {
-        for dialect in DIALECTS {
-            let what = format!("{backend:?}/{dialect:?}");
-            let mut h = encrypted(backend).await;
-            ask(&h.api, dialect, "miss", &what).await;
-            ask(&h.api, dialect, "hit", &format!("{what}: same key")).await;
-            let path = dialect.chat_path();
-            assert_eq!(
-                h.fake.calls_to(path),
-                2,
-                "{what}: JSON and stream filled once each"
-            );
+async fn encrypted_entries_hide_the_answer_and_need_the_key(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{backend:?}/{dialect:?}");
+    let mut h = encrypted(backend).await;
+    ask(&h.api, dialect, "miss", &what).await;
+    ask(&h.api, dialect, "hit", &format!("{what}: same key")).await;
+    let path = dialect.chat_path();
+    assert_eq!(
+        h.fake.calls_to(path),
+        2,
+        "{what}: JSON and stream filled once each"
+    );
 
-            match backend {
-                Backend::Redis => {
-                    let probe = h.probe().await;
-                    let keys = probe.keys().await;
-                    assert_eq!(keys.len(), 3, "{what}: {keys:?}");
-                    for key in &keys {
-                        let value = probe.get(key).await.expect("a value");
-                        assert!(value.starts_with(b"TE1"), "{what}: {key} is sealed");
-                        for clear in [&b"pelican"[..], b"Echo", b"TJ1", b"model", b"tenant"] {
-                            assert!(
-                                !contains(&value, clear),
-                                "{what}: {key} shows {:?}",
-                                String::from_utf8_lossy(clear)
-                            );
-                        }
-                    }
-
-                    // A replica with the same key reads the entries.
-                    let same = start_thrifty(h.raw.clone(), &h.vars, WAIT).await;
-                    let same_api = Api::new(same.url(), WAIT);
-                    ask(
-                        &same_api,
-                        dialect,
-                        "hit",
-                        &format!("{what}: replica, same key"),
-                    )
-                    .await;
-
-                    // One with another key sees misses, not errors, and serves normally.
-                    let mut vars = h.vars.clone();
-                    vars.retain(|(k, _)| k != KEY_VAR);
-                    vars.push((KEY_VAR.to_owned(), KEY_TWO.to_owned()));
-                    let other = start_thrifty(h.raw.clone(), &vars, WAIT).await;
-                    let other_api = Api::new(other.url(), WAIT);
-                    ask(&other_api, dialect, "miss", &format!("{what}: other key")).await;
-                    ask(
-                        &other_api,
-                        dialect,
-                        "hit",
-                        &format!("{what}: other key, refilled"),
-                    )
-                    .await;
-                    let stats = other_api.stats().await;
+    match backend {
+        Backend::Redis => {
+            let probe = h.probe().await;
+            let keys = probe.keys().await;
+            assert_eq!(keys.len(), 3, "{what}: {keys:?}");
+            for key in &keys {
+                let value = probe.get(key).await.expect("a value");
+                assert!(value.starts_with(b"TE1"), "{what}: {key} is sealed");
+                for clear in [&b"pelican"[..], b"Echo", b"TJ1", b"model", b"tenant"] {
                     assert!(
-                        stats["unreadable_entries"].as_u64() >= Some(2),
-                        "{what}: entries sealed with another key are counted: {stats}"
+                        !contains(&value, clear),
+                        "{what}: {key} shows {:?}",
+                        String::from_utf8_lossy(clear)
                     );
-                    assert_eq!(h.fake.calls_to(path), 4, "{what}");
-                }
-                Backend::Embedded => {
-                    let file = std::fs::read(h.redb_file()).expect("the embedded store's file");
-                    assert!(
-                        contains(&file, b"thrifty:v1:answer:"),
-                        "{what}: keys on disk"
-                    );
-                    for clear in [&b"pelican"[..], b"Echo: ", b"TJ1"] {
-                        assert!(
-                            !contains(&file, clear),
-                            "{what}: the file shows {:?}",
-                            String::from_utf8_lossy(clear)
-                        );
-                    }
-
-                    h.restart_with(&[(KEY_VAR, KEY_TWO)]).await;
-                    ask(&h.api, dialect, "miss", &format!("{what}: other key")).await;
-                    ask(
-                        &h.api,
-                        dialect,
-                        "hit",
-                        &format!("{what}: other key, refilled"),
-                    )
-                    .await;
-                    let stats = h.api.stats().await;
-                    assert!(
-                        stats["unreadable_entries"].as_u64() >= Some(2),
-                        "{what}: entries sealed with another key are counted: {stats}"
-                    );
-                    assert_eq!(h.fake.calls_to(path), 4, "{what}");
                 }
             }
+
+            // A replica with the same key reads the entries.
+            let same = start_thrifty(h.raw.clone(), &h.vars, WAIT).await;
+            let same_api = Api::new(same.url(), WAIT);
+            ask(
+                &same_api,
+                dialect,
+                "hit",
+                &format!("{what}: replica, same key"),
+            )
+            .await;
+
+            // One with another key sees misses, not errors, and serves normally.
+            let mut vars = h.vars.clone();
+            vars.retain(|(k, _)| k != KEY_VAR);
+            vars.push((KEY_VAR.to_owned(), KEY_TWO.to_owned()));
+            let other = start_thrifty(h.raw.clone(), &vars, WAIT).await;
+            let other_api = Api::new(other.url(), WAIT);
+            ask(&other_api, dialect, "miss", &format!("{what}: other key")).await;
+            ask(
+                &other_api,
+                dialect,
+                "hit",
+                &format!("{what}: other key, refilled"),
+            )
+            .await;
+            let stats = other_api.stats().await;
+            assert!(
+                stats["unreadable_entries"].as_u64() >= Some(2),
+                "{what}: entries sealed with another key are counted: {stats}"
+            );
+            assert_eq!(h.fake.calls_to(path), 4, "{what}");
+        }
+        Backend::Embedded => {
+            let file = std::fs::read(h.redb_file()).expect("the embedded store's file");
+            assert!(
+                contains(&file, b"thrifty:v1:answer:"),
+                "{what}: keys on disk"
+            );
+            for clear in [&b"pelican"[..], b"Echo: ", b"TJ1"] {
+                assert!(
+                    !contains(&file, clear),
+                    "{what}: the file shows {:?}",
+                    String::from_utf8_lossy(clear)
+                );
+            }
+
+            h.restart_with(&[(KEY_VAR, KEY_TWO)]).await;
+            ask(&h.api, dialect, "miss", &format!("{what}: other key")).await;
+            ask(
+                &h.api,
+                dialect,
+                "hit",
+                &format!("{what}: other key, refilled"),
+            )
+            .await;
+            let stats = h.api.stats().await;
+            assert!(
+                stats["unreadable_entries"].as_u64() >= Some(2),
+                "{what}: entries sealed with another key are counted: {stats}"
+            );
+            assert_eq!(h.fake.calls_to(path), 4, "{what}");
         }
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_thrifty_does_not_serve_sealed_entries() {
-    for backend in BACKENDS {
-        let dialect = Dialect::OpenAi;
-        let what = format!("{backend:?}");
-        let mut h = encrypted(backend).await;
-        h.api
-            .fill(
-                dialect.chat_path(),
-                &dialect.chat(SECRET, false),
-                &NO_HEADERS,
-            )
-            .await;
-        h.raw.cache.encryption_key_env = None;
-        h.restart_with(&[]).await;
-        let reply = h
-            .api
-            .send(dialect.chat_path(), &dialect.chat(SECRET, false))
-            .await;
-        reply.assert_cache("miss", &format!("{what}: sealed entry, no key"));
-        assert_eq!(
-            reply.json()["choices"][0]["message"]["content"],
-            json!(Dialect::echo(SECRET))
-        );
-    }
+async fn a_plain_thrifty_does_not_serve_sealed_entries(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+) {
+    let dialect = Dialect::OpenAi;
+    let what = format!("{backend:?}");
+    let mut h = encrypted(backend).await;
+    h.api
+        .fill(
+            dialect.chat_path(),
+            &dialect.chat(SECRET, false),
+            &NO_HEADERS,
+        )
+        .await;
+    h.raw.cache.encryption_key_env = None;
+    h.restart_with(&[]).await;
+    let reply = h
+        .api
+        .send(dialect.chat_path(), &dialect.chat(SECRET, false))
+        .await;
+    reply.assert_cache("miss", &format!("{what}: sealed entry, no key"));
+    assert_eq!(
+        reply.json()["choices"][0]["message"]["content"],
+        json!(Dialect::echo(SECRET))
+    );
 }

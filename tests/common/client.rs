@@ -26,7 +26,7 @@ pub const ADMIN_TOKEN: &str = "adm";
 pub const NO_HEADERS: [(&str, &str); 0] = [];
 
 // ---------------------------------------------------------------------------------------------
-// Stores and dialects.
+// Stores.
 // ---------------------------------------------------------------------------------------------
 
 /// Where the cache lives.
@@ -39,16 +39,6 @@ pub enum Backend {
 }
 
 pub const BACKENDS: [Backend; 2] = [Backend::Redis, Backend::Embedded];
-
-/// The client-facing wire format of a scenario; each suite gives it the paths and requests it
-/// uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Ollama,
-}
-
-pub const DIALECTS: [Dialect; 2] = [Dialect::OpenAi, Dialect::Ollama];
 
 // ---------------------------------------------------------------------------------------------
 // Replies.
@@ -121,8 +111,10 @@ impl Reply {
             .unwrap_or_else(|e| panic!("x-thrifty-similarity {raw:?} is not a number: {e}"))
     }
 
+    /// The body as text, which must be UTF-8.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+        String::from_utf8(self.body.to_vec())
+            .unwrap_or_else(|e| panic!("the body is not UTF-8 ({e}): {}", self.describe()))
     }
 
     pub fn json(&self) -> Value {
@@ -168,7 +160,7 @@ impl Reply {
 
     /// Status, cache headers and the start of the body, for failure messages.
     pub fn describe(&self) -> String {
-        let text = self.text();
+        let text = String::from_utf8_lossy(&self.body);
         let cut: String = text.chars().take(600).collect();
         format!(
             "status {} cache {:?} similarity {:?} body {cut}",

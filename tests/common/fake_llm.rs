@@ -44,6 +44,7 @@ pub mod responses;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,9 +59,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
+
+use super::dialect::Dialect;
 
 /// The length of every embedding the fake returns before `dimensions` truncates it.
 pub const EMBEDDING_DIMENSIONS: usize = 8;
@@ -165,10 +169,15 @@ impl FakeLlmBuilder {
             released: watch::channel(false).0,
         });
         let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+        let scratch = tempfile::Builder::new()
+            .prefix("thrifty-test-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("fake llm could not create its scratch directory: {e}"));
         FakeLlm {
             addr,
             state,
             server,
+            scratch,
         }
     }
 }
@@ -179,12 +188,24 @@ pub struct FakeLlm {
     addr: SocketAddr,
     state: Arc<State>,
     server: JoinHandle<()>,
+    /// The test's scratch space (see [`FakeLlm::scratch_dir`]), removed when the fake drops.
+    scratch: TempDir,
 }
 
 impl FakeLlm {
     /// Starts a fake with no latency and no chunk delay.
     pub async fn start() -> Self {
         Self::builder().start().await
+    }
+
+    /// A new empty directory, removed with the fake, for the files of a thrifty in front of it
+    /// (its embedded store): every test holds its fake until it ends, across restarts of thrifty.
+    pub fn scratch_dir(&self, label: &str) -> PathBuf {
+        tempfile::Builder::new()
+            .prefix(&format!("{label}-"))
+            .tempdir_in(self.scratch.path())
+            .map(TempDir::keep)
+            .unwrap_or_else(|e| panic!("fake llm could not create a {label} directory: {e}"))
     }
 
     /// A builder for a fake with latency or chunk delays.
@@ -629,13 +650,7 @@ fn model_of(request: &Value) -> &str {
         .unwrap_or_default()
 }
 
-/// Which wire format a path belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    OpenAi,
-    Ollama,
-}
-
+/// The fake's side of a dialect: which one a path belongs to, and its answers.
 impl Dialect {
     fn of(path: &str) -> Self {
         if path.starts_with("/api/") {

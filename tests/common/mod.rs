@@ -8,6 +8,7 @@
 )]
 
 pub mod client;
+pub mod dialect;
 pub mod fake_llm;
 pub mod python;
 pub mod redis;

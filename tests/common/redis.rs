@@ -1,16 +1,18 @@
 //! A private `redis-server` for integration tests, spawned on a free port and killed on drop.
 //!
 //! It never skips: a missing binary fails loudly and says which package to install.
-//! It keeps nothing on disk (`--save "" --appendonly no`), so a restart starts empty.
+//! It keeps nothing on disk (`--save "" --appendonly no`), so a restart starts empty; its log
+//! and working files go to a temporary directory removed with it.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
 
 /// How many times a launch is tried before giving up (another process may grab the free port
 /// between our probe and Redis's bind).
@@ -26,7 +28,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
-    dir: PathBuf,
+    /// Dropped after the server is stopped (`Drop` runs before the fields drop).
+    dir: TempDir,
     child: Option<Child>,
     /// Arguments beyond the defaults, kept for a restart.
     extra: Vec<String>,
@@ -46,11 +49,14 @@ impl RedisServer {
     /// for one).
     pub fn start_with(extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
-        let dir = unique_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("thrifty-redis-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a redis test dir: {e}"));
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
             let port = free_port();
-            match launch(&dir, port, &extra) {
+            match launch(dir.path(), port, &extra) {
                 Ok(child) => {
                     return Self {
                         port,
@@ -62,7 +68,6 @@ impl RedisServer {
                 Err(failure) => failures.push(format!("port {port}: {failure}")),
             }
         }
-        let _ = fs::remove_dir_all(&dir);
         panic!(
             "redis-server did not start after {ATTEMPTS} attempts:\n{}",
             failures.join("\n")
@@ -123,7 +128,7 @@ impl RedisServer {
         self.stop();
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
-            match launch(&self.dir, self.port, &self.extra) {
+            match launch(self.dir.path(), self.port, &self.extra) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -142,23 +147,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A fresh directory under the system temp dir for the server's working files and log.
-fn unique_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "thrifty-redis-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    // A directory left by an earlier process with the same id is stale.
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("cannot create redis test dir {}: {e}", dir.display()));
-    dir
 }
 
 /// A port that was free a moment ago: bind `127.0.0.1:0`, read the port, release it.
@@ -196,7 +185,6 @@ fn launch(dir: &Path, port: u16, extra: &[String]) -> Result<Child, String> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            let _ = fs::remove_dir_all(dir);
             panic!(
                 "`redis-server` was not found on PATH; the integration tests need a real Redis: \
                  install Debian's `redis-server` package (`apt-get install redis-server`)"

@@ -19,7 +19,7 @@ pub struct Thrifty {
 }
 
 /// A config whose OpenAI and Ollama upstreams are both the fake, with the
-/// embedded store in a fresh directory of its own.
+/// embedded store in a fresh directory of its own, removed with the fake.
 pub fn config_for(fake: &FakeLlm) -> RawConfig {
     let mut raw = RawConfig {
         upstreams: vec![
@@ -28,7 +28,7 @@ pub fn config_for(fake: &FakeLlm) -> RawConfig {
         ],
         ..RawConfig::default()
     };
-    raw.store.data_dir = fresh_dir("store");
+    raw.store.data_dir = fake.scratch_dir("store");
     // Semantic caching is switched on by the tests that are about it.
     raw.semantic.enabled = false;
     raw
@@ -60,25 +60,6 @@ pub fn semantic_config_for(fake: &FakeLlm) -> RawConfig {
     // into skips (the budget suite holds a model of its own to test those).
     raw.semantic.max_wait = std::time::Duration::from_secs(5);
     raw
-}
-
-/// A new empty directory under the system temp dir, unique to this call.
-pub fn fresh_dir(label: &str) -> std::path::PathBuf {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "thrifty-test-{label}-{}-{n}-{}",
-        std::process::id(),
-        uuid_like()
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-fn uuid_like() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
 }
 
 /// The environment a test config validates against: nothing but what the test names.

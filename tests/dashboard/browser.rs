@@ -14,13 +14,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-use crate::common::thrifty::fresh_dir;
 
 /// How long one DevTools answer or page load may take before the test fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,7 +103,8 @@ pub struct Browser {
     next_id: u64,
     /// Every event received, in order.
     events: Vec<Value>,
-    dir: PathBuf,
+    /// The profile and the log, removed after the browser is killed (`Drop` runs first).
+    dir: TempDir,
     closed: bool,
 }
 
@@ -128,8 +128,11 @@ impl Browser {
     /// Starts Chromium headless with an empty profile, all non-loopback traffic sent to `sink`.
     pub async fn launch(sink: &Sink) -> Browser {
         let chromium = chromium_path();
-        let dir = fresh_dir("chromium");
-        let log = std::fs::File::create(dir.join("chromium.log")).expect("browser log");
+        let dir = tempfile::Builder::new()
+            .prefix("thrifty-chromium-")
+            .tempdir()
+            .expect("a temporary directory for the browser");
+        let log = std::fs::File::create(dir.path().join("chromium.log")).expect("browser log");
         let mut command = tokio::process::Command::new("/bin/sh");
         // The shell only moves the pipes to fds 3 and 4 and execs the browser (same process).
         command
@@ -150,7 +153,10 @@ impl Browser {
                 "--no-default-browser-check",
                 "--remote-debugging-pipe",
             ])
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("profile").display()
+            ))
             .arg(format!("--proxy-server=http://127.0.0.1:{}", sink.port))
             .arg("about:blank")
             .stdin(Stdio::piped())
@@ -331,7 +337,7 @@ impl Browser {
     /// The tail of the browser's own log, for failure messages.
     fn log_tail(&self) -> String {
         let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(self.dir.join("chromium.log")) {
+        if let Ok(mut file) = std::fs::File::open(self.dir.path().join("chromium.log")) {
             let _ = std::io::Read::read_to_string(&mut file, &mut text);
         }
         let lines: Vec<&str> = text.lines().collect();
@@ -353,6 +359,5 @@ impl Drop for Browser {
             .arg(format!("kill -KILL -{}", self.pid))
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

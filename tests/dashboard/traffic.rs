@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use thrifty::config::{RawConfig, RawKey};
 
+use crate::common::dialect::Dialect;
 use crate::common::fake_llm::FakeLlm;
-use crate::common::thrifty::fresh_dir;
 
 /// The model the price table prices: one cent a prompt token, two cents a completion token.
 pub const PRICED_MODEL: &str = "dash-gpt";
@@ -42,12 +42,6 @@ pub const BOB: Key = Key {
     team: "support",
     secret: "sk-thrifty-bob",
 };
-
-#[derive(Clone, Copy)]
-enum Wire {
-    OpenAi,
-    Ollama,
-}
 
 /// One request as sent, what the fake billed for it, and whether the cache answered it.
 #[derive(Clone, Debug)]
@@ -116,8 +110,8 @@ impl Figures {
     }
 }
 
-/// A config with the two keys and the test's price table.
-pub fn configure(raw: &mut RawConfig) {
+/// A config with the two keys and the test's price table, written in `fake`'s scratch space.
+pub fn configure(raw: &mut RawConfig, fake: &FakeLlm) {
     raw.keys = [ALICE, BOB]
         .iter()
         .map(|k| RawKey {
@@ -127,7 +121,7 @@ pub fn configure(raw: &mut RawConfig) {
             rate_limit: None,
         })
         .collect();
-    let dir = fresh_dir("prices");
+    let dir = fake.scratch_dir("prices");
     let table = format!(
         "[[price]]\nmodel = \"{PRICED_MODEL}\"\ninput = {}\noutput = {}\ncurrency = \"USD\"\n\
          effective = \"{PRICE_EFFECTIVE}\"\nsource = \"the dashboard test\"\n",
@@ -143,21 +137,21 @@ pub async fn seed(thrifty: &str, fake: &FakeLlm) -> Vec<Call> {
     let script = [
         (
             &ALICE,
-            Wire::OpenAi,
+            Dialect::OpenAi,
             PRICED_MODEL,
             "How much did the alpha project spend on tokens last week?",
             2,
         ),
         (
             &BOB,
-            Wire::OpenAi,
+            Dialect::OpenAi,
             PRICED_MODEL,
             "Summarise the beta invoice",
             1,
         ),
         (
             &BOB,
-            Wire::Ollama,
+            Dialect::Ollama,
             UNPRICED_MODEL,
             "Tell me about gamma rays in plain words",
             1,
@@ -186,21 +180,16 @@ async fn send(
     client: &reqwest::Client,
     thrifty: &str,
     key: &Key,
-    wire: Wire,
+    wire: Dialect,
     model: &'static str,
     text: &str,
 ) -> Call {
     let messages = json!([{"role": "user", "content": text}]);
-    let (path, body) = match wire {
-        Wire::OpenAi => (
-            "/v1/chat/completions",
-            json!({"model": model, "messages": messages}),
-        ),
-        Wire::Ollama => (
-            "/api/chat",
-            json!({"model": model, "messages": messages, "stream": false}),
-        ),
+    let body = match wire {
+        Dialect::OpenAi => json!({"model": model, "messages": messages}),
+        Dialect::Ollama => json!({"model": model, "messages": messages, "stream": false}),
     };
+    let path = wire.chat_path();
     let response = client
         .post(format!("{thrifty}{path}"))
         .bearer_auth(key.secret)
@@ -230,11 +219,11 @@ async fn send(
         hit: cache == "hit",
     };
     let billed = match wire {
-        Wire::OpenAi => (
+        Dialect::OpenAi => (
             &answer["usage"]["prompt_tokens"],
             &answer["usage"]["completion_tokens"],
         ),
-        Wire::Ollama => (&answer["prompt_eval_count"], &answer["eval_count"]),
+        Dialect::Ollama => (&answer["prompt_eval_count"], &answer["eval_count"]),
     };
     assert_eq!(
         (billed.0.as_i64(), billed.1.as_i64()),

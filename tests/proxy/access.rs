@@ -7,7 +7,7 @@ use thrifty::config::{RawConfig, RawKey, RawRateLimit};
 
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::{Thrifty, config_for};
-use crate::{Answer, DIALECTS, Dialect, assert_status, client, header, post_with, unique};
+use crate::{DIALECTS, Dialect, Reply, WAIT, assert_status, client, header, post_with, unique};
 
 const UPSTREAM_KEY_ENV: &str = "THRIFTY_TEST_UPSTREAM_KEY";
 const UPSTREAM_KEY: &str = "sk-upstream-0123456789";
@@ -65,7 +65,7 @@ async fn upstream_keys_require_client_keys(dialect: Dialect) {
         .send()
         .await
         .expect("request is sent");
-    let listing = Answer::of(listing).await;
+    let listing = Reply::read(listing, WAIT).await;
     assert_status(
         &listing,
         StatusCode::UNAUTHORIZED,
@@ -132,7 +132,7 @@ async fn without_an_upstream_key_the_clients_authorization_passes_through() {
 }
 
 /// Sends the dialect's chat request as `token` (or anonymously) and returns the answer.
-async fn chat_as(thrifty: &Thrifty, dialect: Dialect, token: Option<&str>) -> Answer {
+async fn chat_as(thrifty: &Thrifty, dialect: Dialect, token: Option<&str>) -> Reply {
     let auth = token.map(bearer);
     let headers: Vec<(&str, &str)> = auth
         .iter()
@@ -147,10 +147,9 @@ async fn chat_as(thrifty: &Thrifty, dialect: Dialect, token: Option<&str>) -> An
 }
 
 /// Checks a 429 the way an OpenAI SDK reads it: status, headers and body.
-fn assert_rate_limited(dialect: Dialect, answer: &Answer, limit: u32) {
+fn assert_rate_limited(dialect: Dialect, answer: &Reply, limit: u32) {
     assert_status(answer, StatusCode::TOO_MANY_REQUESTS, "over the limit");
-    let retry_after: u64 = answer
-        .header("retry-after")
+    let retry_after: u64 = header(&answer.headers, "retry-after")
         .parse()
         .expect("retry-after is whole seconds");
     assert!(
@@ -158,11 +157,14 @@ fn assert_rate_limited(dialect: Dialect, answer: &Answer, limit: u32) {
         "retry-after {retry_after}s for one request a minute or more"
     );
     assert_eq!(
-        answer.header("x-ratelimit-limit-requests"),
+        header(&answer.headers, "x-ratelimit-limit-requests"),
         limit.to_string()
     );
-    assert_eq!(answer.header("x-ratelimit-remaining-requests"), "0");
-    let reset = answer.header("x-ratelimit-reset-requests");
+    assert_eq!(
+        header(&answer.headers, "x-ratelimit-remaining-requests"),
+        "0"
+    );
+    let reset = header(&answer.headers, "x-ratelimit-reset-requests");
     assert!(
         reset.ends_with('s') && reset.starts_with(|c: char| c.is_ascii_digit()),
         "x-ratelimit-reset-requests looks like OpenAI's: {reset:?}"

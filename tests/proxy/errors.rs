@@ -11,12 +11,12 @@ use tokio::net::TcpStream;
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{
-    Answer, Call, DIALECTS, Dialect, WAIT, assert_status, client, closed_port_url, content_type,
+    Call, DIALECTS, Dialect, Reply, WAIT, assert_status, client, closed_port_url, content_type,
     get, header, is_json, post, read_stream, upstream_of,
 };
 
 /// POSTs raw bytes as JSON.
-async fn post_bytes(url: String, body: impl Into<reqwest::Body>) -> Answer {
+async fn post_bytes(url: String, body: impl Into<reqwest::Body>) -> Reply {
     let response = client()
         .post(url)
         .header("content-type", "application/json")
@@ -24,7 +24,7 @@ async fn post_bytes(url: String, body: impl Into<reqwest::Body>) -> Answer {
         .send()
         .await
         .expect("request is sent");
-    Answer::of(response).await
+    Reply::read(response, WAIT).await
 }
 
 async fn bad_requests_are_refused(dialect: Dialect) {
@@ -83,7 +83,7 @@ async fn bad_requests_are_refused(dialect: Dialect) {
         assert_eq!(answer.status, direct.status, "{dialect:?}: {body}");
         // The upstream numbers and dates its answers (one JSON, or NDJSON lines); everything
         // else is the same.
-        let unnumbered = |answer: &Answer| -> Vec<Value> {
+        let unnumbered = |answer: &Reply| -> Vec<Value> {
             answer
                 .text()
                 .lines()
@@ -103,7 +103,11 @@ async fn bad_requests_are_refused(dialect: Dialect) {
             unnumbered(&direct),
             "{dialect:?}: {body}: the upstream's own words"
         );
-        assert_eq!(answer.header("x-thrifty-cache"), "bypass", "{body}");
+        assert_eq!(
+            header(&answer.headers, "x-thrifty-cache"),
+            "bypass",
+            "{body}"
+        );
         // Never cached: the same body goes upstream again.
         post(url(call), &body).await;
         assert_eq!(fake.calls(), calls + 2, "{dialect:?}: {body} is not cached");
@@ -256,8 +260,8 @@ async fn upstream_errors_pass_through(dialect: Dialect) {
         );
         assert_eq!(content_type(&proxied), content_type(&direct));
         assert_eq!(
-            proxied.header("retry-after"),
-            direct.header("retry-after"),
+            header(&proxied.headers, "retry-after"),
+            header(&direct.headers, "retry-after"),
             "{dialect:?} {model}: retry-after"
         );
         assert_eq!(upstream_of(&proxied), dialect.default_upstream());
@@ -285,11 +289,11 @@ async fn unknown_paths_are_a_json_404() {
             .send()
             .await
             .expect("request is sent");
-        let answer = Answer::of(response).await;
+        let answer = Reply::read(response, WAIT).await;
         assert_status(&answer, StatusCode::NOT_FOUND, path);
         assert!(is_json(content_type(&answer)), "{method} {path}");
         Dialect::OpenAi.assert_error(&answer.json(), Some("not_found"));
-        assert!(!answer.header("x-thrifty-request-id").is_empty());
+        assert!(!header(&answer.headers, "x-thrifty-request-id").is_empty());
     }
     assert_eq!(fake.calls(), 0);
 }

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{
-    Answer, Call, DIALECTS, Dialect, WAIT, assert_status, client, header, read_rest, read_stream,
+    Call, DIALECTS, Dialect, Reply, WAIT, assert_status, client, header, read_rest, read_stream,
     slow_text, unique,
 };
 
@@ -63,7 +63,7 @@ async fn https_serves_http2_and_http1_with_streams() {
                     .await
                     .expect("HTTPS request is sent");
                 assert_eq!(response.version(), version, "{host} {dialect:?}");
-                let answer = Answer::of(response).await;
+                let answer = Reply::read(response, WAIT).await;
                 assert_status(&answer, StatusCode::OK, "chat over HTTPS");
 
                 let text = unique("stream over tls");

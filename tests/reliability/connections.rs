@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::common::client::Dialect;
+use crate::common::dialect::Dialect;
 use crate::common::fake_llm::{FakeLlm, SLOW_STREAM_WORDS};
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{WAIT, client, read_stream};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 
-use crate::common::client::DIALECTS;
+use crate::common::dialect::DIALECTS;
 use crate::common::fake_llm::{BIG_ERROR_BYTES, FakeLlm, big_error_body};
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{WAIT, client, read_stream};

@@ -5,7 +5,8 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::client::{ADMIN_TOKEN, Dialect, Probe, start_redis, start_thrifty};
+use crate::common::client::{ADMIN_TOKEN, Probe, start_redis, start_thrifty};
+use crate::common::dialect::Dialect;
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::config_for;
 use crate::{WAIT, client, redis_env};

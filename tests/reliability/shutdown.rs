@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 
-use crate::common::client::{DIALECTS, Probe, start_redis, start_thrifty};
+use crate::common::client::{Probe, start_redis, start_thrifty};
+use crate::common::dialect::DIALECTS;
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::config_for;
 use crate::{WAIT, audit_log, client, read_stream, redis_env};

@@ -5,7 +5,8 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::client::{ADMIN_TOKEN, DIALECTS, Probe, poll, start_redis, start_thrifty};
+use crate::common::client::{ADMIN_TOKEN, Probe, poll, start_redis, start_thrifty};
+use crate::common::dialect::DIALECTS;
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::config_for;
 use crate::{WAIT, audit_log, client, read_stream, redis_env};

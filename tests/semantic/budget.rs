@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use thrifty::semantic::embedder::{Embedder, MODEL_FILES};
 
-use crate::common::thrifty::{fresh_dir, model_dir};
+use crate::common::thrifty::model_dir;
 use crate::{Backend, DIALECTS, Dialect, NO_HEADERS, PARAPHRASE, QUESTION, WAIT, World, poll};
 
 /// The semantic section of `/admin/cache/stats`.
@@ -28,21 +28,23 @@ fn count(stats: &Value, path: &[&str]) -> u64 {
 }
 
 /// A model directory of links to the fetched model, so its embedder is this test's own.
-fn private_model_dir() -> std::path::PathBuf {
-    let dir = fresh_dir("model");
-    std::fs::create_dir_all(&dir).expect("the model directory is created");
+fn private_model_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("thrifty-model-")
+        .tempdir()
+        .expect("the model directory is created");
     for file in MODEL_FILES {
-        std::os::unix::fs::symlink(model_dir().join(file), dir.join(file))
+        std::os::unix::fs::symlink(model_dir().join(file), dir.path().join(file))
             .expect("the model file is linked");
     }
     dir
 }
 
 /// A world on the embedded store whose thrifty runs a model of its own; returns it with the
-/// model, as thrifty shares it.
-async fn world_with_own_model(index_queue: usize) -> (World, Arc<Embedder>) {
+/// model, as thrifty shares it, and the model's directory, removed when the caller drops it.
+async fn world_with_own_model(index_queue: usize) -> (World, Arc<Embedder>, tempfile::TempDir) {
     let dir = private_model_dir();
-    let model = dir.clone();
+    let model = dir.path().to_path_buf();
     let w = World::start_with(Backend::Embedded, move |raw| {
         raw.semantic.model_dir = Some(model);
         raw.semantic.index_queue = index_queue;
@@ -50,8 +52,8 @@ async fn world_with_own_model(index_queue: usize) -> (World, Arc<Embedder>) {
         raw.semantic.max_wait = thrifty::config::RawSemantic::default().max_wait;
     })
     .await;
-    let embedder = Embedder::shared(&dir).expect("the model thrifty loaded");
-    (w, embedder)
+    let embedder = Embedder::shared(dir.path()).expect("the model thrifty loaded");
+    (w, embedder, dir)
 }
 
 /// Waits until `n` questions are indexed and persisted and none waits; returns the stats.
@@ -108,11 +110,11 @@ async fn a_long_message_is_never_embedded_and_is_still_exact_cached() {
             count(&before, &["indexed"]),
             "{what}: a long message is not queued for indexing: {after}"
         );
-        let calls = w.fake.calls_to(dialect.path());
+        let calls = w.fake.calls_to(dialect.chat_path());
         let hit = w.api.ask(dialect, &body, &NO_HEADERS).await;
         hit.assert_cache("hit", &format!("{what}: the same long message again"));
         assert_eq!(
-            w.fake.calls_to(dialect.path()),
+            w.fake.calls_to(dialect.chat_path()),
             calls,
             "{what}: no upstream call"
         );
@@ -126,7 +128,7 @@ async fn a_long_message_is_never_embedded_and_is_still_exact_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_question_in_an_empty_partition_is_forwarded_without_embedding() {
-    let (w, embedder) = world_with_own_model(64).await;
+    let (w, embedder, _model) = world_with_own_model(64).await;
     let dialect = Dialect::OpenAi;
     let runs = embedder.model_runs();
     let miss = w
@@ -151,7 +153,7 @@ async fn a_question_in_an_empty_partition_is_forwarded_without_embedding() {
         runs + 1,
         "one background run indexed it"
     );
-    let calls = w.fake.calls_to(dialect.path());
+    let calls = w.fake.calls_to(dialect.chat_path());
     let hit = w
         .api
         .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
@@ -161,7 +163,7 @@ async fn a_question_in_an_empty_partition_is_forwarded_without_embedding() {
         "a paraphrase after the question was indexed",
     );
     assert_eq!(
-        w.fake.calls_to(dialect.path()),
+        w.fake.calls_to(dialect.chat_path()),
         calls,
         "a hit never goes upstream"
     );
@@ -169,7 +171,7 @@ async fn a_question_in_an_empty_partition_is_forwarded_without_embedding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_model_never_holds_up_a_miss_and_its_answer_is_still_stored() {
-    let (w, embedder) = world_with_own_model(64).await;
+    let (w, embedder, _model) = world_with_own_model(64).await;
     let dialect = Dialect::OpenAi;
     w.api
         .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
@@ -179,11 +181,11 @@ async fn a_busy_model_never_holds_up_a_miss_and_its_answer_is_still_stored() {
     // A paraphrase could hit, but the model cannot start on it: with the model held for as
     // long as the test lasts, an answer at all proves the lookup did not wait for it.
     let body = dialect.chat("What is the way to reset my password?", false);
-    let calls = w.fake.calls_to(dialect.path());
+    let calls = w.fake.calls_to(dialect.chat_path());
     let miss = w.api.ask(dialect, &body, &NO_HEADERS).await;
     miss.assert_cache("miss", "a question while the model is busy");
     assert_eq!(
-        w.fake.calls_to(dialect.path()),
+        w.fake.calls_to(dialect.chat_path()),
         calls + 1,
         "the miss reached the upstream"
     );
@@ -210,7 +212,7 @@ async fn a_busy_model_never_holds_up_a_miss_and_its_answer_is_still_stored() {
 async fn a_full_index_queue_drops_questions_instead_of_growing() {
     const QUEUE: usize = 2;
     const SENT: u64 = 8;
-    let (w, embedder) = world_with_own_model(QUEUE).await;
+    let (w, embedder, _model) = world_with_own_model(QUEUE).await;
     let dialect = Dialect::Ollama;
     let held = embedder.hold().await;
     for i in 0..SENT {

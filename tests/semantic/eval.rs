@@ -6,7 +6,7 @@ use std::io::Write;
 use thrifty::semantic::embedder::Embedder;
 use thrifty::semantic::eval;
 
-use crate::common::thrifty::{fresh_dir, model_dir};
+use crate::common::thrifty::model_dir;
 
 /// (a, b, same meaning): paraphrases, near-misses the raw threshold lets through, and an
 /// unrelated pair.
@@ -42,7 +42,8 @@ const PAIRS: [(&str, &str, bool); 7] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_never_lowers_precision() {
-    let path = fresh_dir("pairs").join("pairs.jsonl");
+    let dir = tempfile::tempdir().expect("a temporary directory for the pair file");
+    let path = dir.path().join("pairs.jsonl");
     let mut file = std::fs::File::create(&path).expect("create the pair file");
     for (a, b, same) in PAIRS {
         let line = serde_json::json!({"a": a, "b": b, "label": u8::from(same)});

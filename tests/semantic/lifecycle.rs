@@ -71,7 +71,7 @@ async fn instances_sharing_a_redis_converge() {
         let converged = stored.elapsed();
         eprintln!("{what}: instance B converged {converged:?} after the record was stored");
 
-        let calls = w.fake.calls_to(dialect.path());
+        let calls = w.fake.calls_to(dialect.chat_path());
         for stream in [false, true] {
             let hit = b
                 .ask(dialect, &dialect.chat(PARAPHRASE, stream), &NO_HEADERS)
@@ -81,7 +81,7 @@ async fn instances_sharing_a_redis_converge() {
             assert_eq!(dialect.text(&hit), echo(QUESTION), "{what}: A's answer");
         }
         assert_eq!(
-            w.fake.calls_to(dialect.path()),
+            w.fake.calls_to(dialect.chat_path()),
             calls,
             "{what}: B never called the upstream for A's question (converged in {converged:?})"
         );
@@ -97,7 +97,7 @@ async fn instances_sharing_a_redis_converge() {
             .await;
         reply.assert_cache("miss", &format!("{what}: instance B after invalidation"));
         assert_eq!(
-            w.fake.calls_to(dialect.path()),
+            w.fake.calls_to(dialect.chat_path()),
             calls + 1,
             "{what}: B asked the upstream"
         );
@@ -137,14 +137,14 @@ async fn restart_rebuilds_the_index(backend: Backend) {
                 &format!("{what}: restarted"),
             )
             .await;
-        let calls = w.fake.calls_to(dialect.path());
+        let calls = w.fake.calls_to(dialect.chat_path());
         let hit = w
             .api
             .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
             .await;
         hit.assert_cache("semantic-hit", &format!("{what}: after a restart"));
         assert_eq!(dialect.text(&hit), echo(QUESTION), "{what}");
-        assert_eq!(w.fake.calls_to(dialect.path()), calls, "{what}");
+        assert_eq!(w.fake.calls_to(dialect.chat_path()), calls, "{what}");
     }
 }
 
@@ -188,13 +188,13 @@ async fn a_thrifty_started_before_redis_rebuilds_its_index_once_redis_is_up() {
                 &format!("{what}: rebuilt once Redis is up"),
             )
             .await;
-        let calls = w.fake.calls_to(dialect.path());
+        let calls = w.fake.calls_to(dialect.chat_path());
         let hit = w
             .api
             .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
             .await;
         hit.assert_cache("semantic-hit", &what);
-        assert_eq!(w.fake.calls_to(dialect.path()), calls, "{what}");
+        assert_eq!(w.fake.calls_to(dialect.chat_path()), calls, "{what}");
     }
 }
 
@@ -236,7 +236,7 @@ async fn an_expired_answer_leaves_the_semantic_index() {
         for dialect in DIALECTS {
             let what = format!("{backend:?}/{dialect:?}");
             let w = World::start(backend).await;
-            let path = dialect.path();
+            let path = dialect.chat_path();
             // A hit renews the answer by its own TTL, so once the fill's probes stop hitting
             // it, it is gone within a second.
             let short_lived = [("x-thrifty-cache-ttl", "1")];
@@ -294,7 +294,7 @@ async fn the_next_candidate_serves_when_the_best_has_expired() {
         for dialect in DIALECTS {
             let what = format!("{backend:?}/{dialect:?}");
             let w = World::start(backend).await;
-            let path = dialect.path();
+            let path = dialect.chat_path();
             // A lasting answer to the paraphrase, then a short-lived one to the question itself
             // (its strict threshold keeps it from being a hit of the first).
             w.api
@@ -349,7 +349,7 @@ async fn invalidating_everything_ends_semantic_hits() {
                 w.api.invalidate(&json!({"all": true})).await >= 1,
                 "{what}: the answer was deleted"
             );
-            let calls = w.fake.calls_to(dialect.path());
+            let calls = w.fake.calls_to(dialect.chat_path());
             let reply = w
                 .api
                 .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
@@ -360,7 +360,7 @@ async fn invalidating_everything_ends_semantic_hits() {
                 echo(PARAPHRASE),
                 "{what}: a fresh answer"
             );
-            assert_eq!(w.fake.calls_to(dialect.path()), calls + 1, "{what}");
+            assert_eq!(w.fake.calls_to(dialect.chat_path()), calls + 1, "{what}");
         }
     }
 }
@@ -396,7 +396,7 @@ async fn invalidating_everything_deletes_the_semantic_records() {
 async fn a_redis_outage_serves_from_the_upstream_and_recovers() {
     for dialect in DIALECTS {
         let what = format!("{dialect:?}");
-        let path = dialect.path();
+        let path = dialect.chat_path();
         let mut w = World::start(Backend::Redis).await;
         w.api
             .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)

@@ -19,7 +19,7 @@ pub async fn assert_upstream(
     headers: &[(String, String)],
     what: &str,
 ) -> Reply {
-    let path = dialect.path();
+    let path = dialect.chat_path();
     let calls = w.fake.calls_to(path);
     let reply = w.api.ask(dialect, body, headers).await;
     reply.assert_cache("miss", what);
@@ -50,7 +50,7 @@ pub async fn assert_semantic_hit(
     cached: &str,
     what: &str,
 ) -> f32 {
-    let path = dialect.path();
+    let path = dialect.chat_path();
     let calls = w.fake.calls_to(path);
     let reply = w.api.ask(dialect, body, headers).await;
     reply.assert_cache("semantic-hit", what);
@@ -84,7 +84,7 @@ async fn a_paraphrase_is_answered_from_the_cache_in_json_and_streams() {
                 .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
                 .await;
             assert_eq!(dialect.text(&miss), echo(QUESTION), "{what}");
-            let calls = w.fake.calls_to(dialect.path());
+            let calls = w.fake.calls_to(dialect.chat_path());
 
             for stream in [false, true] {
                 let what = format!("{what} stream={stream}");
@@ -108,7 +108,7 @@ async fn a_paraphrase_is_answered_from_the_cache_in_json_and_streams() {
                 );
             }
             assert_eq!(
-                w.fake.calls_to(dialect.path()),
+                w.fake.calls_to(dialect.chat_path()),
                 calls,
                 "{what}: the paraphrases never went upstream"
             );

@@ -151,14 +151,14 @@ async fn an_unmeasured_candidate_is_verified_not_served_and_its_outcome_is_obser
     let dialect = Dialect::OpenAi;
     fill(&w, dialect).await;
     let before = total_observations(&observed(&w).await);
-    let calls = w.fake.calls_to(dialect.path());
+    let calls = w.fake.calls_to(dialect.chat_path());
     let reply = w
         .api
         .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
         .await;
     reply.assert_cache("miss", "a paraphrase nothing has measured yet");
     assert_eq!(
-        w.fake.calls_to(dialect.path()),
+        w.fake.calls_to(dialect.chat_path()),
         calls + 1,
         "it went upstream"
     );
@@ -178,7 +178,7 @@ async fn agreeing_outcomes_make_a_paraphrase_a_hit_and_a_corrupt_record_ends_hit
     let (similarity, features) = pair("What is the way to reset my password?", QUESTION).await;
     observe_around(&calibration, dialect, similarity, &features, true).await;
     let body = dialect.chat("What is the way to reset my password?", false);
-    let calls = w.fake.calls_to(dialect.path());
+    let calls = w.fake.calls_to(dialect.chat_path());
     let hit = poll(WAIT, "the calibrated paraphrase is served", || {
         let (body, w) = (&body, &w);
         async move {
@@ -199,11 +199,11 @@ async fn agreeing_outcomes_make_a_paraphrase_a_hit_and_a_corrupt_record_ends_hit
     assert!(lower >= 0.95, "served at a bound of {lower}");
     assert!(hit.header("x-thrifty-similarity").is_some());
     // Polling may have gone upstream before the calibration was read; the hit did not.
-    let upstream = w.fake.calls_to(dialect.path());
+    let upstream = w.fake.calls_to(dialect.chat_path());
     let again = w.api.ask(dialect, &body, &NO_HEADERS).await;
     again.assert_cache("semantic-hit", "served again");
     assert_eq!(
-        w.fake.calls_to(dialect.path()),
+        w.fake.calls_to(dialect.chat_path()),
         upstream,
         "a hit never goes upstream"
     );

@@ -10,7 +10,7 @@ use thrifty::config::RawConfig;
 use crate::common::client::{Probe, start_redis, start_thrifty, start_thrifty_until};
 use crate::common::fake_llm::FakeLlm;
 use crate::common::redis::RedisServer;
-use crate::common::thrifty::{Thrifty, fresh_dir, semantic_config_for};
+use crate::common::thrifty::{Thrifty, semantic_config_for};
 use crate::{ADMIN_TOKEN, Api, Backend, Dialect, Reply, WAIT, poll};
 
 /// The pub/sub channel on which instances announce new and removed semantic entries.
@@ -42,7 +42,7 @@ impl Api {
         body: &Value,
         headers: &[(K, V)],
     ) -> Reply {
-        self.post(dialect.path(), body, headers).await
+        self.post(dialect.chat_path(), body, headers).await
     }
 
     /// `POST /admin/cache/invalidate` with `selector`; returns how many keys it deleted.
@@ -186,7 +186,7 @@ impl World {
     pub async fn another_instance(&self) -> (Thrifty, Api) {
         assert_eq!(self.backend, Backend::Redis, "instances share a Redis");
         let mut raw = self.raw.clone();
-        raw.store.data_dir = fresh_dir("store");
+        raw.store.data_dir = self.fake.scratch_dir("store");
         let thrifty = start_thrifty(raw, &self.vars, WAIT).await;
         let api = Api::new(thrifty.url(), WAIT);
         (thrifty, api)

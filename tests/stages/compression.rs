@@ -3,17 +3,10 @@
 
 use serde_json::{Value, json};
 
-use super::common::client::{DIALECTS, Dialect};
+use super::common::dialect::{DIALECTS, Dialect};
 use super::common::fake_llm::FakeLlm;
 use super::common::thrifty::{Thrifty, config_for};
 use super::long_conversation;
-
-fn chat_path(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::OpenAi => "/v1/chat/completions",
-        Dialect::Ollama => "/api/chat",
-    }
-}
 
 /// The long conversation in the dialect's request shape.
 fn conversation(dialect: Dialect) -> Value {
@@ -31,7 +24,7 @@ async fn post(
     compression: Option<&str>,
 ) -> reqwest::Response {
     let mut request = reqwest::Client::new()
-        .post(format!("{}{}", thrifty.url(), chat_path(dialect)))
+        .post(format!("{}{}", thrifty.url(), dialect.chat_path()))
         .header("x-thrifty-cache", "off")
         .json(body);
     if let Some(value) = compression {

@@ -8,9 +8,10 @@ use serde_json::Value;
 
 use super::billing::{self, Tokens};
 use super::expect::{Outcome, Record};
-use super::script::{Dialect, Kind, Step, Wait};
+use super::script::{Endpoint, Kind, OLLAMA, OPENAI, Step, Wait};
 use super::verdict::Verdict;
-use super::world::{Reply, World};
+use super::world::World;
+use crate::common::client::Reply;
 
 /// What must match for two questions to be compared by the semantic cache: who asks, in
 /// which dialect, and the whole request but the wording of its last message (and whether it
@@ -33,7 +34,7 @@ fn partition(step: &Step) -> Value {
         input @ Value::String(_) => *input = Value::Null,
         _ => {}
     }
-    serde_json::json!([step.who.name(), format!("{:?}", step.dialect), body])
+    serde_json::json!([step.who.name(), format!("{:?}", step.endpoint), body])
 }
 
 /// Sends every step in order and returns the record the ledger must hold for each.
@@ -74,7 +75,8 @@ pub async fn run(world: &World, steps: &[Step], v: &mut Verdict) -> Vec<Record> 
                 }
             }
         }
-        let remembered = reply.header("x-thrifty-cache") == Some("miss") && reply.status < 400;
+        let remembered =
+            reply.header("x-thrifty-cache") == Some("miss") && reply.status.as_u16() < 400;
         if world.semantic && remembered {
             let short = reply
                 .header("x-thrifty-cache-key")
@@ -112,11 +114,11 @@ fn expect(
             "{tag}: forwarded requests reach the upstream once"
         );
         assert_eq!(
-            reply.status < 400,
+            reply.status.as_u16() < 400,
             status_ok,
             "{tag}: status {} ({})",
             reply.status,
-            reply.text
+            reply.text()
         );
         &reached[0]
     };
@@ -125,7 +127,7 @@ fn expect(
             reached.is_empty(),
             "{tag}: a hit never reaches the upstream"
         );
-        assert_eq!(reply.status, 200, "{tag}: {}", reply.text);
+        assert_eq!(reply.status, 200, "{tag}: {}", reply.describe());
         assert_eq!(cache, expected, "{tag}: x-thrifty-cache");
     };
     let (outcome, baseline, actual, estimated) = match step.kind {
@@ -213,7 +215,7 @@ fn expect(
         actual,
         estimated,
         embed_calls: u64::from(embeds),
-        refused: (400..500).contains(&reply.status),
+        refused: (400..500).contains(&reply.status.as_u16()),
     }
 }
 
@@ -223,33 +225,34 @@ fn check_billed(v: &mut Verdict, step: &Step, reply: &Reply, record: &Record) {
     if !matches!(
         record.outcome,
         Outcome::Miss | Outcome::Bypass | Outcome::Compressed
-    ) || (step.streams() && step.dialect == Dialect::OpenAi)
+    ) || (step.streams() && step.endpoint == OPENAI)
     {
         return;
     }
+    let text = reply.text();
     let last = if step.streams() {
-        reply.text.lines().rev().find(|l| !l.trim().is_empty())
+        text.lines().rev().find(|l| !l.trim().is_empty())
     } else {
-        Some(reply.text.as_str())
+        Some(text.as_str())
     };
     // A Responses stream ends with its whole response in the `data:` of `response.completed`.
     let last = last.map(|line| line.strip_prefix("data:").unwrap_or(line));
     let answer: Value = last
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_default();
-    let reported = match step.dialect {
-        Dialect::Responses => {
+    let reported = match step.endpoint {
+        Endpoint::Responses => {
             let response = answer.get("response").unwrap_or(&answer);
             (
                 response["usage"]["input_tokens"].as_u64(),
                 response["usage"]["output_tokens"].as_u64(),
             )
         }
-        Dialect::OpenAi => (
+        OPENAI => (
             answer["usage"]["prompt_tokens"].as_u64(),
             answer["usage"]["completion_tokens"].as_u64(),
         ),
-        Dialect::Ollama => (
+        OLLAMA => (
             answer["prompt_eval_count"].as_u64(),
             answer["eval_count"].as_u64(),
         ),
@@ -264,11 +267,11 @@ fn check_billed(v: &mut Verdict, step: &Step, reply: &Reply, record: &Record) {
 /// An OpenAI stream carries the usage chunk exactly when the client asked for it, and then it
 /// is what the fake billed.
 fn check_stream(v: &mut Verdict, step: &Step, reply: &Reply, record: &Record) {
-    if !step.streams() || step.dialect != Dialect::OpenAi || reply.status != 200 {
+    if !step.streams() || step.endpoint != OPENAI || reply.status != 200 {
         return;
     }
     let usages: Vec<Value> = reply
-        .text
+        .text()
         .lines()
         .filter_map(|line| line.strip_prefix("data:"))
         .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::prices::UNPRICED_MODEL;
+use crate::common::dialect::Dialect;
 
 /// Who sends a request: one of thrifty's configured keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,20 +38,21 @@ impl Who {
     }
 }
 
+/// Where a step is sent: a dialect's chat, or OpenAI's Responses API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Ollama,
-    /// OpenAI's Responses API.
+pub enum Endpoint {
+    Chat(Dialect),
     Responses,
 }
 
-impl Dialect {
+pub const OPENAI: Endpoint = Endpoint::Chat(Dialect::OpenAi);
+pub const OLLAMA: Endpoint = Endpoint::Chat(Dialect::Ollama);
+
+impl Endpoint {
     pub fn path(self) -> &'static str {
         match self {
-            Dialect::OpenAi => "/v1/chat/completions",
-            Dialect::Ollama => "/api/chat",
-            Dialect::Responses => "/v1/responses",
+            Endpoint::Chat(dialect) => dialect.chat_path(),
+            Endpoint::Responses => "/v1/responses",
         }
     }
 }
@@ -88,7 +90,7 @@ pub struct Step {
     /// Sent as `x-thrifty-tags`, to find the step's raw record in the audit log.
     pub tag: &'static str,
     pub who: Who,
-    pub dialect: Dialect,
+    pub endpoint: Endpoint,
     pub body: Value,
     pub headers: Vec<(&'static str, &'static str)>,
     pub kind: Kind,
@@ -96,11 +98,11 @@ pub struct Step {
 }
 
 impl Step {
-    fn new(tag: &'static str, who: Who, dialect: Dialect, body: Value, kind: Kind) -> Step {
+    fn new(tag: &'static str, who: Who, endpoint: Endpoint, body: Value, kind: Kind) -> Step {
         Step {
             tag,
             who,
-            dialect,
+            endpoint,
             body,
             headers: Vec::new(),
             kind,
@@ -180,13 +182,13 @@ fn long_conversation() -> Value {
 
 /// The mix, in order. Without `semantic` the semantic cache is off and its steps are left out.
 pub fn mix(semantic: bool) -> Vec<Step> {
-    use Dialect::{Ollama, OpenAi, Responses};
+    use Endpoint::Responses;
     use Who::{Alpha, Beta, Solo};
     let mut steps = vec![
         Step::new(
             "miss",
             Alpha,
-            OpenAi,
+            OPENAI,
             ask(GPT, "What is the capital of France?"),
             Kind::Miss,
         )
@@ -194,21 +196,21 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "exact-hit",
             Alpha,
-            OpenAi,
+            OPENAI,
             ask(GPT, "What is the capital of France?"),
             Kind::ExactHit("miss"),
         ),
         Step::new(
             "other-team-miss",
             Beta,
-            OpenAi,
+            OPENAI,
             ask(GPT, "What is the capital of France?"),
             Kind::Miss,
         ),
         Step::new(
             "stream-with-usage",
             Alpha,
-            OpenAi,
+            OPENAI,
             streamed(
                 ask(GPT, "Explain how photosynthesis works in green plants."),
                 true,
@@ -218,7 +220,7 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "stream-without-usage",
             Alpha,
-            OpenAi,
+            OPENAI,
             streamed(
                 ask(GPT, "List three prime numbers greater than ten."),
                 false,
@@ -229,7 +231,7 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "stream-hit",
             Alpha,
-            OpenAi,
+            OPENAI,
             streamed(
                 ask(GPT, "List three prime numbers greater than ten."),
                 false,
@@ -239,7 +241,7 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "compressed",
             Alpha,
-            OpenAi,
+            OPENAI,
             long_conversation(),
             Kind::Compressed,
         )
@@ -248,7 +250,7 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "compressed-hit",
             Alpha,
-            OpenAi,
+            OPENAI,
             long_conversation(),
             Kind::ExactHit("compressed"),
         )
@@ -256,7 +258,7 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "bypass",
             Alpha,
-            OpenAi,
+            OPENAI,
             ask(GPT, "Describe how castling works in chess."),
             Kind::Bypass,
         )
@@ -264,14 +266,14 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "error",
             Beta,
-            OpenAi,
+            OPENAI,
             ask("fail-500", "Will this fail?"),
             Kind::Error,
         ),
         Step::new(
             "unpriced-miss",
             Solo,
-            OpenAi,
+            OPENAI,
             ask(UNPRICED_MODEL, "What causes the tides?"),
             Kind::Miss,
         )
@@ -279,14 +281,14 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "unpriced-hit",
             Solo,
-            OpenAi,
+            OPENAI,
             ask(UNPRICED_MODEL, "What causes the tides?"),
             Kind::ExactHit("unpriced-miss"),
         ),
         Step::new(
             "ollama-miss",
             Beta,
-            Ollama,
+            OLLAMA,
             ask(LLAMA, "Why do volcanoes erupt?"),
             Kind::Miss,
         )
@@ -294,28 +296,28 @@ pub fn mix(semantic: bool) -> Vec<Step> {
         Step::new(
             "ollama-hit",
             Beta,
-            Ollama,
+            OLLAMA,
             ask(LLAMA, "Why do volcanoes erupt?"),
             Kind::ExactHit("ollama-miss"),
         ),
         Step::new(
             "ollama-stream",
             Alpha,
-            Ollama,
+            OLLAMA,
             streamed(ask(LLAMA, "How does a rainbow form after rain?"), false),
             Kind::Miss,
         ),
         Step::new(
             "unreported-usage",
             Beta,
-            OpenAi,
+            OPENAI,
             streamed(ask("quiet-gpt", "Which planet has the most moons?"), false),
             Kind::Unreported,
         ),
         Step::new(
             "ollama-error",
             Alpha,
-            Ollama,
+            OLLAMA,
             ask("context-overflow", "Read this whole book."),
             Kind::Error,
         ),
@@ -357,7 +359,7 @@ pub fn mix(semantic: bool) -> Vec<Step> {
             Step::new(
                 "semantic-fill",
                 Beta,
-                OpenAi,
+                OPENAI,
                 ask_with_system(GPT, QUESTION),
                 Kind::Miss,
             )
@@ -365,14 +367,14 @@ pub fn mix(semantic: bool) -> Vec<Step> {
             Step::new(
                 "semantic-hit",
                 Beta,
-                OpenAi,
+                OPENAI,
                 ask_with_system(GPT, PARAPHRASE),
                 Kind::SemanticHit("semantic-fill"),
             ),
             Step::new(
                 "ollama-semantic-fill",
                 Solo,
-                Ollama,
+                OLLAMA,
                 ask_with_system(LLAMA, QUESTION),
                 Kind::Miss,
             )
@@ -380,7 +382,7 @@ pub fn mix(semantic: bool) -> Vec<Step> {
             Step::new(
                 "ollama-semantic-hit",
                 Solo,
-                Ollama,
+                OLLAMA,
                 ask_with_system(LLAMA, PARAPHRASE),
                 Kind::SemanticHit("ollama-semantic-fill"),
             ),

@@ -4,40 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use thrifty::config::{RawConfig, RawKey};
 
 use super::prices;
 use super::script::{Step, Who};
+use crate::common::client::{Backend, Reply, start_redis};
 use crate::common::fake_llm::FakeLlm;
 use crate::common::redis::RedisServer;
-use crate::common::thrifty::{Thrifty, config_for, fresh_dir, semantic_config_for};
+use crate::common::thrifty::{Thrifty, config_for, semantic_config_for};
 
 /// How long any single wait may take before it counts as a failure.
 pub const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(20);
 const ADMIN_TOKEN: &str = "truth-admin";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Redis,
-    Embedded,
-}
-
-/// One answer as the client saw it, body read to the end.
-pub struct Reply {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub text: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
 
 pub struct World {
     pub fake: FakeLlm,
@@ -60,7 +41,7 @@ impl World {
         };
         // A loaded test machine must not turn store calls into misses.
         raw.store.timeout = Duration::from_secs(2);
-        raw.savings.pricing = Some(prices::write_file(&fresh_dir("truth-pricing")));
+        raw.savings.pricing = Some(prices::write_file(&fake.scratch_dir("pricing")));
         raw.keys = Who::ALL
             .iter()
             .map(|who| RawKey {
@@ -71,11 +52,7 @@ impl World {
             })
             .collect();
         let redis = match backend {
-            Backend::Redis => Some(
-                tokio::task::spawn_blocking(RedisServer::start)
-                    .await
-                    .expect("redis start task"),
-            ),
+            Backend::Redis => Some(start_redis().await),
             Backend::Embedded => None,
         };
         let mut vars = vec![("THRIFTY_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
@@ -128,7 +105,7 @@ impl World {
     pub async fn send(&self, step: &Step) -> Reply {
         let mut request = self
             .client
-            .post(self.at(step.dialect.path()))
+            .post(self.at(step.endpoint.path()))
             .bearer_auth(step.who.token())
             .header("x-thrifty-tags", step.tag)
             .json(&step.body);
@@ -139,17 +116,7 @@ impl World {
             .await
             .unwrap_or_else(|_| panic!("{}: no answer within {WAIT:?}", step.tag))
             .unwrap_or_else(|e| panic!("{}: {e}", step.tag));
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("{}: reading the answer: {e}", step.tag));
-        Reply {
-            status,
-            headers,
-            text,
-        }
+        Reply::read(response, WAIT).await
     }
 
     /// `GET /admin/savings` for the given span, grouping and format.
@@ -241,7 +208,7 @@ impl World {
 
     /// `thrifty report` run as a command on this world's store and prices.
     pub async fn cli_report(&self, span: (&str, &str), group_by: &str, format: &str) -> String {
-        let dir = fresh_dir("truth-cli");
+        let dir = self.fake.scratch_dir("cli");
         let config = dir.join("thrifty.toml");
         let toml = format!(
             "[store]\ndata_dir = {:?}\n\n[savings]\npricing = {:?}\n",
