@@ -6,6 +6,7 @@
 //! Nothing outside this folder matches on `Dialect` to read or write JSON.
 
 pub mod embedding;
+mod ndjson;
 pub mod observe;
 mod ollama;
 mod openai;
@@ -38,14 +39,38 @@ pub fn json_model(body: &[u8]) -> Option<String> {
 }
 
 /// How the stream of a call that follows an identical one in flight is rewritten for it: the
-/// usage it did not ask for taken out, and an id of its own, as a replay gets (a Responses
-/// answer keeps its id, which names the response the upstream stored).
-pub fn follower_stream(dialect: Dialect, call: &Call, strip_usage: bool) -> sse::Changes {
-    let own_id = dialect == Dialect::OpenAi && call.endpoint() != Endpoint::Responses;
-    sse::Changes {
-        strip_usage,
-        id_suffix: own_id.then(|| uuid::Uuid::new_v4().simple().to_string()),
+/// usage it did not ask for taken out, and an id (OpenAI) or creation times (Ollama) of its
+/// own, as a replay gets; a Responses answer keeps its id, which names the response the
+/// upstream stored.
+pub fn follower_stream(
+    dialect: Dialect,
+    call: &Call,
+    strip_usage: bool,
+) -> Option<Box<dyn sse::Rewriter>> {
+    match dialect {
+        Dialect::Ollama => Some(Box::new(ndjson::FreshTimes::default())),
+        Dialect::OpenAi => {
+            let own_id = call.endpoint() != Endpoint::Responses;
+            let changes = sse::Changes {
+                strip_usage,
+                id_suffix: own_id.then(|| uuid::Uuid::new_v4().simple().to_string()),
+            };
+            usage_or_ids(changes)
+        }
     }
+}
+
+/// The rewriter that takes out the usage chunk thrifty asked for and the client did not.
+pub fn usage_stripper(strips: bool) -> Option<Box<dyn sse::Rewriter>> {
+    usage_or_ids(sse::Changes {
+        strip_usage: strips,
+        id_suffix: None,
+    })
+}
+
+fn usage_or_ids(changes: sse::Changes) -> Option<Box<dyn sse::Rewriter>> {
+    let nothing = !changes.strip_usage && changes.id_suffix.is_none();
+    (!nothing).then(|| Box::new(sse::EventRewriter::new(changes)) as Box<dyn sse::Rewriter>)
 }
 
 /// Encodes a call as the JSON body the given dialect expects.

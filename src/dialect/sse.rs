@@ -22,6 +22,13 @@ pub struct Changes {
     pub id_suffix: Option<String>,
 }
 
+/// Rewrites a streamed answer's bytes as they pass: each piece gives what can go on now,
+/// and the end what was held back.
+pub trait Rewriter: Send {
+    fn push(&mut self, piece: &[u8]) -> Bytes;
+    fn finish(&mut self) -> Bytes;
+}
+
 /// Rewrites an SSE byte stream's events, one piece at a time.
 #[derive(Default)]
 pub struct EventRewriter {
@@ -36,9 +43,11 @@ impl EventRewriter {
             changes,
         }
     }
+}
 
+impl Rewriter for EventRewriter {
     /// Takes the next piece of the stream; returns the events it completed, rewritten.
-    pub fn push(&mut self, piece: &[u8]) -> Bytes {
+    fn push(&mut self, piece: &[u8]) -> Bytes {
         self.pending.extend_from_slice(piece);
         let mut out = Vec::with_capacity(self.pending.len());
         let mut start = 0;
@@ -51,7 +60,7 @@ impl EventRewriter {
     }
 
     /// The stream ended: whatever is left (an event without its blank line) goes out too.
-    pub fn finish(&mut self) -> Bytes {
+    fn finish(&mut self) -> Bytes {
         let mut out = Vec::new();
         let rest = std::mem::take(&mut self.pending);
         if !rest.is_empty() {

@@ -19,7 +19,7 @@ use crate::cache::{Flight, Lookup, Outcome, Plan, replay};
 use crate::chat::{Call, Dialect};
 use crate::dialect;
 use crate::dialect::observe::observe;
-use crate::dialect::sse::{Changes, EventRewriter};
+use crate::dialect::sse::Rewriter;
 use crate::error::ProxyError;
 use crate::savings as ledger;
 
@@ -228,22 +228,22 @@ pub(super) fn replayed(dialect: Dialect, entry: &Entry) -> Replayed {
 
 /// Takes the usage thrifty asked for back out of a stream whose client did not ask for it.
 pub(super) fn strip_usage(response: Response<Body>, strips: bool) -> Response<Body> {
-    let changes = Changes {
-        strip_usage: strips,
-        id_suffix: None,
-    };
-    rewrite_events(response, changes)
+    rewrite_stream(response, dialect::usage_stripper(strips))
 }
 
-/// Rewrites the events of a streamed answer as they pass (see [`dialect::sse`]).
-pub(super) fn rewrite_events(response: Response<Body>, changes: Changes) -> Response<Body> {
-    let nothing = !changes.strip_usage && changes.id_suffix.is_none();
-    if nothing || !dialect::stream::is_stream(response.headers()) {
+/// Rewrites a streamed answer as it passes (see [`dialect::sse`], `dialect::ndjson`).
+pub(super) fn rewrite_stream(
+    response: Response<Body>,
+    rewriter: Option<Box<dyn Rewriter>>,
+) -> Response<Body> {
+    let Some(mut rewriter) = rewriter else {
+        return response;
+    };
+    if !dialect::stream::is_stream(response.headers()) {
         return response;
     }
     let (mut head, body) = response.into_parts();
     head.headers.remove(CONTENT_LENGTH);
-    let mut rewriter = EventRewriter::new(changes);
     let rewrite: RewriteFn = Box::new(move |piece| match piece {
         Some(piece) => rewriter.push(piece),
         None => rewriter.finish(),

@@ -16,7 +16,7 @@ use crate::chat::{Call, Dialect};
 use crate::dialect::{self, stream as wire};
 
 use super::Proxy;
-use super::answer::{replayed, rewrite_events};
+use super::answer::{replayed, rewrite_stream};
 
 impl Proxy {
     pub(super) fn follow(
@@ -44,6 +44,6 @@ impl Proxy {
             let entry = recorded(answer).await;
             account.followed(entry.as_deref().map(|e| replayed(dialect, e)));
         });
-        rewrite_events(response, dialect::follower_stream(dialect, call, strips))
+        rewrite_stream(response, dialect::follower_stream(dialect, call, strips))
     }
 }

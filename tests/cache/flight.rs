@@ -222,6 +222,25 @@ async fn staggered_identical_streams_each_get_pieces_before_the_leader_ends(
             "{what}: every client has its own id: {ids:?}"
         );
     }
+    // Each Ollama client's chunks carry the times they reached it, not the leader's.
+    if dialect == Dialect::Ollama {
+        let leader = stream_times(&watched[0].body);
+        for (i, w) in watched.iter().enumerate().skip(1) {
+            let times = stream_times(&w.body);
+            assert!(
+                !times.is_empty() && times.is_disjoint(&leader),
+                "{what}: client {i}'s created_at are its own: {times:?} / {leader:?}"
+            );
+        }
+    }
+}
+
+/// The `created_at` times of an NDJSON stream's chunks.
+fn stream_times(body: &str) -> HashSet<String> {
+    body.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|chunk| chunk["created_at"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The ids of an SSE stream's chunks.
