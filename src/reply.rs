@@ -1,14 +1,12 @@
 //! Builds the responses thrifty answers itself: errors in the caller's dialect, JSON.
 
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::{Body, full};
 use crate::chat::Dialect;
 use crate::dialect;
 use crate::error::ProxyError;
-use crate::headers;
-use crate::ratelimit::openai_duration;
 
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(full(value.to_string()));
@@ -32,11 +30,7 @@ pub fn error(dialect: Dialect, error: &ProxyError) -> Response<Body> {
         ..
     } = error
     {
-        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        headers::set(h, "x-ratelimit-limit-requests", &limit.to_string());
-        headers::set(h, "x-ratelimit-remaining-requests", "0");
-        headers::set(h, "x-ratelimit-reset-requests", &openai_duration(*reset));
+        dialect::rate_limit_headers(h, *limit, *retry_after, *reset);
     }
     response
 }

@@ -218,6 +218,45 @@ pub fn is_context_overflow(body: &[u8]) -> bool {
         .any(|phrase| message.contains(phrase))
 }
 
+/// The headers of a rate-limit refusal: `retry-after` in whole seconds, and OpenAI's
+/// `x-ratelimit-*-requests` set, which OpenAI's SDKs read; Ollama's API has none of its own,
+/// and its clients get the same set.
+pub fn rate_limit_headers(
+    h: &mut http::HeaderMap,
+    limit: u32,
+    retry_after: std::time::Duration,
+    reset: std::time::Duration,
+) {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    h.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(secs.max(1)),
+    );
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            h.insert(name, value);
+        }
+    };
+    set("x-ratelimit-limit-requests", limit.to_string());
+    set("x-ratelimit-remaining-requests", "0".to_owned());
+    set("x-ratelimit-reset-requests", openai_duration(reset));
+}
+
+/// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do (`1s`, `6m0s`, `20ms`).
+fn openai_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{}ms", ms.max(1));
+    }
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        let s = format!("{secs:.3}");
+        return format!("{}s", s.trim_end_matches('0').trim_end_matches('.'));
+    }
+    let whole = d.as_secs();
+    format!("{}m{}s", whole / 60, whole % 60)
+}
+
 /// Whether an error answer with this status may be one that says the prompt did not fit
 /// (OpenAI answers 400, some compatible servers 413, Ollama 500); only those are read.
 pub fn may_be_context_overflow(status: http::StatusCode) -> bool {
@@ -300,6 +339,14 @@ pub fn max_output_tokens(dialect: Dialect, call: &Call) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_look_like_openai_headers() {
+        use std::time::Duration;
+        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+    }
 
     #[test]
     fn every_path_names_its_endpoint_and_back() {

@@ -149,21 +149,6 @@ impl RateLimiter {
     }
 }
 
-/// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do (`1s`, `6m0s`, `20ms`).
-pub fn openai_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{}ms", ms.max(1));
-    }
-    let secs = d.as_secs_f64();
-    if secs < 60.0 {
-        let s = format!("{secs:.3}");
-        return format!("{}s", s.trim_end_matches('0').trim_end_matches('.'));
-    }
-    let whole = d.as_secs();
-    format!("{}m{}s", whole / 60, whole % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU32;
@@ -224,12 +209,5 @@ mod tests {
             assert!(limiter.check(&big).await.is_ok());
         }
         assert!(limiter.check(&big).await.is_err());
-    }
-
-    #[test]
-    fn durations_look_like_openai_headers() {
-        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
-        assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
     }
 }
