@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::chat::{ChatRequest, Content, Message, PartKind, Role};
+use crate::dialect;
 use crate::store::{KEY_PREFIX, Store};
 
 use super::extractive::{ceil_boundary, clip, floor_boundary};
@@ -48,10 +49,8 @@ pub fn chain(
     for m in &chat.messages[..lead] {
         canonical(&mut hasher, m);
     }
-    for name in ["tools", "functions"] {
-        if let Some(tools) = chat.shaping.get(name) {
-            field(&mut hasher, tools.to_string().as_bytes());
-        }
+    for tools in dialect::tool_definitions(chat) {
+        field(&mut hasher, tools.to_string().as_bytes());
     }
     let mut hashes = Vec::with_capacity(upto.saturating_sub(lead) + 1);
     let mut previous: Hash = hasher.finalize().into();
@@ -95,7 +94,7 @@ fn canonical(hasher: &mut Sha256, m: &Message) {
         hasher,
         m.tool_call_id.as_deref().unwrap_or_default().as_bytes(),
     );
-    if let Some(name) = m.extra.get("name").and_then(|v| v.as_str()) {
+    if let Some(name) = dialect::message_name(m) {
         field(hasher, name.as_bytes());
     }
 }

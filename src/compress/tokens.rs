@@ -24,6 +24,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::chat::{ChatRequest, Content, Message, PartKind};
 use crate::config::Encoding;
+use crate::dialect;
 use serde_json::Value;
 
 use super::bpe;
@@ -216,10 +217,7 @@ impl TokenCounter {
     }
 
     fn tools_metered(&self, encoding: Encoding, chat: &ChatRequest, meter: &mut Meter) -> usize {
-        ["tools", "functions"]
-            .iter()
-            .filter_map(|field| chat.shaping.get(*field))
-            .filter(|value| !value.is_null())
+        dialect::tool_definitions(chat)
             .map(|value| self.metered(encoding, &value.to_string(), meter))
             .sum()
     }

@@ -218,6 +218,22 @@ pub fn is_context_overflow(body: &[u8]) -> bool {
         .any(|phrase| message.contains(phrase))
 }
 
+/// A call's tool definitions (`tools`, and OpenAI's legacy `functions`), as sent.
+pub fn tool_definitions(chat: &ChatRequest) -> impl Iterator<Item = &serde_json::Value> {
+    ["tools", "functions"]
+        .into_iter()
+        .filter_map(|field| chat.shaping.get(field))
+        .filter(|value| !value.is_null())
+}
+
+/// The speaker's `name` a message carries, if any.
+pub fn message_name(message: &Message) -> Option<&str> {
+    message
+        .extra
+        .get("name")
+        .and_then(serde_json::Value::as_str)
+}
+
 /// The headers of a rate-limit refusal: `retry-after` in whole seconds, and OpenAI's
 /// `x-ratelimit-*-requests` set, which OpenAI's SDKs read; Ollama's API has none of its own,
 /// and its clients get the same set.
