@@ -129,10 +129,7 @@ fn synthetic_150_message_agent_conversation() {
         warm[2],
         warm[4],
     );
-    // The fastest turn is the least disturbed by other processes on a shared machine.
-    if !cfg!(debug_assertions) {
-        assert!(warm[0] <= 5.0, "{warm:?}");
-    }
+    // How fast is the bench's to say (`cargo bench --bench compress`), not a test's.
 }
 
 use super::super::{Encoding, TokenCounter};
