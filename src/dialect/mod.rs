@@ -13,6 +13,7 @@ mod openai;
 pub mod responses;
 pub mod sse;
 pub mod stream;
+pub mod template;
 pub mod usage;
 mod wire;
 

@@ -114,6 +114,30 @@ pub fn frame(dialect: Dialect, endpoint: Endpoint, chunk: &Value) -> Bytes {
     }
 }
 
+/// The whole body: every chunk framed and the stream's end, or the JSON answer.
+pub fn frame_all(
+    dialect: Dialect,
+    endpoint: Endpoint,
+    streamed: bool,
+    values: &[Value],
+) -> Vec<u8> {
+    if !streamed {
+        return values
+            .first()
+            .unwrap_or(&Value::Null)
+            .to_string()
+            .into_bytes();
+    }
+    let mut out = Vec::new();
+    for value in values {
+        out.extend_from_slice(&frame(dialect, endpoint, value));
+    }
+    if let Some(end) = end_frame(dialect, endpoint) {
+        out.extend_from_slice(&end);
+    }
+    out
+}
+
 /// What ends a stream after the last chunk; a Responses stream ends with its last event.
 pub fn end_frame(dialect: Dialect, endpoint: Endpoint) -> Option<Bytes> {
     match dialect {
