@@ -94,10 +94,7 @@ impl Proxy {
     /// Counts a call's cache outcome and names it in the request's span.
     fn count(&self, plan: &Plan, outcome: Outcome) {
         let namespace = plan.controls.namespace.as_deref();
-        self.cache
-            .stats()
-            .record(&plan.tenant, namespace, &plan.model, outcome);
-        tracing::Span::current().record("cache", outcome.as_str());
+        self.counted(&plan.tenant, namespace, &plan.model, outcome);
     }
 
     /// An exact hit: the recorded answer, replayed in the mode the client asked for.
@@ -108,7 +105,35 @@ impl Proxy {
         entry: &Entry,
         key: &CacheKey,
     ) -> Response<Body> {
-        self.count(&cx.plan, Outcome::Hit);
+        self.serve_recorded(cx, call, entry, key, Outcome::Hit)
+    }
+
+    /// A semantic hit: the answer to a question that means the same, and why it was served.
+    fn serve_semantic(
+        &self,
+        mut cx: Context<Plan>,
+        call: &Call,
+        hit: SemanticHit,
+    ) -> Response<Body> {
+        cx.labels.similarity = Some(hit.similarity);
+        cx.labels.confidence = hit.confidence_header();
+        let encoding = self.compressor.encoding(call.model());
+        let counter = self.compressor.counter();
+        cx.account
+            .reworded(counter, encoding, &hit.asked, &hit.recorded);
+        self.serve_recorded(cx, call, &hit.entry, &hit.key, Outcome::SemanticHit)
+    }
+
+    /// A recorded answer served as this call's: counted, billed as a hit and replayed.
+    fn serve_recorded(
+        &self,
+        cx: Context<Plan>,
+        call: &Call,
+        entry: &Entry,
+        key: &CacheKey,
+        outcome: Outcome,
+    ) -> Response<Body> {
+        self.count(&cx.plan, outcome);
         let Context {
             exchange,
             account,
@@ -116,34 +141,13 @@ impl Proxy {
             ..
         } = cx;
         replay::labels(entry, key, &mut labels);
-        let replayed = replayed(exchange.dialect, entry);
-        account.hit(ledger::Outcome::ExactHit, replayed, &mut labels);
+        labels.cache = Some(outcome.as_str());
+        let billed = match outcome {
+            Outcome::SemanticHit => ledger::Outcome::SemanticHit,
+            _ => ledger::Outcome::ExactHit,
+        };
+        account.hit(billed, replayed(exchange.dialect, entry), &mut labels);
         labels.written(replay::respond(exchange.dialect, call, entry))
-    }
-
-    /// A semantic hit: the answer to a question that means the same, and why it was served.
-    fn serve_semantic(&self, cx: Context<Plan>, call: &Call, hit: SemanticHit) -> Response<Body> {
-        self.count(&cx.plan, Outcome::SemanticHit);
-        let Context {
-            exchange,
-            mut account,
-            mut labels,
-            ..
-        } = cx;
-        replay::labels(&hit.entry, &hit.key, &mut labels);
-        labels.cache = Some(Outcome::SemanticHit.as_str());
-        labels.similarity = Some(hit.similarity);
-        labels.confidence = hit.confidence_header();
-        let encoding = self.compressor.encoding(call.model());
-        account.reworded(
-            self.compressor.counter(),
-            encoding,
-            &hit.asked,
-            &hit.recorded,
-        );
-        let replayed = replayed(exchange.dialect, &hit.entry);
-        account.hit(ledger::Outcome::SemanticHit, replayed, &mut labels);
-        labels.written(replay::respond(exchange.dialect, call, &hit.entry))
     }
 
     /// The upstream's answer on its way to the client: billed when it ends, and recorded

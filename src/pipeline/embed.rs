@@ -88,13 +88,8 @@ impl Proxy {
         request: &EmbeddingRequest,
         outcome: Outcome,
     ) {
-        tracing::Span::current().record("cache", outcome.as_str());
-        self.cache.stats().record(
-            &cx.plan.tenant,
-            cx.plan.namespace.as_deref(),
-            &request.model,
-            outcome,
-        );
+        let namespace = cx.plan.namespace.as_deref();
+        self.counted(&cx.plan.tenant, namespace, &request.model, outcome);
     }
 
     /// Every input was cached: the answer is written here, in the client's dialect.

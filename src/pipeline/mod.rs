@@ -45,8 +45,8 @@ use serde_json::json;
 use crate::accounting::Account;
 use crate::auth::{Authenticator, Tenant, UpstreamAuth};
 use crate::body::{Body, boxed};
-use crate::cache::Cache;
 use crate::cache::controls::Controls;
+use crate::cache::{Cache, Outcome};
 use crate::chat::{Call, Dialect, Endpoint};
 use crate::compress::Compressor;
 use crate::config::Config;
@@ -281,6 +281,12 @@ impl Proxy {
             Call::Embedding(request) => self.embed(cx, request, bytes, controls).await,
             call => self.answer(cx, call, bytes, controls).await,
         }
+    }
+
+    /// Counts a call's cache outcome and names it in the request's span.
+    fn counted(&self, tenant: &str, namespace: Option<&str>, model: &str, outcome: Outcome) {
+        self.cache.stats().record(tenant, namespace, model, outcome);
+        tracing::Span::current().record("cache", outcome.as_str());
     }
 
     /// The savings record of an intercepted call, filled in as the call goes on. Every path
