@@ -122,11 +122,6 @@ impl Stats {
         );
         out
     }
-
-    /// Totals and breakdowns of this process's counters as JSON.
-    pub fn json(&self) -> Value {
-        render(&self.counters())
-    }
 }
 
 /// The names of [`Counts`]' fields, in [`Counts::values`] order.

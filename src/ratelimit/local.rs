@@ -40,7 +40,7 @@ impl Local {
     }
 
     /// Admits one request of `tenant` under `choice`, or says how long to wait.
-    pub fn check(&self, choice: &Choice<'_>, tenant: &str) -> Result<(), Duration> {
+    pub fn check(&self, choice: &Choice<'_>, tenant: &String) -> Result<(), Duration> {
         let limiter = match choice.key {
             Some(name) => self.per_key.get(name),
             None => self.default.as_ref(),
@@ -49,7 +49,7 @@ impl Local {
             return Ok(());
         };
         limiter
-            .check_key(&tenant.to_owned())
+            .check_key(tenant)
             .map(drop)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }

@@ -13,6 +13,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use crate::chat::Role;
+use crate::dialect;
 
 use super::Source;
 use super::analysis::{Analysis, signature};
@@ -244,7 +245,7 @@ fn score_relevance(
     }
     // The speaker's name counts as a word of the message ("What did Joanna paint?").
     for (m, name) in speakers.iter().enumerate() {
-        if lengths[m] > 0 && sources[m].message.extra.contains_key("name") {
+        if lengths[m] > 0 && dialect::message_name(sources[m].message).is_some() {
             let hits = query.hits(name);
             add_hits(&mut counts, query.len(), m, hits.terms);
         }
@@ -281,7 +282,7 @@ fn add_hits(counts: &mut [u8], terms: usize, message: usize, mask: u64) {
 
 /// Who said it: the message's `name`, else its role.
 fn speaker<'a>(source: &Source<'a>) -> Cow<'a, str> {
-    match source.message.extra.get("name").and_then(|n| n.as_str()) {
+    match dialect::message_name(source.message) {
         Some(name) if !name.trim().is_empty() && name.len() <= 64 => Cow::Borrowed(name.trim()),
         _ => Cow::Borrowed(source.message.role.as_str()),
     }

@@ -5,6 +5,12 @@
 //! of its neighbours' scores. One pass over each text's words, no allocation per
 //! word. This room must not pick excerpts: it only scores.
 
+use std::collections::HashSet;
+use std::hash::Hasher;
+use std::sync::OnceLock;
+
+use super::text::Fnv;
+
 /// BM25's term-frequency saturation and length normalisation, the usual values.
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
@@ -92,12 +98,9 @@ pub(super) fn term_hashes(text: &str) -> impl Iterator<Item = Option<u64>> {
 /// FNV-1a of a stem: stems are a few bytes long, and a collision only makes a word
 /// count as a query term in the client's own conversation.
 fn term_hash(stem: &[u8]) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-    for &b in stem {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    let mut hash = Fnv::default();
+    hash.write(stem);
+    hash.finish()
 }
 
 /// BM25 scores of documents given, per document, its length in words and, per query
@@ -327,9 +330,16 @@ fn is_stop_word(stem_of_word: &[u8]) -> bool {
         "you",
         "your",
     ];
-    let mut buf = [0u8; MAX_WORD];
-    STOP.iter()
-        .any(|word| stem(word, &mut buf).is_some_and(|s| s == stem_of_word))
+    // Stemmed once, the first time a question is read.
+    static STEMMED: OnceLock<HashSet<Vec<u8>>> = OnceLock::new();
+    STEMMED
+        .get_or_init(|| {
+            let mut buf = [0u8; MAX_WORD];
+            STOP.iter()
+                .filter_map(|word| stem(word, &mut buf).map(<[u8]>::to_vec))
+                .collect()
+        })
+        .contains(stem_of_word)
 }
 
 #[cfg(test)]
