@@ -15,7 +15,8 @@
 //! which says it is a record of the conversation, not instructions. This room only
 //! decides and splices: it must not count tokens or choose what is condensed.
 
-use crate::chat::{Content, Message, Part, PartKind, Role};
+use crate::chat::{Content, Message, Role};
+use crate::dialect;
 
 /// The assistant's turn that closes a condensed user message when a user turn follows.
 pub(super) const ACKNOWLEDGEMENT: &str = "Noted.";
@@ -82,11 +83,8 @@ fn append_section(message: &mut Message, section: String) {
             text.push_str(&section);
         }
         Content::Parts(parts) => {
-            let raw = serde_json::json!({"type": "text", "text": section});
-            parts.push(Part {
-                kind: PartKind::Text(section),
-                raw,
-            });
+            let part = dialect::text_part(section, parts);
+            parts.push(part);
         }
         Content::Absent => message.content = Content::Text(section),
     }
@@ -105,7 +103,7 @@ pub(crate) fn without_section(message: &Message) -> Message {
             }
         }
         Content::Parts(parts) => {
-            parts.retain(|p| !matches!(&p.kind, PartKind::Text(t) if t.starts_with("[thrifty:")));
+            parts.retain(|p| !matches!(&p.kind, crate::chat::PartKind::Text(t) if t.starts_with("[thrifty:")));
         }
         Content::Absent => {}
     }
@@ -115,6 +113,7 @@ pub(crate) fn without_section(message: &Message) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::{Part, PartKind};
 
     fn roles(messages: &[Message]) -> Vec<&str> {
         messages.iter().map(|m| m.role.as_str()).collect()

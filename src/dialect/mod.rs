@@ -227,6 +227,22 @@ pub fn tool_definitions(chat: &ChatRequest) -> impl Iterator<Item = &serde_json:
         .filter(|value| !value.is_null())
 }
 
+/// A text part written the way the message's other text parts are (`text` in Chat
+/// Completions, `input_text` in the Responses API).
+pub fn text_part(text: String, like: &[crate::chat::Part]) -> crate::chat::Part {
+    use crate::chat::PartKind;
+    let kind = like
+        .iter()
+        .filter(|p| matches!(p.kind, PartKind::Text(_)))
+        .find_map(|p| p.raw["type"].as_str())
+        .unwrap_or("text")
+        .to_owned();
+    crate::chat::Part {
+        raw: serde_json::json!({"type": kind, "text": text}),
+        kind: PartKind::Text(text),
+    }
+}
+
 /// The speaker's `name` a message carries, if any.
 pub fn message_name(message: &Message) -> Option<&str> {
     message
