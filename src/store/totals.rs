@@ -20,16 +20,42 @@ const TAG: &str = "{totals}";
 /// How long Redis remembers an instance's last sequence: far longer than any retry.
 const MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Fields one totals hash holds; beyond it a new row's counts go to its `other` field, so
+/// names clients choose (tenants, namespaces, models) cannot grow the hash without bound,
+/// however many instances and restarts add to it.
+const MAX_FIELDS: usize = 50_000;
+
 /// `KEYS[1]`: the instance's marker, `KEYS[2]`: the totals; `ARGV[1]`: the sequence,
-/// `ARGV[2]`: the marker's time to live (ms), then field and increment pairs.
-/// Returns 0 when the sequence had been applied already.
+/// `ARGV[2]`: the marker's time to live (ms), `ARGV[3]`: the most fields, then field,
+/// increment and fallback triples: a field the hash does not hold yet, once it is full, adds
+/// to its fallback instead. Returns 0 when the sequence had been applied already.
 const PUBLISH: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET') == ARGV[1] then return 0 end
-for i = 3, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+local cap = tonumber(ARGV[3])
+for i = 4, #ARGV, 3 do
+  local field = ARGV[i]
+  if redis.call('HEXISTS', KEYS[2], field) == 0 and redis.call('HLEN', KEYS[2]) >= cap then
+    field = ARGV[i + 2]
+  end
+  redis.call('HINCRBY', KEYS[2], field, ARGV[i + 1])
 end
 return 1
 ";
+
+/// Where a field's counts go once the hash is full: a row field (a JSON array of names and,
+/// last, what it counts) becomes the same count of the `other` row; a named field stays.
+fn fallback(field: &str) -> String {
+    match serde_json::from_str::<Vec<String>>(field) {
+        Ok(mut parts) if parts.len() >= 2 => {
+            let last = parts.len() - 1;
+            for part in &mut parts[..last] {
+                "other".clone_into(part);
+            }
+            serde_json::to_string(&parts).unwrap_or_else(|_| field.to_owned())
+        }
+        _ => field.to_owned(),
+    }
+}
 
 static SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| ::redis::Script::new(PUBLISH));
 
@@ -116,9 +142,10 @@ impl Totals {
             .key(&self.marker)
             .key(&self.key)
             .arg(batch.seq)
-            .arg(u64::try_from(MARKER_TTL.as_millis()).unwrap_or(u64::MAX));
+            .arg(u64::try_from(MARKER_TTL.as_millis()).unwrap_or(u64::MAX))
+            .arg(MAX_FIELDS);
         for (field, delta) in &batch.deltas {
-            invocation.arg(field).arg(*delta);
+            invocation.arg(field).arg(*delta).arg(fallback(field));
         }
         self.store
             .run_script_off_path::<i64>(&invocation)
@@ -133,5 +160,19 @@ impl Totals {
     ) -> Result<HashMap<String, i64>, StoreError> {
         self.publish(now).await?;
         self.store.counters(&self.key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_falls_back_to_the_other_row_and_a_named_field_to_itself() {
+        assert_eq!(
+            fallback(r#"["acme","ns","gpt-x","hits"]"#),
+            r#"["other","other","other","hits"]"#
+        );
+        assert_eq!(fallback("stored"), "stored");
     }
 }
