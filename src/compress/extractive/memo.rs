@@ -23,6 +23,10 @@ use super::text::text_of;
 /// Bytes of analyses kept.
 pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 
+/// What the cache itself spends per entry besides the analysis (its key, the `Arc`, the
+/// map's bookkeeping): so many tiny messages cannot take it past its bound.
+const ENTRY_OVERHEAD: usize = 128;
+
 /// Analyses of the messages seen, shared by every request; clones share them.
 #[derive(Clone)]
 pub struct Analyses {
@@ -49,7 +53,7 @@ impl Analyses {
             cache: moka::sync::Cache::builder()
                 .max_capacity(bytes)
                 .weigher(|_, analysis: &Arc<Analysis>| {
-                    u32::try_from(analysis.bytes()).unwrap_or(u32::MAX)
+                    u32::try_from(analysis.bytes() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
                 })
                 .eviction_policy(EvictionPolicy::lru())
                 .build(),
