@@ -23,6 +23,13 @@ impl Dialect {
             Dialect::Ollama => "ollama",
         }
     }
+
+    /// The dialect [`Dialect::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Dialect> {
+        [Dialect::OpenAi, Dialect::Ollama]
+            .into_iter()
+            .find(|d| d.as_str() == name)
+    }
 }
 
 /// The kinds of call thrifty understands; everything else is passed through.
@@ -49,6 +56,19 @@ impl Endpoint {
             Endpoint::LegacyEmbedding => "legacy_embedding",
             Endpoint::Responses => "responses",
         }
+    }
+
+    /// The endpoint [`Endpoint::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Endpoint> {
+        [
+            Endpoint::Chat,
+            Endpoint::Completion,
+            Endpoint::Embedding,
+            Endpoint::LegacyEmbedding,
+            Endpoint::Responses,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == name)
     }
 }
 

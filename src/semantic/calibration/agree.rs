@@ -30,17 +30,8 @@ fn normalise(text: &str) -> String {
 }
 
 fn said(entry: &Entry) -> Option<Said> {
-    let dialect = match entry.dialect.as_str() {
-        "openai" => Dialect::OpenAi,
-        "ollama" => Dialect::Ollama,
-        _ => return None,
-    };
-    let endpoint = match entry.endpoint.as_str() {
-        "chat" => Endpoint::Chat,
-        "completion" => Endpoint::Completion,
-        "responses" => Endpoint::Responses,
-        _ => return None,
-    };
+    let dialect = Dialect::from_name(&entry.dialect)?;
+    let endpoint = Endpoint::from_name(&entry.endpoint)?;
     let body = match &entry.answer {
         Answer::Json(body) => body.clone(),
         Answer::Stream(chunks) => stream::assemble(dialect, endpoint, chunks),
