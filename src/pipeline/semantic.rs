@@ -31,11 +31,15 @@ pub(super) struct SemanticHit {
 }
 
 impl SemanticHit {
-    /// `x-thrifty-confidence`: the lower bound that serving is right and the observations
-    /// behind it.
+    /// `x-thrifty-confidence`: the lower bound that what is served is right and the
+    /// observations behind it, then the same for the candidate's own cell.
     pub fn confidence_header(&self) -> Option<String> {
-        self.confidence
-            .map(|e| format!("{:.3}; n={:.0}", e.lower, e.observations))
+        let e = self.confidence?;
+        let region = e.region?;
+        Some(format!(
+            "{:.3}; n={:.0}; cell {:.3}; cell-n={:.0}",
+            region.lower, region.observations, e.lower, e.observations
+        ))
     }
 }
 

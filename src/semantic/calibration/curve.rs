@@ -16,8 +16,12 @@ const OVERLAP_EDGES: [f32; 2] = [0.4, 0.7];
 /// Rows: three overlap bands, each with and without a rule that came close.
 pub const ROWS: usize = (OVERLAP_EDGES.len() + 1) * 2;
 
-/// The normal quantile of the one-sided bound: 1.96 gives 97.5% confidence per bin.
-const Z: f64 = 1.96;
+/// The normal quantile of the one-sided bounds: 1.645 gives 95% confidence.
+const Z: f64 = 1.645;
+
+/// The bound a cell's own outcomes must reach before it can join the served region, so
+/// the region never carries a cell nobody has measured.
+pub const CELL_FLOOR: f64 = 0.85;
 
 /// Which row and bin a pair falls in; `None` below the lowest similarity edge.
 pub fn cell(similarity: f32, features: &Features) -> Option<(usize, usize)> {
@@ -69,19 +73,35 @@ impl Tally {
 /// What the curve says about one bin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Point {
-    /// The Wilson lower bound of the pooled agreement rate, never below a lower bin's.
+    /// The bin's own bound: the best Wilson lower bound over the windows of its row that end
+    /// at it (the bin pooled with adjacent bins below it, which are no more similar).
     pub lower: f64,
-    /// The pooled agreement rate.
+    /// The agreement rate of that window.
     pub point: f64,
-    /// The (decayed) outcomes the pooled bound rests on.
+    /// The (decayed) outcomes the window holds.
     pub observations: f64,
+    /// Whether the bin is part of the served region.
+    pub serves: bool,
 }
 
-/// Bound and estimate for every bin of every row.
+/// The cells that are served, taken together: the bound that their outcomes put on the
+/// error rate of what is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Region {
+    /// The Wilson lower bound of the region's pooled agreement rate.
+    pub lower: f64,
+    /// The (decayed) outcomes observed in the region's own cells.
+    pub observations: f64,
+    /// How many cells it holds.
+    pub cells: usize,
+}
+
+/// Bound and estimate for every bin of every row, and the region served.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Curve {
     pub tallies: Vec<[Tally; SIMILARITY_EDGES.len()]>,
     pub points: Vec<[Point; SIMILARITY_EDGES.len()]>,
+    pub region: Region,
 }
 
 /// The Wilson score lower bound of `agreed` out of `total`; 0 without data.
@@ -96,73 +116,89 @@ pub fn wilson_lower(agreed: f64, total: f64) -> f64 {
     ((centre - spread) / (1.0 + z2 / total)).max(0.0)
 }
 
-/// Pools adjacent bins whose agreement rate falls as similarity rises (pool adjacent
-/// violators, weighted by outcomes), so each block's rate is at least the one below it.
-/// Returns, per bin, the pooled tally of its block.
-fn pool(row: &[Tally]) -> Vec<Tally> {
-    // Blocks as (first bin, pooled tally); an empty bin joins the block below it.
-    let mut blocks: Vec<(usize, Tally)> = Vec::new();
-    for (i, tally) in row.iter().enumerate() {
-        if tally.total() <= 0.0 && !blocks.is_empty() {
-            continue;
-        }
-        blocks.push((i, *tally));
-        while blocks.len() >= 2 {
-            let (_, upper) = blocks[blocks.len() - 1];
-            let (_, lower) = blocks[blocks.len() - 2];
-            let rate = |t: Tally| t.agreed / t.total();
-            let violates = lower.total() > 0.0 && rate(upper) < rate(lower);
-            if !violates {
-                break;
-            }
-            if let Some((_, top)) = blocks.pop() {
-                if let Some(last) = blocks.last_mut() {
-                    last.1.add(top);
-                }
+/// Each bin's best window: agreement never falls as similarity rises within a row, so a
+/// bin's rate is at least that of any run of bins ending at it, and the tightest of their
+/// bounds holds for the bin. Its own outcomes are always in the window.
+fn windows(row: &[Tally; SIMILARITY_EDGES.len()]) -> [Point; SIMILARITY_EDGES.len()] {
+    let mut points = [Point::default(); SIMILARITY_EDGES.len()];
+    for (end, point) in points.iter_mut().enumerate() {
+        let mut pooled = Tally::default();
+        for tally in row[..=end].iter().rev() {
+            pooled.add(*tally);
+            let lower = wilson_lower(pooled.agreed, pooled.total());
+            if lower > point.lower {
+                *point = Point {
+                    lower,
+                    point: pooled.agreed / pooled.total(),
+                    observations: pooled.total(),
+                    serves: false,
+                };
             }
         }
     }
-    let mut out = vec![Tally::default(); row.len()];
-    for (b, (start, tally)) in blocks.iter().enumerate() {
-        let end = blocks.get(b + 1).map_or(row.len(), |next| next.0);
-        for slot in &mut out[*start..end] {
-            *slot = *tally;
+    points
+}
+
+/// The served region: the cells each measured well enough on their own (bound at least
+/// [`CELL_FLOOR`], rate at least `1 - max_error`), best first, for as long as the outcomes
+/// of all of them together bound the error rate by `max_error`.
+fn region(
+    tallies: &[[Tally; SIMILARITY_EDGES.len()]],
+    points: &mut [[Point; SIMILARITY_EDGES.len()]],
+    max_error: f64,
+) -> Region {
+    let floor = 1.0 - max_error;
+    let mut eligible: Vec<(usize, usize)> = points
+        .iter()
+        .enumerate()
+        .flat_map(|(row, bins)| {
+            bins.iter()
+                .enumerate()
+                .filter(|(_, p)| p.lower >= CELL_FLOOR && p.point >= floor)
+                .map(move |(bin, _)| (row, bin))
+        })
+        .collect();
+    eligible.sort_by(|a, b| {
+        let (pa, pb) = (points[a.0][a.1], points[b.0][b.1]);
+        pb.lower
+            .total_cmp(&pa.lower)
+            .then(pb.point.total_cmp(&pa.point))
+    });
+    let mut pooled = Tally::default();
+    let mut region = Region::default();
+    for (taken, &(row, bin)) in eligible.iter().enumerate() {
+        pooled.add(tallies[row][bin]);
+        let lower = wilson_lower(pooled.agreed, pooled.total());
+        if lower >= floor {
+            region = Region {
+                lower,
+                observations: pooled.total(),
+                cells: taken + 1,
+            };
         }
     }
-    out
+    for &(row, bin) in &eligible[..region.cells] {
+        points[row][bin].serves = true;
+    }
+    region
 }
 
 impl Curve {
-    /// Builds the curve from per-bin tallies.
-    pub fn new(tallies: Vec<[Tally; SIMILARITY_EDGES.len()]>) -> Curve {
-        let points = tallies
-            .iter()
-            .map(|row| {
-                let pooled = pool(row);
-                let mut points = [Point::default(); SIMILARITY_EDGES.len()];
-                let mut best = 0.0f64;
-                for (i, t) in pooled.iter().enumerate() {
-                    // Higher similarity never gets a lower bound than a lower bin of its row.
-                    best = best.max(wilson_lower(t.agreed, t.total()));
-                    points[i] = Point {
-                        lower: best,
-                        point: if t.total() > 0.0 {
-                            t.agreed / t.total()
-                        } else {
-                            0.0
-                        },
-                        observations: t.total(),
-                    };
-                }
-                points
-            })
-            .collect();
-        Curve { tallies, points }
+    /// Builds the curve from per-bin tallies, serving where the error rate stays under
+    /// `max_error`.
+    pub fn new(tallies: Vec<[Tally; SIMILARITY_EDGES.len()]>, max_error: f64) -> Curve {
+        let mut points: Vec<_> = tallies.iter().map(windows).collect();
+        let region = region(&tallies, &mut points, max_error);
+        Curve {
+            tallies,
+            points,
+            region,
+        }
     }
 
     /// An empty curve: nothing measured, nothing served.
     pub fn empty() -> Curve {
-        Curve::new(vec![[Tally::default(); SIMILARITY_EDGES.len()]; ROWS])
+        Curve::new(vec![[Tally::default(); SIMILARITY_EDGES.len()]; ROWS], 0.0)
     }
 
     /// The estimate for one cell.
@@ -193,40 +229,97 @@ mod tests {
     #[test]
     fn wilson_is_conservative_and_grows_with_evidence() {
         assert_eq!(wilson_lower(0.0, 0.0), 0.0);
-        assert!(wilson_lower(10.0, 10.0) < 0.75);
+        assert!(wilson_lower(10.0, 10.0) < 0.8);
+        assert!(
+            wilson_lower(50.0, 50.0) < 0.95,
+            "50 agreeing do not bound 5%"
+        );
+        assert!(wilson_lower(55.0, 55.0) > 0.95);
         assert!(wilson_lower(100.0, 100.0) > 0.95);
         assert!(wilson_lower(100.0, 100.0) < 1.0);
         assert!(wilson_lower(95.0, 100.0) < 0.95);
     }
 
-    #[test]
-    fn a_higher_bin_never_gets_a_lower_bound() {
-        let mut row = [Tally::default(); SIMILARITY_EDGES.len()];
-        row[3] = tally(200.0, 2.0);
-        row[6] = tally(5.0, 0.0);
-        let curve = Curve::new(vec![row]);
-        let bounds: Vec<f64> = curve.points[0].iter().map(|p| p.lower).collect();
-        assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "{bounds:?}");
-        assert!(
-            bounds[6] > 0.95,
-            "borrowed from the well-measured bin below"
-        );
-        assert_eq!(bounds[2], 0.0, "nothing below the first measured bin");
+    fn empty_row() -> [Tally; SIMILARITY_EDGES.len()] {
+        [Tally::default(); SIMILARITY_EDGES.len()]
     }
 
     #[test]
-    fn a_worse_higher_bin_pools_with_the_one_below() {
-        let mut row = [Tally::default(); SIMILARITY_EDGES.len()];
+    fn a_bin_borrows_from_the_bins_below_it() {
+        let mut row = empty_row();
+        row[3] = tally(200.0, 2.0);
+        row[6] = tally(5.0, 0.0);
+        let curve = Curve::new(vec![row], 0.05);
+        let p = curve.points[0];
+        assert!(
+            p[6].lower > 0.95,
+            "pooled with the well-measured bins below"
+        );
+        assert_eq!(p[6].observations, 207.0);
+        assert!(
+            p[9].lower > 0.95,
+            "an empty bin above borrows the same window"
+        );
+        assert_eq!(p[2].lower, 0.0, "nothing below the first measured bin");
+        assert!(p[3].serves && p[6].serves && p[9].serves && !p[2].serves);
+    }
+
+    #[test]
+    fn a_bins_own_failures_always_count() {
+        let mut row = empty_row();
         row[4] = tally(300.0, 0.0);
         row[8] = tally(60.0, 40.0);
-        let curve = Curve::new(vec![row]);
+        let curve = Curve::new(vec![row], 0.05);
         let p = curve.points[0];
-        assert_eq!(p[4].observations, 400.0, "pooled with the violator above");
-        assert!((p[8].point - 0.9).abs() < 1e-9);
+        assert!(p[4].serves, "{:?}", p[4]);
+        assert!(p[8].lower < 0.95, "{:?}", p[8]);
         assert!(
-            p[8].lower < 0.95,
-            "failures above pull the pooled bound down"
+            !p[8].serves,
+            "a bin that fails is not carried by the bins below it"
         );
+        assert!(
+            p[9].point < 0.95 && !p[9].serves,
+            "nor is the empty one above it"
+        );
+    }
+
+    #[test]
+    fn cells_short_on_their_own_are_served_together() {
+        let mut rows = vec![empty_row(); ROWS];
+        rows[0][5] = tally(50.0, 0.0);
+        rows[2][5] = tally(50.0, 0.0);
+        let alone = Curve::new(vec![rows[0], empty_row()], 0.05);
+        assert!(
+            !alone.points[0][5].serves,
+            "50 outcomes alone do not bound 5%"
+        );
+        let together = Curve::new(rows.clone(), 0.05);
+        assert!(together.points[0][5].serves && together.points[2][5].serves);
+        assert!(together.region.lower >= 0.95);
+        assert_eq!(together.region.observations, 100.0);
+
+        // A cell whose rate is below 1 - max_error, or that is barely measured, never joins,
+        // however much the others could carry it.
+        rows[4][5] = tally(30.0, 3.0);
+        rows[1][9] = tally(5.0, 0.0);
+        rows[3][2] = tally(900.0, 0.0);
+        let curve = Curve::new(rows, 0.05);
+        assert!(!curve.points[4][5].serves, "{:?}", curve.points[4][5]);
+        assert!(!curve.points[1][9].serves, "{:?}", curve.points[1][9]);
+        assert!(curve.points[3][2].serves && curve.points[0][5].serves);
+        assert_eq!(
+            curve.region.cells,
+            8 + 5 + 5,
+            "row 3 from bin 2 up, rows 0 and 2 from bin 5"
+        );
+    }
+
+    #[test]
+    fn a_larger_error_budget_serves_more() {
+        let mut row = empty_row();
+        row[5] = tally(40.0, 0.0);
+        assert!(!Curve::new(vec![row], 0.05).points[0][5].serves);
+        assert!(Curve::new(vec![row], 0.10).points[0][5].serves);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::clock::now_ms;
 use crate::config::{SemanticConfig, SemanticMode};
 use crate::store::Store;
-use curve::{Curve, SIMILARITY_EDGES, Tally};
+use curve::{Curve, Region, SIMILARITY_EDGES, Tally};
 
 pub use super::guard::Features;
 pub use agree::{ANSWER_AGREEMENT, answers_agree};
@@ -123,12 +123,15 @@ impl Observation {
 /// What the calibration says about one candidate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Estimate {
-    /// A conservative lower bound of the probability that serving is right.
+    /// A conservative lower bound of the probability that serving the candidate's cell is
+    /// right, from the cell's own outcomes (pooled with less similar bins of its row).
     pub lower: f64,
-    /// The pooled rate of agreement in the candidate's cell.
+    /// The rate of agreement behind that bound.
     pub point: f64,
     /// The (decay-weighted) observations behind it.
     pub observations: f64,
+    /// The served region, when the candidate's cell is part of it.
+    pub region: Option<Region>,
 }
 
 /// Weighted tallies per cell, from observations, decayed to `now_ms`.
@@ -191,9 +194,9 @@ impl Log {
         self.dirty = true;
     }
 
-    fn curve(&mut self) -> &Curve {
+    fn curve(&mut self, max_error: f64) -> &Curve {
         if self.dirty {
-            self.curve = Curve::new(tallies(&self.observations, now_ms(), HALF_LIFE));
+            self.curve = Curve::new(tallies(&self.observations, now_ms(), HALF_LIFE), max_error);
             self.dirty = false;
         }
         &self.curve
@@ -238,9 +241,12 @@ impl Calibration {
         self.mode
     }
 
-    /// Whether an estimate is good enough to serve: its lower bound reaches `1 - max_error`.
+    /// Whether an estimate is good enough to serve: its cell is in the served region, whose
+    /// outcomes bound the error rate of what is served by `max_error`.
     pub fn allows(&self, estimate: &Estimate) -> bool {
-        estimate.lower >= 1.0 - self.max_error
+        estimate
+            .region
+            .is_some_and(|r| r.lower >= 1.0 - self.max_error)
     }
 
     /// Whether to verify a serve the estimate allowed: true for a fraction `explore`.
@@ -316,7 +322,7 @@ impl Calibration {
         if l.broken {
             return Some(Estimate::default());
         }
-        let curve = l.curve();
+        let curve = l.curve(self.max_error);
         if curve.row_total(cell.0) < need {
             return None;
         }
@@ -325,6 +331,7 @@ impl Calibration {
             lower: p.lower,
             point: p.point,
             observations: p.observations,
+            region: p.serves.then_some(curve.region),
         })
     }
 
@@ -378,7 +385,8 @@ impl Calibration {
             self.refresh(&key, &log).await;
             let mut l = log.lock();
             let (broken, count) = (l.broken, l.observations.len());
-            let curve = l.curve();
+            let curve = l.curve(self.max_error);
+            let region = curve.region;
             let rows: Vec<Value> = (0..curve::ROWS)
                 .map(|row| {
                     let bins: Vec<Value> = SIMILARITY_EDGES
@@ -394,7 +402,7 @@ impl Calibration {
                                 "point": p.point,
                                 "lower": p.lower,
                                 "pooled_observations": p.observations,
-                                "serves": !broken && p.lower >= 1.0 - self.max_error,
+                                "serves": !broken && p.serves,
                             })
                         })
                         .collect();
@@ -405,6 +413,11 @@ impl Calibration {
                 "scope": name,
                 "observations": count,
                 "broken": broken,
+                "served_region": {
+                    "cells": if broken { 0 } else { region.cells },
+                    "lower": region.lower,
+                    "observations": region.observations,
+                },
                 "rows": rows,
             }));
         }
@@ -415,6 +428,7 @@ impl Calibration {
             "half_life_secs": HALF_LIFE.as_secs(),
             "log_cap": LOG_CAP,
             "scoped_row": SCOPED_ROW,
+            "cell_floor": curve::CELL_FLOOR,
             "scopes": scopes,
         })
     }

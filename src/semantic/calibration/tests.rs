@@ -66,13 +66,13 @@ async fn nothing_is_served_before_it_is_measured() {
 async fn agreeing_outcomes_open_their_cell_and_the_cells_above() {
     let c = Calibration::new(&config(0.0), Some(store()), 1);
     let s = scope("a");
-    teach(&c, &s, 0.93, 60, 0).await;
+    teach(&c, &s, 0.93, 50, 0).await;
     let e = c.estimate(&s, 0.93, &close_wording()).await;
     assert!(
         !c.allows(&e),
-        "60 agreeing outcomes are not yet enough: {e:?}"
+        "50 agreeing outcomes are not yet enough: {e:?}"
     );
-    teach(&c, &s, 0.93, 100, 0).await;
+    teach(&c, &s, 0.93, 110, 0).await;
     let e = c.estimate(&s, 0.93, &close_wording()).await;
     assert!(c.allows(&e), "{e:?}");
     assert_eq!(e.observations.round(), 160.0);
