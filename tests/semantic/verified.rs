@@ -64,14 +64,20 @@ async fn shared_calibration(w: &World) -> Peer {
     let mut raw = RawConfig::default();
     raw.semantic.mode = SemanticMode::Verified;
     let config = raw.validate(&env).expect("a valid config");
-    let store = thrifty::open_store(&config.store).expect("the store opens");
+    let store =
+        thrifty::open_store(&config.store, &thrifty::Clock::system()).expect("the store opens");
     poll(WAIT, "the peer's store answers", || {
         let store = store.clone();
         async move { store.ping().await.ok() }
     })
     .await;
     Peer {
-        calibration: Calibration::new(&config.semantic, Some(store.clone()), 7),
+        calibration: Calibration::new(
+            &config.semantic,
+            Some(store.clone()),
+            7,
+            thrifty::Clock::system(),
+        ),
         store,
     }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::{SemanticConfig, SemanticMode};
 use crate::store::Store;
 use curve::{Curve, SIMILARITY_EDGES, Tally};
@@ -191,9 +191,10 @@ impl Log {
         self.dirty = true;
     }
 
-    fn curve(&mut self) -> &Curve {
+    /// The curve as of `now_ms`, recomputed when observations came or went since the last.
+    fn curve(&mut self, now_ms: u64) -> &Curve {
         if self.dirty {
-            self.curve = Curve::new(tallies(&self.observations, now_ms(), HALF_LIFE));
+            self.curve = Curve::new(tallies(&self.observations, now_ms, HALF_LIFE));
             self.dirty = false;
         }
         &self.curve
@@ -209,6 +210,8 @@ pub struct Calibration {
     /// Draws for exploration: a counter through a mixing function, seeded.
     draws: AtomicU64,
     seed: u64,
+    /// What observations are stamped with and decay by.
+    clock: Clock,
 }
 
 /// A well-mixed 64-bit value from a counter (splitmix64).
@@ -221,8 +224,14 @@ fn mix(mut z: u64) -> u64 {
 
 impl Calibration {
     /// A calibration sharing its observations through `store`, or kept in memory only
-    /// without one. `seed` makes exploration reproducible.
-    pub fn new(config: &SemanticConfig, store: Option<Arc<Store>>, seed: u64) -> Calibration {
+    /// without one. `seed` makes exploration reproducible; `clock` stamps observations and
+    /// ages them.
+    pub fn new(
+        config: &SemanticConfig,
+        store: Option<Arc<Store>>,
+        seed: u64,
+        clock: Clock,
+    ) -> Calibration {
         Calibration {
             store,
             mode: config.mode,
@@ -231,6 +240,7 @@ impl Calibration {
             logs: Mutex::new(HashMap::new()),
             draws: AtomicU64::new(0),
             seed,
+            clock,
         }
     }
 
@@ -316,7 +326,7 @@ impl Calibration {
         if l.broken {
             return Some(Estimate::default());
         }
-        let curve = l.curve();
+        let curve = l.curve(self.clock.now_ms());
         if curve.row_total(cell.0) < need {
             return None;
         }
@@ -344,7 +354,7 @@ impl Calibration {
     /// Records a verified outcome in the scope's log and the global one.
     pub async fn observe(&self, scope: &Scope, similarity: f32, features: &Features, agreed: bool) {
         let o = Observation {
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
             similarity,
             features: *features,
             agreed,
@@ -378,7 +388,7 @@ impl Calibration {
             self.refresh(&key, &log).await;
             let mut l = log.lock();
             let (broken, count) = (l.broken, l.observations.len());
-            let curve = l.curve();
+            let curve = l.curve(self.clock.now_ms());
             let rows: Vec<Value> = (0..curve::ROWS)
                 .map(|row| {
                     let bins: Vec<Value> = SIMILARITY_EDGES
