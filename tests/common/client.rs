@@ -378,7 +378,9 @@ pub async fn start_thrifty_until(
     start_and_wait(raw, vars, Clock::system(), statuses, wait).await
 }
 
-async fn start_and_wait(
+/// Starts thrifty on `clock` and waits, at most `wait`, until `/readyz` reports one of
+/// `statuses`.
+pub async fn start_and_wait(
     raw: RawConfig,
     vars: &[(String, String)],
     clock: Clock,
