@@ -55,6 +55,10 @@ fn millis(d: Duration) -> u64 {
 
 /// A clock that stands still until it is moved, for tests: the server started with its
 /// [`ManualClock::clock`] sees exactly the time the test sets.
+///
+/// Redis expires keys by its own clock, which a manual clock does not move: a server on Redis
+/// whose answers are to expire must run on the system's clock, or its in-process copies of
+/// them would outlive the keys.
 #[derive(Clone, Debug)]
 pub struct ManualClock(Arc<AtomicU64>);
 

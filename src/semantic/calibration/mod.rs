@@ -54,6 +54,9 @@ pub const HALF_LIFE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often an instance rereads a scope's observations from the store.
 pub const REFRESH: Duration = Duration::from_secs(2);
 
+/// How far the clock may move before a curve is decayed again without a new observation.
+const REDECAY: Duration = Duration::from_secs(60);
+
 /// Observations a row of a scope's own curve needs before it replaces the global one.
 pub const SCOPED_ROW: f64 = 200.0;
 
@@ -161,6 +164,8 @@ struct Log {
     curve: Curve,
     /// Whether `curve` is behind `observations`.
     dirty: bool,
+    /// The time (Unix milliseconds) `curve`'s weights are decayed to.
+    decayed_to_ms: u64,
     /// When the store was last read; `None` before the first read.
     read_at: Option<Instant>,
     /// Whether a read is under way, so concurrent callers do not repeat it.
@@ -176,6 +181,7 @@ impl Log {
             observations: VecDeque::new(),
             curve: Curve::empty(),
             dirty: false,
+            decayed_to_ms: 0,
             read_at: None,
             reading: false,
             broken: false,
@@ -191,10 +197,13 @@ impl Log {
         self.dirty = true;
     }
 
-    /// The curve as of `now_ms`, recomputed when observations came or went since the last.
+    /// The curve as of `now_ms`, recomputed when observations came or went since the last, or
+    /// when the clock has moved on by [`REDECAY`].
     fn curve(&mut self, now_ms: u64) -> &Curve {
-        if self.dirty {
+        let stale = now_ms.abs_diff(self.decayed_to_ms) >= REDECAY.as_millis() as u64;
+        if self.dirty || stale {
             self.curve = Curve::new(tallies(&self.observations, now_ms, HALF_LIFE));
+            self.decayed_to_ms = now_ms;
             self.dirty = false;
         }
         &self.curve

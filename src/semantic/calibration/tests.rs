@@ -184,3 +184,23 @@ async fn the_report_shows_the_curve_and_its_counts() {
     assert_eq!(cell["serves"], true);
     assert_eq!(report["scopes"][1]["observations"], 151);
 }
+
+#[tokio::test]
+async fn outcomes_decay_as_the_clock_moves_without_new_ones() {
+    let clock = crate::clock::ManualClock::at_ms(HALF_LIFE.as_millis() as u64);
+    let c = Calibration::new(&config(0.0), None, 1, clock.clock());
+    teach(&c, &scope("a"), 0.95, 150, 0).await;
+    let (row, bin) = curve::cell(0.95, &close_wording()).expect("in range");
+    let agreed = |report: &serde_json::Value| {
+        report["scopes"][0]["rows"][row]["bins"][bin]["agreed"].as_f64()
+    };
+    let fresh = c.report(None).await;
+    assert_eq!(agreed(&fresh), Some(150.0));
+    assert_eq!(fresh["scopes"][0]["rows"][row]["bins"][bin]["serves"], true);
+    clock.advance(HALF_LIFE);
+    assert_eq!(agreed(&c.report(None).await), Some(75.0));
+    clock.advance(HALF_LIFE * 9);
+    let old = c.report(None).await;
+    assert_eq!(agreed(&old), Some(150.0 / 1024.0));
+    assert_eq!(old["scopes"][0]["rows"][row]["bins"][bin]["serves"], false);
+}
