@@ -18,7 +18,8 @@
 //! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API;
 //!   [`fleet`]: the statistics every instance on one Redis reports alike.
 //! - [`config`]: file + environment to a validated [`config::Config`]; [`table`]: the data
-//!   tables it reads; [`clock`]: the wall clock every date and age is read from; [`secret`], [`tls`], [`telemetry`].
+//!   tables it reads; [`clock`]: the wall clock every date and age is read from; [`secret`],
+//!   [`tls`], [`telemetry`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
