@@ -111,6 +111,7 @@ impl Account {
     pub fn new(
         ledger: Arc<Ledger>,
         started: Instant,
+        at_ms: u64,
         tenant: &Tenant,
         headers: &HeaderMap,
         dialect: Dialect,
@@ -128,7 +129,7 @@ impl Account {
             reworded: 0,
             done: false,
             record: UsageRecord {
-                at_ms: crate::clock::now_ms(),
+                at_ms,
                 tenant: tenant.id.clone(),
                 key_name: tenant.key_name.clone(),
                 team: tenant.team.clone(),

@@ -136,7 +136,8 @@ fn text(content_type: &str, body: String) -> Response<Body> {
 
 /// `GET /admin/savings?from=&to=&group_by=&format=json|csv`.
 async fn savings(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, ProxyError> {
-    let query = savings::parse_query(query.unwrap_or("")).map_err(ProxyError::bad_request)?;
+    let query =
+        savings::parse_query(query.unwrap_or(""), today(proxy)).map_err(ProxyError::bad_request)?;
     let ledger = proxy.ledger();
     ledger.flush().await;
     let report = ledger.report(&query).await.map_err(store_error)?;
@@ -195,7 +196,7 @@ async fn dashboard(
             e => e,
         })?;
     }
-    let query = savings::parse_query(&rest).map_err(ProxyError::bad_request)?;
+    let query = savings::parse_query(&rest, today(proxy)).map_err(ProxyError::bad_request)?;
     proxy.ledger().flush().await;
     let html = savings::dashboard_html(proxy.ledger(), &query).await;
     let mut response = text("text/html; charset=utf-8", html);
@@ -227,7 +228,7 @@ fn dashboard_login(proxy: &Proxy, token: &str, rest: &str) -> Result<Response<Bo
     } else {
         ""
     };
-    let expires = now_s() + DASHBOARD_COOKIE_LIFETIME;
+    let expires = proxy.clock().now_secs() + DASHBOARD_COOKIE_LIFETIME;
     let cookie = format!(
         "{DASHBOARD_COOKIE}={}; Max-Age={DASHBOARD_COOKIE_LIFETIME}; Path=/dashboard; HttpOnly; SameSite=Strict{secure}",
         dashboard_cookie_value(admin.expose(), expires)
@@ -248,8 +249,9 @@ fn dashboard_login(proxy: &Proxy, token: &str, rest: &str) -> Result<Response<Bo
     Ok(response)
 }
 
-fn now_s() -> u64 {
-    crate::clock::now_ms() / 1000
+/// The day reports end on unless they say otherwise.
+fn today(proxy: &Proxy) -> savings::Day {
+    savings::Day::from_unix_ms(proxy.clock().now_ms())
 }
 
 /// The cookie's value: when it expires (Unix seconds) and a digest of that time and the admin
@@ -277,7 +279,7 @@ fn has_dashboard_cookie(proxy: &Proxy, headers: &http::HeaderMap) -> bool {
     let Some(admin) = &proxy.config().admin_token else {
         return false;
     };
-    let now = now_s();
+    let now = proxy.clock().now_secs();
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -436,6 +438,7 @@ async fn entry(proxy: &Proxy, method: &Method, id: &str) -> Result<Response<Body
         ));
     }
     let raw = cache.store().get(&key).await.map_err(store_error)?;
+    let expires_in = cache.store().expires_in(&key).await.map_err(store_error)?;
     let entry: Option<Value> = raw.and_then(|r| {
         if key.starts_with(ANSWER_PREFIX) {
             cache
@@ -452,7 +455,11 @@ async fn entry(proxy: &Proxy, method: &Method, id: &str) -> Result<Response<Body
     match entry {
         Some(entry) => Ok(reply::json(
             StatusCode::OK,
-            &json!({"key": key, "entry": entry}),
+            &json!({
+                "key": key,
+                "entry": entry,
+                "expires_in_ms": expires_in.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            }),
         )),
         None => Err(ProxyError::NotFound(format!(
             "no readable cache entry {id}"

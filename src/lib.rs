@@ -18,7 +18,8 @@
 //! - [`store`]: Redis or the embedded store behind all of them; [`admin`]: the admin API;
 //!   [`fleet`]: the statistics every instance on one Redis reports alike.
 //! - [`config`]: file + environment to a validated [`config::Config`]; [`table`]: the data
-//!   tables it reads; [`clock`]: Unix milliseconds; [`secret`], [`tls`], [`telemetry`].
+//!   tables it reads; [`clock`]: the wall clock every date and age is read from; [`secret`],
+//!   [`tls`], [`telemetry`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -28,7 +29,7 @@ pub mod auth;
 pub(crate) mod body;
 pub(crate) mod cache;
 pub mod chat;
-pub(crate) mod clock;
+pub mod clock;
 pub mod compress;
 pub mod config;
 pub(crate) mod dialect;
@@ -57,6 +58,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use clock::{Clock, ManualClock};
 pub use config::Config;
 
 /// How often idle rate-limit buckets are forgotten.
@@ -79,9 +81,13 @@ const STATS_PUBLISH: Duration = Duration::from_secs(1);
 /// How often cache writes committed without an `fsync` are made durable.
 const STORE_PERSIST: Duration = Duration::from_secs(1);
 
-/// Opens Redis when a URL is configured, the embedded store otherwise.
-pub fn open_store(config: &config::StoreConfig) -> Result<Arc<store::Store>, store::StoreError> {
-    store::Store::open(config)
+/// Opens Redis when a URL is configured, the embedded store otherwise, its entries expiring by
+/// `clock`.
+pub fn open_store(
+    config: &config::StoreConfig,
+    clock: &Clock,
+) -> Result<Arc<store::Store>, store::StoreError> {
+    store::Store::open(config, clock)
 }
 
 /// Serves thrifty on an already-bound listener until `shutdown` resolves, then
@@ -91,6 +97,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    run_with_clock(listener, config, Clock::system(), shutdown).await
+}
+
+/// [`run`], reading the date and every age from `clock`: a test hands in a [`ManualClock`]'s
+/// and moves it instead of waiting.
+pub async fn run_with_clock(
+    listener: TcpListener,
+    config: Config,
+    clock: Clock,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let tls = match &config.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
             &files.cert,
@@ -98,8 +115,8 @@ pub async fn run(
         )?)),
         None => None,
     };
-    let store = open_store(&config.store)?;
-    let proxy = Arc::new(pipeline::Proxy::new(Arc::new(config), store)?);
+    let store = open_store(&config.store, &clock)?;
+    let proxy = Arc::new(pipeline::Proxy::new(Arc::new(config), store, clock)?);
     let mut background = tokio::task::JoinSet::new();
     let limiter_proxy = proxy.clone();
     background.spawn(async move {

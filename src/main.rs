@@ -187,7 +187,7 @@ fn report(config: Option<PathBuf>, args: thrifty::savings::ReportArgs) -> anyhow
     let config = Config::load(config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new()?;
     let text = runtime.block_on(async {
-        let store = thrifty::open_store(&config.store).map_err(|e| {
+        let store = thrifty::open_store(&config.store, &thrifty::Clock::system()).map_err(|e| {
             anyhow::anyhow!("{e} (with the embedded store, stop thrifty or use GET /admin/savings)")
         })?;
         thrifty::savings::cli_report(store, config.savings.pricing.clone(), &args)

@@ -6,7 +6,6 @@ use super::entry::EmbeddingEntry;
 use super::key::{self, CacheKey};
 use super::{Cache, EMBEDDING_PREFIX, Outcome};
 use crate::chat::{Dialect, EmbeddingRequest};
-use crate::clock::now_ms;
 
 /// The cache's view of one embedding call.
 pub struct EmbeddingPlan {
@@ -87,9 +86,11 @@ impl Cache {
         if !plan.mode.read() {
             return vec![None; plan.keys.len()];
         }
-        let oldest_ms = plan
-            .max_age
-            .map(|age| now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
+        let oldest_ms = plan.max_age.map(|age| {
+            self.clock
+                .now_ms()
+                .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
+        });
         let keys: Vec<String> = plan.keys.iter().map(store_key).collect();
         let Ok(raws) = self.store.get_many(&keys).await else {
             return vec![None; plan.keys.len()];
@@ -116,7 +117,7 @@ impl Cache {
         if !plan.mode.write() {
             return;
         }
-        let created_ms = now_ms();
+        let created_ms = self.clock.now_ms();
         let entries: Vec<(String, bytes::Bytes)> = indexes
             .iter()
             .zip(vectors)

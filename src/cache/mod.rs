@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::chat::{Call, Dialect};
+use crate::clock::Clock;
 use crate::config::CacheConfig;
 use crate::dialect;
 use crate::store::{KEY_PREFIX, Store};
@@ -135,12 +136,12 @@ pub struct Cache {
     stats: Stats,
     jobs: invalidate::Jobs,
     config: CacheConfig,
+    /// What entries' ages and TTLs are measured by.
+    clock: Clock,
 }
 
-use crate::clock::now_ms;
-
 impl Cache {
-    pub fn new(config: &CacheConfig, store: Arc<Store>) -> Arc<Cache> {
+    pub fn new(config: &CacheConfig, store: Arc<Store>, clock: Clock) -> Arc<Cache> {
         Arc::new(Cache {
             store,
             tasks: tokio_util::task::TaskTracker::new(),
@@ -150,7 +151,13 @@ impl Cache {
             stats: Stats::default(),
             jobs: invalidate::Jobs::default(),
             config: config.clone(),
+            clock,
         })
+    }
+
+    /// The wall clock entries' ages and TTLs are measured by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -234,7 +241,7 @@ impl Cache {
     /// from the hot layer when it holds a copy, else from the store (keeping a copy).
     pub async fn read(&self, plan: &Plan, key: &CacheKey, call: &Call) -> Option<Arc<Entry>> {
         let full = Self::store_key(key);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if let Some(entry) = self.read_hot(plan, &full, call, now) {
             return Some(entry);
         }
@@ -272,7 +279,7 @@ impl Cache {
     }
 
     fn servable(&self, plan: &Plan, entry: &Entry, call: &Call) -> bool {
-        let age = Duration::from_millis(now_ms().saturating_sub(entry.created_ms));
+        let age = Duration::from_millis(self.clock.now_ms().saturating_sub(entry.created_ms));
         if plan.controls.max_age.is_some_and(|max| age > max) {
             return false;
         }
@@ -347,7 +354,7 @@ impl Cache {
                     // it does this cost a second store read.
                     if plan.mode.read() {
                         let stored = if self.hot.enabled() {
-                            self.read_hot(plan, &Self::store_key(&key), call, now_ms())
+                            self.read_hot(plan, &Self::store_key(&key), call, self.clock.now_ms())
                         } else {
                             self.read(plan, &key, call).await
                         };
@@ -428,7 +435,7 @@ impl Cache {
             |t| t.min(self.config.max_ttl),
         );
         Entry {
-            created_ms: now_ms(),
+            created_ms: self.clock.now_ms(),
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             tenant: plan.tenant.clone(),
             namespace: plan.controls.namespace.clone(),
@@ -452,7 +459,7 @@ impl Cache {
         let ttl = Duration::from_millis(entry.ttl_ms);
         let full = Self::store_key(key);
         // Before the write: the copy must not outlive the stored entry.
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let stored = self.store.put(&full, raw, ttl).await.is_ok();
         if stored {
             self.stats.stored();

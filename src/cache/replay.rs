@@ -14,7 +14,6 @@ use super::entry::{Answer, Entry};
 use super::key::CacheKey;
 use crate::body::{Body, full};
 use crate::chat::{Call, Dialect};
-use crate::clock::now_ms;
 
 use crate::dialect::{self, stream as wire, template};
 use crate::headers::Labels;
@@ -90,9 +89,9 @@ pub fn respond(dialect: Dialect, call: &Call, entry: &Entry) -> Response<Body> {
     response
 }
 
-/// The labels of a replayed answer: a hit, its key and its age.
-pub fn labels(entry: &Entry, key: &CacheKey, labels: &mut Labels) {
+/// The labels of a replayed answer at `now_ms`: a hit, its key and its age.
+pub fn labels(entry: &Entry, key: &CacheKey, now_ms: u64, labels: &mut Labels) {
     labels.cache = Some(Outcome::Hit.as_str());
     labels.cache_key = Some(key.short().to_owned());
-    labels.cache_age_secs = Some(now_ms().saturating_sub(entry.created_ms) / 1000);
+    labels.cache_age_secs = Some(now_ms.saturating_sub(entry.created_ms) / 1000);
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::chat::ChatRequest;
+use crate::clock::Clock;
 use crate::config::{CompressionConfig, Encoding, Mode, Strategy};
 use crate::store::Store;
 
@@ -35,20 +36,23 @@ pub struct Compressor {
     /// What each old message yields whatever the question, kept across turns.
     pub(super) analyses: Analyses,
     pub(super) stats: Stats,
+    /// What summaries' lifetimes are measured by.
+    pub(super) clock: Clock,
 }
 
 impl Compressor {
-    pub fn new(config: CompressionConfig, store: Arc<Store>) -> Self {
-        Compressor::build(config, Some(store))
+    /// A compressor keeping summaries in `store`, their lifetimes measured by `clock`.
+    pub fn new(config: CompressionConfig, store: Arc<Store>, clock: Clock) -> Self {
+        Compressor::build(config, Some(store), clock)
     }
 
     /// A compressor without a summary store, for evaluation and benchmarks;
     /// the summarize strategy still works but summaries are not reused.
     pub fn offline(config: CompressionConfig) -> Self {
-        Compressor::build(config, None)
+        Compressor::build(config, None, Clock::system())
     }
 
-    fn build(config: CompressionConfig, store: Option<Arc<Store>>) -> Self {
+    fn build(config: CompressionConfig, store: Option<Arc<Store>>, clock: Clock) -> Self {
         if config.enabled {
             // Building a tokenizer takes about half a second; do it before the first request needs it.
             std::thread::spawn(TokenCounter::warm_up);
@@ -59,6 +63,7 @@ impl Compressor {
             counter: TokenCounter::new(),
             analyses: Analyses::new(),
             stats: Stats::default(),
+            clock,
         }
     }
 
@@ -165,6 +170,7 @@ impl Compressor {
                     config: &self.config,
                     store: self.store.as_deref(),
                     stats: &self.stats,
+                    clock: &self.clock,
                 };
                 match strategy::summarized(summaries, chat, &prepared, summarizer).await {
                     Ok(done) => condensed = Some(done),

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::chat::{ChatRequest, Content, Message, Role};
+use crate::clock::Clock;
 use crate::config::{CompressionConfig, Mode, Strategy};
 use crate::store::Store;
 
@@ -95,11 +96,12 @@ pub(super) fn extractive(
 }
 
 /// What the summarize strategy works with: the configuration, the summary store (none
-/// offline) and the counters it records into.
+/// offline), the counters it records into and the clock summaries' lifetimes are measured by.
 pub(super) struct Summaries<'a> {
     pub(super) config: &'a CompressionConfig,
     pub(super) store: Option<&'a Store>,
     pub(super) stats: &'a Stats,
+    pub(super) clock: &'a Clock,
 }
 
 /// The summarize strategy: reuse, extend or create the summary of the prefix.
@@ -113,6 +115,7 @@ pub(super) async fn summarized(
         config,
         store,
         stats,
+        clock,
     } = summaries;
     let plan = &prepared.plan;
     let (lead, cut) = (plan.lead, plan.cut);
@@ -139,6 +142,7 @@ pub(super) async fn summarized(
                     store,
                     &hashes[covers],
                     &stored,
+                    clock.now_secs(),
                     config.summary_ttl,
                     config.summary_max_ttl,
                 )
@@ -169,7 +173,7 @@ pub(super) async fn summarized(
                 let stored = summarize::Stored {
                     covers,
                     summary: text.clone(),
-                    created: summarize::now_secs(),
+                    created: clock.now_secs(),
                 };
                 summarize::save(store, &hashes[covers], &stored, config.summary_ttl).await;
             }

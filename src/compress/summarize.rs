@@ -12,7 +12,7 @@
 //! kept verbatim), which is what makes them reusable across turns.
 //! This room must not choose boundaries or call the model itself.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -113,12 +113,6 @@ pub struct Stored {
     pub created: u64,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The time to live a reused summary gets: the sliding TTL, capped by what is
 /// left of its maximum lifetime; `None` once that is used up.
 pub fn sliding_ttl(created: u64, now: u64, ttl: Duration, max_ttl: Duration) -> Option<Duration> {
@@ -153,15 +147,16 @@ pub async fn save(store: &Store, hash: &Hash, stored: &Stored, ttl: Duration) {
     }
 }
 
-/// Extends a reused summary's life while its conversation is active.
+/// Extends a reused summary's life, at `now` (Unix seconds), while its conversation is active.
 pub async fn refresh(
     store: &Store,
     hash: &Hash,
     stored: &Stored,
+    now: u64,
     ttl: Duration,
     max_ttl: Duration,
 ) {
-    if let Some(ttl) = sliding_ttl(stored.created, now_secs(), ttl, max_ttl) {
+    if let Some(ttl) = sliding_ttl(stored.created, now, ttl, max_ttl) {
         let _ = store.touch(&key(hash), ttl).await;
     }
 }

@@ -140,7 +140,7 @@ impl Proxy {
             mut labels,
             ..
         } = cx;
-        replay::labels(entry, key, &mut labels);
+        replay::labels(entry, key, self.clock.now_ms(), &mut labels);
         labels.cache = Some(outcome.as_str());
         let billed = match outcome {
             Outcome::SemanticHit => ledger::Outcome::SemanticHit,

@@ -48,6 +48,7 @@ use crate::body::{Body, boxed};
 use crate::cache::controls::Controls;
 use crate::cache::{Cache, Outcome};
 use crate::chat::{Call, Dialect, Endpoint};
+use crate::clock::Clock;
 use crate::compress::Compressor;
 use crate::config::Config;
 use crate::dialect;
@@ -79,6 +80,8 @@ pub struct Proxy {
     compressor: Compressor,
     /// The totals every instance on a shared store reports alike.
     fleet: Option<FleetStats>,
+    /// The wall clock every date and age is read from.
+    clock: Clock,
 }
 
 /// When a request arrived, and whether a savings record describes it: the door makes one,
@@ -135,8 +138,12 @@ struct Exchange {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Result<Self, rustls::Error> {
-        let cache = Cache::new(&config.cache, store);
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        clock: Clock,
+    ) -> Result<Self, rustls::Error> {
+        let cache = Cache::new(&config.cache, store, clock.clone());
         let ledger = Ledger::with_options(
             cache.store().clone(),
             config.savings.pricing.clone(),
@@ -158,19 +165,30 @@ impl Proxy {
             calibration: Arc::new(Calibration::new(
                 &config.semantic,
                 Some(cache.store().clone()),
-                crate::clock::now_ms(),
+                clock.now_ms(),
+                clock.clone(),
             )),
-            compressor: Compressor::new(config.compression.clone(), cache.store().clone()),
+            compressor: Compressor::new(
+                config.compression.clone(),
+                cache.store().clone(),
+                clock.clone(),
+            ),
             fleet: FleetStats::new(cache.store()),
             ledger,
             cache,
             clients,
             config,
+            clock,
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The wall clock every date and age is read from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn limiter(&self) -> &RateLimiter {
@@ -296,6 +314,7 @@ impl Proxy {
         Account::new(
             self.ledger.clone(),
             exchange.arrival.at,
+            self.clock.now_ms(),
             &exchange.tenant,
             &exchange.parts.headers,
             exchange.dialect,

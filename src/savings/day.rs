@@ -1,8 +1,7 @@
 //! A UTC calendar day, the unit the ledger aggregates by; no time zones, no clock reads
-//! except [`Day::today`].
+//! except [`Day::today`] (the system's, for the command line; the server asks its own clock).
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const MS_PER_DAY: u64 = 86_400_000;
 
@@ -15,11 +14,9 @@ impl Day {
         Day(i64::try_from(ms / MS_PER_DAY).unwrap_or(i64::MAX))
     }
 
+    /// Today by the system's clock.
     pub fn today() -> Day {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Day::from_unix_ms(ms)
+        Day::from_unix_ms(crate::clock::Clock::system().now_ms())
     }
 
     /// The day `n` days later (earlier for negative `n`).

@@ -100,8 +100,8 @@ impl ReportArgs {
 }
 
 /// Parses `from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day,model&format=json|csv`.
-/// Defaults: the last 30 days, grouped by day, as JSON.
-pub fn parse_query(query_string: &str) -> Result<ReportQuery, String> {
+/// Defaults: the last 30 days up to `today`, grouped by day, as JSON.
+pub fn parse_query(query_string: &str, today: Day) -> Result<ReportQuery, String> {
     let (mut from, mut to, mut group_by, mut format) = (None, None, None, None);
     for (name, value) in form_urlencoded::parse(query_string.as_bytes()) {
         let value = value.into_owned();
@@ -119,7 +119,7 @@ pub fn parse_query(query_string: &str) -> Result<ReportQuery, String> {
         *slot = Some(value);
     }
     build(
-        Day::today(),
+        today,
         from.as_deref(),
         to.as_deref(),
         group_by.as_deref(),
@@ -232,8 +232,11 @@ mod tests {
 
     #[test]
     fn parses_a_full_query() {
-        let q = parse_query("from=2025-01-01&to=2025-01-31&group_by=day%2Cmodel,team&format=csv")
-            .unwrap();
+        let q = parse_query(
+            "from=2025-01-01&to=2025-01-31&group_by=day%2Cmodel,team&format=csv",
+            Day::today(),
+        )
+        .unwrap();
         assert_eq!(q.from.to_string(), "2025-01-01");
         assert_eq!(q.to.to_string(), "2025-01-31");
         assert_eq!(
@@ -245,12 +248,12 @@ mod tests {
 
     #[test]
     fn defaults_to_the_last_30_days_by_day_as_json() {
-        let q = parse_query("").unwrap();
+        let q = parse_query("", Day::today()).unwrap();
         assert_eq!(q.to, Day::today());
         assert_eq!(q.from.days_until(q.to), 29);
         assert_eq!(q.group_by, vec![Dimension::Day]);
         assert_eq!(q.format, Format::Json);
-        let totals_only = parse_query("group_by=").unwrap();
+        let totals_only = parse_query("group_by=", Day::today()).unwrap();
         assert!(totals_only.group_by.is_empty());
         let args = ReportArgs {
             to: Some("2025-03-01".into()),
@@ -275,7 +278,7 @@ mod tests {
             ("format=xml", "format:"),
             ("limit=5", "unknown parameter limit"),
         ] {
-            let err = parse_query(query).unwrap_err();
+            let err = parse_query(query, Day::today()).unwrap_err();
             assert!(err.contains(expected), "{query}: {err}");
         }
     }

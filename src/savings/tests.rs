@@ -234,7 +234,7 @@ fn temp_dir(name: &str) -> Scratch {
 
 fn embedded(dir: &Path) -> Arc<Store> {
     Store::embedded(
-        EmbeddedStore::open(dir, 1 << 20).unwrap(),
+        EmbeddedStore::open(dir, 1 << 20, crate::clock::Clock::system()).unwrap(),
         Duration::from_secs(2),
     )
 }
@@ -435,7 +435,7 @@ async fn records_survive_a_restart_of_the_embedded_store() {
     // The writer lets go of the database once its queue closes; reopen when it has.
     let deadline = Instant::now() + Duration::from_secs(10);
     let store = loop {
-        match EmbeddedStore::open(&dir, 1 << 20) {
+        match EmbeddedStore::open(&dir, 1 << 20, crate::clock::Clock::system()) {
             Ok(store) => break Store::embedded(store, Duration::from_secs(2)),
             Err(e) if Instant::now() < deadline => {
                 let _ = e;

@@ -44,7 +44,6 @@ use tokio::sync::mpsc;
 use crate::cache::Cache;
 use crate::cache::key::{self, CacheKey, Scope};
 use crate::chat::{ChatRequest, Content, Dialect, Endpoint, Message, PartKind, Role};
-use crate::clock::now_ms;
 use crate::config::{ContextRule, SemanticConfig};
 use embedder::{Embedded, Embedder};
 use index::Index;
@@ -449,7 +448,7 @@ impl SemanticCache {
             answer: answer.0.clone(),
             text: query.text,
             vector: query.vector.to_vec(),
-            created_ms: now_ms(),
+            created_ms: self.cache.clock().now_ms(),
         };
         let Some(raw) = self.cache.sealer().seal(&record) else {
             return;

@@ -167,7 +167,7 @@ pub async fn run(
     seed: u64,
 ) -> Run {
     let index = Index::new(usize::MAX, usize::MAX, usize::MAX);
-    let calibration = Calibration::new(config, None, seed);
+    let calibration = Calibration::new(config, None, seed, crate::clock::Clock::system());
     let scope = Scope {
         tenant: "eval".to_owned(),
         namespace: None,

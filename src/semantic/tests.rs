@@ -25,12 +25,14 @@ fn semantic_cache() -> Arc<SemanticCache> {
         "thrifty-semantic-{}",
         uuid::Uuid::new_v4().simple()
     ));
-    let store = EmbeddedStore::open(&dir, 1 << 20).expect("the embedded store opens");
+    let store = EmbeddedStore::open(&dir, 1 << 20, crate::clock::Clock::system())
+        .expect("the embedded store opens");
     // The open database outlives its directory entry; nothing is left behind.
     let _ = std::fs::remove_dir_all(&dir);
     let cache = Cache::new(
         &config.cache,
         Store::embedded(store, Duration::from_secs(5)),
+        crate::clock::Clock::system(),
     );
     SemanticCache::load(&config.semantic, cache).unwrap_or_else(|| {
         panic!("no embedding model in {model_dir}: run scripts/fetch-model-assets.sh")

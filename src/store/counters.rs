@@ -377,7 +377,7 @@ mod tests {
             "thrifty-counters-{name}-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        let store = EmbeddedStore::open(&dir, 1 << 20).unwrap();
+        let store = EmbeddedStore::open(&dir, 1 << 20, crate::clock::Clock::system()).unwrap();
         // The open database outlives its directory entry; nothing is left behind.
         let _ = std::fs::remove_dir_all(&dir);
         Store::embedded(store, Duration::from_secs(5))

@@ -21,7 +21,7 @@ use redb::{
 use tokio::sync::oneshot;
 
 use super::{StoreError, Tally};
-use crate::clock::now_ms;
+use crate::clock::Clock;
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
@@ -45,6 +45,8 @@ pub struct EmbeddedStore {
     unpersisted: Arc<AtomicBool>,
     /// Single puts waiting for the next group commit.
     puts: Arc<Puts>,
+    /// What entries' expiry is judged by.
+    clock: Clock,
 }
 
 /// Group commit of single puts: a put joins the queue, and whichever put finds no commit
@@ -110,10 +112,6 @@ impl Puts {
     }
 }
 
-fn expiry(ttl: Duration) -> u64 {
-    now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-}
-
 pub(super) fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Embedded(e.to_string())
 }
@@ -142,8 +140,9 @@ fn decode(raw: &[u8]) -> Option<Entry> {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir`, keeping up to `memory_bytes` of values in memory.
-    pub fn open(dir: &Path, memory_bytes: u64) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store in `dir`, keeping up to `memory_bytes` of values in memory;
+    /// entries expire by `clock`.
+    pub fn open(dir: &Path, memory_bytes: u64, clock: Clock) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(err)?;
         let db = Database::create(dir.join("thrifty.redb")).map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
@@ -169,7 +168,15 @@ impl EmbeddedStore {
             deletes: Arc::new(Mutex::new(0)),
             unpersisted: Arc::new(AtomicBool::new(false)),
             puts: Arc::new(Puts::default()),
+            clock,
         })
+    }
+
+    /// When an entry written now with `ttl` expires.
+    fn expiry(&self, ttl: Duration) -> u64 {
+        self.clock
+            .now_ms()
+            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Makes every write committed so far durable, with one `fsync`, if any was made without.
@@ -201,7 +208,7 @@ impl EmbeddedStore {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if let Some(entry) = self.memory.get(key) {
             if entry.expires_ms > now {
                 return Ok(Some(entry.value));
@@ -232,7 +239,7 @@ impl EmbeddedStore {
 
     /// Reads the keys the memory layer lacks in one read transaction.
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut values: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
         let mut missing: Vec<(usize, String)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -281,7 +288,7 @@ impl EmbeddedStore {
         entries: Vec<(String, Bytes)>,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let expires_ms = expiry(ttl);
+        let expires_ms = self.expiry(ttl);
         let entries: Vec<(String, Entry)> = entries
             .into_iter()
             .map(|(key, value)| (key, Entry { value, expires_ms }))
@@ -308,7 +315,7 @@ impl EmbeddedStore {
     pub async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         let entry = Entry {
             value,
-            expires_ms: expiry(ttl),
+            expires_ms: self.expiry(ttl),
         };
         self.memory.insert(key.to_owned(), entry.clone());
         let (done, committed) = oneshot::channel();
@@ -334,10 +341,11 @@ impl EmbeddedStore {
     /// read again from disk once it lapses.
     pub async fn touch(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
         let owned = key.to_owned();
-        let expires_ms = expiry(ttl);
+        let expires_ms = self.expiry(ttl);
         let unpersisted = self.unpersisted.clone();
+        let clock = self.clock.clone();
         self.blocking(move |db| {
-            let now = now_ms();
+            let now = clock.now_ms();
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut table = txn.open_table(TABLE).map_err(err)?;
@@ -355,6 +363,24 @@ impl EmbeddedStore {
             commit_lazily(txn, &unpersisted)
         })
         .await
+    }
+
+    /// How long a live key has left by the entry on disk (a memory copy may keep an earlier
+    /// expiry after a touch).
+    pub async fn expires_in(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let owned = key.to_owned();
+        let found = self
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(err)?;
+                let table = txn.open_table(TABLE).map_err(err)?;
+                let raw = table.get(owned.as_str()).map_err(err)?;
+                Ok(raw.and_then(|v| decode(v.value())))
+            })
+            .await?;
+        let now = self.clock.now_ms();
+        Ok(found
+            .filter(|e| e.expires_ms > now)
+            .map(|e| Duration::from_millis(e.expires_ms - now)))
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
@@ -388,7 +414,7 @@ impl EmbeddedStore {
 
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let prefix = prefix.to_owned();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(TABLE).map_err(err)?;
@@ -410,7 +436,7 @@ impl EmbeddedStore {
     /// Counts live entries under a prefix and their value bytes in one read transaction.
     pub async fn tally(&self, prefix: &str) -> Result<Tally, StoreError> {
         let prefix = prefix.to_owned();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(TABLE).map_err(err)?;
@@ -436,7 +462,7 @@ impl EmbeddedStore {
 
     /// Deletes expired entries from disk; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             let removed;
@@ -465,11 +491,15 @@ mod tests {
     use super::*;
 
     fn store(name: &str) -> EmbeddedStore {
+        store_on(name, Clock::system())
+    }
+
+    fn store_on(name: &str, clock: Clock) -> EmbeddedStore {
         let dir = std::env::temp_dir().join(format!(
             "thrifty-embedded-{name}-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        let store = EmbeddedStore::open(&dir, 1 << 20).unwrap();
+        let store = EmbeddedStore::open(&dir, 1 << 20, clock).unwrap();
         // The open database outlives its directory entry; nothing is left behind.
         let _ = std::fs::remove_dir_all(&dir);
         store
@@ -502,13 +532,23 @@ mod tests {
 
     #[tokio::test]
     async fn touch_extends_a_live_key_and_never_revives_a_deleted_one() {
-        let s = store("touch");
+        let clock = crate::clock::ManualClock::at_ms(1_000_000);
+        let s = store_on("touch", clock.clock());
         s.put("k", Bytes::from_static(b"v"), Duration::from_millis(200))
             .await
             .unwrap();
         s.touch("k", Duration::from_secs(60)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        clock.advance(Duration::from_millis(300));
         assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v")));
+        assert_eq!(
+            s.expires_in("k").await.unwrap(),
+            Some(Duration::from_millis(59_700))
+        );
+        clock.advance(Duration::from_millis(59_700));
+        assert_eq!(s.get("k").await.unwrap(), None, "expired by the clock");
+        assert_eq!(s.expires_in("k").await.unwrap(), None);
+        // Back to a time the key is live at, so only the delete can remove it.
+        clock.set_ms(1_000_000);
 
         s.delete(&["k".to_owned()]).await.unwrap();
         s.touch("k", Duration::from_secs(60)).await.unwrap();
@@ -522,7 +562,7 @@ mod tests {
             "thrifty-embedded-persist-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        let s = EmbeddedStore::open(&dir, 1 << 20).unwrap();
+        let s = EmbeddedStore::open(&dir, 1 << 20, Clock::system()).unwrap();
         s.put("k", Bytes::from_static(b"v"), Duration::from_secs(60))
             .await
             .unwrap();
@@ -533,7 +573,7 @@ mod tests {
         s.persist().await.unwrap();
         assert!(!s.unpersisted.load(Ordering::Acquire));
         drop(s);
-        let reopened = EmbeddedStore::open(&dir, 1 << 20).unwrap();
+        let reopened = EmbeddedStore::open(&dir, 1 << 20, Clock::system()).unwrap();
         assert_eq!(
             reopened.get("k").await.unwrap(),
             Some(Bytes::from_static(b"v"))

@@ -26,6 +26,8 @@ pub use config::StoreConfig;
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 
+use crate::clock::Clock;
+
 /// Prefix of every key thrifty writes.
 pub const KEY_PREFIX: &str = "thrifty:v1:";
 
@@ -134,8 +136,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens Redis when a URL is configured, the embedded store otherwise.
-    pub fn open(config: &StoreConfig) -> Result<Arc<Store>, StoreError> {
+    /// Opens Redis when a URL is configured, the embedded store otherwise; the embedded
+    /// store's entries expire by `clock` (Redis expires its keys by its own).
+    pub fn open(config: &StoreConfig, clock: &Clock) -> Result<Arc<Store>, StoreError> {
         let limits = Limits::from_config(config);
         Ok(match &config.redis_url {
             Some(url) => Store::with(
@@ -147,7 +150,11 @@ impl Store {
                 limits,
             ),
             None => Store::with(
-                Backend::Embedded(EmbeddedStore::open(&config.data_dir, config.memory_bytes)?),
+                Backend::Embedded(EmbeddedStore::open(
+                    &config.data_dir,
+                    config.memory_bytes,
+                    clock.clone(),
+                )?),
                 limits,
             ),
         })
@@ -388,6 +395,17 @@ impl Store {
             match &self.backend {
                 Backend::Redis(r) => r.touch(key, ttl).await,
                 Backend::Embedded(e) => e.touch(key, ttl).await,
+            }
+        })
+        .await
+    }
+
+    /// How long a key has left to live: `None` when it is gone or never expires.
+    pub async fn expires_in(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        self.bounded(async {
+            match &self.backend {
+                Backend::Redis(r) => r.expires_in(key).await,
+                Backend::Embedded(e) => e.expires_in(key).await,
             }
         })
         .await

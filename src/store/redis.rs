@@ -189,6 +189,14 @@ impl RedisStore {
         self.query::<()>(&cmd).await
     }
 
+    /// `PTTL`: -2 for a missing key and -1 for one without expiry are both `None`.
+    pub async fn expires_in(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let mut cmd = ::redis::cmd("PTTL");
+        cmd.arg(key);
+        let ms = self.query::<i64>(&cmd).await?;
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
     /// One multi-key `DEL` per batch of keys; a cluster connection splits each by slot.
     pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
         let deletes = keys.chunks(BATCH_KEYS).map(|chunk| {

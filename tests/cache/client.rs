@@ -45,6 +45,17 @@ impl Api {
         }
     }
 
+    /// How long the answer with key `short` has left in the store, in milliseconds, through
+    /// the admin API; `None` when it is not stored.
+    pub async fn expires_in(&self, short: &str) -> Option<u64> {
+        let entry = self.entry(short).await?;
+        Some(
+            entry["expires_in_ms"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("entry {short} has no expires_in_ms: {entry}")),
+        )
+    }
+
     /// Sends a miss and waits until its answer is stored; returns the miss.
     pub async fn fill<K: AsRef<str>, V: AsRef<str>>(
         &self,

@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use thrifty::config::RawConfig;
+use thrifty::{Clock, ManualClock};
 
+use crate::common::client::start_thrifty_with_clock;
 use crate::common::fake_llm::{FakeLlm, FakeLlmBuilder};
 use crate::common::redis::RedisServer;
 use crate::common::thrifty::{Thrifty, config_for};
-use crate::{ADMIN_TOKEN, ANSWER_PREFIX, Api, Backend, Probe, WAIT, start_redis, start_thrifty};
+use crate::{ADMIN_TOKEN, ANSWER_PREFIX, Api, Backend, Probe, WAIT, start_redis};
 
 // ---------------------------------------------------------------------------------------------
 // A fake upstream, a store and a thrifty, started together.
@@ -23,9 +25,16 @@ pub struct Setup {
     admin: bool,
     vars: Vec<(String, String)>,
     tweaks: Vec<Tweak>,
+    clock: Clock,
 }
 
 impl Setup {
+    /// Starts thrifty on `clock`'s time, which the test moves instead of waiting.
+    pub fn clock(mut self, clock: &ManualClock) -> Self {
+        self.clock = clock.clock();
+        self
+    }
+
     /// Builds the fake from `builder` (for latency or chunk delays).
     pub fn fake(mut self, builder: FakeLlmBuilder) -> Self {
         self.fake = builder;
@@ -69,9 +78,10 @@ impl Setup {
         if self.admin {
             vars.push(("THRIFTY_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()));
         }
-        let thrifty = start_thrifty(raw.clone(), &vars, WAIT).await;
+        let thrifty = start_thrifty_with_clock(raw.clone(), &vars, self.clock.clone(), WAIT).await;
         Harness {
             backend: self.backend,
+            clock: self.clock,
             api: Api::new(thrifty.url(), WAIT),
             fake,
             redis,
@@ -93,6 +103,8 @@ pub struct Harness {
     pub raw: RawConfig,
     /// The environment thrifty was started with (Redis URL and admin token included).
     pub vars: Vec<(String, String)>,
+    /// The clock thrifty reads, kept for starting it again.
+    clock: Clock,
 }
 
 impl Harness {
@@ -103,6 +115,7 @@ impl Harness {
             admin: true,
             vars: Vec::new(),
             tweaks: Vec::new(),
+            clock: Clock::system(),
         }
     }
 
@@ -132,7 +145,8 @@ impl Harness {
             self.vars.retain(|(k, _)| k != name);
             self.vars.push(((*name).to_owned(), (*value).to_owned()));
         }
-        let thrifty = start_thrifty(self.raw.clone(), &self.vars, WAIT).await;
+        let thrifty =
+            start_thrifty_with_clock(self.raw.clone(), &self.vars, self.clock.clone(), WAIT).await;
         self.api = Api::new(thrifty.url(), WAIT);
         self.thrifty = Some(thrifty);
     }

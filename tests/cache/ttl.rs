@@ -3,18 +3,32 @@
 //!
 //! Expiry is observed in the store (the admin API, or Redis's PTTL), not by asking again:
 //! every hit would renew the entry it is waiting to see expire.
+//!
+//! Redis expires its keys by its own clock, so its cases wait in real time. With the embedded
+//! store every expiry is thrifty's own decision, so those cases run thrifty on a
+//! [`ManualClock`] and move it instead of waiting.
 
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
 use serde_json::json;
+use thrifty::ManualClock;
 
 use crate::{ANSWER_PREFIX, Backend, Dialect, Harness, NO_HEADERS, WAIT, poll};
+
+/// Waits until the answer `short` has `ms` left to live: a hit renews its entry in the
+/// background, and a test moving the clock must not move it before the renewal landed.
+async fn wait_expires_in(h: &Harness, short: &str, ms: u64, what: &str) {
+    poll(WAIT, &format!("{what}: {ms} ms left"), || async {
+        (h.api.expires_in(short).await == Some(ms)).then_some(())
+    })
+    .await;
+}
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_expires_after_its_ttl(
-    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+    #[values(Backend::Redis)] backend: Backend,
     #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
 ) {
     let what = format!("{backend:?}/{dialect:?}");
@@ -34,6 +48,47 @@ async fn an_entry_expires_after_its_ttl(
         assert!(ttl > 0 && ttl <= 1000, "{what}: PTTL {ttl}");
     }
     h.api.wait_gone(&key, Duration::from_secs(5)).await;
+    h.api
+        .send(path, &body)
+        .await
+        .assert_cache("miss", &format!("{what}: after expiry"));
+    assert_eq!(h.fake.calls_to(path), 2, "{what}");
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_entry_expires_the_moment_its_ttl_has_passed(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let clock = ManualClock::now();
+    let h = Harness::setup(Backend::Embedded)
+        .clock(&clock)
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let body = dialect.chat("short lived", false);
+    let miss = h
+        .api
+        .fill(path, &body, &[("x-thrifty-cache-ttl", "1")])
+        .await;
+    let key = miss.key();
+    let stored = h.api.entry(&key).await.expect("stored");
+    assert_eq!(stored["entry"]["ttl_ms"], 1000, "{what}");
+    assert_eq!(stored["expires_in_ms"], 1000, "{what}: {stored}");
+
+    clock.advance(Duration::from_millis(999));
+    assert_eq!(
+        h.api.expires_in(&key).await,
+        Some(1),
+        "{what}: a millisecond before its TTL the entry is still stored"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        h.api.entry(&key).await,
+        None,
+        "{what}: gone once its TTL has passed"
+    );
     h.api
         .send(path, &body)
         .await
@@ -120,9 +175,7 @@ async fn max_age_rejects_an_older_entry(
 /// With a one-second TTL, hits every quarter second keep the entry for well over a second.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hits_keep_a_short_lived_entry_alive(
-    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
-) {
+async fn hits_keep_a_short_lived_entry_alive(#[values(Backend::Redis)] backend: Backend) {
     let dialect = Dialect::Ollama;
     let what = format!("{backend:?}");
     let h = Harness::start(backend).await;
@@ -142,6 +195,46 @@ async fn hits_keep_a_short_lived_entry_alive(
     assert_eq!(h.fake.calls_to(path), 1, "{what}");
     h.api.wait_gone(&miss.key(), Duration::from_secs(5)).await;
     h.api.send(path, &body).await.assert_cache("miss", &what);
+}
+
+/// The same with the embedded store, on thrifty's clock: ten hits a quarter second apart keep
+/// a one-second entry for two and a half seconds, each renewing it to a full second, and it
+/// expires a second after the last.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_keep_a_short_lived_embedded_entry_alive(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let clock = ManualClock::now();
+    let h = Harness::setup(Backend::Embedded)
+        .clock(&clock)
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let body = dialect.chat("keep me alive", false);
+    let miss = h
+        .api
+        .fill(path, &body, &[("x-thrifty-cache-ttl", "1")])
+        .await;
+    let key = miss.key();
+    for step in 1..=10 {
+        clock.advance(Duration::from_millis(250));
+        let at = format!("{what}: at {} ms", step * 250);
+        h.api.send(path, &body).await.assert_cache("hit", &at);
+        wait_expires_in(&h, &key, 1000, &format!("{at}: the hit renews the entry")).await;
+    }
+    assert_eq!(h.fake.calls_to(path), 1, "{what}");
+    clock.advance(Duration::from_millis(999));
+    assert_eq!(h.api.expires_in(&key).await, Some(1), "{what}");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        h.api.entry(&key).await,
+        None,
+        "{what}: a second after the last hit"
+    );
+    h.api.send(path, &body).await.assert_cache("miss", &what);
+    assert_eq!(h.fake.calls_to(path), 2, "{what}");
 }
 
 #[rstest]
@@ -248,4 +341,57 @@ async fn sliding_never_passes_max_ttl(
         after < 1950,
         "{what}: the renewal was capped below the 2 s TTL: {after}"
     );
+}
+
+/// The same cap with the embedded store, on thrifty's clock: a hit renews the entry only up to
+/// `max_ttl` from its creation, and it expires exactly then.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_never_passes_max_ttl_in_the_embedded_store(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let clock = ManualClock::now();
+    let h = Harness::setup(Backend::Embedded)
+        .clock(&clock)
+        .config(|raw| {
+            raw.cache.ttl = Duration::from_secs(3);
+            raw.cache.max_ttl = Duration::from_secs(3);
+        })
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let body = dialect.chat("do not outlive max_ttl", false);
+    let miss = h
+        .api
+        .fill(path, &body, &[("x-thrifty-cache-ttl", "2")])
+        .await;
+    let key = miss.key();
+    assert_eq!(h.api.expires_in(&key).await, Some(2000), "{what}");
+
+    // 1.5 s later a full renewal would reach 3.5 s from creation, past max_ttl.
+    clock.advance(Duration::from_millis(1500));
+    let hit = h.api.send(path, &body).await;
+    hit.assert_cache("hit", &what);
+    assert_eq!(hit.age(), 1, "{what}: the entry is a second and a half old");
+    let renewed = poll(
+        WAIT,
+        &format!("{what}: the hit renews the entry"),
+        || async { h.api.expires_in(&key).await.filter(|left| *left != 500) },
+    )
+    .await;
+    assert_eq!(
+        renewed, 1500,
+        "{what}: renewed to max_ttl from creation, not to the 2 s TTL"
+    );
+    clock.advance(Duration::from_millis(1499));
+    assert_eq!(h.api.expires_in(&key).await, Some(1), "{what}");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        h.api.entry(&key).await,
+        None,
+        "{what}: gone max_ttl after its creation"
+    );
+    h.api.send(path, &body).await.assert_cache("miss", &what);
+    assert_eq!(h.fake.calls_to(path), 2, "{what}");
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
+use thrifty::Clock;
 use thrifty::config::RawConfig;
 
 use super::redis::RedisServer;
@@ -357,6 +358,16 @@ pub async fn start_thrifty(raw: RawConfig, vars: &[(String, String)], wait: Dura
     start_thrifty_until(raw, vars, &["ready"], wait).await
 }
 
+/// [`start_thrifty`] with thrifty reading the date and every age from `clock`.
+pub async fn start_thrifty_with_clock(
+    raw: RawConfig,
+    vars: &[(String, String)],
+    clock: Clock,
+    wait: Duration,
+) -> Thrifty {
+    start_and_wait(raw, vars, clock, &["ready"], wait).await
+}
+
 /// Starts thrifty and waits, at most `wait`, until `/readyz` reports one of `statuses`.
 pub async fn start_thrifty_until(
     raw: RawConfig,
@@ -364,8 +375,20 @@ pub async fn start_thrifty_until(
     statuses: &[&str],
     wait: Duration,
 ) -> Thrifty {
+    start_and_wait(raw, vars, Clock::system(), statuses, wait).await
+}
+
+/// Starts thrifty on `clock` and waits, at most `wait`, until `/readyz` reports one of
+/// `statuses`.
+pub async fn start_and_wait(
+    raw: RawConfig,
+    vars: &[(String, String)],
+    clock: Clock,
+    statuses: &[&str],
+    wait: Duration,
+) -> Thrifty {
     let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let thrifty = Thrifty::start_with_env(raw, &pairs).await;
+    let thrifty = Thrifty::start_with_clock(raw, &pairs, clock).await;
     let api = Api::new(thrifty.url(), wait);
     poll(wait, &format!("thrifty is {statuses:?}"), || async {
         let probe = api.client.get(api.url("/readyz")).send().await;

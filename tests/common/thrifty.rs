@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
+use thrifty::Clock;
 use thrifty::config::{RawConfig, RawDialect, RawUpstream};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -78,12 +79,18 @@ impl Thrifty {
     }
 
     pub async fn start_with_env(raw: RawConfig, vars: &[(&str, &str)]) -> Thrifty {
+        Thrifty::start_with_clock(raw, vars, Clock::system()).await
+    }
+
+    /// Starts thrifty reading the date and every age from `clock` (a `ManualClock`'s, which
+    /// the test moves instead of waiting).
+    pub async fn start_with_clock(raw: RawConfig, vars: &[(&str, &str)], clock: Clock) -> Thrifty {
         let config = raw.validate(&env_of(vars)).expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            thrifty::run(listener, config, async {
+            thrifty::run_with_clock(listener, config, clock, async {
                 let _ = rx.await;
             })
             .await

@@ -1,6 +1,10 @@
-//! The dashboard cookie a browser gets for presenting the admin token has a lifetime.
+//! The dashboard cookie a browser gets for presenting the admin token has a lifetime, counted
+//! on thrifty's clock.
+
+use std::time::Duration;
 
 use reqwest::StatusCode;
+use thrifty::ManualClock;
 
 use crate::common::client::ADMIN_TOKEN;
 use crate::common::fake_llm::FakeLlm;
@@ -9,8 +13,13 @@ use crate::common::thrifty::{Thrifty, config_for};
 #[tokio::test]
 async fn the_dashboard_cookie_expires() {
     let fake = FakeLlm::start().await;
-    let thrifty =
-        Thrifty::start_with_env(config_for(&fake), &[("THRIFTY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let clock = ManualClock::now();
+    let thrifty = Thrifty::start_with_clock(
+        config_for(&fake),
+        &[("THRIFTY_ADMIN_TOKEN", ADMIN_TOKEN)],
+        clock.clock(),
+    )
+    .await;
     let client = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -33,6 +42,26 @@ async fn the_dashboard_cookie_expires() {
         .filter_map(|part| part.trim().strip_prefix("Max-Age="))
         .find_map(|v| v.parse().ok());
     assert_eq!(max_age, Some(12 * 3600), "{cookie}");
+    let pair = cookie.split(';').next().unwrap_or_default().to_owned();
+    let open = || {
+        client
+            .get(format!("{}/dashboard", thrifty.url()))
+            .header(reqwest::header::COOKIE, pair.as_str())
+            .send()
+    };
+    assert_eq!(open().await.expect("sent").status(), StatusCode::OK);
+    clock.advance(Duration::from_secs(12 * 3600 - 1));
+    assert_eq!(
+        open().await.expect("sent").status(),
+        StatusCode::OK,
+        "a second before its lifetime ends"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        open().await.expect("sent").status(),
+        StatusCode::UNAUTHORIZED,
+        "the cookie expired with its lifetime"
+    );
 
     let wrong = client
         .get(format!(

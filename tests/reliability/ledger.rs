@@ -1,11 +1,19 @@
 //! Clients that invent model names or rotate bearer tokens cannot grow the ledger without
 //! bound: past the day's caps, names and tenants are counted under `other`, calls the upstream
-//! refuses never count under their model, and the report still counts every token.
+//! refuses never count under their model, and the report still counts every token. And a
+//! record counts on the UTC day thrifty's clock showed when the request came, either side of
+//! midnight.
+
+use std::time::Duration;
 
 use reqwest::StatusCode;
+use rstest::rstest;
 use serde_json::Value;
+use thrifty::ManualClock;
 
-use crate::common::client::{ADMIN_TOKEN, Probe, start_redis, start_thrifty};
+use crate::common::client::{
+    ADMIN_TOKEN, Backend, Probe, start_redis, start_thrifty, start_thrifty_with_clock,
+};
 use crate::common::dialect::Dialect;
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::config_for;
@@ -108,4 +116,70 @@ async fn invented_models_and_rotated_tokens_keep_the_aggregate_bounded() {
     assert_eq!(days.len(), 1, "{days:?}");
     let fields: usize = probe.query(redis::cmd("HLEN").arg(&days[0])).await;
     assert!(fields <= 100, "{fields} fields in the day's aggregate");
+}
+
+/// 2025-03-01T00:00:00Z in Unix milliseconds.
+const MIDNIGHT_MS: u64 = 1_740_787_200_000;
+
+#[rstest]
+#[tokio::test]
+async fn requests_either_side_of_midnight_count_on_their_own_days(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+) {
+    let what = format!("{backend:?}");
+    let redis = match backend {
+        Backend::Redis => Some(start_redis().await),
+        Backend::Embedded => None,
+    };
+    let fake = FakeLlm::start().await;
+    let vars = match &redis {
+        Some(redis) => redis_env(redis),
+        None => vec![("THRIFTY_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())],
+    };
+    let clock = ManualClock::at_ms(MIDNIGHT_MS - 1);
+    let thrifty = start_thrifty_with_clock(config_for(&fake), &vars, clock.clock(), WAIT).await;
+    let client = client();
+    let dialect = Dialect::OpenAi;
+    let ask = |question: &'static str| {
+        client
+            .post(format!("{}{}", thrifty.url(), dialect.chat_path()))
+            .json(&dialect.chat("gpt-4o-mini", question, false))
+            .send()
+    };
+
+    let status = ask("one millisecond before midnight")
+        .await
+        .expect("sent")
+        .status();
+    assert_eq!(status, StatusCode::OK, "{what}");
+    // Recorded before the clock moves: a record's day is the one its request came on.
+    thrifty.savings("", ADMIN_TOKEN, 1).await;
+    clock.advance(Duration::from_millis(1));
+    for question in ["at midnight", "just after midnight"] {
+        let status = ask(question).await.expect("sent").status();
+        assert_eq!(status, StatusCode::OK, "{what}");
+    }
+
+    let explicit = "from=2025-02-27&to=2025-03-02&group_by=day&format=json";
+    // With no range, the report ends on the clock's today, so it covers both days too.
+    for query in [explicit, "group_by=day"] {
+        let report = thrifty.savings(query, ADMIN_TOKEN, 3).await;
+        assert_eq!(report["total"]["requests"], 3, "{what} {query}: {report:#}");
+        let days: Vec<(String, u64)> = rows(&report)
+            .iter()
+            .map(|r| {
+                (
+                    r["day"].as_str().unwrap_or_default().to_owned(),
+                    r["requests"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            days,
+            [("2025-02-28".to_owned(), 1), ("2025-03-01".to_owned(), 2)],
+            "{what} {query}: {report:#}"
+        );
+    }
+    let default = thrifty.savings("", ADMIN_TOKEN, 3).await;
+    assert_eq!(default["to"], "2025-03-01", "{what}: {default:#}");
 }

@@ -3,12 +3,12 @@
 //! tenants and namespaces, other speakers, tool results and images are not; the per-request
 //! controls only ever narrow it.
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::world::{Headers, headers};
 use crate::{
-    BACKENDS, Backend, DIALECTS, Dialect, NO_HEADERS, PARAPHRASE, QUESTION, Reply, SYSTEM, Turn,
-    World, bearer, echo,
+    Backend, Dialect, NO_HEADERS, PARAPHRASE, QUESTION, Reply, SYSTEM, Turn, World, bearer, echo,
 };
 
 /// Sends `body` and checks that it went upstream as a miss; returns the reply.
@@ -73,71 +73,73 @@ pub async fn assert_semantic_hit(
     similarity
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paraphrase_is_answered_from_the_cache_in_json_and_streams() {
-    for backend in BACKENDS {
-        for dialect in DIALECTS {
-            let what = format!("{backend:?}/{dialect:?}");
-            let w = World::start(backend).await;
-            let miss = w
-                .api
-                .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
-                .await;
-            assert_eq!(dialect.text(&miss), echo(QUESTION), "{what}");
-            let calls = w.fake.calls_to(dialect.chat_path());
+async fn a_paraphrase_is_answered_from_the_cache_in_json_and_streams(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{backend:?}/{dialect:?}");
+    let w = World::start(backend).await;
+    let miss = w
+        .api
+        .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+        .await;
+    assert_eq!(dialect.text(&miss), echo(QUESTION), "{what}");
+    let calls = w.fake.calls_to(dialect.chat_path());
 
-            for stream in [false, true] {
-                let what = format!("{what} stream={stream}");
-                let body = dialect.chat(PARAPHRASE, stream);
-                let hit = w.api.ask(dialect, &body, &NO_HEADERS).await;
-                hit.assert_cache("semantic-hit", &what);
-                let similarity = hit.similarity();
-                assert!(
-                    similarity >= w.threshold() && similarity <= 1.0001,
-                    "{what}: similarity {similarity} below the threshold {}",
-                    w.threshold()
-                );
-                assert_eq!(hit.is_stream(), stream, "{what}: {}", hit.describe());
-                if stream {
-                    dialect.assert_stream_ends(&hit, &what);
-                }
-                assert_eq!(
-                    dialect.text(&hit),
-                    echo(QUESTION),
-                    "{what}: the first answer"
-                );
-            }
-            assert_eq!(
-                w.fake.calls_to(dialect.chat_path()),
-                calls,
-                "{what}: the paraphrases never went upstream"
-            );
+    for stream in [false, true] {
+        let what = format!("{what} stream={stream}");
+        let body = dialect.chat(PARAPHRASE, stream);
+        let hit = w.api.ask(dialect, &body, &NO_HEADERS).await;
+        hit.assert_cache("semantic-hit", &what);
+        let similarity = hit.similarity();
+        assert!(
+            similarity >= w.threshold() && similarity <= 1.0001,
+            "{what}: similarity {similarity} below the threshold {}",
+            w.threshold()
+        );
+        assert_eq!(hit.is_stream(), stream, "{what}: {}", hit.describe());
+        if stream {
+            dialect.assert_stream_ends(&hit, &what);
         }
+        assert_eq!(
+            dialect.text(&hit),
+            echo(QUESTION),
+            "{what}: the first answer"
+        );
+    }
+    assert_eq!(
+        w.fake.calls_to(dialect.chat_path()),
+        calls,
+        "{what}: the paraphrases never went upstream"
+    );
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrelated_question_goes_upstream(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let w = World::start(Backend::Embedded).await;
+    w.api
+        .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+        .await;
+    let unrelated = [
+        ("What is the boiling point of water at sea level?", false),
+        ("Write a limerick about a cat", true),
+    ];
+    for (text, stream) in unrelated {
+        let body = dialect.chat(text, stream);
+        let reply = assert_upstream(&w, dialect, &body, &[], &what).await;
+        assert_eq!(dialect.text(&reply), echo(text), "{what}: its own answer");
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unrelated_question_goes_upstream() {
-    for dialect in DIALECTS {
-        let what = format!("{dialect:?}");
-        let w = World::start(Backend::Embedded).await;
-        w.api
-            .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
-            .await;
-        let unrelated = [
-            ("What is the boiling point of water at sea level?", false),
-            ("Write a limerick about a cat", true),
-        ];
-        for (text, stream) in unrelated {
-            let body = dialect.chat(text, stream);
-            let reply = assert_upstream(&w, dialect, &body, &[], &what).await;
-            assert_eq!(dialect.text(&reply), echo(text), "{what}: its own answer");
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn near_misses_go_upstream() {
+async fn near_misses_go_upstream(#[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect) {
     // Cosine similarity with this model: 0.957, 0.948 and 0.839; the first two are above the
     // threshold and must be stopped by the guard.
     let pairs = [
@@ -145,17 +147,15 @@ async fn near_misses_go_upstream() {
         ("give me 3 ideas for dinner", "give me 5 ideas for dinner"),
         ("say good morning in Spanish", "say good morning in French"),
     ];
-    for dialect in DIALECTS {
-        let w = World::start(Backend::Embedded).await;
-        for (cached, asked) in pairs {
-            let what = format!("{dialect:?}: {asked:?} after {cached:?}");
-            w.api
-                .fill(dialect, &dialect.chat(cached, false), &NO_HEADERS)
-                .await;
-            let body = dialect.chat(asked, false);
-            let reply = assert_upstream(&w, dialect, &body, &[], &what).await;
-            assert_eq!(dialect.text(&reply), echo(asked), "{what}: its own answer");
-        }
+    let w = World::start(Backend::Embedded).await;
+    for (cached, asked) in pairs {
+        let what = format!("{dialect:?}: {asked:?} after {cached:?}");
+        w.api
+            .fill(dialect, &dialect.chat(cached, false), &NO_HEADERS)
+            .await;
+        let body = dialect.chat(asked, false);
+        let reply = assert_upstream(&w, dialect, &body, &[], &what).await;
+        assert_eq!(dialect.text(&reply), echo(asked), "{what}: its own answer");
     }
 }
 
@@ -169,146 +169,148 @@ fn conversation<'a>(about: &'a str, answer: &'a str, follow_up: &'a str) -> [Tur
     ]
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follow_up_matches_only_within_its_own_conversation() {
-    for dialect in DIALECTS {
-        let what = format!("{dialect:?}");
-        let w = World::start(Backend::Embedded).await;
-        let paris = conversation(
-            "Tell me about Paris",
-            "Paris is the capital of France.",
-            "and in French?",
-        );
-        w.api
-            .fill(dialect, &dialect.conversation(&paris, false), &NO_HEADERS)
-            .await;
-
-        let rome = conversation(
-            "Tell me about Rome",
-            "Rome is the capital of Italy.",
-            "and in French?",
-        );
-        assert_upstream(
-            &w,
-            dialect,
-            &dialect.conversation(&rome, false),
-            &[],
-            &format!("{what}: the same follow-up in another conversation"),
-        )
+async fn a_follow_up_matches_only_within_its_own_conversation(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let w = World::start(Backend::Embedded).await;
+    let paris = conversation(
+        "Tell me about Paris",
+        "Paris is the capital of France.",
+        "and in French?",
+    );
+    w.api
+        .fill(dialect, &dialect.conversation(&paris, false), &NO_HEADERS)
         .await;
 
-        let paraphrased = conversation(
-            "Tell me about Paris",
-            "Paris is the capital of France.",
-            // Cosine 0.955 with "and in French?".
-            "and in French too?",
-        );
-        assert_semantic_hit(
-            &w,
-            dialect,
-            &dialect.conversation(&paraphrased, false),
-            &[],
-            "and in French?",
-            &format!("{what}: a paraphrased follow-up in the same conversation"),
-        )
-        .await;
-    }
+    let rome = conversation(
+        "Tell me about Rome",
+        "Rome is the capital of Italy.",
+        "and in French?",
+    );
+    assert_upstream(
+        &w,
+        dialect,
+        &dialect.conversation(&rome, false),
+        &[],
+        &format!("{what}: the same follow-up in another conversation"),
+    )
+    .await;
+
+    let paraphrased = conversation(
+        "Tell me about Paris",
+        "Paris is the capital of France.",
+        // Cosine 0.955 with "and in French?".
+        "and in French too?",
+    );
+    assert_semantic_hit(
+        &w,
+        dialect,
+        &dialect.conversation(&paraphrased, false),
+        &[],
+        "and in French?",
+        &format!("{what}: a paraphrased follow-up in the same conversation"),
+    )
+    .await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_system_prompt_never_matches() {
-    for dialect in DIALECTS {
-        let what = format!("{dialect:?}");
-        let w = World::start(Backend::Embedded).await;
-        w.api
-            .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
-            .await;
-        let pirate = dialect.conversation(
-            &[
-                Turn::System("Answer like a pirate."),
-                Turn::User(PARAPHRASE),
-            ],
-            false,
-        );
-        assert_upstream(
-            &w,
-            dialect,
-            &pirate,
-            &[],
-            &format!("{what}: another system prompt"),
-        )
+async fn another_system_prompt_never_matches(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let w = World::start(Backend::Embedded).await;
+    w.api
+        .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
         .await;
-        let none = dialect.conversation(&[Turn::User(PARAPHRASE)], false);
-        assert_upstream(
-            &w,
-            dialect,
-            &none,
-            &[],
-            &format!("{what}: no system prompt"),
-        )
-        .await;
-        assert_semantic_hit(
-            &w,
-            dialect,
-            &dialect.chat(PARAPHRASE, false),
-            &[],
-            QUESTION,
-            &format!("{what}: the same system prompt"),
-        )
-        .await;
-    }
+    let pirate = dialect.conversation(
+        &[
+            Turn::System("Answer like a pirate."),
+            Turn::User(PARAPHRASE),
+        ],
+        false,
+    );
+    assert_upstream(
+        &w,
+        dialect,
+        &pirate,
+        &[],
+        &format!("{what}: another system prompt"),
+    )
+    .await;
+    let none = dialect.conversation(&[Turn::User(PARAPHRASE)], false);
+    assert_upstream(
+        &w,
+        dialect,
+        &none,
+        &[],
+        &format!("{what}: no system prompt"),
+    )
+    .await;
+    assert_semantic_hit(
+        &w,
+        dialect,
+        &dialect.chat(PARAPHRASE, false),
+        &[],
+        QUESTION,
+        &format!("{what}: the same system prompt"),
+    )
+    .await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_never_get_each_others_semantic_hits() {
-    for backend in BACKENDS {
-        for dialect in DIALECTS {
-            let what = format!("{backend:?}/{dialect:?}");
-            let w = World::start(backend).await;
-            let one = headers(&[bearer("sk-tenant-one")]);
-            let two = headers(&[bearer("sk-tenant-two")]);
-            w.api
-                .fill(dialect, &dialect.chat(QUESTION, false), &one)
-                .await;
+async fn tenants_never_get_each_others_semantic_hits(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{backend:?}/{dialect:?}");
+    let w = World::start(backend).await;
+    let one = headers(&[bearer("sk-tenant-one")]);
+    let two = headers(&[bearer("sk-tenant-two")]);
+    w.api
+        .fill(dialect, &dialect.chat(QUESTION, false), &one)
+        .await;
 
-            let paraphrase = dialect.chat(PARAPHRASE, false);
-            assert_upstream(
-                &w,
-                dialect,
-                &paraphrase,
-                &two,
-                &format!("{what}: another tenant"),
-            )
-            .await;
-            assert_upstream(
-                &w,
-                dialect,
-                &paraphrase,
-                &[],
-                &format!("{what}: no token is a tenant too"),
-            )
-            .await;
-            let mut other_namespace = one.clone();
-            other_namespace.push(("x-thrifty-cache-namespace".to_owned(), "team-b".to_owned()));
-            assert_upstream(
-                &w,
-                dialect,
-                &paraphrase,
-                &other_namespace,
-                &format!("{what}: the same tenant in another namespace"),
-            )
-            .await;
-            assert_semantic_hit(
-                &w,
-                dialect,
-                &paraphrase,
-                &one,
-                QUESTION,
-                &format!("{what}: the tenant that asked first"),
-            )
-            .await;
-        }
-    }
+    let paraphrase = dialect.chat(PARAPHRASE, false);
+    assert_upstream(
+        &w,
+        dialect,
+        &paraphrase,
+        &two,
+        &format!("{what}: another tenant"),
+    )
+    .await;
+    assert_upstream(
+        &w,
+        dialect,
+        &paraphrase,
+        &[],
+        &format!("{what}: no token is a tenant too"),
+    )
+    .await;
+    let mut other_namespace = one.clone();
+    other_namespace.push(("x-thrifty-cache-namespace".to_owned(), "team-b".to_owned()));
+    assert_upstream(
+        &w,
+        dialect,
+        &paraphrase,
+        &other_namespace,
+        &format!("{what}: the same tenant in another namespace"),
+    )
+    .await;
+    assert_semantic_hit(
+        &w,
+        dialect,
+        &paraphrase,
+        &one,
+        QUESTION,
+        &format!("{what}: the tenant that asked first"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,137 +349,140 @@ async fn the_speakers_name_must_match_too() {
     .await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tool_results_and_images_skip_the_semantic_stage() {
+async fn tool_results_and_images_skip_the_semantic_stage(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
     // Two different images (base64 of "a red square" and "a blue circle"; nobody decodes them).
     const IMAGE_A: &str = "YSByZWQgc3F1YXJl";
     const IMAGE_B: &str = "YSBibHVlIGNpcmNsZQ==";
-    for dialect in DIALECTS {
-        let w = World::start(Backend::Embedded).await;
-        let system = json!({"role": "system", "content": SYSTEM});
-        let question = json!({"role": "user", "content": "What's the weather in Paris?"});
-        let tool = |result: &str| {
-            let mut messages = vec![system.clone(), question.clone()];
-            messages.extend(dialect.tool_exchange(result));
-            dialect.request(messages, false)
-        };
-        let image = |text: Option<&str>, image: &str| {
-            dialect.request(
-                vec![system.clone(), dialect.image_message(text, image)],
-                false,
+    let w = World::start(Backend::Embedded).await;
+    let system = json!({"role": "system", "content": SYSTEM});
+    let question = json!({"role": "user", "content": "What's the weather in Paris?"});
+    let tool = |result: &str| {
+        let mut messages = vec![system.clone(), question.clone()];
+        messages.extend(dialect.tool_exchange(result));
+        dialect.request(messages, false)
+    };
+    let image = |text: Option<&str>, image: &str| {
+        dialect.request(
+            vec![system.clone(), dialect.image_message(text, image)],
+            false,
+        )
+    };
+    // Each second request reads like the first; only skipping the stage keeps the first's
+    // answer from it.
+    let cases = [
+        (
+            "a tool result",
+            tool("It is 22 degrees and sunny in Paris."),
+            tool("It's 22 degrees and sunny in Paris"),
+        ),
+        ("an image alone", image(None, IMAGE_A), image(None, IMAGE_B)),
+        (
+            "text with an image",
+            image(Some("What is in this picture?"), IMAGE_A),
+            image(Some("What's in this picture?"), IMAGE_B),
+        ),
+    ];
+    for (name, cached, asked) in &cases {
+        let what = format!("{dialect:?}: {name}");
+        w.api.fill_exact(dialect, cached).await;
+        assert_upstream(&w, dialect, asked, &[], &what).await;
+    }
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_turn_the_stage_off_or_raise_the_threshold(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let w = World::start(Backend::Embedded).await;
+    assert!(w.threshold() < 0.95, "{what}: the default threshold");
+    w.api
+        .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+        .await;
+
+    // Cosine 0.984: above the configured threshold, below the requested one.
+    assert_upstream(
+        &w,
+        dialect,
+        &dialect.chat(PARAPHRASE, false),
+        &header("x-thrifty-semantic-threshold", "0.999"),
+        &format!("{what}: x-thrifty-semantic-threshold 0.999"),
+    )
+    .await;
+    // Cosine 0.972.
+    assert_upstream(
+        &w,
+        dialect,
+        &dialect.chat("how could I reset my password", false),
+        &header("x-thrifty-semantic", "off"),
+        &format!("{what}: x-thrifty-semantic off"),
+    )
+    .await;
+    // Cosine 0.994: a raised threshold it still clears.
+    let similarity = assert_semantic_hit(
+        &w,
+        dialect,
+        &dialect.chat("How do I reset my password", false),
+        &header("x-thrifty-semantic-threshold", "0.95"),
+        QUESTION,
+        &format!("{what}: x-thrifty-semantic-threshold 0.95"),
+    )
+    .await;
+    assert!(similarity >= 0.95, "{what}: similarity {similarity}");
+
+    for bad in ["1.5", "high"] {
+        let reply = w
+            .api
+            .ask(
+                dialect,
+                &dialect.chat(PARAPHRASE, false),
+                &header("x-thrifty-semantic-threshold", bad),
             )
-        };
-        // Each second request reads like the first; only skipping the stage keeps the first's
-        // answer from it.
-        let cases = [
-            (
-                "a tool result",
-                tool("It is 22 degrees and sunny in Paris."),
-                tool("It's 22 degrees and sunny in Paris"),
-            ),
-            ("an image alone", image(None, IMAGE_A), image(None, IMAGE_B)),
-            (
-                "text with an image",
-                image(Some("What is in this picture?"), IMAGE_A),
-                image(Some("What's in this picture?"), IMAGE_B),
-            ),
-        ];
-        for (name, cached, asked) in &cases {
-            let what = format!("{dialect:?}: {name}");
-            w.api.fill_exact(dialect, cached).await;
-            assert_upstream(&w, dialect, asked, &[], &what).await;
-        }
+            .await;
+        assert_eq!(
+            reply.status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{what}: threshold {bad:?}: {}",
+            reply.describe()
+        );
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_headers_turn_the_stage_off_or_raise_the_threshold() {
-    for dialect in DIALECTS {
-        let what = format!("{dialect:?}");
-        let w = World::start(Backend::Embedded).await;
-        assert!(w.threshold() < 0.95, "{what}: the default threshold");
-        w.api
-            .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
-            .await;
-
-        // Cosine 0.984: above the configured threshold, below the requested one.
-        assert_upstream(
-            &w,
-            dialect,
-            &dialect.chat(PARAPHRASE, false),
-            &header("x-thrifty-semantic-threshold", "0.999"),
-            &format!("{what}: x-thrifty-semantic-threshold 0.999"),
-        )
+async fn a_threshold_header_never_lowers_the_configured_threshold(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let w = World::start_with(Backend::Embedded, |raw| raw.semantic.threshold = 0.99).await;
+    w.api
+        .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
         .await;
-        // Cosine 0.972.
-        assert_upstream(
-            &w,
-            dialect,
-            &dialect.chat("how could I reset my password", false),
-            &header("x-thrifty-semantic", "off"),
-            &format!("{what}: x-thrifty-semantic off"),
-        )
-        .await;
-        // Cosine 0.994: a raised threshold it still clears.
-        let similarity = assert_semantic_hit(
-            &w,
-            dialect,
-            &dialect.chat("How do I reset my password", false),
-            &header("x-thrifty-semantic-threshold", "0.95"),
-            QUESTION,
-            &format!("{what}: x-thrifty-semantic-threshold 0.95"),
-        )
-        .await;
-        assert!(similarity >= 0.95, "{what}: similarity {similarity}");
-
-        for bad in ["1.5", "high"] {
-            let reply = w
-                .api
-                .ask(
-                    dialect,
-                    &dialect.chat(PARAPHRASE, false),
-                    &header("x-thrifty-semantic-threshold", bad),
-                )
-                .await;
-            assert_eq!(
-                reply.status,
-                reqwest::StatusCode::BAD_REQUEST,
-                "{what}: threshold {bad:?}: {}",
-                reply.describe()
-            );
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_threshold_header_never_lowers_the_configured_threshold() {
-    for dialect in DIALECTS {
-        let what = format!("{dialect:?}");
-        let w = World::start_with(Backend::Embedded, |raw| raw.semantic.threshold = 0.99).await;
-        w.api
-            .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
-            .await;
-        // Cosine 0.984: it would clear the requested 0.9, not the configured 0.99.
-        assert_upstream(
-            &w,
-            dialect,
-            &dialect.chat(PARAPHRASE, false),
-            &header("x-thrifty-semantic-threshold", "0.9"),
-            &format!("{what}: a threshold header below the configured one"),
-        )
-        .await;
-        // Cosine 0.994 clears the configured threshold whatever the header says.
-        let similarity = assert_semantic_hit(
-            &w,
-            dialect,
-            &dialect.chat("How do I reset my password", false),
-            &header("x-thrifty-semantic-threshold", "0.5"),
-            QUESTION,
-            &format!("{what}: above the configured threshold"),
-        )
-        .await;
-        assert!(similarity >= 0.99, "{what}: similarity {similarity}");
-    }
+    // Cosine 0.984: it would clear the requested 0.9, not the configured 0.99.
+    assert_upstream(
+        &w,
+        dialect,
+        &dialect.chat(PARAPHRASE, false),
+        &header("x-thrifty-semantic-threshold", "0.9"),
+        &format!("{what}: a threshold header below the configured one"),
+    )
+    .await;
+    // Cosine 0.994 clears the configured threshold whatever the header says.
+    let similarity = assert_semantic_hit(
+        &w,
+        dialect,
+        &dialect.chat("How do I reset my password", false),
+        &header("x-thrifty-semantic-threshold", "0.5"),
+        QUESTION,
+        &format!("{what}: above the configured threshold"),
+    )
+    .await;
+    assert!(similarity >= 0.99, "{what}: similarity {similarity}");
 }
 
 /// One request header.
@@ -497,34 +502,35 @@ fn billed_total(dialect: Dialect, answer: &Value) -> u64 {
     .expect("the fill reports usage")
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_semantic_hit_saves_the_recorded_answer_resized_to_the_paraphrase() {
-    for dialect in DIALECTS {
-        let what = format!("{dialect:?}: tokens saved by a semantic hit");
-        let w = World::start(Backend::Embedded).await;
-        let fill = w
-            .api
-            .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
-            .await;
-        let recorded = billed_total(dialect, &fill.json());
-        let reply = w
-            .api
-            .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
-            .await;
-        reply.assert_cache("semantic-hit", &what);
-        // gpt-4o-mini counts in o200k_base; other models in cl100k_base, as thrifty says.
-        let bpe = match dialect {
-            Dialect::OpenAi => tiktoken_rs::o200k_base_singleton(),
-            Dialect::Ollama => tiktoken_rs::cl100k_base_singleton(),
-        };
-        let tokens = |text: &str| bpe.encode_ordinary(text).len() as i64;
-        let difference = tokens(PARAPHRASE) - tokens(QUESTION);
-        assert_ne!(difference, 0, "{what}: the pair differs in size");
-        let expected = (recorded as i64 + difference).to_string();
-        assert_eq!(
-            reply.header("x-thrifty-tokens-saved"),
-            Some(expected.as_str()),
-            "{what}: recorded {recorded}, paraphrase differs by {difference}"
-        );
-    }
+async fn a_semantic_hit_saves_the_recorded_answer_resized_to_the_paraphrase(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}: tokens saved by a semantic hit");
+    let w = World::start(Backend::Embedded).await;
+    let fill = w
+        .api
+        .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
+        .await;
+    let recorded = billed_total(dialect, &fill.json());
+    let reply = w
+        .api
+        .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+        .await;
+    reply.assert_cache("semantic-hit", &what);
+    // gpt-4o-mini counts in o200k_base; other models in cl100k_base, as thrifty says.
+    let bpe = match dialect {
+        Dialect::OpenAi => tiktoken_rs::o200k_base_singleton(),
+        Dialect::Ollama => tiktoken_rs::cl100k_base_singleton(),
+    };
+    let tokens = |text: &str| bpe.encode_ordinary(text).len() as i64;
+    let difference = tokens(PARAPHRASE) - tokens(QUESTION);
+    assert_ne!(difference, 0, "{what}: the pair differs in size");
+    let expected = (recorded as i64 + difference).to_string();
+    assert_eq!(
+        reply.header("x-thrifty-tokens-saved"),
+        Some(expected.as_str()),
+        "{what}: recorded {recorded}, paraphrase differs by {difference}"
+    );
 }

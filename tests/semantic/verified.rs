@@ -5,24 +5,31 @@
 //! nothing.
 //!
 //! Outcomes are written here by a [`Calibration`] of the test's own on the same Redis, which is
-//! what another instance sharing it does.
+//! what another instance sharing it does. How much they weigh as they age is measured on a
+//! [`ManualClock`] both share.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use thrifty::config::{RawConfig, SemanticMode};
-use thrifty::semantic::calibration::{CALIBRATION_PREFIX, Calibration, Scope};
+use thrifty::semantic::calibration::{CALIBRATION_PREFIX, Calibration, HALF_LIFE, Scope};
 use thrifty::semantic::embedder::{Embedded, Embedder, similarity};
 use thrifty::semantic::guard;
 use thrifty::store::Store;
+use thrifty::{Clock, ManualClock};
 
 use crate::common::thrifty::model_dir;
 use crate::{Backend, Dialect, NO_HEADERS, PARAPHRASE, QUESTION, WAIT, World, poll};
 
 /// A world running verified serving (the default mode), on Redis.
 async fn verified_world() -> World {
-    World::start_with(Backend::Redis, |raw| {
+    verified_world_on(Clock::system()).await
+}
+
+/// [`verified_world`], thrifty reading the time from `clock`.
+async fn verified_world_on(clock: Clock) -> World {
+    World::start_on(Backend::Redis, clock, |raw| {
         raw.semantic.mode = SemanticMode::Verified;
         raw.semantic.explore = 0.0;
     })
@@ -54,6 +61,11 @@ struct Peer {
 /// returns once its store answers: the connection is made in the background, and observations
 /// written before it (or while the breaker it trips is open) would be lost.
 async fn shared_calibration(w: &World) -> Peer {
+    shared_calibration_on(w, Clock::system()).await
+}
+
+/// [`shared_calibration`], stamping its observations by `clock`.
+async fn shared_calibration_on(w: &World, clock: Clock) -> Peer {
     let url = w
         .vars
         .iter()
@@ -64,14 +76,14 @@ async fn shared_calibration(w: &World) -> Peer {
     let mut raw = RawConfig::default();
     raw.semantic.mode = SemanticMode::Verified;
     let config = raw.validate(&env).expect("a valid config");
-    let store = thrifty::open_store(&config.store).expect("the store opens");
+    let store = thrifty::open_store(&config.store, &clock).expect("the store opens");
     poll(WAIT, "the peer's store answers", || {
         let store = store.clone();
         async move { store.ping().await.ok() }
     })
     .await;
     Peer {
-        calibration: Calibration::new(&config.semantic, Some(store.clone()), 7),
+        calibration: Calibration::new(&config.semantic, Some(store.clone()), 7, clock),
         store,
     }
 }
@@ -269,4 +281,74 @@ async fn differing_outcomes_stop_hits_at_that_level() {
         }
     })
     .await;
+}
+
+/// The decay-weighted count of agreeing outcomes in the global curve of the report.
+fn agreed_weight(report: &Value) -> f64 {
+    let global = &report["scopes"][0];
+    assert_eq!(global["scope"], "global", "{report}");
+    global["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row["bins"].as_array().into_iter().flatten())
+        .map(|bin| bin["agreed"].as_f64().unwrap_or_default())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_weigh_half_after_a_half_life_and_old_ones_serve_nothing() {
+    let clock = ManualClock::now();
+    let w = verified_world_on(clock.clock()).await;
+    let dialect = Dialect::OpenAi;
+    fill(&w, dialect).await;
+    let calibration = shared_calibration_on(&w, clock.clock()).await;
+    let asked = "What is the way to reset my password?";
+    let (similarity, features) = pair(asked, QUESTION).await;
+    observe_around(&calibration, dialect, similarity, &features, true).await;
+    let body = dialect.chat(asked, false);
+    poll(WAIT, "the calibrated paraphrase is served", || {
+        let (body, w) = (&body, &w);
+        async move {
+            let reply = w.api.ask(dialect, body, &LOOK_ONLY).await;
+            (reply.cache() == "semantic-hit").then_some(())
+        }
+    })
+    .await;
+    let fresh = observed(&w).await;
+    let (weight, count) = (agreed_weight(&fresh), total_observations(&fresh));
+    assert!(
+        weight >= 900.0,
+        "every agreeing outcome weighs 1 when new: {fresh}"
+    );
+
+    // A half-life later the same outcomes weigh half as much (once the log is reread).
+    clock.advance(HALF_LIFE);
+    let aged = poll(WAIT, "the outcomes weigh half", || async {
+        let report = observed(&w).await;
+        ((agreed_weight(&report) - weight / 2.0).abs() < 1e-6).then_some(report)
+    })
+    .await;
+    assert_eq!(
+        total_observations(&aged),
+        count,
+        "aged outcomes still count, they only weigh less"
+    );
+
+    // Ten half-lives on, a thousandth of the evidence is left: nothing is served on it.
+    clock.advance(HALF_LIFE * 9);
+    poll(WAIT, "outcomes ten half-lives old serve nothing", || {
+        let (body, w) = (&body, &w);
+        async move {
+            let reply = w.api.ask(dialect, body, &LOOK_ONLY).await;
+            (reply.cache() == "miss").then_some(())
+        }
+    })
+    .await;
+    let old = observed(&w).await;
+    assert!(
+        (agreed_weight(&old) - weight / 1024.0).abs() < 1e-6,
+        "{} agreeing outcomes weigh {weight}/1024: {old}",
+        agreed_weight(&old)
+    );
 }

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use thrifty::Clock;
 use thrifty::config::RawConfig;
 
-use crate::common::client::{Probe, start_redis, start_thrifty, start_thrifty_until};
+use crate::common::client::{Probe, start_and_wait, start_redis};
 use crate::common::fake_llm::FakeLlm;
 use crate::common::redis::RedisServer;
 use crate::common::thrifty::{Thrifty, semantic_config_for};
@@ -142,6 +143,8 @@ pub struct World {
     pub vars: Vec<(String, String)>,
     thrifty: Option<Thrifty>,
     pub api: Api,
+    /// The clock thrifty reads, kept for starting it again.
+    clock: Clock,
 }
 
 impl World {
@@ -151,6 +154,15 @@ impl World {
 
     /// Starts a world whose config `tweak` changes first.
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut RawConfig)) -> World {
+        World::start_on(backend, Clock::system(), tweak).await
+    }
+
+    /// [`World::start_with`], thrifty reading the date and every age from `clock`.
+    pub async fn start_on(
+        backend: Backend,
+        clock: Clock,
+        tweak: impl FnOnce(&mut RawConfig),
+    ) -> World {
         let fake = FakeLlm::start().await;
         let mut raw = semantic_config_for(&fake);
         // A loaded test machine must not turn store calls into misses.
@@ -164,8 +176,9 @@ impl World {
         if let Some(redis) = &redis {
             vars.push(("THRIFTY_REDIS_URL".to_owned(), redis.url()));
         }
-        let thrifty = start_thrifty(raw.clone(), &vars, WAIT).await;
+        let thrifty = start_and_wait(raw.clone(), &vars, clock.clone(), &["ready"], WAIT).await;
         World {
+            clock,
             backend,
             fake,
             redis,
@@ -187,7 +200,7 @@ impl World {
         assert_eq!(self.backend, Backend::Redis, "instances share a Redis");
         let mut raw = self.raw.clone();
         raw.store.data_dir = self.fake.scratch_dir("store");
-        let thrifty = start_thrifty(raw, &self.vars, WAIT).await;
+        let thrifty = start_and_wait(raw, &self.vars, self.clock.clone(), &["ready"], WAIT).await;
         let api = Api::new(thrifty.url(), WAIT);
         (thrifty, api)
     }
@@ -245,7 +258,14 @@ impl World {
 
     async fn start_again_until(&mut self, statuses: &[&str]) {
         assert!(self.thrifty.is_none(), "thrifty was stopped first");
-        let thrifty = start_thrifty_until(self.raw.clone(), &self.vars, statuses, WAIT).await;
+        let thrifty = start_and_wait(
+            self.raw.clone(),
+            &self.vars,
+            self.clock.clone(),
+            statuses,
+            WAIT,
+        )
+        .await;
         self.api = Api::new(thrifty.url(), WAIT);
         self.thrifty = Some(thrifty);
     }

@@ -1,9 +1,10 @@
 //! `GET /admin/compression/stats` over HTTP: it counts what the `x-thrifty-compression`
 //! response header reported, and nothing for a request the client exempted.
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
-use super::common::dialect::{DIALECTS, Dialect};
+use super::common::dialect::Dialect;
 use super::common::fake_llm::FakeLlm;
 use super::common::thrifty::{Thrifty, config_for};
 use super::long_conversation;
@@ -113,11 +114,12 @@ async fn stats_match_the_header(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn compression_stats_match_the_response_header_and_skip_exempted_requests() {
-    for dialect in DIALECTS {
-        stats_match_the_header(dialect).await;
-    }
+async fn compression_stats_match_the_response_header_and_skip_exempted_requests(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    stats_match_the_header(dialect).await;
 }
 
 /// A chat between two people with no system prompt: one early message holds a fact, the
@@ -202,11 +204,12 @@ async fn relevant_chat_reaches_the_upstream_valid(dialect: Dialect) {
     assert!(text.contains("[thrifty:"), "{dialect:?}");
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_relevant_condensed_chat_keeps_what_the_question_needs_and_alternates_roles() {
-    for dialect in DIALECTS {
-        relevant_chat_reaches_the_upstream_valid(dialect).await;
-    }
+async fn a_relevant_condensed_chat_keeps_what_the_question_needs_and_alternates_roles(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    relevant_chat_reaches_the_upstream_valid(dialect).await;
 }
 
 async fn stable_chat_with_a_system_prompt(dialect: Dialect) {
@@ -242,11 +245,12 @@ async fn stable_chat_with_a_system_prompt(dialect: Dialect) {
     assert_eq!(upstream[upstream.len() - 4..], client[client.len() - 4..]);
 }
 
+#[rstest]
 #[tokio::test]
-async fn with_a_system_prompt_the_condensed_turns_become_its_section() {
-    for dialect in DIALECTS {
-        stable_chat_with_a_system_prompt(dialect).await;
-    }
+async fn with_a_system_prompt_the_condensed_turns_become_its_section(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    stable_chat_with_a_system_prompt(dialect).await;
 }
 
 /// An agent loop: a task, then tool calls and their results, in the dialect's shape.
@@ -328,9 +332,10 @@ async fn agent_loop_keeps_tool_groups(dialect: Dialect) {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn an_agent_loop_keeps_its_task_and_tool_groups_and_alternates_roles() {
-    for dialect in DIALECTS {
-        agent_loop_keeps_tool_groups(dialect).await;
-    }
+async fn an_agent_loop_keeps_its_task_and_tool_groups_and_alternates_roles(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    agent_loop_keeps_tool_groups(dialect).await;
 }

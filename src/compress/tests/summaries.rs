@@ -53,7 +53,7 @@ fn store(name: &str) -> (Arc<Store>, PathBuf) {
     let dir = std::env::temp_dir().join(format!("thrifty-compress-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::embedded(
-        EmbeddedStore::open(&dir, 1 << 20).expect("opens"),
+        EmbeddedStore::open(&dir, 1 << 20, crate::clock::Clock::system()).expect("opens"),
         Duration::from_secs(2),
     );
     (store, dir)
@@ -75,7 +75,7 @@ fn summarize_config() -> CompressionConfig {
 #[tokio::test]
 async fn summaries_are_created_reused_then_extended() {
     let (store, dir) = store("chain");
-    let compressor = Compressor::new(summarize_config(), store);
+    let compressor = Compressor::new(summarize_config(), store, crate::clock::Clock::system());
     let scribe = Scribe::default();
     let mut outcomes = Vec::new();
     let mut prefixes = Vec::new();
@@ -126,7 +126,7 @@ async fn summaries_are_created_reused_then_extended() {
 #[tokio::test]
 async fn a_failing_or_hanging_summarizer_falls_back_to_extractive() {
     let (store, dir) = store("fallback");
-    let compressor = Compressor::new(summarize_config(), store);
+    let compressor = Compressor::new(summarize_config(), store, crate::clock::Clock::system());
     for scribe in [
         Scribe {
             fail: true,

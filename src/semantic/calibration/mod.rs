@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::{SemanticConfig, SemanticMode};
 use crate::store::Store;
 use curve::{Curve, Region, SIMILARITY_EDGES, Tally};
@@ -53,6 +53,9 @@ pub const HALF_LIFE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How often an instance rereads a scope's observations from the store.
 pub const REFRESH: Duration = Duration::from_secs(2);
+
+/// How far the clock may move before a curve is decayed again without a new observation.
+const REDECAY: Duration = Duration::from_secs(60);
 
 /// Observations a row of a scope's own curve needs before it replaces the global one.
 pub const SCOPED_ROW: f64 = 200.0;
@@ -164,6 +167,8 @@ struct Log {
     curve: Curve,
     /// Whether `curve` is behind `observations`.
     dirty: bool,
+    /// The time (Unix milliseconds) `curve`'s weights are decayed to.
+    decayed_to_ms: u64,
     /// When the store was last read; `None` before the first read.
     read_at: Option<Instant>,
     /// Whether a read is under way, so concurrent callers do not repeat it.
@@ -179,6 +184,7 @@ impl Log {
             observations: VecDeque::new(),
             curve: Curve::empty(),
             dirty: false,
+            decayed_to_ms: 0,
             read_at: None,
             reading: false,
             broken: false,
@@ -194,9 +200,13 @@ impl Log {
         self.dirty = true;
     }
 
-    fn curve(&mut self, max_error: f64) -> &Curve {
-        if self.dirty {
-            self.curve = Curve::new(tallies(&self.observations, now_ms(), HALF_LIFE), max_error);
+    /// The curve as of `now_ms`, recomputed when observations came or went since the last, or
+    /// when the clock has moved on by [`REDECAY`].
+    fn curve(&mut self, now_ms: u64, max_error: f64) -> &Curve {
+        let stale = now_ms.abs_diff(self.decayed_to_ms) >= REDECAY.as_millis() as u64;
+        if self.dirty || stale {
+            self.curve = Curve::new(tallies(&self.observations, now_ms, HALF_LIFE), max_error);
+            self.decayed_to_ms = now_ms;
             self.dirty = false;
         }
         &self.curve
@@ -212,6 +222,8 @@ pub struct Calibration {
     /// Draws for exploration: a counter through a mixing function, seeded.
     draws: AtomicU64,
     seed: u64,
+    /// What observations are stamped with and decay by.
+    clock: Clock,
 }
 
 /// A well-mixed 64-bit value from a counter (splitmix64).
@@ -224,8 +236,14 @@ fn mix(mut z: u64) -> u64 {
 
 impl Calibration {
     /// A calibration sharing its observations through `store`, or kept in memory only
-    /// without one. `seed` makes exploration reproducible.
-    pub fn new(config: &SemanticConfig, store: Option<Arc<Store>>, seed: u64) -> Calibration {
+    /// without one. `seed` makes exploration reproducible; `clock` stamps observations and
+    /// ages them.
+    pub fn new(
+        config: &SemanticConfig,
+        store: Option<Arc<Store>>,
+        seed: u64,
+        clock: Clock,
+    ) -> Calibration {
         Calibration {
             store,
             mode: config.mode,
@@ -234,6 +252,7 @@ impl Calibration {
             logs: Mutex::new(HashMap::new()),
             draws: AtomicU64::new(0),
             seed,
+            clock,
         }
     }
 
@@ -322,7 +341,7 @@ impl Calibration {
         if l.broken {
             return Some(Estimate::default());
         }
-        let curve = l.curve(self.max_error);
+        let curve = l.curve(self.clock.now_ms(), self.max_error);
         if curve.row_total(cell.0) < need {
             return None;
         }
@@ -351,7 +370,7 @@ impl Calibration {
     /// Records a verified outcome in the scope's log and the global one.
     pub async fn observe(&self, scope: &Scope, similarity: f32, features: &Features, agreed: bool) {
         let o = Observation {
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
             similarity,
             features: *features,
             agreed,
@@ -385,7 +404,7 @@ impl Calibration {
             self.refresh(&key, &log).await;
             let mut l = log.lock();
             let (broken, count) = (l.broken, l.observations.len());
-            let curve = l.curve(self.max_error);
+            let curve = l.curve(self.clock.now_ms(), self.max_error);
             let region = curve.region;
             let rows: Vec<Value> = (0..curve::ROWS)
                 .map(|row| {

@@ -25,7 +25,8 @@ fn store() -> Arc<Store> {
         "thrifty-calibration-{}",
         uuid::Uuid::new_v4().simple()
     ));
-    let store = EmbeddedStore::open(&dir, 1 << 20).expect("the embedded store opens");
+    let store = EmbeddedStore::open(&dir, 1 << 20, crate::clock::Clock::system())
+        .expect("the embedded store opens");
     // The open database outlives its directory entry; nothing is left behind.
     let _ = std::fs::remove_dir_all(&dir);
     Store::embedded(store, Duration::from_secs(5))
@@ -56,7 +57,7 @@ async fn teach(c: &Calibration, scope: &Scope, similarity: f32, agreed: usize, d
 
 #[tokio::test]
 async fn nothing_is_served_before_it_is_measured() {
-    let c = Calibration::new(&config(0.0), Some(store()), 1);
+    let c = Calibration::new(&config(0.0), Some(store()), 1, Clock::system());
     let e = c.estimate(&scope("a"), 0.999, &close_wording()).await;
     assert_eq!(e, Estimate::default());
     assert!(!c.allows(&e));
@@ -64,7 +65,7 @@ async fn nothing_is_served_before_it_is_measured() {
 
 #[tokio::test]
 async fn agreeing_outcomes_open_their_cell_and_the_cells_above() {
-    let c = Calibration::new(&config(0.0), Some(store()), 1);
+    let c = Calibration::new(&config(0.0), Some(store()), 1, Clock::system());
     let s = scope("a");
     teach(&c, &s, 0.93, 50, 0).await;
     let e = c.estimate(&s, 0.93, &close_wording()).await;
@@ -93,7 +94,7 @@ async fn agreeing_outcomes_open_their_cell_and_the_cells_above() {
 
 #[tokio::test]
 async fn differing_outcomes_close_the_cell_again() {
-    let c = Calibration::new(&config(0.0), Some(store()), 1);
+    let c = Calibration::new(&config(0.0), Some(store()), 1, Clock::system());
     let s = scope("a");
     teach(&c, &s, 0.93, 200, 0).await;
     assert!(c.allows(&c.estimate(&s, 0.93, &close_wording()).await));
@@ -106,8 +107,8 @@ async fn differing_outcomes_close_the_cell_again() {
 #[tokio::test]
 async fn instances_sharing_a_store_share_what_they_learned() {
     let shared = store();
-    let first = Calibration::new(&config(0.0), Some(shared.clone()), 1);
-    let second = Calibration::new(&config(0.0), Some(shared), 2);
+    let first = Calibration::new(&config(0.0), Some(shared.clone()), 1, Clock::system());
+    let second = Calibration::new(&config(0.0), Some(shared), 2, Clock::system());
     teach(&first, &scope("a"), 0.95, 150, 0).await;
     let e = second.estimate(&scope("a"), 0.95, &close_wording()).await;
     assert!(second.allows(&e), "{e:?}");
@@ -116,7 +117,7 @@ async fn instances_sharing_a_store_share_what_they_learned() {
 
 #[tokio::test]
 async fn a_scope_with_enough_outcomes_of_its_own_overrides_the_global_curve() {
-    let c = Calibration::new(&config(0.0), Some(store()), 1);
+    let c = Calibration::new(&config(0.0), Some(store()), 1, Clock::system());
     teach(&c, &scope("good"), 0.95, 300, 0).await;
     let newcomer = c.estimate(&scope("new"), 0.95, &close_wording()).await;
     assert!(c.allows(&newcomer), "a new scope borrows the global curve");
@@ -129,13 +130,13 @@ async fn a_scope_with_enough_outcomes_of_its_own_overrides_the_global_curve() {
 #[tokio::test]
 async fn a_corrupt_record_means_no_hits_in_its_scope() {
     let shared = store();
-    let writer = Calibration::new(&config(0.0), Some(shared.clone()), 1);
+    let writer = Calibration::new(&config(0.0), Some(shared.clone()), 1, Clock::system());
     teach(&writer, &scope("a"), 0.95, 300, 0).await;
     shared
         .append_capped(&global_key(), Bytes::from_static(b"C1{not json"), LOG_CAP)
         .await
         .expect("the store takes the record");
-    let reader = Calibration::new(&config(0.0), Some(shared), 2);
+    let reader = Calibration::new(&config(0.0), Some(shared), 2, Clock::system());
     let e = reader
         .estimate(&scope("other"), 0.95, &close_wording())
         .await;
@@ -161,16 +162,16 @@ async fn old_outcomes_weigh_less() {
 
 #[test]
 fn exploration_verifies_about_its_fraction() {
-    let c = Calibration::new(&config(0.05), None, 7);
+    let c = Calibration::new(&config(0.05), None, 7, Clock::system());
     let verified = (0..20_000).filter(|_| c.should_verify()).count();
     assert!((800..1200).contains(&verified), "{verified}");
-    let never = Calibration::new(&config(0.0), None, 7);
+    let never = Calibration::new(&config(0.0), None, 7, Clock::system());
     assert!(!(0..1000).any(|_| never.should_verify()));
 }
 
 #[tokio::test]
 async fn the_report_shows_the_curve_and_its_counts() {
-    let c = Calibration::new(&config(0.0), None, 1);
+    let c = Calibration::new(&config(0.0), None, 1, Clock::system());
     teach(&c, &scope("a"), 0.95, 150, 1).await;
     let report = c.report(Some(&scope("a"))).await;
     assert_eq!(report["max_error"], 0.05);
@@ -182,4 +183,24 @@ async fn the_report_shows_the_curve_and_its_counts() {
     assert_eq!(cell["differed"].as_f64().map(f64::round), Some(1.0));
     assert_eq!(cell["serves"], true);
     assert_eq!(report["scopes"][1]["observations"], 151);
+}
+
+#[tokio::test]
+async fn outcomes_decay_as_the_clock_moves_without_new_ones() {
+    let clock = crate::clock::ManualClock::at_ms(HALF_LIFE.as_millis() as u64);
+    let c = Calibration::new(&config(0.0), None, 1, clock.clock());
+    teach(&c, &scope("a"), 0.95, 150, 0).await;
+    let (row, bin) = curve::cell(0.95, &close_wording()).expect("in range");
+    let agreed = |report: &serde_json::Value| {
+        report["scopes"][0]["rows"][row]["bins"][bin]["agreed"].as_f64()
+    };
+    let fresh = c.report(None).await;
+    assert_eq!(agreed(&fresh), Some(150.0));
+    assert_eq!(fresh["scopes"][0]["rows"][row]["bins"][bin]["serves"], true);
+    clock.advance(HALF_LIFE);
+    assert_eq!(agreed(&c.report(None).await), Some(75.0));
+    clock.advance(HALF_LIFE * 9);
+    let old = c.report(None).await;
+    assert_eq!(agreed(&old), Some(150.0 / 1024.0));
+    assert_eq!(old["scopes"][0]["rows"][row]["bins"][bin]["serves"], false);
 }
