@@ -83,6 +83,10 @@ mod fake_llm;
 #[allow(dead_code, reason = "the benchmark only starts and stops the server")]
 mod redis_server;
 
+#[path = "common/requests.rs"]
+#[allow(dead_code, reason = "the instructions driver numbers its own requests")]
+mod requests;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,6 +112,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use fake_llm::FakeLlm;
+use requests::{CHAT, LONG_MESSAGE};
 
 const CLIENT_THREAD: &str = "bench-client";
 const FAKE_THREAD: &str = "bench-fake";
@@ -121,9 +126,6 @@ const THRIFTY_THREADS: &str = "thrifty-";
 /// Linux's `USER_HZ`: the unit of the CPU times in `/proc/*/stat` (100 on every mainstream
 /// architecture).
 const CLOCK_TICKS_PER_SEC: u64 = 100;
-
-/// A typical small chat request.
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a terse assistant."},{"role":"user","content":"Summarise the benefits of connection pooling for an HTTP reverse proxy in one sentence, please."}],"temperature":0.2,"max_tokens":64}"#;
 
 /// The same request, streamed.
 const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"system","content":"You are a terse assistant."},{"role":"user","content":"Summarise the benefits of connection pooling for an HTTP reverse proxy in one sentence, please."}],"temperature":0.2,"max_tokens":64}"#;
@@ -462,33 +464,11 @@ async fn warm_entry(bench: &Bench, target: &Target, call: &Call, outcome: &str) 
     }
 }
 
-/// The system prompt of the default-configuration scenarios.
-const SUPPORT_PROMPT: &str =
-    "You are a support assistant for an online bookshop. Answer in two sentences at most.";
-
-/// The user's message of the default-configuration miss scenarios after "Ticket N. ": with
-/// it, about 1,000 characters (some 200 word pieces, over `semantic.max_question_tokens`).
-const LONG_MESSAGE: &str = "I ordered three paperback novels and a hardcover atlas from your \
-    shop last week, paid by card, and received a confirmation email with a delivery estimate \
-    of four to six working days. The tracking page has said that the label was created since \
-    Monday, and nothing has changed since then. I contacted the courier, who told me they \
-    never received the parcel from your warehouse, so they cannot tell me anything more. \
-    Meanwhile my card was charged the full amount, including the express shipping fee that I \
-    chose because the atlas is a birthday present for my father. His birthday is on Saturday, \
-    so I need to know whether the parcel will arrive in time, and if not, whether you can send \
-    the atlas separately by courier or refund the express fee. I would also like to know how \
-    your returns work for the novels in case they arrive after I have bought them elsewhere. \
-    Please tell me what you can do and what you need from me. Thank you for your help.";
-
-/// A chat with [`SUPPORT_PROMPT`] whose user message is `before`, a request number, `after`;
+/// A chat with [`requests::SUPPORT_PROMPT`] whose user message is `before`, a request number, `after`;
 /// `options` go before the messages.
 fn support_call(options: &str, before: &str, after: &str) -> Call {
-    Call::openai_chat_numbered(
-        format!(
-            r#"{{"model":"gpt-4o-mini",{options}"messages":[{{"role":"system","content":"{SUPPORT_PROMPT}"}},{{"role":"user","content":"{before}"#
-        ),
-        format!(r#"{after}"}}],"temperature":0.2,"max_tokens":64}}"#),
-    )
+    let (head, tail) = requests::support_parts(options, before, after);
+    Call::openai_chat_numbered(head, tail)
 }
 
 /// A distinct ~1,000-character message every request.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,10 @@ pub fn raw<R: DeserializeOwned>(text: &str, origin: &str) -> Result<R, TableErro
 /// A model or upstream glob as tables write them: case-insensitive, `{a,}` allowed; `None`
 /// when empty or malformed.
 pub fn glob(pattern: &str) -> Option<GlobMatcher> {
+    table_glob(pattern).map(|g| g.compile_matcher())
+}
+
+fn table_glob(pattern: &str) -> Option<Glob> {
     if pattern.trim().is_empty() {
         return None;
     }
@@ -57,5 +61,32 @@ pub fn glob(pattern: &str) -> Option<GlobMatcher> {
         .empty_alternates(true)
         .build()
         .ok()
-        .map(|g| g.compile_matcher())
+}
+
+/// A table's model globs matched together: which of them a name matches, in one pass over
+/// the name rather than one per glob (the price and models tables are looked up on every
+/// request).
+#[derive(Clone, Debug)]
+pub struct GlobTable(GlobSet);
+
+impl GlobTable {
+    /// The globs of `patterns`, in order, each read as [`glob`] reads it; `None` when one is
+    /// empty or malformed.
+    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Option<GlobTable> {
+        let mut set = GlobSetBuilder::new();
+        for pattern in patterns {
+            set.add(table_glob(pattern)?);
+        }
+        set.build().ok().map(GlobTable)
+    }
+
+    /// The positions of the patterns `name` matches, in ascending order.
+    pub fn matching(&self, name: &str) -> Vec<usize> {
+        self.0.matches(name)
+    }
+
+    /// The position of the first pattern `name` matches.
+    pub fn first(&self, name: &str) -> Option<usize> {
+        self.matching(name).first().copied()
+    }
 }

@@ -44,8 +44,12 @@ impl Canonical {
     }
 
     fn str(&mut self, s: &str) {
-        self.0.update((s.len() as u64).to_le_bytes());
-        self.0.update(s.as_bytes());
+        self.bytes(s.as_bytes());
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.update((b.len() as u64).to_le_bytes());
+        self.0.update(b);
     }
 
     fn opt(&mut self, s: Option<&str>) {
@@ -59,11 +63,15 @@ impl Canonical {
     }
 
     fn value(&mut self, v: &Value) {
-        self.str(&canonical_json(v));
+        let mut text = Vec::new();
+        write_value(&mut text, v);
+        self.bytes(&text);
     }
 
     fn fields(&mut self, map: &Map<String, Value>) {
-        self.value(&Value::Object(map.clone()));
+        let mut text = Vec::new();
+        write_object(&mut text, map);
+        self.bytes(&text);
     }
 
     fn scope(&mut self, scope: &Scope, dialect: Dialect, upstream: &str) {
@@ -78,25 +86,44 @@ impl Canonical {
     }
 }
 
-/// JSON text with object keys sorted at every level.
-pub fn canonical_json(value: &Value) -> String {
-    fn sorted(value: &Value) -> Value {
-        match value {
-            Value::Object(map) => {
-                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(
-                    entries
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), sorted(v)))
-                        .collect(),
-                )
+/// Writes JSON text with object keys sorted at every level (compact, as `serde_json` writes
+/// it): the canonical form of a value in a key.
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Object(map) => write_object(out, map),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item);
             }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
+            out.push(b']');
         }
+        scalar => write_scalar(out, scalar),
     }
-    sorted(value).to_string()
+}
+
+fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (i, (key, value)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_scalar(out, key);
+        out.push(b':');
+        write_value(out, value);
+    }
+    out.push(b'}');
+}
+
+/// A string, number, boolean or null as `serde_json` writes it (into a `Vec`, which cannot
+/// fail).
+fn write_scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, scalar: &T) {
+    let _ = serde_json::to_writer(out, scalar);
 }
 
 fn message(c: &mut Canonical, message: &Message) {
@@ -270,6 +297,38 @@ mod tests {
 
     use super::*;
     use crate::dialect;
+
+    #[test]
+    fn canonical_text_is_serde_jsons_text_of_the_value_with_sorted_keys() {
+        fn sorted(value: &Value) -> Value {
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                    Value::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k.clone(), sorted(v)))
+                            .collect(),
+                    )
+                }
+                Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+                other => other.clone(),
+            }
+        }
+        let value = json!({
+            "z": [1, 2.5, -3e-7, {"b": null, "a": true}],
+            "a\"\u{1}é": "line\nbreak \u{7f} \u{2028} \\",
+            "m": {"y": {}, "x": [], "w": 18446744073709551615u64, "v": -9223372036854775808i64},
+        });
+        let canonical = |value: &Value| {
+            let mut text = Vec::new();
+            write_value(&mut text, value);
+            String::from_utf8(text).expect("JSON text")
+        };
+        assert_eq!(canonical(&value), sorted(&value).to_string());
+        assert_eq!(canonical(&json!("s")), "\"s\"");
+    }
 
     fn key(body: Value, tenant: &str) -> CacheKey {
         let call = dialect::decode(Dialect::OpenAi, Endpoint::Chat, body.to_string().as_bytes())

@@ -6,10 +6,9 @@
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
-use globset::GlobMatcher;
 use serde::Deserialize;
 
-use crate::table::{self, TableError, glob};
+use crate::table::{self, GlobTable, TableError, glob};
 
 /// A tokenizer thrifty counts with, by its tiktoken name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,10 +60,10 @@ struct RawEntry {
     encoding: String,
 }
 
-/// One row: the models a glob matches, their window and tokenizer.
+/// One row: the models its glob (in the table's [`GlobTable`]) matches, their window and
+/// tokenizer.
 #[derive(Clone, Debug)]
 struct Entry {
-    glob: GlobMatcher,
     context_window: u64,
     encoding: Encoding,
 }
@@ -73,6 +72,8 @@ struct Entry {
 #[derive(Clone)]
 pub struct ModelTable {
     entries: Vec<Entry>,
+    /// The entries' model globs, in the entries' order.
+    globs: GlobTable,
     origin: String,
 }
 
@@ -104,6 +105,7 @@ impl ModelTable {
         let invalid = |message: String| TableError::invalid(origin, message);
         let raw: RawFile = table::raw(text, origin)?;
         let mut entries = Vec::with_capacity(raw.model.len());
+        let mut patterns = Vec::with_capacity(raw.model.len());
         for (i, entry) in raw.model.into_iter().enumerate() {
             let bad = |field: &str, expected: &str| {
                 invalid(format!(
@@ -111,21 +113,25 @@ impl ModelTable {
                     entry.model
                 ))
             };
-            let glob =
-                glob(&entry.model).ok_or_else(|| bad("model", "a non-empty model name or glob"))?;
+            if glob(&entry.model).is_none() {
+                return Err(bad("model", "a non-empty model name or glob"));
+            }
             if entry.context_window == 0 {
                 return Err(bad("context_window", "a number of tokens above zero"));
             }
             let encoding = Encoding::parse(&entry.encoding)
                 .ok_or_else(|| bad("encoding", "\"o200k_base\" or \"cl100k_base\""))?;
             entries.push(Entry {
-                glob,
                 context_window: entry.context_window,
                 encoding,
             });
+            patterns.push(entry.model);
         }
+        let globs = GlobTable::new(patterns.iter().map(String::as_str))
+            .ok_or_else(|| invalid("the model globs do not build together".to_owned()))?;
         Ok(ModelTable {
             entries,
+            globs,
             origin: origin.to_owned(),
         })
     }
@@ -137,10 +143,8 @@ impl ModelTable {
 
     /// [`ModelTable::get`] for a name already in the table's form ([`normalize`]).
     pub fn get_plain(&self, plain: &str) -> Option<(u64, Encoding)> {
-        self.entries
-            .iter()
-            .find(|e| e.glob.is_match(plain))
-            .map(|e| (e.context_window, e.encoding))
+        let entry = &self.entries[self.globs.first(plain)?];
+        Some((entry.context_window, entry.encoding))
     }
 
     pub fn len(&self) -> usize {

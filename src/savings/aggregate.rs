@@ -7,6 +7,7 @@
 //! endpoint is a plain lowercase name, while a measure is either such a name ending the field
 //! or a `v:`/`u:` label, so the two shapes never read alike.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::day::Day;
@@ -55,15 +56,23 @@ impl Cell {
         }
     }
 
-    fn field(&self, measure: &str) -> String {
-        format!(
-            "{}|{}|{}|{}|{}|{measure}",
-            escape(&self.model),
-            escape(&self.team),
-            escape(&self.key),
+    /// `model|team|key|outcome|endpoint|`: what every field of the cell starts with, its
+    /// measure appended.
+    pub fn field_prefix(&self) -> String {
+        let mut prefix = String::with_capacity(
+            self.model.len() + self.team.len() + self.key.len() + self.endpoint.len() + 24,
+        );
+        for part in [
+            self.model.as_str(),
+            self.team.as_str(),
+            self.key.as_str(),
             self.outcome.as_str(),
-            escape(&self.endpoint)
-        )
+            self.endpoint.as_str(),
+        ] {
+            escape_into(&mut prefix, part);
+            prefix.push('|');
+        }
+        prefix
     }
 }
 
@@ -257,48 +266,48 @@ fn micros(ms: f64) -> i64 {
     }
 }
 
-/// The field increments one record makes, zeros left out.
-pub fn increments(record: &UsageRecord, quote: &Quote) -> Vec<(String, i64)> {
-    let cell = Cell::of(record);
-    let mut out: Vec<(String, i64)> = Vec::with_capacity(24);
-    let mut add = |measure: &str, value: i64| {
+/// The measures one record adds to its cell ([`Cell::of`]), zeros left out: a field is the
+/// cell's [`Cell::field_prefix`] and the measure.
+pub fn measures(record: &UsageRecord, quote: &Quote) -> Vec<(Cow<'static, str>, i64)> {
+    let mut out: Vec<(Cow<'static, str>, i64)> = Vec::with_capacity(24);
+    let mut add = |measure: Cow<'static, str>, value: i64| {
         if value != 0 {
-            out.push((cell.field(measure), value));
+            out.push((measure, value));
         }
     };
-    add("requests", 1);
-    add("estimated", i64::from(record.estimated));
-    add("partial", i64::from(record.partial));
-    add("embed_calls", int(record.embed_calls));
-    for (side, tokens) in [
-        ("b", &record.baseline),
-        ("a", &record.actual),
-        ("o", &record.overhead),
+    add("requests".into(), 1);
+    add("estimated".into(), i64::from(record.estimated));
+    add("partial".into(), i64::from(record.partial));
+    add("embed_calls".into(), int(record.embed_calls));
+    for ([prompt, cached, completion], tokens) in [
+        (["b_prompt", "b_cached", "b_completion"], &record.baseline),
+        (["a_prompt", "a_cached", "a_completion"], &record.actual),
+        (["o_prompt", "o_cached", "o_completion"], &record.overhead),
     ] {
-        add(&format!("{side}_prompt"), int(tokens.prompt));
-        add(&format!("{side}_cached"), int(tokens.cached_prompt));
-        add(&format!("{side}_completion"), int(tokens.completion));
+        add(prompt.into(), int(tokens.prompt));
+        add(cached.into(), int(tokens.cached_prompt));
+        add(completion.into(), int(tokens.completion));
     }
-    add("latency_us", micros(record.latency_ms));
+    add("latency_us".into(), micros(record.latency_ms));
     if let Some(ms) = record.upstream_ms {
-        add("upstream_us", micros(ms));
-        add("upstream_n", 1);
+        add("upstream_us".into(), micros(ms));
+        add("upstream_n".into(), 1);
     }
     match &quote.costs {
         Some(costs) => {
-            add("priced", 1);
-            add("c_baseline", cost(costs.baseline));
-            add("c_actual", cost(costs.actual));
-            add("c_overhead", cost(costs.overhead));
+            add("priced".into(), 1);
+            add("c_baseline".into(), cost(costs.baseline));
+            add("c_actual".into(), cost(costs.actual));
+            add("c_overhead".into(), cost(costs.overhead));
         }
-        None => add("unpriced", 1),
+        None => add("unpriced".into(), 1),
     }
     for price in &quote.versions {
         let label = version_label(&price.model, price.upstream.as_deref(), price.effective);
-        add(&format!("v:{label}"), 1);
+        add(format!("v:{label}").into(), 1);
     }
     for model in &quote.unpriced {
-        add(&format!("u:{}", escape(model)), 1);
+        add(format!("u:{}", escape(model)).into(), 1);
     }
     out
 }
@@ -376,6 +385,12 @@ pub fn read_day(
 /// Escapes `%`, `|` and control characters so names can be joined with `|`.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    escape_into(&mut out, text);
+    out
+}
+
+/// Appends `text` to `out` with `%`, `|` and control characters as `%XX` bytes.
+fn escape_into(out: &mut String, text: &str) {
     for c in text.chars() {
         if c == '%' || c == '|' || c.is_control() {
             let mut buf = [0u8; 4];
@@ -386,7 +401,6 @@ fn escape(text: &str) -> String {
             out.push(c);
         }
     }
-    out
 }
 
 fn unescape(text: &str) -> String {

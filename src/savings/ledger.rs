@@ -17,6 +17,7 @@
 //! crash, `always` nothing) and never evict them (`maxmemory-policy volatile-lru` or
 //! `volatile-ttl` evicts only the caches' expiring keys; `allkeys-*` would evict the ledger).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,9 @@ const REPORT_FLUSH: Duration = Duration::from_secs(2);
 /// batch (unless the batch fills or a flush asks sooner): under load, one store write per
 /// batch instead of one per few requests.
 const LINGER: Duration = Duration::from_millis(50);
+
+/// About the size of one encoded audit entry, reserved up front.
+const AUDIT_ENTRY_BYTES: usize = 512;
 
 /// Sizes of the ledger's queue, buffer, batches and audit log.
 #[derive(Clone, Copy, Debug)]
@@ -374,26 +378,35 @@ impl Writer {
         self.settle.send_modify(|settled| *settled += n);
     }
 
-    /// Sums the next records into one batch per day and encodes their audit entries.
+    /// Sums the next records into one batch per day and encodes their audit entries. Records
+    /// are summed per aggregate cell first, so a cell's field names are written once a batch.
     fn next_batch(&mut self) -> (CounterBatch, u64) {
         let take = self.buffer.len().min(self.options.batch.max(1));
-        let mut days: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        let mut cells: BTreeMap<Cell, BTreeMap<Cow<'static, str>, i64>> = BTreeMap::new();
         let mut entries = Vec::with_capacity(take);
         for pending in self.buffer.drain(..take) {
-            let fields = days
-                .entry(aggregate::day_key(pending.record.day()))
-                .or_default();
             let (counted, quote) = match &pending.folded {
                 Some((record, quote)) => (record, quote),
                 None => (&pending.record, &pending.quote),
             };
-            for (field, delta) in aggregate::increments(counted, quote) {
-                let sum = fields.entry(field).or_default();
+            let sums = cells.entry(Cell::of(counted)).or_default();
+            for (measure, delta) in aggregate::measures(counted, quote) {
+                let sum = sums.entry(measure).or_default();
                 *sum = sum.saturating_add(delta);
             }
-            match serde_json::to_vec(&audit_entry(pending, self.pricing.currency())) {
-                Ok(json) => entries.push(Bytes::from(json)),
+            let mut json = Vec::with_capacity(AUDIT_ENTRY_BYTES);
+            match serde_json::to_writer(&mut json, &audit_entry(pending, self.pricing.currency())) {
+                Ok(()) => entries.push(Bytes::from(json)),
                 Err(error) => tracing::warn!(%error, "cannot encode an audit entry"),
+            }
+        }
+        let mut days: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (cell, sums) in cells {
+            let fields = days.entry(aggregate::day_key(cell.day)).or_default();
+            let prefix = cell.field_prefix();
+            for (measure, delta) in sums {
+                let sum = fields.entry(format!("{prefix}{measure}")).or_default();
+                *sum = sum.saturating_add(delta);
             }
         }
         self.seq += 1;

@@ -1,22 +1,37 @@
 //! Exact renderings of integer pico-unit sums: money is summed as integers and only
 //! turned into text at the edge, never into a float on its way to a report.
 
+use std::fmt::Write;
+
 use super::pricing::PICO;
 
 /// `1234567890000` pico → `"1.23456789"`: exact, at least two decimals, no trailing zeros beyond.
 pub fn decimal(pico: i128) -> String {
-    let sign = if pico < 0 { "-" } else { "" };
     let magnitude = pico.unsigned_abs();
     let unit = PICO.unsigned_abs();
     let whole = magnitude / unit;
-    let fraction = format!("{:012}", magnitude % unit);
-    let trimmed = fraction.trim_end_matches('0');
-    let shown = if trimmed.len() < 2 {
-        &fraction[..2]
-    } else {
-        trimmed
+    // Twelve digits, as the fraction is below `PICO`; trailing zeros dropped down to two.
+    let mut fraction = magnitude % unit;
+    let mut digits = [b'0'; 12];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (fraction % 10) as u8;
+        fraction /= 10;
+    }
+    let shown = digits
+        .iter()
+        .rposition(|&d| d != b'0')
+        .map_or(2, |last| (last + 1).max(2));
+    let mut out = String::with_capacity(24);
+    if pico < 0 {
+        out.push('-');
+    }
+    // The whole part fits in a u64 (whose formatting is cheaper) for any real sum.
+    let _ = match u64::try_from(whole) {
+        Ok(whole) => write!(out, "{whole}."),
+        Err(_) => write!(out, "{whole}."),
     };
-    format!("{sign}{whole}.{shown}")
+    out.extend(digits[..shown].iter().map(|&d| char::from(d)));
+    out
 }
 
 /// `part / whole` in units of `1 / scale`, rounded half away from zero: the one rounding rule

@@ -9,7 +9,7 @@ use std::path::Path;
 use globset::GlobMatcher;
 use serde::Deserialize;
 
-use crate::table::{self, TableError, glob};
+use crate::table::{self, GlobTable, TableError, glob};
 
 use super::day::Day;
 use super::record::{Tokens, UsageRecord};
@@ -109,10 +109,10 @@ impl Price {
     }
 }
 
-/// All versions of one (model glob, upstream glob) pair, oldest first.
+/// All versions of one (model glob, upstream glob) pair, oldest first; the table's
+/// [`GlobTable`] matches its model glob.
 #[derive(Clone, Debug)]
 struct Group {
-    model: GlobMatcher,
     upstream: Option<GlobMatcher>,
     /// Exact names beat globs, longer globs beat shorter ones, restricted beats unrestricted.
     rank: (bool, usize, bool),
@@ -150,6 +150,8 @@ pub struct Quote {
 #[derive(Clone, Debug)]
 pub struct Pricing {
     groups: Vec<Group>,
+    /// The groups' model globs, in the groups' order.
+    models: GlobTable,
     currency: String,
 }
 
@@ -177,8 +179,9 @@ impl Pricing {
             let bad = |field: &str, expected: &str| {
                 invalid(format!("{at}: {field}: expected {expected}"))
             };
-            let model =
-                glob(&entry.model).ok_or_else(|| bad("model", "a non-empty model name or glob"))?;
+            if glob(&entry.model).is_none() {
+                return Err(bad("model", "a non-empty model name or glob"));
+            }
             let upstream = match &entry.upstream {
                 Some(u) => {
                     Some(glob(u).ok_or_else(|| bad("upstream", "an upstream name or glob"))?)
@@ -244,14 +247,16 @@ impl Pricing {
                         entry.model.len(),
                         upstream.is_some(),
                     ),
-                    model,
                     upstream,
                     versions: vec![price],
                 }),
             }
         }
+        let models = GlobTable::new(groups.iter().map(|g| g.versions[0].model.as_str()))
+            .ok_or_else(|| invalid("the model globs do not build together".to_owned()))?;
         Ok(Pricing {
             groups,
+            models,
             currency: currency.unwrap_or_else(|| "USD".to_owned()),
         })
     }
@@ -267,9 +272,13 @@ impl Pricing {
     /// than a wrong one.
     pub fn price(&self, model: &str, upstream: &str, day: Day) -> Option<&Price> {
         let mut best: Option<&Group> = None;
-        for group in &self.groups {
-            let matches = group.model.is_match(model)
-                && group.upstream.as_ref().is_none_or(|u| u.is_match(upstream));
+        for group in self
+            .models
+            .matching(model)
+            .into_iter()
+            .map(|i| &self.groups[i])
+        {
+            let matches = group.upstream.as_ref().is_none_or(|u| u.is_match(upstream));
             if matches && best.is_none_or(|b| group.rank > b.rank) {
                 best = Some(group);
             }
