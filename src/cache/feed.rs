@@ -122,6 +122,11 @@ impl Feed {
                     match state.end {
                         Some(true) => return None,
                         Some(false) => {
+                            // Pause once first: a server that meets a body's error in the same
+                            // write as its head would close the connection without sending
+                            // either, and the follower's client would see no answer at all
+                            // instead of the start of one that broke off.
+                            tokio::task::yield_now().await;
                             let broken: BoxError = Box::new(Broken);
                             return Some((Err(broken), (feed, at, rx, true)));
                         }
@@ -213,6 +218,22 @@ mod tests {
         feed.end(false);
         feed.end(true);
         assert!(follower.await.unwrap().is_err(), "the first verdict stands");
+
+        // A follower that arrives after the break still gets the pieces, then a pause (when
+        // its head and pieces go out), and only then the error.
+        let mut late = feed.clone().body();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let first = Pin::new(&mut late).poll_frame(&mut cx);
+        assert!(
+            matches!(&first, Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(|d| d == "half")),
+            "{first:?}"
+        );
+        assert!(Pin::new(&mut late).poll_frame(&mut cx).is_pending());
+        assert!(matches!(
+            Pin::new(&mut late).poll_frame(&mut cx),
+            Poll::Ready(Some(Err(_)))
+        ));
 
         let small = Feed::new(4);
         small.push(&Bytes::from_static(b"12345"));
