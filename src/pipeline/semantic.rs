@@ -146,6 +146,7 @@ impl Proxy {
                             similarity = hit.similarity,
                             lower = estimate.lower,
                             observations = estimate.observations,
+                            in_served_region = estimate.region.is_some(),
                             "semantic candidate verified, not served"
                         );
                         decision.verify = Some(Verification {
