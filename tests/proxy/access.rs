@@ -2,12 +2,13 @@
 //! own key passed through otherwise, and per-tenant rate limits.
 
 use reqwest::StatusCode;
+use rstest::rstest;
 use thrifty::auth::hash_key;
 use thrifty::config::{RawConfig, RawKey, RawRateLimit};
 
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::{Thrifty, config_for};
-use crate::{DIALECTS, Dialect, Reply, WAIT, assert_status, client, header, post_with, unique};
+use crate::{Dialect, Reply, WAIT, assert_status, client, header, post_with, unique};
 
 const UPSTREAM_KEY_ENV: &str = "THRIFTY_TEST_UPSTREAM_KEY";
 const UPSTREAM_KEY: &str = "sk-upstream-0123456789";
@@ -103,32 +104,34 @@ async fn upstream_keys_require_client_keys(dialect: Dialect) {
     assert_eq!(fake.calls(), 2);
 }
 
+#[rstest]
 #[tokio::test]
-async fn upstream_keys_require_a_client_key_in_both_dialects() {
-    for dialect in DIALECTS {
-        upstream_keys_require_client_keys(dialect).await;
-    }
+async fn upstream_keys_require_a_client_key_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    upstream_keys_require_client_keys(dialect).await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn without_an_upstream_key_the_clients_authorization_passes_through() {
+async fn without_an_upstream_key_the_clients_authorization_passes_through(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
     let fake = FakeLlm::start().await;
     let thrifty = Thrifty::start(config_for(&fake)).await;
-    for dialect in DIALECTS {
-        let answer = post_with(
-            format!("{}{}", thrifty.url(), dialect.chat_path()),
-            &dialect.chat("gpt-4o-mini", &unique("hi")),
-            &[("authorization", "Bearer sk-client-own-key")],
-        )
-        .await;
-        assert_status(&answer, StatusCode::OK, "client key");
-        let recorded = fake.last_request().expect("the upstream was called");
-        assert_eq!(
-            header(&recorded.headers, "authorization"),
-            "Bearer sk-client-own-key",
-            "{dialect:?}"
-        );
-    }
+    let answer = post_with(
+        format!("{}{}", thrifty.url(), dialect.chat_path()),
+        &dialect.chat("gpt-4o-mini", &unique("hi")),
+        &[("authorization", "Bearer sk-client-own-key")],
+    )
+    .await;
+    assert_status(&answer, StatusCode::OK, "client key");
+    let recorded = fake.last_request().expect("the upstream was called");
+    assert_eq!(
+        header(&recorded.headers, "authorization"),
+        "Bearer sk-client-own-key",
+        "{dialect:?}"
+    );
 }
 
 /// Sends the dialect's chat request as `token` (or anonymously) and returns the answer.
@@ -200,11 +203,12 @@ async fn tenants_are_limited_separately(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn tenants_are_rate_limited_separately_in_both_dialects() {
-    for dialect in DIALECTS {
-        tenants_are_limited_separately(dialect).await;
-    }
+async fn tenants_are_rate_limited_separately_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    tenants_are_limited_separately(dialect).await;
 }
 
 async fn key_limits_override_the_default(dialect: Dialect) {
@@ -244,9 +248,10 @@ async fn key_limits_override_the_default(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_keys_own_rate_limit_overrides_the_default_in_both_dialects() {
-    for dialect in DIALECTS {
-        key_limits_override_the_default(dialect).await;
-    }
+async fn a_keys_own_rate_limit_overrides_the_default_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    key_limits_override_the_default(dialect).await;
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use rstest::rstest;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -124,11 +125,12 @@ async fn bad_requests_are_refused(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn malformed_and_incomplete_requests_get_a_400_in_both_dialects() {
-    for dialect in DIALECTS {
-        bad_requests_are_refused(dialect).await;
-    }
+async fn malformed_and_incomplete_requests_get_a_400_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    bad_requests_are_refused(dialect).await;
 }
 
 async fn large_bodies_are_refused(dialect: Dialect) {
@@ -168,40 +170,42 @@ async fn large_bodies_are_refused(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn bodies_over_the_limit_get_a_413_with_or_without_a_length_in_both_dialects() {
-    for dialect in DIALECTS {
-        large_bodies_are_refused(dialect).await;
-    }
+async fn bodies_over_the_limit_get_a_413_with_or_without_a_length_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    large_bodies_are_refused(dialect).await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn an_unreachable_upstream_is_a_502_in_both_dialects() {
+async fn an_unreachable_upstream_is_a_502_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
     let closed = closed_port_url();
     let fake = FakeLlm::start().await;
     let mut raw = config_for(&fake);
     raw.upstreams[0].base_url = format!("{closed}/v1");
     raw.upstreams[1].base_url = closed;
     let thrifty = Thrifty::start(raw).await;
-    for dialect in DIALECTS {
-        let started = Instant::now();
-        let answer = post(
-            format!("{}{}", thrifty.url(), dialect.chat_path()),
-            &dialect.chat("gpt-4o-mini", "hi"),
-        )
-        .await;
-        assert_status(&answer, StatusCode::BAD_GATEWAY, "closed port");
-        dialect.assert_error(&answer.json(), Some("upstream_unavailable"));
-        assert!(started.elapsed() < WAIT, "a refused connection fails fast");
+    let started = Instant::now();
+    let answer = post(
+        format!("{}{}", thrifty.url(), dialect.chat_path()),
+        &dialect.chat("gpt-4o-mini", "hi"),
+    )
+    .await;
+    assert_status(&answer, StatusCode::BAD_GATEWAY, "closed port");
+    dialect.assert_error(&answer.json(), Some("upstream_unavailable"));
+    assert!(started.elapsed() < WAIT, "a refused connection fails fast");
 
-        let listing = get(format!("{}{}", thrifty.url(), dialect.models_path())).await;
-        assert_status(
-            &listing,
-            StatusCode::BAD_GATEWAY,
-            "closed port, passthrough",
-        );
-        dialect.assert_error(&listing.json(), Some("upstream_unavailable"));
-    }
+    let listing = get(format!("{}{}", thrifty.url(), dialect.models_path())).await;
+    assert_status(
+        &listing,
+        StatusCode::BAD_GATEWAY,
+        "closed port, passthrough",
+    );
+    dialect.assert_error(&listing.json(), Some("upstream_unavailable"));
 }
 
 #[tokio::test]
@@ -268,11 +272,12 @@ async fn upstream_errors_pass_through(dialect: Dialect) {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn upstream_errors_pass_through_unchanged_in_both_dialects() {
-    for dialect in DIALECTS {
-        upstream_errors_pass_through(dialect).await;
-    }
+async fn upstream_errors_pass_through_unchanged_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    upstream_errors_pass_through(dialect).await;
 }
 
 #[tokio::test]
@@ -310,8 +315,11 @@ async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     answer
 }
 
+#[rstest]
 #[tokio::test]
-async fn garbage_on_the_socket_does_not_take_the_server_down() {
+async fn garbage_on_the_socket_does_not_take_the_server_down(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
     let fake = FakeLlm::start().await;
     let thrifty = Thrifty::start(config_for(&fake)).await;
     let junk: Vec<u8> = (0..=255_u8).cycle().take(4096).collect();
@@ -335,14 +343,12 @@ async fn garbage_on_the_socket_does_not_take_the_server_down() {
 
     let health = get(format!("{}/healthz", thrifty.url())).await;
     assert_status(&health, StatusCode::OK, "health after garbage");
-    for dialect in DIALECTS {
-        let answer = post(
-            format!("{}{}", thrifty.url(), dialect.chat_path()),
-            &dialect.chat("gpt-4o-mini", "still there?"),
-        )
-        .await;
-        assert_status(&answer, StatusCode::OK, "a normal request after garbage");
-    }
+    let answer = post(
+        format!("{}{}", thrifty.url(), dialect.chat_path()),
+        &dialect.chat("gpt-4o-mini", "still there?"),
+    )
+    .await;
+    assert_status(&answer, StatusCode::OK, "a normal request after garbage");
 }
 
 async fn idle_streams_are_cut(dialect: Dialect) {
@@ -396,9 +402,10 @@ async fn idle_streams_are_cut(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_stream_that_goes_quiet_is_cut_after_the_idle_timeout_in_both_dialects() {
-    for dialect in DIALECTS {
-        idle_streams_are_cut(dialect).await;
-    }
+async fn a_stream_that_goes_quiet_is_cut_after_the_idle_timeout_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    idle_streams_are_cut(dialect).await;
 }

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::common::fake_llm::{self, FakeLlm};
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{
-    CALLS, Call, DIALECTS, Dialect, assert_status, client, content_type, header, post, post_with,
+    CALLS, Call, Dialect, assert_status, client, content_type, header, post, post_with,
     read_stream, slow_text, unique, upstream_of,
 };
 
@@ -152,11 +153,12 @@ async fn request_ids_are_issued_and_propagated(dialect: Dialect) {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn request_ids_are_issued_and_propagated_in_both_dialects() {
-    for dialect in DIALECTS {
-        request_ids_are_issued_and_propagated(dialect).await;
-    }
+async fn request_ids_are_issued_and_propagated_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    request_ids_are_issued_and_propagated(dialect).await;
 }
 
 /// A slow stream reaches the client chunk by chunk while the upstream is still producing it.
@@ -217,33 +219,34 @@ async fn ollama_ndjson_streams_arrive_chunk_by_chunk() {
 }
 
 /// Streamed completions keep their content type and end marker too.
+#[rstest]
 #[tokio::test]
-async fn streamed_completions_keep_their_format_in_both_dialects() {
+async fn streamed_completions_keep_their_format_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
     let fake = FakeLlm::start().await;
     let thrifty = Thrifty::start(config_for(&fake)).await;
-    for dialect in DIALECTS {
-        let request = dialect.streaming(Call::Completion, "gpt-4o-mini", "hello there");
-        let response = client()
-            .post(format!(
-                "{}{}",
-                thrifty.url(),
-                dialect.path(Call::Completion)
-            ))
-            .json(&request)
-            .send()
-            .await
-            .expect("request is sent");
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            header(response.headers(), "content-type"),
-            dialect.stream_content_type()
-        );
-        let streamed = read_stream(response).await;
-        assert!(streamed.error.is_none(), "{:?}", streamed.error);
-        assert_eq!(
-            dialect.streamed_text(&streamed.text()),
-            "Echo: hello there",
-            "{dialect:?}"
-        );
-    }
+    let request = dialect.streaming(Call::Completion, "gpt-4o-mini", "hello there");
+    let response = client()
+        .post(format!(
+            "{}{}",
+            thrifty.url(),
+            dialect.path(Call::Completion)
+        ))
+        .json(&request)
+        .send()
+        .await
+        .expect("request is sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(response.headers(), "content-type"),
+        dialect.stream_content_type()
+    );
+    let streamed = read_stream(response).await;
+    assert!(streamed.error.is_none(), "{:?}", streamed.error);
+    assert_eq!(
+        dialect.streamed_text(&streamed.text()),
+        "Echo: hello there",
+        "{dialect:?}"
+    );
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use rstest::rstest;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,26 +12,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{
-    DIALECTS, Dialect, Reply, WAIT, assert_status, client, content_type, get, header, read_stream,
+    Dialect, Reply, WAIT, assert_status, client, content_type, get, header, read_stream,
     upstream_of,
 };
 
+#[rstest]
 #[tokio::test]
-async fn model_lists_pass_through_byte_for_byte_in_both_dialects() {
+async fn model_lists_pass_through_byte_for_byte_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
     let fake = FakeLlm::start().await;
     let thrifty = Thrifty::start(config_for(&fake)).await;
-    for dialect in DIALECTS {
-        let path = dialect.models_path();
-        let proxied = get(format!("{}{path}", thrifty.url())).await;
-        let direct = get(format!("{}{path}", fake.url())).await;
-        assert_status(&proxied, StatusCode::OK, path);
-        assert_eq!(proxied.body, direct.body, "{path}: the upstream's bytes");
-        assert_eq!(content_type(&proxied), content_type(&direct), "{path}");
-        assert_eq!(upstream_of(&proxied), dialect.default_upstream());
-        let recorded = fake.last_request().expect("the upstream was called");
-        assert_eq!(recorded.method, "GET");
-        assert_eq!(recorded.path, path);
-    }
+    let path = dialect.models_path();
+    let proxied = get(format!("{}{path}", thrifty.url())).await;
+    let direct = get(format!("{}{path}", fake.url())).await;
+    assert_status(&proxied, StatusCode::OK, path);
+    assert_eq!(proxied.body, direct.body, "{path}: the upstream's bytes");
+    assert_eq!(content_type(&proxied), content_type(&direct), "{path}");
+    assert_eq!(upstream_of(&proxied), dialect.default_upstream());
+    let recorded = fake.last_request().expect("the upstream was called");
+    assert_eq!(recorded.method, "GET");
+    assert_eq!(recorded.path, path);
 }
 
 #[tokio::test]
@@ -234,11 +236,12 @@ async fn headers_are_cleaned(dialect: Dialect) {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn thrifty_and_hop_by_hop_headers_stay_behind_in_both_dialects() {
-    for dialect in DIALECTS {
-        headers_are_cleaned(dialect).await;
-    }
+async fn thrifty_and_hop_by_hop_headers_stay_behind_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    headers_are_cleaned(dialect).await;
 }
 
 /// Ollama clients probe the server root before anything else.
@@ -283,8 +286,11 @@ async fn raw_upstream(response: &'static [u8]) -> std::net::SocketAddr {
     addr
 }
 
+#[rstest]
 #[tokio::test]
-async fn hop_by_hop_response_headers_stay_behind_in_both_dialects() {
+async fn hop_by_hop_response_headers_stay_behind_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
     let upstream = raw_upstream(
         b"HTTP/1.1 200 OK\r\n\
           Content-Type: application/json\r\n\
@@ -309,24 +315,22 @@ async fn hop_by_hop_response_headers_stay_behind_in_both_dialects() {
     raw.upstreams[0].base_url = format!("http://{upstream}/v1");
     raw.upstreams[1].base_url = format!("http://{upstream}");
     let thrifty = Thrifty::start(raw).await;
-    for dialect in DIALECTS {
-        let answer = get(format!("{}{}", thrifty.url(), dialect.models_path())).await;
-        assert_status(&answer, StatusCode::OK, dialect.models_path());
-        assert_eq!(answer.text(), "{\"data\":[]}");
-        for name in ["x-hop-by-name", "keep-alive", "proxy-authenticate"] {
-            assert!(
-                answer.headers.get(name).is_none(),
-                "{dialect:?}: hop-by-hop header {name} reached the client"
-            );
-        }
+    let answer = get(format!("{}{}", thrifty.url(), dialect.models_path())).await;
+    assert_status(&answer, StatusCode::OK, dialect.models_path());
+    assert_eq!(answer.text(), "{\"data\":[]}");
+    for name in ["x-hop-by-name", "keep-alive", "proxy-authenticate"] {
         assert!(
-            !header(&answer.headers, "connection").contains("x-hop-by-name"),
-            "{dialect:?}: the upstream's Connection header reached the client"
-        );
-        assert_eq!(
-            header(&answer.headers, "x-end-to-end"),
-            "kept",
-            "{dialect:?}"
+            answer.headers.get(name).is_none(),
+            "{dialect:?}: hop-by-hop header {name} reached the client"
         );
     }
+    assert!(
+        !header(&answer.headers, "connection").contains("x-hop-by-name"),
+        "{dialect:?}: the upstream's Connection header reached the client"
+    );
+    assert_eq!(
+        header(&answer.headers, "x-end-to-end"),
+        "kept",
+        "{dialect:?}"
+    );
 }

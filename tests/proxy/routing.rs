@@ -2,11 +2,12 @@
 //! an Ollama client may not use an OpenAI server.
 
 use reqwest::StatusCode;
+use rstest::rstest;
 use thrifty::config::{RawConfig, RawDialect, RawRoute, RawUpstream};
 
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::{Thrifty, config_for};
-use crate::{DIALECTS, Dialect, assert_status, post, upstream_of};
+use crate::{Dialect, assert_status, post, upstream_of};
 
 /// The fakes behind `config_for(default)`, plus `local` (an Ollama server) for `llama*`.
 fn routed_config(default: &FakeLlm, local: &FakeLlm) -> RawConfig {
@@ -49,11 +50,12 @@ async fn models_choose_the_upstream(dialect: Dialect) {
     assert_eq!(local.calls(), 1);
 }
 
+#[rstest]
 #[tokio::test]
-async fn model_globs_choose_the_upstream_in_both_dialects() {
-    for dialect in DIALECTS {
-        models_choose_the_upstream(dialect).await;
-    }
+async fn model_globs_choose_the_upstream_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    models_choose_the_upstream(dialect).await;
 }
 
 #[tokio::test]

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::{StatusCode, Version};
+use rstest::rstest;
 use thrifty::config::RawTls;
 use tokio::net::TcpStream;
 
 use crate::common::fake_llm::FakeLlm;
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{
-    Call, DIALECTS, Dialect, Reply, WAIT, assert_status, client, header, read_rest, read_stream,
-    slow_text, unique,
+    Call, Dialect, Reply, WAIT, assert_status, client, header, read_rest, read_stream, slow_text,
+    unique,
 };
 
 /// A fresh directory under Cargo's scratch space for integration tests.
@@ -36,8 +37,11 @@ fn tls_client(cert: &[u8], http1_only: bool) -> reqwest::Client {
     builder.build().expect("TLS client")
 }
 
+#[rstest]
 #[tokio::test]
-async fn https_serves_http2_and_http1_with_streams() {
+async fn https_serves_http2_and_http1_with_streams(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
     let dir = scratch_dir("tls");
     thrifty::tls::write_self_signed(&dir).expect("self-signed certificate");
     let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost-key.pem"));
@@ -55,37 +59,35 @@ async fn https_serves_http2_and_http1_with_streams() {
         let client = tls_client(&pem, http1_only);
         for host in ["localhost", "127.0.0.1"] {
             let base = format!("https://{host}:{port}");
-            for dialect in DIALECTS {
-                let response = client
-                    .post(format!("{base}{}", dialect.chat_path()))
-                    .json(&dialect.chat("gpt-4o-mini", &unique("over tls")))
-                    .send()
-                    .await
-                    .expect("HTTPS request is sent");
-                assert_eq!(response.version(), version, "{host} {dialect:?}");
-                let answer = Reply::read(response, WAIT).await;
-                assert_status(&answer, StatusCode::OK, "chat over HTTPS");
+            let response = client
+                .post(format!("{base}{}", dialect.chat_path()))
+                .json(&dialect.chat("gpt-4o-mini", &unique("over tls")))
+                .send()
+                .await
+                .expect("HTTPS request is sent");
+            assert_eq!(response.version(), version, "{host} {dialect:?}");
+            let answer = Reply::read(response, WAIT).await;
+            assert_status(&answer, StatusCode::OK, "chat over HTTPS");
 
-                let text = unique("stream over tls");
-                let response = client
-                    .post(format!("{base}{}", dialect.chat_path()))
-                    .json(&dialect.streaming(Call::Chat, "gpt-4o-mini", &text))
-                    .send()
-                    .await
-                    .expect("HTTPS request is sent");
-                assert_eq!(response.version(), version);
-                assert_eq!(
-                    header(response.headers(), "content-type"),
-                    dialect.stream_content_type()
-                );
-                let streamed = read_stream(response).await;
-                assert!(streamed.error.is_none(), "{:?}", streamed.error);
-                assert_eq!(
-                    dialect.streamed_text(&streamed.text()),
-                    format!("Echo: {text}"),
-                    "{version:?} {dialect:?}"
-                );
-            }
+            let text = unique("stream over tls");
+            let response = client
+                .post(format!("{base}{}", dialect.chat_path()))
+                .json(&dialect.streaming(Call::Chat, "gpt-4o-mini", &text))
+                .send()
+                .await
+                .expect("HTTPS request is sent");
+            assert_eq!(response.version(), version);
+            assert_eq!(
+                header(response.headers(), "content-type"),
+                dialect.stream_content_type()
+            );
+            let streamed = read_stream(response).await;
+            assert!(streamed.error.is_none(), "{:?}", streamed.error);
+            assert_eq!(
+                dialect.streamed_text(&streamed.text()),
+                format!("Echo: {text}"),
+                "{version:?} {dialect:?}"
+            );
         }
     }
 
@@ -124,11 +126,12 @@ async fn disconnects_cancel_the_upstream(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_client_leaving_mid_stream_cancels_the_upstream_in_both_dialects() {
-    for dialect in DIALECTS {
-        disconnects_cancel_the_upstream(dialect).await;
-    }
+async fn a_client_leaving_mid_stream_cancels_the_upstream_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    disconnects_cancel_the_upstream(dialect).await;
 }
 
 /// A client that gives up while the upstream is still thinking releases the upstream request.
@@ -151,11 +154,12 @@ async fn waiting_disconnects_cancel_the_upstream(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_client_leaving_before_the_answer_cancels_the_upstream_in_both_dialects() {
-    for dialect in DIALECTS {
-        waiting_disconnects_cancel_the_upstream(dialect).await;
-    }
+async fn a_client_leaving_before_the_answer_cancels_the_upstream_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    waiting_disconnects_cancel_the_upstream(dialect).await;
 }
 
 async fn shutdown_lets_streams_finish(dialect: Dialect) {
@@ -226,9 +230,10 @@ async fn shutdown_lets_streams_finish(dialect: Dialect) {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn shutdown_refuses_new_connections_but_lets_streams_finish_in_both_dialects() {
-    for dialect in DIALECTS {
-        shutdown_lets_streams_finish(dialect).await;
-    }
+async fn shutdown_refuses_new_connections_but_lets_streams_finish_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    shutdown_lets_streams_finish(dialect).await;
 }
