@@ -61,6 +61,10 @@ struct Puts {
 /// A queued put: its key and entry, and where its commit's outcome goes.
 type Waiting = (String, Entry, oneshot::Sender<Result<(), String>>);
 
+/// Puts that may wait for a commit at once; beyond it a put fails at once (the answer is
+/// simply not cached) rather than queue behind a disk that cannot keep up.
+const MAX_WAITING_PUTS: usize = 4096;
+
 #[derive(Default)]
 struct PutQueue {
     waiting: Vec<Waiting>,
@@ -207,6 +211,18 @@ impl EmbeddedStore {
             .map_err(err)?
     }
 
+    /// The entry on disk under `key`, live or not.
+    async fn read_disk(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let owned = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(TABLE).map_err(err)?;
+            let raw = table.get(owned.as_str()).map_err(err)?;
+            Ok(raw.and_then(|v| decode(v.value())))
+        })
+        .await
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let now = self.clock.now_ms();
         if let Some(entry) = self.memory.get(key) {
@@ -216,15 +232,7 @@ impl EmbeddedStore {
             self.memory.invalidate(key);
         }
         let generation = *self.deletes.lock();
-        let owned = key.to_owned();
-        let found = self
-            .blocking(move |db| {
-                let txn = db.begin_read().map_err(err)?;
-                let table = txn.open_table(TABLE).map_err(err)?;
-                let raw = table.get(owned.as_str()).map_err(err)?;
-                Ok(raw.and_then(|v| decode(v.value())))
-            })
-            .await?;
+        let found = self.read_disk(key).await?;
         Ok(match found {
             Some(entry) if entry.expires_ms > now => {
                 let deletes = self.deletes.lock();
@@ -317,10 +325,13 @@ impl EmbeddedStore {
             value,
             expires_ms: self.expiry(ttl),
         };
-        self.memory.insert(key.to_owned(), entry.clone());
         let (done, committed) = oneshot::channel();
         let starts = {
             let mut queue = self.puts.queue.lock();
+            if queue.waiting.len() >= MAX_WAITING_PUTS {
+                return Err(err("too many puts waiting for the disk"));
+            }
+            self.memory.insert(key.to_owned(), entry.clone());
             queue.waiting.push((key.to_owned(), entry, done));
             !std::mem::replace(&mut queue.committing, true)
         };
@@ -368,15 +379,7 @@ impl EmbeddedStore {
     /// How long a live key has left by the entry on disk (a memory copy may keep an earlier
     /// expiry after a touch).
     pub async fn expires_in(&self, key: &str) -> Result<Option<Duration>, StoreError> {
-        let owned = key.to_owned();
-        let found = self
-            .blocking(move |db| {
-                let txn = db.begin_read().map_err(err)?;
-                let table = txn.open_table(TABLE).map_err(err)?;
-                let raw = table.get(owned.as_str()).map_err(err)?;
-                Ok(raw.and_then(|v| decode(v.value())))
-            })
-            .await?;
+        let found = self.read_disk(key).await?;
         let now = self.clock.now_ms();
         Ok(found
             .filter(|e| e.expires_ms > now)
