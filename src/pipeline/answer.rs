@@ -142,11 +142,11 @@ impl Proxy {
         } = cx;
         replay::labels(entry, key, self.clock.now_ms(), &mut labels);
         labels.cache = Some(outcome.as_str());
-        let billed = match outcome {
-            Outcome::SemanticHit => ledger::Outcome::SemanticHit,
-            _ => ledger::Outcome::ExactHit,
-        };
-        account.hit(billed, replayed(exchange.dialect, entry), &mut labels);
+        account.hit(
+            billed(outcome),
+            replayed(exchange.dialect, entry),
+            &mut labels,
+        );
         labels.written(replay::respond(exchange.dialect, call, entry))
     }
 
@@ -172,10 +172,7 @@ impl Proxy {
             labels.compression = Some(outcome.header_value());
             account.compressed_labels(&mut labels);
         }
-        let billed = match missed.outcome {
-            Outcome::Miss => ledger::Outcome::Miss,
-            _ => ledger::Outcome::Bypass,
-        };
+        let billed = billed(missed.outcome);
         labels.cache = Some(missed.outcome.as_str());
         labels.cache_key = plan.key.as_ref().map(|key| key.short().to_owned());
         let response = labels.written(response);
@@ -253,4 +250,14 @@ pub(super) fn rewrite_stream(
         None => rewriter.finish(),
     });
     Response::from_parts(head, Rewrite::new(body, rewrite).boxed_unsync())
+}
+
+/// How the ledger counts a call with this cache outcome.
+fn billed(outcome: Outcome) -> ledger::Outcome {
+    match outcome {
+        Outcome::Hit => ledger::Outcome::ExactHit,
+        Outcome::SemanticHit => ledger::Outcome::SemanticHit,
+        Outcome::Miss => ledger::Outcome::Miss,
+        Outcome::Bypass | Outcome::Off => ledger::Outcome::Bypass,
+    }
 }

@@ -84,7 +84,7 @@ impl Analysis {
         let offset = |part: &str| part.as_ptr() as usize - text.as_ptr() as usize;
         analysis.header = session_header(&text).map(|h| offset(h)..offset(h) + h.len());
         let is_user = message.role == Role::User;
-        let header = text.lines().next().filter(|l| session_header(l).is_some());
+        let header = analysis.header.as_ref().and(text.lines().next());
         let stem_index = |stems: &Vec<u64>| u32::try_from(stems.len()).unwrap_or(u32::MAX);
         for line in text.lines() {
             if Some(line) == header {

@@ -263,9 +263,7 @@ impl Calibration {
     /// Whether an estimate is good enough to serve: its cell is in the served region, whose
     /// outcomes bound the error rate of what is served by `max_error`.
     pub fn allows(&self, estimate: &Estimate) -> bool {
-        estimate
-            .region
-            .is_some_and(|r| r.lower >= 1.0 - self.max_error)
+        estimate.region.is_some()
     }
 
     /// Whether to verify a serve the estimate allowed: true for a fraction `explore`.
