@@ -15,15 +15,15 @@ use super::stream;
 use crate::chat::{Dialect, Endpoint};
 
 /// The id suffix a template is refreshed with, and how JSON writes it.
-pub const ID_SENTINEL: &str = "\u{1}thrifty-id\u{1}";
+const ID_SENTINEL: &str = "\u{1}thrifty-id\u{1}";
 const ID_WRITTEN: &[u8] = b"\\u0001thrifty-id\\u0001";
 
 /// The creation time a template is refreshed with: 4,000,000,000 s after the epoch.
-pub const TIME_SENTINEL_SECS: u64 = 4_000_000_000;
+const TIME_SENTINEL_SECS: u64 = 4_000_000_000;
 const CREATED_WRITTEN: &[u8] = b"\"created\":4000000000";
 const CREATED_AT_WRITTEN: &[u8] = b"2096-10-02T07:06:40.000000000Z";
 
-pub fn time_sentinel() -> SystemTime {
+fn time_sentinel() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(TIME_SENTINEL_SECS)
 }
 
@@ -56,7 +56,7 @@ pub struct Template {
 impl Template {
     /// A template of `bytes`, the framing of `values` refreshed with the sentinels; `None`
     /// unless every field refreshed is found once, and nothing else looks like one.
-    pub fn new(
+    fn new(
         dialect: Dialect,
         endpoint: Endpoint,
         values: &[Value],
@@ -134,16 +134,7 @@ mod tests {
 
     fn template_and_anew(dialect: Dialect, endpoint: Endpoint, streamed: bool, values: &[Value]) {
         let now = SystemTime::now();
-        let mut sentinel = values.to_vec();
-        refresh(
-            dialect,
-            endpoint,
-            &mut sentinel,
-            ID_SENTINEL,
-            time_sentinel(),
-        );
-        let bytes = frame_all(dialect, endpoint, streamed, &sentinel);
-        let template = Template::new(dialect, endpoint, &sentinel, bytes).expect("a template");
+        let template = template(dialect, endpoint, streamed, values.to_vec()).expect("a template");
         let mut anew = values.to_vec();
         refresh(dialect, endpoint, &mut anew, "0123abcd", now);
         assert_eq!(
