@@ -9,8 +9,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The wire protocol a downstream client or an upstream server speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The wire protocol a downstream client or an upstream server speaks. Serialized by the
+/// name [`Dialect::as_str`] gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Dialect {
     OpenAi,
     Ollama,
@@ -23,17 +25,12 @@ impl Dialect {
             Dialect::Ollama => "ollama",
         }
     }
-
-    /// The dialect [`Dialect::as_str`] names.
-    pub fn from_name(name: &str) -> Option<Dialect> {
-        [Dialect::OpenAi, Dialect::Ollama]
-            .into_iter()
-            .find(|d| d.as_str() == name)
-    }
 }
 
-/// The kinds of call thrifty understands; everything else is passed through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The kinds of call thrifty understands; everything else is passed through. Serialized by
+/// the name [`Endpoint::as_str`] gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     /// `/v1/chat/completions`, `/api/chat`.
     Chat,
@@ -56,19 +53,6 @@ impl Endpoint {
             Endpoint::LegacyEmbedding => "legacy_embedding",
             Endpoint::Responses => "responses",
         }
-    }
-
-    /// The endpoint [`Endpoint::as_str`] names.
-    pub fn from_name(name: &str) -> Option<Endpoint> {
-        [
-            Endpoint::Chat,
-            Endpoint::Completion,
-            Endpoint::Embedding,
-            Endpoint::LegacyEmbedding,
-            Endpoint::Responses,
-        ]
-        .into_iter()
-        .find(|e| e.as_str() == name)
     }
 }
 

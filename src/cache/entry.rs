@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::framed::Framed;
-use crate::chat::{Dialect, Tokens};
+use crate::chat::{Dialect, Endpoint, Tokens};
 use crate::dialect::usage;
 use crate::secret::Secret;
 
@@ -29,8 +29,10 @@ pub struct Entry {
     pub namespace: Option<String>,
     pub model: String,
     pub tags: Vec<String>,
-    pub dialect: String,
-    pub endpoint: String,
+    /// The dialect the answer was recorded in; an entry naming one this build does not know
+    /// does not open, which makes it a miss.
+    pub dialect: Dialect,
+    pub endpoint: Endpoint,
     pub answer: Answer,
     /// Prompt tokens compression removed before the answer was asked for (thrifty's
     /// count); a hit's baseline adds them back to the recorded usage.
@@ -159,6 +161,52 @@ mod tests {
             None,
             "corruption is a miss"
         );
+    }
+
+    fn answer_entry() -> Entry {
+        Entry {
+            created_ms: 1,
+            ttl_ms: 2,
+            tenant: "t".to_owned(),
+            namespace: None,
+            model: "m".to_owned(),
+            tags: Vec::new(),
+            dialect: Dialect::OpenAi,
+            endpoint: Endpoint::LegacyEmbedding,
+            answer: Answer::Json(serde_json::json!({"id": "x"})),
+            compressed_away: 0,
+            framed: Framed::default(),
+        }
+    }
+
+    #[test]
+    fn an_entry_names_its_dialect_and_endpoint_as_stored_before_they_were_typed() {
+        let sealer = Sealer::new(None);
+        let raw = sealer.seal(&answer_entry()).expect("seals");
+        let json: Value = serde_json::from_slice(&raw[3..]).expect("plain JSON");
+        assert_eq!(json["dialect"], "openai");
+        assert_eq!(json["endpoint"], "legacy_embedding");
+        assert_eq!(sealer.open::<Entry>(&raw), Some(answer_entry()));
+        for (dialect, endpoint) in [
+            (Dialect::Ollama, Endpoint::Responses),
+            (Dialect::OpenAi, Endpoint::Chat),
+        ] {
+            let value = serde_json::to_value((dialect, endpoint)).expect("serializes");
+            assert_eq!(
+                value,
+                serde_json::json!([dialect.as_str(), endpoint.as_str()])
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_of_a_dialect_this_build_does_not_know_is_a_miss() {
+        let sealer = Sealer::new(None);
+        let raw = sealer.seal(&answer_entry()).expect("seals");
+        let text = String::from_utf8(raw.to_vec()).expect("plain JSON is text");
+        let unknown = text.replace("\"openai\"", "\"anthropic\"");
+        assert_ne!(unknown, text);
+        assert_eq!(sealer.open::<Entry>(unknown.as_bytes()), None);
     }
 
     #[test]

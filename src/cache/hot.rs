@@ -157,6 +157,7 @@ impl Hot {
 mod tests {
     use super::super::entry::Answer;
     use super::*;
+    use crate::chat::{Dialect, Endpoint};
 
     fn entry() -> Arc<Entry> {
         Arc::new(Entry {
@@ -166,8 +167,8 @@ mod tests {
             namespace: None,
             model: "m".to_owned(),
             tags: Vec::new(),
-            dialect: "openai".to_owned(),
-            endpoint: "chat".to_owned(),
+            dialect: Dialect::OpenAi,
+            endpoint: Endpoint::Chat,
             answer: Answer::Json(serde_json::json!({"a": 1})),
             compressed_away: 0,
             framed: Default::default(),

@@ -20,7 +20,7 @@ use crate::headers::Labels;
 
 /// Whether this entry can answer this call exactly as the upstream would.
 pub fn can_serve(dialect: Dialect, call: &Call, entry: &Entry) -> bool {
-    if entry.dialect != dialect.as_str() || entry.endpoint != call.endpoint().as_str() {
+    if entry.dialect != dialect || entry.endpoint != call.endpoint() {
         return false;
     }
     // A JSON answer always reports usage, and so does a stream that asked for it.

@@ -19,6 +19,7 @@ use super::embedder::Embedder;
 use super::guard;
 use super::index::Index;
 use crate::cache::entry::{Answer, Entry};
+use crate::chat::{Dialect, Endpoint};
 use crate::config::{SemanticConfig, SemanticMode};
 
 /// The one partition every question of the stream is asked in.
@@ -136,8 +137,8 @@ fn answer(class: usize) -> Entry {
         namespace: None,
         model: "oracle".to_owned(),
         tags: Vec::new(),
-        dialect: "openai".to_owned(),
-        endpoint: "chat".to_owned(),
+        dialect: Dialect::OpenAi,
+        endpoint: Endpoint::Chat,
         answer: Answer::Json(json!({"choices":[{"index":0,"message":{"role":"assistant",
             "content": format!("the answer for class {class}")},"finish_reason":"stop"}]})),
         compressed_away: 0,
