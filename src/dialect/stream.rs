@@ -272,7 +272,13 @@ pub fn assemble(dialect: Dialect, endpoint: Endpoint, chunks: &[Value]) -> Value
     }
 }
 
-/// A stream that replays a JSON answer, keeping its content in one chunk.
+/// The chunks of a stream that replays a JSON answer, cut the way upstreams stream. An OpenAI
+/// chat message opens with its role (and, for a tool call, `content: null` and the first
+/// call's head), then its text in word pieces, any refusal or reasoning in one delta, and each
+/// call's arguments in 8-character fragments (at most `MAX_PIECES` pieces of a text or of a
+/// call's arguments), then the finish reason and the usage. A completion choice's text, and an
+/// Ollama answer's content, are one chunk each before the final chunk (Ollama's `done` chunk
+/// holds the totals). Responses answers are cut by `responses::events::split`.
 pub fn split(dialect: Dialect, endpoint: Endpoint, body: &Value) -> Vec<Value> {
     match dialect {
         _ if endpoint == Endpoint::Responses => events::split(body),

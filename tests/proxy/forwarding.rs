@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use crate::common::fake_llm::{self, FakeLlm};
 use crate::common::thrifty::{Thrifty, config_for};
 use crate::{
-    CALLS, Call, Dialect, assert_status, client, content_type, header, post, post_with,
-    read_stream, slow_text, unique, upstream_of,
+    CALLS, Call, Dialect, Reply, WAIT, assert_status, client, content_type, get, header, post,
+    post_with, read_stream, slow_text, unique, upstream_of,
 };
 
 /// The body with the values the fake makes up per call (ids and clocks) replaced by `"*"`, so
@@ -159,6 +159,91 @@ async fn request_ids_are_issued_and_propagated_in_both_dialects(
     #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
 ) {
     request_ids_are_issued_and_propagated(dialect).await;
+}
+
+/// Posts `body` until thrifty answers it from the cache: an answer is stored just after its body
+/// ends, which may be a moment after the client has it.
+async fn until_hit(url: &str, body: &Value) -> Reply {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let reply = post(url.to_owned(), body).await;
+        if header(&reply.headers, "x-thrifty-cache") == "hit"
+            || std::time::Instant::now() > deadline
+        {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The upstream's `x-request-id` reaches the client on a streamed miss and on a passthrough
+/// call as it does on a JSON one; a hit, which no upstream answered, carries thrifty's id there
+/// (README, "Response headers"); every answer carries `x-thrifty-request-id`. The fake's Ollama
+/// names no answer, so there every `x-request-id` is thrifty's.
+async fn upstream_request_ids_reach_the_client_on_streams_passthrough_and_hits(dialect: Dialect) {
+    let fake = FakeLlm::start().await;
+    let thrifty = Thrifty::start(config_for(&fake)).await;
+    let url = format!("{}{}", thrifty.url(), dialect.chat_path());
+    let ids = |reply: &Reply, what: &str| {
+        let ours = header(&reply.headers, "x-thrifty-request-id").to_owned();
+        assert!(!ours.is_empty(), "{what}: x-thrifty-request-id is set");
+        (header(&reply.headers, "x-request-id").to_owned(), ours)
+    };
+    // The id the upstream gave its `n`th answer, or thrifty's `ours` where it gives none.
+    let upstreams = |n: usize, ours: &str| match dialect {
+        Dialect::OpenAi => fake_llm::request_id(n),
+        Dialect::Ollama => ours.to_owned(),
+    };
+
+    let streaming = dialect.streaming(Call::Chat, "gpt-4o-mini", &unique("stream my id"));
+    let streamed = post(url.clone(), &streaming).await;
+    assert_status(&streamed, StatusCode::OK, "streamed miss");
+    assert_eq!(header(&streamed.headers, "x-thrifty-cache"), "miss");
+    assert_eq!(content_type(&streamed), dialect.stream_content_type());
+    assert_eq!(fake.calls(), 1);
+    let (streamed_id, ours) = ids(&streamed, "streamed miss");
+    assert_eq!(
+        streamed_id,
+        upstreams(1, &ours),
+        "the upstream's id on a streamed miss"
+    );
+
+    let listed = get(format!("{}{}", thrifty.url(), dialect.models_path())).await;
+    assert_status(&listed, StatusCode::OK, "passthrough");
+    assert_eq!(fake.calls(), 2);
+    let (listed_id, ours) = ids(&listed, "passthrough");
+    assert_eq!(
+        listed_id,
+        upstreams(2, &ours),
+        "the upstream's id on a passthrough call"
+    );
+
+    let replayed = until_hit(&url, &streaming).await;
+    assert_eq!(header(&replayed.headers, "x-thrifty-cache"), "hit");
+    let (replayed_id, ours) = ids(&replayed, "stream hit");
+    assert_eq!(
+        replayed_id, ours,
+        "a hit carries thrifty's id as x-request-id"
+    );
+    assert_ne!(replayed_id, streamed_id, "not the recorded answer's id");
+
+    let plain = dialect.chat("gpt-4o-mini", &unique("hit my id"));
+    let miss = post(url.clone(), &plain).await;
+    let (miss_id, miss_ours) = ids(&miss, "JSON miss");
+    let hit = until_hit(&url, &plain).await;
+    assert_eq!(header(&hit.headers, "x-thrifty-cache"), "hit");
+    let (hit_id, ours) = ids(&hit, "JSON hit");
+    assert_eq!(hit_id, ours, "a hit carries thrifty's id as x-request-id");
+    assert_ne!(hit_id, miss_id, "not the recorded answer's id");
+    assert_ne!(ours, miss_ours, "each answer has its own id");
+}
+
+#[rstest]
+#[tokio::test]
+async fn upstream_request_ids_reach_the_client_on_streams_passthrough_and_hits_in_both_dialects(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    upstream_request_ids_reach_the_client_on_streams_passthrough_and_hits(dialect).await;
 }
 
 /// A slow stream reaches the client chunk by chunk while the upstream is still producing it.

@@ -1,12 +1,18 @@
 //! Sockets that never send a request are closed after `server.header_read_timeout`, and no
 //! more than `server.max_connections` are served at once: the next waits for a free slot
-//! while the work on the open ones goes on.
+//! while the work on the open ones goes on. On a TLS listener the deadline covers the
+//! handshake: a socket that never starts it is closed as a silent plain one is.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use tokio::io::AsyncReadExt;
+use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use thrifty::config::RawTls;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::common::dialect::Dialect;
 use crate::common::fake_llm::{FakeLlm, SLOW_STREAM_WORDS};
@@ -79,4 +85,93 @@ async fn silent_sockets_are_closed_and_connections_beyond_the_cap_wait() {
         "the stream in flight finished whole"
     );
     assert!(text.contains("data: [DONE]"));
+}
+
+/// Reads `socket` until thrifty closes it and returns how long it lived since `opened`.
+async fn lifetime(mut socket: impl AsyncRead + Unpin, opened: Instant, what: &str) -> Duration {
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, socket.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "{what}: the socket is closed by thrifty: {read:?}"
+    );
+    opened.elapsed()
+}
+
+/// A TLS connector trusting only `pem`, for a client that shakes hands and then stays silent.
+fn connector(pem: &[u8]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(pem).expect("PEM certificate"))
+        .expect("a trusted root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_on_a_tls_listener_too() {
+    let fake = FakeLlm::start().await;
+    let dir = fake.scratch_dir("tls");
+    thrifty::tls::write_self_signed(&dir).expect("self-signed certificate");
+    let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost-key.pem"));
+    let mut raw = config_for(&fake);
+    raw.server.header_read_timeout = HEADER_TIMEOUT;
+    raw.server.tls = Some(RawTls {
+        cert: cert.clone(),
+        key,
+    });
+    let thrifty = Thrifty::start(raw).await;
+    let pem = std::fs::read(&cert).expect("read certificate");
+
+    // A socket that never starts the handshake.
+    let opened = Instant::now();
+    let silent = TcpStream::connect(thrifty.addr()).await.expect("connect");
+    let never_shook = tokio::spawn(lifetime(silent, opened, "no handshake"));
+
+    // A socket that finishes the handshake and then sends nothing: the deadline runs from
+    // accept, the handshake included.
+    let opened = Instant::now();
+    let tcp = TcpStream::connect(thrifty.addr()).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("a server name");
+    let shook = connector(&pem)
+        .connect(name, tcp)
+        .await
+        .expect("the TLS handshake completes");
+    let never_asked = tokio::spawn(lifetime(shook, opened, "no request after the handshake"));
+
+    // Meanwhile a client that speaks is served.
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM certificate"))
+        .no_proxy()
+        .build()
+        .expect("TLS client");
+    let health = https
+        .get(format!(
+            "https://localhost:{}/healthz",
+            thrifty.addr().port()
+        ))
+        .send()
+        .await
+        .expect("HTTPS request is sent");
+    assert_eq!(health.status(), StatusCode::OK);
+
+    for (what, task) in [
+        ("no handshake", never_shook),
+        ("no request after the handshake", never_asked),
+    ] {
+        let lived = task.await.expect("socket task");
+        assert!(
+            lived >= HEADER_TIMEOUT - Duration::from_millis(50) && lived < WAIT,
+            "{what}: the socket lived {lived:?}, the header read timeout is {HEADER_TIMEOUT:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

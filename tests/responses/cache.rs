@@ -105,6 +105,95 @@ async fn a_json_answer_is_replayed_as_a_stream_clients_can_follow() {
     assert_eq!(world.fake.calls_to(PATH), 1);
 }
 
+/// What the key covers: `store` (it decides what the upstream keeps), `instructions`, `tools` and
+/// any field thrifty does not know (fail closed) each make another entry, so a call differing
+/// only there reaches the upstream; fields that never change the answer (`metadata`, `user`,
+/// `prompt_cache_key`, `safety_identifier`) do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shaping_fields_make_their_own_entries_and_incidental_ones_do_not() {
+    let world = World::start().await;
+    let base = json!({
+        "model": "gpt-4o-mini",
+        "input": "Which fields are in the key?",
+        "instructions": "Be brief.",
+        "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}],
+        "store": true
+    });
+    world
+        .create(&base)
+        .await
+        .assert_cache("miss", "the first call");
+    world
+        .until_hit(&base)
+        .await
+        .assert_cache("hit", "the same call");
+    let mut calls = world.fake.calls_to(PATH);
+    assert_eq!(calls, 1);
+
+    let with = |field: &str, value: Value| {
+        let mut body = base.clone();
+        body[field] = value;
+        body
+    };
+    let shaping = [
+        ("store: false", with("store", json!(false))),
+        (
+            "other instructions",
+            with("instructions", json!("Be thorough.")),
+        ),
+        (
+            "other tools",
+            with(
+                "tools",
+                json!([{"type": "function", "name": "search", "parameters": {"type": "object"}}]),
+            ),
+        ),
+        ("an unknown field", with("frobnicate", json!({"level": 3}))),
+    ];
+    for (what, body) in &shaping {
+        let reply = world.create(body).await;
+        reply.assert_cache("miss", what);
+        calls += 1;
+        assert_eq!(
+            world.fake.calls_to(PATH),
+            calls,
+            "{what}: reached the upstream"
+        );
+        let sent = world.fake.last_request().and_then(|r| r.json());
+        assert_eq!(
+            sent.as_ref(),
+            Some(body),
+            "{what}: sent as the client wrote it"
+        );
+        world
+            .until_hit(body)
+            .await
+            .assert_cache("hit", &format!("{what}, again: its own entry"));
+    }
+    assert_eq!(world.fake.calls_to(PATH), calls);
+
+    let incidental = [
+        ("metadata", with("metadata", json!({"run": "42"}))),
+        ("user", with("user", json!("user-1234"))),
+        ("prompt_cache_key", with("prompt_cache_key", json!("pk-1"))),
+        (
+            "safety_identifier",
+            with("safety_identifier", json!("sid-1")),
+        ),
+    ];
+    for (what, body) in &incidental {
+        world
+            .create(body)
+            .await
+            .assert_cache("hit", &format!("{what} is not in the key"));
+    }
+    assert_eq!(
+        world.fake.calls_to(PATH),
+        calls,
+        "no incidental field reached the upstream"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_calls_and_reasoning_are_replayed() {
     let world = World::start().await;

@@ -1,6 +1,7 @@
 //! A long Responses item list is condensed before it reaches the upstream, and what arrives is
 //! still a valid input: every function call output follows its call, every call keeps the
-//! reasoning item it came with, the latest question stays last.
+//! reasoning item it came with, no two message items in a row have the same role (strict chat
+//! templates reject that), the input opens with a user message, the latest question stays last.
 
 use std::collections::HashSet;
 
@@ -32,14 +33,48 @@ fn agent_history(turns: usize) -> Vec<Value> {
     items
 }
 
+/// A plain chat: long user and assistant messages taking turns, then the latest question.
+fn chat_history(turns: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    for i in 0..turns {
+        let filler = |what: &str| format!("{what} {i}: {}", "Some more chat here. ".repeat(30));
+        items.push(json!({"role": "user", "content": filler("Question")}));
+        items.push(json!({"type": "message", "role": "assistant", "id": format!("msg_{i}"), "status": "completed",
+            "content": [{"type": "output_text", "text": filler("Answer"), "annotations": []}]}));
+    }
+    items.push(json!({"role": "user", "content": LAST}));
+    items
+}
+
 fn body(items: Vec<Value>) -> Value {
     json!({"model": "gpt-4o-mini", "instructions": "Be terse.", "input": items,
            "tools": [{"type": "function", "name": "read_file", "parameters": {"type": "object"}}]})
 }
 
+/// The role of a message item (`{"role", "content"}`, with or without `"type": "message"`).
+fn message_role(item: &Value) -> Option<&str> {
+    match item["type"].as_str() {
+        None | Some("message") => item["role"].as_str(),
+        Some(_) => None,
+    }
+}
+
 /// The problems of an item list as the upstream reads it.
 fn invalid(items: &[Value]) -> Vec<String> {
     let mut problems = Vec::new();
+    if items.first().and_then(message_role) != Some("user") {
+        problems.push("the input does not open with a user message".to_owned());
+    }
+    for (at, pair) in items.windows(2).enumerate() {
+        if let (Some(a), Some(b)) = (message_role(&pair[0]), message_role(&pair[1])) {
+            if a == b {
+                problems.push(format!(
+                    "items {at} and {}: two {a} messages in a row",
+                    at + 1
+                ));
+            }
+        }
+    }
     let mut calls = HashSet::new();
     let mut reasoning = HashSet::new();
     for (at, item) in items.iter().enumerate() {
@@ -84,9 +119,14 @@ fn invalid(items: &[Value]) -> Vec<String> {
 
 /// A world whose budget a dozen agent turns exceed.
 async fn compressing_world() -> World {
+    compressing_world_keeping(4).await
+}
+
+/// A world whose budget a dozen agent turns exceed, keeping the last `recent` messages.
+async fn compressing_world_keeping(recent: usize) -> World {
     World::with(|raw| {
         raw.compression.max_context_tokens = 2_000;
-        raw.compression.preserve_recent_messages = 4;
+        raw.compression.preserve_recent_messages = recent;
     })
     .await
 }
@@ -140,4 +180,72 @@ async fn a_call_continuing_a_response_is_sent_as_the_client_wrote_it() {
     let sent = world.fake.last_request().expect("a request");
     assert_eq!(sent.path_only(), PATH);
     assert_eq!(sent.json(), Some(continued), "the client's call, unchanged");
+}
+
+/// Wherever the condensed part goes, the item list the upstream gets alternates roles: with 4
+/// recent messages the first kept turn is the assistant's (the condensed part is a user message
+/// before it); with 3 a plain chat's first kept turn is a user's (the condensed part is a
+/// section of `instructions`, or without them a user message the assistant acknowledges).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_condensed_part_never_puts_two_messages_of_one_role_in_a_row() {
+    let mut placements = HashSet::new();
+    for recent in [4, 3] {
+        let world = compressing_world_keeping(recent).await;
+        for (history, items) in [("agent", agent_history(12)), ("chat", chat_history(30))] {
+            assert!(invalid(&items).is_empty(), "the {history} fixture is valid");
+            for instructions in [true, false] {
+                let case =
+                    format!("{history} history, {recent} recent, instructions {instructions}");
+                let mut call = body(items.clone());
+                if !instructions {
+                    call.as_object_mut().map(|o| o.shift_remove("instructions"));
+                }
+                let reply = world.create(&call).await;
+                reply.assert_ok(&case);
+                assert!(
+                    reply.header("x-thrifty-compression").is_some(),
+                    "{case}: not compressed: {}",
+                    reply.describe()
+                );
+                let sent = world
+                    .fake
+                    .last_request()
+                    .and_then(|r| r.json())
+                    .expect("the upstream got JSON");
+                let sent_items = sent["input"].as_array().expect("an input list");
+                assert!(
+                    sent_items.len() < items.len(),
+                    "{case}: items were condensed"
+                );
+                let problems = invalid(sent_items);
+                assert!(
+                    problems.is_empty(),
+                    "{case}: {problems:?} in {sent_items:?}"
+                );
+
+                let in_instructions = sent["instructions"]
+                    .as_str()
+                    .is_some_and(|text| text.contains("[thrifty:"));
+                assert_eq!(
+                    sent["instructions"]
+                        .as_str()
+                        .map(|t| t.starts_with("Be terse.")),
+                    instructions.then_some(true),
+                    "{case}: the client's instructions lead"
+                );
+                let acknowledged = sent_items.get(1).and_then(message_role) == Some("assistant")
+                    && sent_items[1].to_string().contains("Noted.");
+                placements.insert(match (in_instructions, acknowledged) {
+                    (true, _) => "section of the instructions",
+                    (false, true) => "user message and acknowledgement",
+                    (false, false) => "user message",
+                });
+            }
+        }
+    }
+    assert_eq!(
+        placements.len(),
+        3,
+        "every placement was tried: {placements:?}"
+    );
 }

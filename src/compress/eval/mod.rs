@@ -32,7 +32,7 @@ use crate::chat::{Call, ChatRequest, Dialect, Endpoint, Message, Role};
 use crate::config::CompressionConfig;
 use crate::dialect;
 
-use super::{Compressor, Force};
+use super::{Compressor, Force, Outcome};
 use survival::{normalise, normalised_text, occurs, truncated};
 use terms::{terms_of, words};
 
@@ -283,6 +283,19 @@ impl Report {
 
 /// Compresses every conversation in `path` with the extractive strategy and `config`'s budget.
 pub fn run(path: &Path, config: &CompressionConfig) -> Result<Report, String> {
+    run_inspecting(path, config, |_, _, _| {})
+}
+
+/// A request as it was before compression, as compressed, and what compressing it did.
+pub(crate) type Inspect<'a> = dyn FnMut(&ChatRequest, &ChatRequest, &Outcome) + 'a;
+
+/// [`run`], handing every request it compresses to `inspect` (the tests check the
+/// compression invariants on each).
+pub(crate) fn run_inspecting(
+    path: &Path,
+    config: &CompressionConfig,
+    mut inspect: impl FnMut(&ChatRequest, &ChatRequest, &Outcome),
+) -> Result<Report, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let compressor = Compressor::offline(config.clone());
@@ -305,16 +318,20 @@ pub fn run(path: &Path, config: &CompressionConfig) -> Result<Report, String> {
             .as_array()
             .map(|probes| probes.iter().filter_map(Probe::read).collect())
             .unwrap_or_default();
-        let survival = survival_of(&compressor, config, &chat, &probes);
+        let survival = survival_of(&compressor, config, &chat, &probes, &mut inspect);
         let context = terms_of(&chat.messages);
         if let Some(probe) = probes.first() {
             chat.messages
                 .push(Message::text(Role::User, probe.question.clone()));
         }
         let messages = chat.messages.len();
+        let original = chat.clone();
         let started = Instant::now();
         let outcome = compressor.compress_extractive(&mut chat, None, Force::Auto);
         let millis = started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(o) = &outcome {
+            inspect(&original, &chat, o);
+        }
         let before = match &outcome {
             Some(o) => o.before,
             None => compressor
@@ -403,6 +420,7 @@ fn survival_of(
     config: &CompressionConfig,
     chat: &ChatRequest,
     probes: &[Probe],
+    inspect: &mut Inspect<'_>,
 ) -> Survival {
     let mut survival = Survival::default();
     let limits = super::models::limits(config, EVAL_MODEL);
@@ -431,11 +449,15 @@ fn survival_of(
             .push(Message::text(Role::User, probe.question.clone()));
         let cut = truncated(compressor.counter(), limits.encoding, &asked, budget);
         let truncation_tokens = compressor.counter().request(limits.encoding, &cut).total();
+        let mut compressed = asked.clone();
         let started = Instant::now();
-        let outcome = compressor.compress_extractive(&mut asked, None, Force::Auto);
+        let outcome = compressor.compress_extractive(&mut compressed, None, Force::Auto);
         let millis = started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(o) = &outcome {
+            inspect(&asked, &compressed, o);
+        }
         let sent = |c: &ChatRequest| normalised_text(&c.messages[..c.messages.len() - 1]);
-        survival.kept += usize::from(occurs(&answer, &sent(&asked)));
+        survival.kept += usize::from(occurs(&answer, &sent(&compressed)));
         survival.truncation_kept += usize::from(occurs(&answer, &sent(&cut)));
         survival.compressions += 1;
         survival.millis += millis;
