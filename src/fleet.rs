@@ -7,6 +7,7 @@
 //!
 //! This room never runs on the request path: requests only add to in-process counters.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -160,5 +161,47 @@ pub async fn metrics(fleet: Option<&FleetStats>, sources: Sources<'_>) -> Option
         "Prompt tokens of compressed requests of every instance sharing this store, before and after",
         tokens,
     );
+    if let Some(semantic) = sources.semantic {
+        let totals = fleet.semantic.read(semantic.stats_counters()).await.ok()?;
+        semantic_metrics(&totals, &mut registry);
+    }
     Some(registry)
+}
+
+/// The semantic stage's shared decisions: lookups, skips by reason, questions indexed and
+/// dropped from the index queue.
+fn semantic_metrics(totals: &HashMap<String, i64>, registry: &mut Registry) {
+    let get = |name: &str| u64::try_from(totals.get(name).copied().unwrap_or(0)).unwrap_or(0);
+    registry.register(
+        "thrifty_cluster_semantic_lookups",
+        "Semantic lookups of every instance sharing this store",
+        ConstCounter::new(get("lookups")),
+    );
+    let skipped = Family::<Vec<(String, String)>, Counter>::default();
+    for (name, value) in totals {
+        if let Some(reason) = name.strip_prefix("skipped_") {
+            skipped
+                .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+                .inc_by(u64::try_from(*value).unwrap_or(0));
+        }
+    }
+    registry.register(
+        "thrifty_cluster_semantic_skipped",
+        "Questions the semantic stage of every instance sharing this store skipped, by reason",
+        skipped,
+    );
+    for (name, help, field) in [
+        (
+            "thrifty_cluster_semantic_indexed",
+            "Questions indexed by every instance sharing this store",
+            "indexed",
+        ),
+        (
+            "thrifty_cluster_semantic_index_dropped",
+            "Questions dropped from a full index queue by every instance sharing this store",
+            "index_dropped",
+        ),
+    ] {
+        registry.register(name, help, ConstCounter::new(get(field)));
+    }
 }

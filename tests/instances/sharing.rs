@@ -2,6 +2,8 @@
 
 use crate::common::client::poll;
 use crate::common::thrifty::semantic_config_for;
+use serde_json::{Value, json};
+
 use crate::{Fleet, Topology, WAIT, chat, wait_stored};
 
 #[tokio::test]
@@ -67,4 +69,43 @@ async fn semantic_hit_across_instances(topology: Topology) {
         miss.json()["choices"][0]["message"]["content"],
         "A's answer"
     );
+
+    // Both instances report the semantic stage's decisions of both, in the admin view and in
+    // `/metrics`' shared families.
+    let semantic = poll(
+        WAIT,
+        "both instances report the same semantic totals",
+        || async {
+            let (one, two) = (
+                a.admin_get("/admin/cache/stats").await.json(),
+                b.admin_get("/admin/cache/stats").await.json(),
+            );
+            let decisions = |stats: &Value| {
+                json!({
+                    "semantic_hits": stats["semantic_hits"],
+                    "lookups": stats["semantic"]["lookups"],
+                    "skipped": stats["semantic"]["skipped"],
+                    "indexed": stats["semantic"]["indexed"],
+                })
+            };
+            let (one, two) = (decisions(&one), decisions(&two));
+            (one == two && one["semantic_hits"] == 1 && one["indexed"] == 1).then_some(one)
+        },
+    )
+    .await;
+    let lookups = semantic["lookups"].as_u64().expect("lookups");
+    assert!(lookups >= 1, "B's paraphrases were looked up: {semantic}");
+    for api in [a, b] {
+        let metrics = api.admin_get("/metrics").await.text();
+        for line in [
+            format!("thrifty_cluster_semantic_lookups_total {lookups}"),
+            "thrifty_cluster_semantic_indexed_total 1".to_owned(),
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{}: no {line} in\n{metrics}",
+                api.base
+            );
+        }
+    }
 }
