@@ -90,6 +90,26 @@ pub fn open_store(
     store::Store::open(config, clock)
 }
 
+/// How long serving waits for an embedded store another holder is still closing: a restart's
+/// previous process, or in one process the server before it, may let go a moment later.
+const STORE_OPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// [`open_store`], waiting up to [`STORE_OPEN_WAIT`] while the embedded store is in use.
+async fn open_store_waiting(
+    config: &config::StoreConfig,
+    clock: &Clock,
+) -> Result<Arc<store::Store>, store::StoreError> {
+    let deadline = tokio::time::Instant::now() + STORE_OPEN_WAIT;
+    loop {
+        match open_store(config, clock) {
+            Err(store::StoreError::InUse) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Serves thrifty on an already-bound listener until `shutdown` resolves, then
 /// lets in-flight requests finish within the configured grace period.
 pub async fn run(
@@ -115,7 +135,7 @@ pub async fn run_with_clock(
         )?)),
         None => None,
     };
-    let store = open_store(&config.store, &clock)?;
+    let store = open_store_waiting(&config.store, &clock).await?;
     let proxy = Arc::new(pipeline::Proxy::new(Arc::new(config), store, clock)?);
     let mut background = tokio::task::JoinSet::new();
     let limiter_proxy = proxy.clone();

@@ -143,12 +143,21 @@ fn decode(raw: &[u8]) -> Option<Entry> {
     })
 }
 
+/// Creates or opens the database file; [`StoreError::InUse`] while another holder keeps its
+/// lock.
+fn create(path: &Path) -> Result<Database, StoreError> {
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+        other => err(other),
+    })
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, keeping up to `memory_bytes` of values in memory;
     /// entries expire by `clock`.
     pub fn open(dir: &Path, memory_bytes: u64, clock: Clock) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(err)?;
-        let db = Database::create(dir.join("thrifty.redb")).map_err(err)?;
+        let db = create(&dir.join("thrifty.redb"))?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(TABLE).map_err(err)?;
         txn.commit().map_err(err)?;

@@ -47,6 +47,8 @@ pub enum StoreError {
     NotConnected,
     #[error("embedded store: {0}")]
     Embedded(String),
+    #[error("the embedded store is in use by another thrifty")]
+    InUse,
     #[error("store skipped until it answers again")]
     Skipped,
 }
@@ -64,7 +66,7 @@ impl StoreError {
                     || e.is_connection_refusal()
                     || e.is_unrecoverable_error()
             }
-            StoreError::Embedded(_) | StoreError::Skipped => false,
+            StoreError::Embedded(_) | StoreError::InUse | StoreError::Skipped => false,
         }
     }
 }
