@@ -2,7 +2,8 @@
 //!
 //! The rooms, in the order a request meets them:
 //!
-//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful shutdown.
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, graceful shutdown; [`tasks`]: the
+//!   tracked tasks it serves connections on, which shutdown cuts.
 //! - [`router`]: `(method, path)` to a [`router::Route`]; [`door`]: each route to its handler,
 //!   request ids, errors in the caller's dialect.
 //! - [`pipeline`]: the stage order for every intercepted request, and nothing else.
@@ -48,6 +49,7 @@ pub(crate) mod server;
 pub mod store;
 pub(crate) mod summarizer;
 pub(crate) mod table;
+pub(crate) mod tasks;
 pub mod telemetry;
 pub mod tls;
 pub(crate) mod upstream;

@@ -1,11 +1,21 @@
 //! A leader's stream, shared live with the identical calls that follow it.
 //!
 //! The leader's upstream body passes through [`Fanout`], which appends each piece to the
-//! flight's [`Feed`]; a follower that asked for a stream reads the feed from its start, then
-//! each piece as it arrives, instead of waiting for the recorded entry. The feed holds at most
-//! the cache's `max_entry_bytes`: past that, or when the leader's upstream fails or the leader
-//! is dropped before its end, the feed breaks and every follower's body fails, as the leader's
-//! did.
+//! flight's [`Feed`]; a follower that asked for a stream holds a [`Reader`] and reads the feed
+//! from its start, then each piece as it arrives, instead of waiting for the recorded entry.
+//!
+//! The leader's client may leave before the end. Its answer is wrapped in [`Lead`]: dropped
+//! while any follower still reads the feed, it goes on in a task of its own (on the server's
+//! [`Tasks`], which shutdown cuts like a connection), so the followers get the whole answer and
+//! every tap on it (the savings record, the recorder) sees the upstream's own end. It stops at
+//! the upstream's end or failure (its idle timeout included), when the feed breaks, or when
+//! the last follower leaves; with no follower left the upstream call is cancelled, as a call
+//! nobody reads is.
+//!
+//! The feed holds at most the cache's `max_entry_bytes`: past that, or when the leader's
+//! upstream fails, or when the leader's answer is dropped with nobody following it, the feed
+//! breaks and every follower's body fails, as the leader's did. It must not know the wire
+//! formats: the pieces are bytes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +29,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::watch;
 
 use crate::body::{Body, BoxError};
+use crate::tasks::Tasks;
 
 /// How a leader's answer began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +54,8 @@ pub struct Feed {
     pieces: Mutex<(Vec<Bytes>, usize)>,
     limit: usize,
     state: watch::Sender<State>,
+    /// How many followers hold a [`Reader`] of it.
+    readers: watch::Sender<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +68,20 @@ impl Feed {
             pieces: Mutex::new((Vec::new(), 0)),
             limit,
             state: watch::channel(State::default()).0,
+            readers: watch::channel(0).0,
         })
+    }
+
+    /// A follower's hold on the feed, taken as soon as it joins the flight: while one is
+    /// held, a leader whose client left goes on (see [`Lead`]).
+    pub fn reader(self: &Arc<Self>) -> Reader {
+        self.readers.send_modify(|n| *n += 1);
+        Reader(self.clone())
+    }
+
+    /// Whether any follower holds a reader of it.
+    fn followed(&self) -> bool {
+        *self.readers.borrow() > 0
     }
 
     /// The leader's answer has its head.
@@ -103,21 +129,40 @@ impl Feed {
             .ok()?;
         state.start
     }
+}
 
+/// One follower's hold on a leader's feed; reads it as a deref of [`Feed`].
+pub struct Reader(Arc<Feed>);
+
+impl std::ops::Deref for Reader {
+    type Target = Feed;
+
+    fn deref(&self) -> &Feed {
+        &self.0
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.readers.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Reader {
     /// Every piece from the first, then each as it arrives; fails if the answer breaks off.
-    pub fn body(self: Arc<Self>) -> Body {
-        let rx = self.state.subscribe();
+    pub fn body(self) -> Body {
+        let rx = self.0.state.subscribe();
         let pieces = futures_util::stream::unfold(
             (self, 0usize, rx, false),
-            |(feed, at, mut rx, over)| async move {
+            |(reader, at, mut rx, over)| async move {
                 if over {
                     return None;
                 }
                 loop {
                     let state = *rx.borrow_and_update();
                     if at < state.pieces {
-                        let piece = feed.pieces.lock().0[at].clone();
-                        return Some((Ok(Frame::data(piece)), (feed, at + 1, rx, false)));
+                        let piece = reader.0.pieces.lock().0[at].clone();
+                        return Some((Ok(Frame::data(piece)), (reader, at + 1, rx, false)));
                     }
                     match state.end {
                         Some(true) => return None,
@@ -128,7 +173,7 @@ impl Feed {
                             // instead of the start of one that broke off.
                             tokio::task::yield_now().await;
                             let broken: BoxError = Box::new(Broken);
-                            return Some((Err(broken), (feed, at, rx, true)));
+                            return Some((Err(broken), (reader, at, rx, true)));
                         }
                         None => {}
                     }
@@ -189,8 +234,103 @@ impl HttpBody for Fanout {
     }
 }
 
+/// A leader's answer on its way to its client; see the module's doc for what happens when it
+/// is dropped before its end.
+pub struct Lead {
+    /// The answer, until it ended or went on without its client.
+    inner: Option<Body>,
+    feed: Arc<Feed>,
+    tasks: Tasks,
+}
+
+impl Lead {
+    pub fn new(inner: Body, feed: Arc<Feed>, tasks: Tasks) -> Self {
+        Lead {
+            inner: Some(inner),
+            feed,
+            tasks,
+        }
+    }
+}
+
+impl HttpBody for Lead {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.inner = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+impl Drop for Lead {
+    /// The leader's client left before the end: with followers still reading, the answer goes
+    /// on without it; without them, dropping it cancels the upstream call.
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) there is nobody to go on for.
+        if inner.is_end_stream()
+            || !self.feed.followed()
+            || tokio::runtime::Handle::try_current().is_err()
+        {
+            return;
+        }
+        tracing::debug!("the leader's client left: its answer goes on for its followers");
+        self.tasks.spawn(go_on(inner, self.feed.clone()));
+    }
+}
+
+/// Reads a leader's answer whose client left, for its followers: to its end or failure, or
+/// until the feed breaks or the last follower leaves, whichever comes first. Dropping the
+/// answer early cancels the upstream call; either way its taps see how it ended.
+async fn go_on(mut answer: Body, feed: Arc<Feed>) {
+    let mut readers = feed.readers.subscribe();
+    let mut state = feed.state.subscribe();
+    let abandoned = async {
+        tokio::select! {
+            _ = readers.wait_for(|n| *n == 0) => {}
+            _ = state.wait_for(|s| s.end == Some(false)) => {}
+        }
+    };
+    tokio::pin!(abandoned);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut abandoned => return,
+            frame = answer.frame() => {
+                if !matches!(frame, Some(Ok(_))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
 
     async fn read_all(body: Body) -> Result<Vec<u8>, BoxError> {
@@ -201,19 +341,19 @@ mod tests {
     async fn a_follower_gets_what_came_before_it_and_what_comes_after() {
         let feed = Feed::new(1 << 20);
         feed.push(&Bytes::from_static(b"one "));
-        let follower = tokio::spawn(read_all(feed.clone().body()));
+        let follower = tokio::spawn(read_all(feed.reader().body()));
         tokio::task::yield_now().await;
         feed.push(&Bytes::from_static(b"two"));
         feed.end(true);
         assert_eq!(follower.await.unwrap().unwrap(), b"one two");
         // A late follower still reads it all.
-        assert_eq!(read_all(feed.clone().body()).await.unwrap(), b"one two");
+        assert_eq!(read_all(feed.reader().body()).await.unwrap(), b"one two");
     }
 
     #[tokio::test]
     async fn a_broken_or_oversized_answer_fails_the_followers() {
         let feed = Feed::new(1 << 20);
-        let follower = tokio::spawn(read_all(feed.clone().body()));
+        let follower = tokio::spawn(read_all(feed.reader().body()));
         feed.push(&Bytes::from_static(b"half"));
         feed.end(false);
         feed.end(true);
@@ -221,7 +361,7 @@ mod tests {
 
         // A follower that arrives after the break still gets the pieces, then a pause (when
         // its head and pieces go out), and only then the error.
-        let mut late = feed.clone().body();
+        let mut late = feed.reader().body();
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let first = Pin::new(&mut late).poll_frame(&mut cx);
@@ -237,6 +377,59 @@ mod tests {
 
         let small = Feed::new(4);
         small.push(&Bytes::from_static(b"12345"));
-        assert!(read_all(small.clone().body()).await.is_err());
+        assert!(read_all(small.reader().body()).await.is_err());
+    }
+
+    /// A leader's answer whose pieces the test sends, and the sender.
+    fn leading(feed: &Arc<Feed>, tasks: &Tasks) -> (Lead, mpsc::Sender<Bytes>) {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
+            let piece = rx.recv().await?;
+            Some((Ok::<_, BoxError>(Frame::data(piece)), rx))
+        });
+        let answer = Fanout::new(StreamBody::new(pieces).boxed_unsync(), feed.clone());
+        let lead = Lead::new(answer.boxed_unsync(), feed.clone(), tasks.clone());
+        (lead, tx)
+    }
+
+    #[tokio::test]
+    async fn a_lead_dropped_midway_goes_on_while_a_follower_reads() {
+        let tasks = Tasks::default();
+        let feed = Feed::new(1 << 20);
+        let (lead, tx) = leading(&feed, &tasks);
+        let follower = tokio::spawn(read_all(feed.reader().body()));
+        tx.send(Bytes::from_static(b"one ")).await.unwrap();
+        drop(lead);
+        tx.send(Bytes::from_static(b"two")).await.unwrap();
+        drop(tx);
+        assert_eq!(follower.await.unwrap().unwrap(), b"one two");
+    }
+
+    #[tokio::test]
+    async fn a_lead_dropped_midway_stops_when_nobody_or_nobody_left_follows() {
+        let tasks = Tasks::default();
+        // Nobody follows: the answer is dropped with the lead.
+        let feed = Feed::new(1 << 20);
+        let (lead, tx) = leading(&feed, &tasks);
+        drop(lead);
+        assert!(tx.is_closed());
+
+        // The last follower leaves after the leader's client did.
+        let feed = Feed::new(1 << 20);
+        let (lead, tx) = leading(&feed, &tasks);
+        let follower = feed.reader().body();
+        drop(lead);
+        tx.send(Bytes::from_static(b"one")).await.unwrap();
+        assert!(!tx.is_closed());
+        drop(follower);
+        tx.closed().await;
+
+        // Shutdown cuts it like a connection.
+        let feed = Feed::new(1 << 20);
+        let (lead, tx) = leading(&feed, &tasks);
+        let _follower = feed.reader().body();
+        drop(lead);
+        tasks.cut().await;
+        assert!(tx.is_closed());
     }
 }

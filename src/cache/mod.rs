@@ -97,7 +97,7 @@ pub enum Lookup {
     /// An identical streamed call is in flight: follow its stream as it arrives. `answer`
     /// says, once it ends, what was recorded (for the follower's savings record).
     Follow {
-        feed: Arc<feed::Feed>,
+        reader: feed::Reader,
         answer: watch::Receiver<FlightResult>,
         key: CacheKey,
     },
@@ -322,8 +322,10 @@ impl Cache {
             let waiting = {
                 let mut flights = self.flights.lock();
                 match flights.get(&key.0) {
+                    // A follower holds the feed from here, so a leader whose client leaves
+                    // once its answer began goes on for it (see `feed::Lead`).
                     Some(leader) if plan.mode.read() => {
-                        Ok((leader.answer.subscribe(), leader.feed.clone()))
+                        Ok((leader.answer.subscribe(), leader.feed.reader()))
                     }
                     // A refreshing call while another is in flight records its own answer,
                     // unregistered.
@@ -340,7 +342,7 @@ impl Cache {
                     }
                 }
             };
-            let (mut rx, feed) = match waiting {
+            let (mut rx, reader) = match waiting {
                 Ok(following) => following,
                 Err(own) => {
                     let flight = Flight {
@@ -372,16 +374,19 @@ impl Cache {
             // A streaming follower of a streamed answer reads it as it comes.
             if call.stream() {
                 let wants_usage = dialect::wants_stream_usage(plan.dialect, call);
-                if let Ok(Some(start)) = tokio::time::timeout(FOLLOW_LIMIT, feed.started()).await {
+                if let Ok(Some(start)) = tokio::time::timeout(FOLLOW_LIMIT, reader.started()).await
+                {
                     if start.streamed && (start.has_usage || !wants_usage) {
                         return Lookup::Follow {
-                            feed,
+                            reader,
                             answer: rx,
                             key,
                         };
                     }
                 }
             }
+            // Waiting for the recorded answer keeps no leader going.
+            drop(reader);
             match tokio::time::timeout(FOLLOW_LIMIT, rx.wait_for(Option::is_some)).await {
                 // The leader's answer, if this call can take it.
                 Ok(Ok(result)) => match result.clone() {

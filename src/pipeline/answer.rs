@@ -12,7 +12,7 @@ use crate::accounting::{ANSWER_TAP_LIMIT, Replayed};
 use crate::body::{Body, Rewrite, RewriteFn, Tap, TapEnd};
 use crate::cache::controls::Controls;
 use crate::cache::entry::Entry;
-use crate::cache::feed::{Fanout, Start};
+use crate::cache::feed::{Fanout, Lead, Start};
 use crate::cache::key::CacheKey;
 use crate::cache::record::Recording;
 use crate::cache::{Flight, Lookup, Outcome, Plan, replay};
@@ -54,11 +54,15 @@ impl Proxy {
         let mut cx = cx.with_plan(plan);
         let missed = match self.cache.lookup(&cx.plan, &call).await {
             Lookup::Hit { entry, key } => return Ok(self.replay(cx, &call, &entry, &key)),
-            Lookup::Follow { feed, answer, key } => {
+            Lookup::Follow {
+                reader,
+                answer,
+                key,
+            } => {
                 self.count(&cx.plan, Outcome::Hit);
                 cx.labels.cache = Some(Outcome::Hit.as_str());
                 cx.labels.cache_key = Some(key.short().to_owned());
-                let response = self.follow(cx.exchange.dialect, &call, feed, answer, cx.account);
+                let response = self.follow(cx.exchange.dialect, &call, reader, answer, cx.account);
                 return Ok(cx.labels.written(response));
             }
             Lookup::Miss { outcome, flight } => Missed { outcome, flight },
@@ -204,7 +208,7 @@ impl Proxy {
         let response = response.map(|body| {
             // Streaming followers read the answer as it comes.
             let body = if streamed {
-                Fanout::new(body, feed).boxed_unsync()
+                Fanout::new(body, feed.clone()).boxed_unsync()
             } else {
                 body
             };
@@ -215,7 +219,14 @@ impl Proxy {
             });
             Tap::new(body, limit, end).boxed_unsync()
         });
-        strip_usage(response, sent.strips_usage)
+        let response = strip_usage(response, sent.strips_usage);
+        if !streamed {
+            return response;
+        }
+        // The client-facing answer: if its client leaves while followers read the feed, the
+        // rest of it (and every tap above) goes on for them.
+        let tasks = self.tasks.clone();
+        response.map(|body| Lead::new(body, feed, tasks).boxed_unsync())
     }
 }
 

@@ -2,15 +2,13 @@
 //! from its start and then each piece as it arrives, in its own usage mode, and its savings
 //! record is written once the shared answer is recorded.
 
-use std::sync::Arc;
-
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use tokio::sync::watch;
 
 use crate::accounting::Account;
 use crate::body::Body;
-use crate::cache::feed::Feed;
+use crate::cache::feed::Reader;
 use crate::cache::{FlightResult, recorded};
 use crate::chat::{Call, Dialect};
 use crate::dialect::{self, stream as wire};
@@ -23,14 +21,14 @@ impl Proxy {
         &self,
         dialect: Dialect,
         call: &Call,
-        feed: Arc<Feed>,
+        reader: Reader,
         answer: watch::Receiver<FlightResult>,
         account: Account,
     ) -> Response<Body> {
         // The leader's stream carries usage when its client or thrifty asked for it.
-        let strips = feed.begun().is_some_and(|s| s.has_usage)
+        let strips = reader.begun().is_some_and(|s| s.has_usage)
             && !dialect::wants_stream_usage(dialect, call);
-        let mut response = Response::new(feed.body());
+        let mut response = Response::new(reader.body());
         *response.status_mut() = StatusCode::OK;
         let h = response.headers_mut();
         h.insert(

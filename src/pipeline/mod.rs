@@ -61,6 +61,7 @@ use crate::savings::Ledger;
 use crate::semantic::SemanticCache;
 use crate::semantic::calibration::Calibration;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use crate::upstream::{OnFailure, UpstreamClient, root_store};
 
 /// How long a client may take to send a request body.
@@ -82,6 +83,9 @@ pub struct Proxy {
     fleet: Option<FleetStats>,
     /// The wall clock every date and age is read from.
     clock: Clock,
+    /// The tasks the server serves connections on, and leaders' answers go on in after their
+    /// client left; shutdown cuts them.
+    tasks: Tasks,
 }
 
 /// When a request arrived, and whether a savings record describes it: the door makes one,
@@ -179,6 +183,7 @@ impl Proxy {
             clients,
             config,
             clock,
+            tasks: Tasks::default(),
         })
     }
 
@@ -189,6 +194,11 @@ impl Proxy {
     /// The wall clock every date and age is read from.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The tasks connections are served on, which shutdown cuts.
+    pub(crate) fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     pub fn limiter(&self) -> &RateLimiter {

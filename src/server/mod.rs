@@ -7,10 +7,11 @@
 //! does [`crate::run`] drain the ledger, so no record arrives after the ledger has stopped.
 //!
 //! - [`connection`]: one connection, from accept to close, with its first-request deadline.
-//! - [`tasks`]: the tracked tasks and hyper executor that shutdown cuts.
+//!
+//! Connections run on the proxy's [`Tasks`], beside the leaders' answers that go on for their
+//! followers after their own client left; shutdown cuts them all alike.
 
 mod connection;
-mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,8 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::pipeline::Proxy;
-
-pub use tasks::Tasks;
+use crate::tasks::Tasks;
 
 /// The HTTP builder every connection is served with.
 pub(crate) type Http = Builder<Tasks>;
@@ -36,7 +36,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let tasks = Tasks::default();
+    let tasks = proxy.tasks().clone();
     let header_timeout = proxy.config().header_read_timeout;
     let mut builder = Builder::new(tasks.clone());
     builder

@@ -7,9 +7,10 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use rstest::rstest;
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use crate::common::fake_llm::FakeLlm;
-use crate::{Api, Backend, Dialect, Harness, Kind};
+use crate::{Api, Backend, Dialect, Harness, Kind, WAIT};
 
 /// How many identical requests arrive together.
 const CLIENTS: usize = 20;
@@ -90,6 +91,11 @@ async fn a_request_right_after_a_miss_never_goes_upstream_again(
 
 /// The chat text a streamed body carries, as far as it goes.
 fn streamed_text(dialect: Dialect, body: &str) -> String {
+    streamed_pieces(dialect, body).concat()
+}
+
+/// The chat text of each chunk of a streamed body that carries some, in order.
+fn streamed_pieces(dialect: Dialect, body: &str) -> Vec<String> {
     let lines = body.lines().filter_map(|line| match dialect {
         Dialect::OpenAi => line.strip_prefix("data: ").filter(|d| *d != "[DONE]"),
         Dialect::Ollama => Some(line).filter(|l| !l.trim().is_empty()),
@@ -103,7 +109,20 @@ fn streamed_text(dialect: Dialect, body: &str) -> String {
             };
             text.as_str().unwrap_or_default().to_owned()
         })
+        .filter(|text| !text.is_empty())
         .collect()
+}
+
+/// Whether a streamed body ends the way the dialect ends a stream.
+fn ends(dialect: Dialect, body: &str) -> bool {
+    match dialect {
+        Dialect::OpenAi => body.trim_end().ends_with("data: [DONE]"),
+        Dialect::Ollama => body
+            .lines()
+            .rfind(|line| !line.trim().is_empty())
+            .and_then(|line| serde_json::from_str::<Value>(line).ok())
+            .is_some_and(|last| last["done"] == true),
+    }
 }
 
 /// What one streaming client saw: when its first piece and its end came, what it read, and
@@ -116,9 +135,18 @@ struct Watched {
     failed: bool,
 }
 
-/// Streams `body` from `path`, timing the first piece; with `leave_after_first`, hangs up
-/// once it has one.
-async fn watch_stream(api: &Api, path: &str, body: &Value, leave_after_first: bool) -> Watched {
+/// When a streaming client hangs up.
+enum Leave {
+    /// It reads to the end.
+    Never,
+    /// Once it has its first piece.
+    AfterFirst,
+    /// Once it is told to (or its teller is gone).
+    When(oneshot::Receiver<()>),
+}
+
+/// Streams `body` from `path`, timing the first piece, and hangs up as `leave` says.
+async fn watch_stream(api: &Api, path: &str, body: &Value, leave: Leave) -> Watched {
     let response = api
         .client
         .post(api.url(path))
@@ -132,9 +160,31 @@ async fn watch_stream(api: &Api, path: &str, body: &Value, leave_after_first: bo
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let (leave_after_first, told) = match leave {
+        Leave::Never => (false, None),
+        Leave::AfterFirst => (true, None),
+        Leave::When(told) => (false, Some(told)),
+    };
+    let told = async {
+        match told {
+            Some(told) => {
+                let _ = told.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(told);
     let mut pieces = response.bytes_stream();
     let (mut first, mut text, mut failed) = (None, Vec::new(), false);
-    while let Some(piece) = pieces.next().await {
+    loop {
+        let piece = tokio::select! {
+            biased;
+            () = &mut told => break,
+            piece = pieces.next() => piece,
+        };
+        let Some(piece) = piece else {
+            break;
+        };
         match piece {
             Ok(piece) => {
                 first.get_or_insert_with(Instant::now);
@@ -181,7 +231,7 @@ async fn staggered_identical_streams_each_get_pieces_before_the_leader_ends(
         let (api, body) = (&h.api, &body);
         async move {
             tokio::time::sleep(Duration::from_millis(150 * i)).await;
-            watch_stream(api, path, body, false).await
+            watch_stream(api, path, body, Leave::Never).await
         }
     });
     let watched = join_all(clients).await;
@@ -252,15 +302,19 @@ fn stream_ids(body: &str) -> HashSet<String> {
         .collect()
 }
 
-/// A leader whose client leaves midway does not hang the calls following it: they end at
-/// once (with the break the leader's answer had), and the next identical call goes upstream.
+/// How many calls follow a leader whose client leaves.
+const FOLLOWERS: usize = 2;
+
+/// A leader whose client leaves midway keeps its upstream call going for the calls following
+/// it: each gets the whole answer as a direct stream has it, from the one upstream call, which
+/// is neither cancelled nor lost: it is stored, and the leader's savings record bills it whole.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_of_a_leader_whose_client_leaves_do_not_hang(
+async fn followers_of_a_leader_whose_client_leaves_get_the_whole_answer(
     #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
 ) {
     let what = format!("{dialect:?}");
-    // The follower joins while the leader waits for the upstream's head.
+    // The followers join while the leader waits for the upstream's head.
     let h = Harness::setup(Backend::Embedded)
         .fake(
             FakeLlm::builder()
@@ -272,31 +326,159 @@ async fn followers_of_a_leader_whose_client_leaves_do_not_hang(
     let path = dialect.chat_path();
     let text = "the leader of this one leaves early";
     let body = dialect.chat(text, true);
-    let leader = watch_stream(&h.api, path, &body, true);
+    let leader = watch_stream(&h.api, path, &body, Leave::AfterFirst);
+    let followers = (0..FOLLOWERS).map(|_| {
+        let (api, body) = (&h.api, &body);
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            watch_stream(api, path, body, Leave::Never).await
+        }
+    });
+    let (left, followed) = tokio::join!(leader, join_all(followers));
+    assert_eq!(left.cache, "miss", "{what}: the leader");
+    assert!(
+        !ends(dialect, &left.body),
+        "{what}: the leader's client left before the end: {}",
+        left.body
+    );
+    assert_eq!(h.fake.calls_to(path), 1, "{what}: one upstream call");
+
+    // What a client talking to the upstream itself gets.
+    let direct = h
+        .api
+        .client
+        .post(format!("{}{path}", h.fake.url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("the direct request is sent")
+        .text()
+        .await
+        .expect("the direct stream is read");
+    let direct_pieces = streamed_pieces(dialect, &direct);
+    assert_eq!(
+        direct_pieces.concat(),
+        Dialect::echo(text),
+        "{what}: {direct}"
+    );
+    for (i, w) in followed.iter().enumerate() {
+        assert!(!w.failed, "{what}: follower {i} broke off: {}", w.body);
+        assert_eq!(w.cache, "hit", "{what}: follower {i}");
+        assert_eq!(
+            streamed_pieces(dialect, &w.body),
+            direct_pieces,
+            "{what}: follower {i} got the pieces a direct stream has"
+        );
+        assert!(ends(dialect, &w.body), "{what}: follower {i}: {}", w.body);
+    }
+    assert_eq!(
+        h.fake.cancelled_streams(),
+        0,
+        "{what}: the upstream call went on to its end"
+    );
+
+    // The answer was stored: the next identical call is a hit that stays here.
+    let calls = h.fake.calls_to(path);
+    let again = watch_stream(&h.api, path, &body, Leave::Never).await;
+    assert!(!again.failed, "{what}");
+    assert_eq!(again.cache, "hit", "{what}: the answer was stored");
+    assert_eq!(streamed_text(dialect, &again.body), Dialect::echo(text));
+    assert_eq!(h.fake.calls_to(path), calls, "{what}: a hit stays here");
+
+    // The leader's record bills all the upstream answered, as a direct answer reports it.
+    let usage = h
+        .api
+        .client
+        .post(format!("{}{path}", h.fake.url()))
+        .json(&dialect.chat(text, false))
+        .send()
+        .await
+        .expect("the direct request is sent")
+        .json::<Value>()
+        .await
+        .expect("the direct answer is JSON");
+    let (prompt, completion) = match dialect {
+        Dialect::OpenAi => (
+            &usage["usage"]["prompt_tokens"],
+            &usage["usage"]["completion_tokens"],
+        ),
+        Dialect::Ollama => (&usage["prompt_eval_count"], &usage["eval_count"]),
+    };
+    let led = leader_record(&h.api).await;
+    assert_eq!(led["status"], 200, "{what}: {led:#}");
+    assert_eq!(led["partial"], false, "{what}: {led:#}");
+    assert_eq!(led["actual"]["prompt"], *prompt, "{what}: {led:#}");
+    assert_eq!(led["actual"]["completion"], *completion, "{what}: {led:#}");
+}
+
+/// The savings record of the one call that went upstream, once it is written.
+async fn leader_record(api: &Api) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let audit = api.admin_get("/admin/savings/audit?limit=100").await.json();
+        let missed: Vec<&Value> = audit["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["outcome"] == "miss")
+            .collect();
+        if let [record] = missed[..] {
+            return record.clone();
+        }
+        assert!(
+            missed.is_empty() && Instant::now() < deadline,
+            "one record of the leader: {audit:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A leader whose client left goes on only while someone follows it: once its last follower
+/// leaves too, the upstream call is cancelled, and nothing is stored.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_and_followers_who_all_leave_cancel_the_upstream_call(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let h = Harness::setup(Backend::Embedded)
+        .fake(
+            FakeLlm::builder()
+                .latency(Duration::from_millis(300))
+                .chunk_delay(Duration::from_millis(200)),
+        )
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let text = "everyone who asked this one leaves early";
+    let body = dialect.chat(text, true);
+    let (gone, told) = oneshot::channel();
+    let leader = async {
+        let w = watch_stream(&h.api, path, &body, Leave::AfterFirst).await;
+        let _ = gone.send(());
+        w
+    };
+    // The follower joins while the leader waits for the upstream's head, and leaves once
+    // the leader's client has.
     let follower = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let started = Instant::now();
-        let w = watch_stream(&h.api, path, &body, false).await;
-        (w, started.elapsed())
+        watch_stream(&h.api, path, &body, Leave::When(told)).await
     };
-    let (_, (followed, took)) = tokio::join!(leader, follower);
-    assert!(
-        took < Duration::from_secs(5),
-        "{what}: the follower ended in {took:?}"
-    );
-    assert!(
-        followed.failed || streamed_text(dialect, &followed.body).starts_with("Echo"),
-        "{what}: the follower ended with a break or the answer: {}",
-        followed.body
-    );
-    let calls = h.fake.calls_to(path);
-    let again = watch_stream(&h.api, path, &body, false).await;
-    assert!(!again.failed, "{what}");
+    let (left, followed) = tokio::join!(leader, follower);
     assert_eq!(
-        h.fake.calls_to(path),
-        calls + 1,
-        "{what}: nothing broken was cached"
+        (left.cache.as_str(), followed.cache.as_str()),
+        ("miss", "hit"),
+        "{what}"
     );
+    assert!(
+        h.fake.wait_for_cancelled(1, WAIT).await,
+        "{what}: the upstream call was cancelled"
+    );
+    assert_eq!(h.fake.calls_to(path), 1, "{what}");
+    let again = watch_stream(&h.api, path, &body, Leave::Never).await;
+    assert!(!again.failed, "{what}");
+    assert_eq!(again.cache, "miss", "{what}: nothing broken was stored");
+    assert_eq!(h.fake.calls_to(path), 2, "{what}");
 }
 
 /// A leader whose client leaves before the upstream answered takes nobody down with it: one
@@ -327,7 +509,7 @@ async fn a_follower_takes_over_when_the_leader_leaves_before_the_answer(
             let (api, body) = (&h.api, &body);
             async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                watch_stream(api, path, body, false).await
+                watch_stream(api, path, body, Leave::Never).await
             }
         });
         let (gave_up, followed) = tokio::join!(impatient, join_all(followers));

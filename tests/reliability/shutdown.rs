@@ -130,3 +130,111 @@ async fn streams_cut_at_shutdown_are_recorded_with_the_tokens_they_carried() {
         "{completion} completion tokens recorded for {received} words received"
     );
 }
+
+/// Words a follower reads, after the leader's client left, before shutdown begins.
+const WORDS_FOLLOWED: usize = 10;
+
+/// A leader whose client left goes on for the call following it, and is cut at shutdown like
+/// a connection: its record bills every word the upstream sent, those after its client left
+/// included, as a partial `error`.
+#[tokio::test]
+async fn a_leader_going_on_for_its_follower_is_cut_at_shutdown_and_recorded() {
+    let redis = start_redis().await;
+    let fake = FakeLlm::builder()
+        .chunk_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let mut raw = config_for(&fake);
+    raw.server.shutdown_grace = Duration::from_millis(300);
+    let thrifty = start_thrifty(raw, &redis_env(&redis), WAIT).await;
+    let client = client();
+
+    let mut followers = Vec::new();
+    for dialect in DIALECTS {
+        let url = format!("{}{}", thrifty.url(), dialect.chat_path());
+        let body = dialect.chat("slow-stream", "who reads this to the end", true);
+        let leader = client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .expect("request is sent");
+        let mut leader = leader.bytes_stream();
+        let mut seen = Vec::new();
+        while words(&seen) < WORDS_BEFORE {
+            let chunk = tokio::time::timeout(WAIT, leader.next())
+                .await
+                .expect("a chunk arrives in time")
+                .expect("the stream goes on")
+                .expect("the chunk is not an error");
+            seen.extend_from_slice(&chunk);
+        }
+        let follower = client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .expect("request is sent");
+        assert_eq!(
+            follower.headers()["x-thrifty-cache"],
+            "hit",
+            "{dialect:?}: it follows the leader"
+        );
+        // The leader's client leaves; its follower reads on.
+        drop(leader);
+        let mut follower = follower.bytes_stream();
+        let mut followed = Vec::new();
+        while words(&followed) < WORDS_FOLLOWED {
+            let chunk = tokio::time::timeout(WAIT, follower.next())
+                .await
+                .expect("a chunk arrives in time")
+                .expect("the stream goes on")
+                .unwrap_or_else(|e| panic!("{dialect:?}: the follower's stream broke: {e}"));
+            followed.extend_from_slice(&chunk);
+        }
+        followers.push((dialect, follower, followed));
+    }
+    assert_eq!(
+        fake.calls(),
+        DIALECTS.len(),
+        "one upstream call per dialect"
+    );
+
+    let server = thrifty.begin_shutdown();
+    let ended = tokio::time::timeout(WAIT, server).await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the server ends soon after the grace period"
+    );
+
+    let probe = Probe::connect(&redis.url(), WAIT).await;
+    let log = audit_log(&probe).await;
+    for (dialect, follower, followed) in followers {
+        let streamed = read_stream(follower, followed, WAIT).await;
+        assert!(
+            !dialect.has_terminal_event(&streamed.bytes),
+            "{dialect:?}: the follower's stream was cut, not finished"
+        );
+        let received = words(&streamed.bytes) as u64;
+        let name = match dialect {
+            crate::Dialect::OpenAi => "openai",
+            crate::Dialect::Ollama => "ollama",
+        };
+        let leaders: Vec<_> = log
+            .iter()
+            .filter(|r| r["model"] == "slow-stream" && r["outcome"] == "error")
+            .filter(|r| r["dialect"] == name && r["status"] == 200)
+            .collect();
+        assert_eq!(
+            leaders.len(),
+            1,
+            "{dialect:?}: the leader's record: {log:#?}"
+        );
+        let leader = leaders[0];
+        assert_eq!(leader["partial"], true, "{leader:#}");
+        assert!(
+            leader["actual"]["completion"].as_u64() >= Some(received),
+            "{dialect:?}: the leader's record bills the {received} words its follower got: {leader:#}"
+        );
+    }
+}

@@ -1,6 +1,8 @@
-//! The tasks serving connections: every one is tracked, so shutdown can cut the ones still
-//! running when the grace period ends and wait until they are gone. It is also the executor
-//! hyper spawns HTTP/2 streams on, so no response body outlives the cut.
+//! The tasks serving connections, and the leaders' answers that go on for their followers
+//! after their own client left (see [`crate::cache::feed`]): every one is tracked, so shutdown
+//! can cut the ones still running when the grace period ends and wait until they are gone. It
+//! is also the executor hyper spawns HTTP/2 streams on, so no response body outlives the cut.
+//! It must not know what its tasks do.
 
 use std::future::Future;
 
