@@ -213,9 +213,13 @@ impl Compressor {
             Strategy::Summarize => Mode::Stable,
             Strategy::Extractive => self.config.mode,
         };
+        self.stats.checked.fetch_add(1, Ordering::Relaxed);
+        // Under budget by its bytes, a request is under it by its tokens: no count needed.
+        if !pressure.force && TokenCounter::request_bound(chat) <= budget {
+            return None;
+        }
         let counts = self.counter.request(limits.encoding, chat);
         let before = counts.total();
-        self.stats.checked.fetch_add(1, Ordering::Relaxed);
         if before <= budget && !pressure.force {
             return None;
         }

@@ -236,6 +236,46 @@ impl TokenCounter {
         }
     }
 
+    /// A bound no count of `chat` by [`TokenCounter::request`] exceeds, from the sizes of its
+    /// texts alone: a token covers at least one byte of its text (and an estimate beyond
+    /// [`EXACT_BYTES`] keeps to the ratio counted, at most one token a byte), so a text's
+    /// bytes bound its tokens. It costs a walk over the messages, not a tokenization.
+    pub fn request_bound(chat: &ChatRequest) -> usize {
+        let texts = |content: &Content| match content {
+            Content::Absent => 0,
+            Content::Text(text) => text.len(),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|part| match &part.kind {
+                    PartKind::Text(text) => text.len(),
+                    PartKind::Image => IMAGE_TOKENS,
+                    other => other.placeholder().len(),
+                })
+                .sum(),
+        };
+        let message = |m: &Message| {
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .map(|call| TOKENS_PER_TOOL_CALL + call.name.len() + call.arguments.len())
+                .sum();
+            let extra: usize = m
+                .extra
+                .iter()
+                .map(|(field, value)| match value {
+                    Value::String(text) => text.len() + usize::from(field == "name"),
+                    _ => 0,
+                })
+                .sum();
+            // A role is one token, or its text counted: never more than its bytes.
+            TOKENS_PER_MESSAGE + m.role.as_str().len() + texts(&m.content) + calls + extra
+        };
+        let tools: usize = dialect::tool_definitions(chat)
+            .map(|value| value.to_string().len())
+            .sum();
+        REPLY_PRIMING + tools + chat.messages.iter().map(message).sum::<usize>()
+    }
+
     fn role(&self, encoding: Encoding, role: &str) -> usize {
         match role {
             // One token in both encodings.
@@ -357,6 +397,28 @@ mod tests {
             "{counts:?} {one}"
         );
         assert_eq!(prefix("é", 1), "");
+    }
+
+    #[test]
+    fn the_bound_from_sizes_is_never_below_the_count() {
+        let counter = TokenCounter::new();
+        let mut named = Message::text(Role::User, "ünïcödé 𝄞 text, and some more of it");
+        named.extra.insert("name".to_owned(), json!("a"));
+        let mut request = chat(vec![
+            Message::text(Role::System, "Be brief."),
+            named,
+            Message::text(Role::Assistant, ""),
+            Message::text(Role::Tool, "x".repeat(3000)),
+        ]);
+        request.shaping.insert(
+            "tools".to_owned(),
+            json!([{"type": "function", "function": {"name": "f"}}]),
+        );
+        for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
+            let counted = counter.request(encoding, &request).total();
+            let bound = TokenCounter::request_bound(&request);
+            assert!(counted <= bound, "{counted} <= {bound}");
+        }
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! bounded `moka` layer in memory, so a restart keeps what was cached.
 //!
 //! Cache writes (puts and touches) commit without an `fsync`; [`EmbeddedStore::persist`],
-//! run every second and at shutdown, makes them durable with one. A crash of the machine may
-//! lose the cache writes of the last second, never a delete and never the ledger's batches,
-//! which commit durably on their own.
+//! run every second and at shutdown, makes them durable with one. Single puts are gathered
+//! for up to [`LINGER`] before their commit, so answers recorded close together share one
+//! transaction; until it lands they are read from memory. A crash of the machine may lose
+//! the cache writes of the last second and that linger, never a delete and never the
+//! ledger's batches, which commit durably on their own.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,12 +16,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use moka::sync::Cache;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use redb::{
     Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{StoreError, Tally};
 use crate::clock::Clock;
@@ -50,13 +53,36 @@ pub struct EmbeddedStore {
 }
 
 /// Group commit of single puts: a put joins the queue, and whichever put finds no commit
-/// running starts one that writes everything queued in one transaction, again and again
-/// until the queue is empty. Under load many answers share one commit; alone, a put commits
-/// at once as before. Each put still returns only once its own write has committed.
-#[derive(Default)]
+/// running starts one that gathers puts for up to [`LINGER`] (less once [`LINGER_PUTS`]
+/// wait, or when something must see them on disk), then writes everything queued in one
+/// transaction, again and again until the queue is empty. Answers recorded within a linger
+/// of each other share one commit. Each put still returns only once its own write has
+/// committed; until then a get finds it in `pending`.
 struct Puts {
     queue: Mutex<PutQueue>,
+    /// Wakes a lingering commit: enough puts wait, or something waits for them to land.
+    hurry: Condvar,
+    /// The sequence number of the last put whose commit is over (landed or failed).
+    landed: watch::Sender<u64>,
 }
+
+impl Default for Puts {
+    fn default() -> Self {
+        Puts {
+            queue: Mutex::default(),
+            hurry: Condvar::new(),
+            landed: watch::Sender::new(0),
+        }
+    }
+}
+
+/// How long a commit waits for more puts after the first of a quiet spell. Each put waits up
+/// to this much longer for its commit (and so do requests following its answer in flight),
+/// against one redb transaction per answer without it.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// Puts waiting that end a linger at once.
+const LINGER_PUTS: usize = 256;
 
 /// A queued put: its key and entry, and where its commit's outcome goes.
 type Waiting = (String, Entry, oneshot::Sender<Result<(), String>>);
@@ -69,6 +95,20 @@ const MAX_WAITING_PUTS: usize = 4096;
 struct PutQueue {
     waiting: Vec<Waiting>,
     committing: bool,
+    /// The entries queued or being written, by key: the memory layer may evict one before
+    /// its commit lands, and a get must still find it.
+    pending: HashMap<String, Entry>,
+    /// The sequence number of the last put queued.
+    queued: u64,
+    /// Something waits for the queued puts to land: the linger ends now.
+    hurried: bool,
+}
+
+/// Whether two entries are the same put's.
+fn same(a: &Entry, b: &Entry) -> bool {
+    a.expires_ms == b.expires_ms
+        && a.value.as_ptr() == b.value.as_ptr()
+        && a.value.len() == b.value.len()
 }
 
 impl Puts {
@@ -83,18 +123,32 @@ impl Puts {
                     let mut queue = self.0.queue.lock();
                     queue.committing = false;
                     queue.waiting.clear();
+                    queue.pending.clear();
+                    self.0.landed.send_replace(queue.queued);
                 }
             }
         }
         let _release = Release(self);
+        {
+            let mut queue = self.queue.lock();
+            let deadline = std::time::Instant::now() + LINGER;
+            while !queue.hurried && queue.waiting.len() < LINGER_PUTS {
+                if self.hurry.wait_until(&mut queue, deadline).timed_out() {
+                    break;
+                }
+            }
+            queue.hurried = false;
+        }
         loop {
-            let batch = {
+            let (batch, last) = {
                 let mut queue = self.queue.lock();
                 if queue.waiting.is_empty() {
                     queue.committing = false;
                     return;
                 }
-                std::mem::take(&mut queue.waiting)
+                // Whatever hurried the linger waits for these: the next linger is whole.
+                queue.hurried = false;
+                (std::mem::take(&mut queue.waiting), queue.queued)
             };
             let written = (|| {
                 let txn = db.begin_write().map_err(err)?;
@@ -109,10 +163,48 @@ impl Puts {
                 commit_lazily(txn, unpersisted)
             })();
             let outcome = written.map_err(|e| e.to_string());
+            {
+                let mut queue = self.queue.lock();
+                for (key, entry, _) in &batch {
+                    if queue.pending.get(key).is_some_and(|p| same(p, entry)) {
+                        queue.pending.remove(key);
+                    }
+                }
+            }
+            self.landed.send_replace(last);
             for (_, _, done) in batch {
                 let _ = done.send(outcome.clone());
             }
         }
+    }
+}
+
+impl Puts {
+    /// The entry a put still waiting for its commit holds under `key`.
+    fn pending(&self, key: &str) -> Option<Entry> {
+        let queue = self.queue.lock();
+        if queue.pending.is_empty() {
+            return None;
+        }
+        queue.pending.get(key).cloned()
+    }
+
+    /// Waits until every put queued so far has committed (or failed), ending a linger early:
+    /// for the calls that read or change the disk and must not miss, nor be undone by, a put
+    /// made before them.
+    async fn settle(&self) {
+        let mut landed = self.landed.subscribe();
+        let target = {
+            let mut queue = self.queue.lock();
+            if *landed.borrow() >= queue.queued {
+                return;
+            }
+            queue.hurried = true;
+            queue.queued
+        };
+        self.hurry.notify_one();
+        // The sender lives as long as `self`.
+        let _ = landed.wait_for(|n| *n >= target).await;
     }
 }
 
@@ -194,6 +286,7 @@ impl EmbeddedStore {
 
     /// Makes every write committed so far durable, with one `fsync`, if any was made without.
     pub async fn persist(&self) -> Result<(), StoreError> {
+        self.puts.settle().await;
         if !self.unpersisted.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -240,6 +333,10 @@ impl EmbeddedStore {
             }
             self.memory.invalidate(key);
         }
+        // Before the disk: a pending put leaves `pending` only once it is on disk.
+        if let Some(entry) = self.puts.pending(key) {
+            return Ok(Some(entry.value).filter(|_| entry.expires_ms > now));
+        }
         let generation = *self.deletes.lock();
         let found = self.read_disk(key).await?;
         Ok(match found {
@@ -260,7 +357,7 @@ impl EmbeddedStore {
         let mut values: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
         let mut missing: Vec<(usize, String)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match self.memory.get(key) {
+            match self.memory.get(key).or_else(|| self.puts.pending(key)) {
                 Some(entry) if entry.expires_ms > now => values.push(Some(entry.value)),
                 _ => {
                     values.push(None);
@@ -341,7 +438,12 @@ impl EmbeddedStore {
                 return Err(err("too many puts waiting for the disk"));
             }
             self.memory.insert(key.to_owned(), entry.clone());
+            queue.pending.insert(key.to_owned(), entry.clone());
             queue.waiting.push((key.to_owned(), entry, done));
+            queue.queued += 1;
+            if queue.waiting.len() == LINGER_PUTS {
+                self.puts.hurry.notify_one();
+            }
             !std::mem::replace(&mut queue.committing, true)
         };
         if starts {
@@ -360,6 +462,7 @@ impl EmbeddedStore {
     /// a delete never brings the key back. The memory copy keeps its shorter expiry and is
     /// read again from disk once it lapses.
     pub async fn touch(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.puts.settle().await;
         let owned = key.to_owned();
         let expires_ms = self.expiry(ttl);
         let unpersisted = self.unpersisted.clone();
@@ -388,6 +491,7 @@ impl EmbeddedStore {
     /// How long a live key has left by the entry on disk (a memory copy may keep an earlier
     /// expiry after a touch).
     pub async fn expires_in(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        self.puts.settle().await;
         let found = self.read_disk(key).await?;
         let now = self.clock.now_ms();
         Ok(found
@@ -396,6 +500,8 @@ impl EmbeddedStore {
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
+        // A put made before the delete lands first, so the delete removes it for good.
+        self.puts.settle().await;
         for key in keys {
             self.memory.invalidate(key);
         }
@@ -425,6 +531,7 @@ impl EmbeddedStore {
     }
 
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.puts.settle().await;
         let prefix = prefix.to_owned();
         let now = self.clock.now_ms();
         self.blocking(move |db| {
@@ -447,6 +554,7 @@ impl EmbeddedStore {
 
     /// Counts live entries under a prefix and their value bytes in one read transaction.
     pub async fn tally(&self, prefix: &str) -> Result<Tally, StoreError> {
+        self.puts.settle().await;
         let prefix = prefix.to_owned();
         let now = self.clock.now_ms();
         self.blocking(move |db| {
@@ -474,6 +582,7 @@ impl EmbeddedStore {
 
     /// Deletes expired entries from disk; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
+        self.puts.settle().await;
         let now = self.clock.now_ms();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -540,6 +649,31 @@ mod tests {
         assert_eq!(s.keys("k").await.unwrap().len(), 200);
         let queue = s.puts.queue.lock();
         assert!(queue.waiting.is_empty() && !queue.committing);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_waiting_for_its_commit_is_read_and_a_later_delete_removes_it_for_good() {
+        let s = store("linger");
+        let put = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.put("k", Bytes::from_static(b"v"), Duration::from_secs(60))
+                    .await
+            })
+        };
+        while s.puts.queue.lock().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Not from the memory layer: from the pending put, or from disk once it landed.
+        s.memory.invalidate_all();
+        assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v")));
+        assert_eq!(s.keys("k").await.unwrap(), ["k"], "a key walk lets it land");
+        s.delete(&["k".to_owned()]).await.unwrap();
+        put.await.unwrap().unwrap();
+        s.memory.invalidate_all();
+        assert_eq!(s.get("k").await.unwrap(), None);
+        assert!(s.keys("k").await.unwrap().is_empty());
+        assert!(s.puts.queue.lock().pending.is_empty());
     }
 
     #[tokio::test]
