@@ -69,7 +69,8 @@ enum Command {
         #[arg(long = "pairs", required = true)]
         pairs: Vec<PathBuf>,
         /// Also write, per pairs file, every pair's similarity, guard verdict (pass or the rule
-        /// that rejected it), label and texts to DIR/<file stem>.tsv.
+        /// that rejected it), label and texts to DIR/<file stem>.tsv; with --online, every
+        /// step of each run (DIR/<file stem>.online.tsv, DIR/mixed.online.tsv).
         #[arg(long, value_name = "DIR")]
         dump: Option<PathBuf>,
         /// Instead, measure the model's wall and CPU time per question by length, one lookup
@@ -149,9 +150,10 @@ fn main() -> anyhow::Result<()> {
             pairs,
             online: true,
             seed,
+            dump,
             fixed,
             ..
-        } => eval_online(cli.config, &pairs, seed, fixed),
+        } => eval_online(cli.config, &pairs, seed, fixed, dump.as_deref()),
         Command::EvalSemantic {
             pairs, dump, cost, ..
         } => {
@@ -269,6 +271,7 @@ fn eval_online(
     files: &[PathBuf],
     seed: u64,
     fixed: bool,
+    dump: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use thrifty::semantic::online::{self, Workload};
     let mut config = Config::load(config.as_deref())?;
@@ -289,6 +292,13 @@ fn eval_online(
             .block_on(online::embed(&embedder, &workload))
             .map_err(anyhow::Error::msg)?;
         let run = runtime.block_on(online::run(&workload, &vectors, &config.semantic, seed));
+        if let Some(dir) = dump {
+            let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+            std::fs::write(
+                dir.join(format!("{stem}.online.tsv")),
+                online::tsv(&workload, &run),
+            )?;
+        }
         writeln!(
             out,
             "{}",
@@ -300,6 +310,9 @@ fn eval_online(
     if parts.len() > 1 {
         let mix = Workload::mix("all files mixed", &parts);
         let run = runtime.block_on(online::run(&mix, &all_vectors, &config.semantic, seed));
+        if let Some(dir) = dump {
+            std::fs::write(dir.join("mixed.online.tsv"), online::tsv(&mix, &run))?;
+        }
         writeln!(out, "{}", online::render(&mix, &run, config.semantic.mode))?;
     }
     Ok(())

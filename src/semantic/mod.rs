@@ -422,6 +422,9 @@ impl SemanticCache {
                         overlap: 0.0,
                         length_ratio: 0.0,
                         one_sided: true,
+                        unmatched: [0, 0],
+                        shared: 0,
+                        in_order: 0,
                     },
                 };
                 Some(Hit {

@@ -116,6 +116,10 @@ struct Step {
     candidate: Option<(f32, bool)>,
     /// Served from the cache: whether rightly.
     served: Option<bool>,
+    /// The question asked and, for a candidate, the question it was recorded for and the
+    /// pair's features, for `--dump`.
+    question: usize,
+    recorded: Option<(usize, guard::Features)>,
 }
 
 /// The result of one run.
@@ -186,6 +190,7 @@ pub async fn run(
         let text = &workload.texts[q];
         let mut step = Step {
             answerable: answered.contains_key(&class),
+            question: q,
             ..Step::default()
         };
         let best = index
@@ -199,6 +204,9 @@ pub async fn run(
                         overlap: 0.0,
                         length_ratio: 1.0,
                         one_sided: false,
+                        unmatched: [0, 0],
+                        shared: 0,
+                        in_order: 0,
                     }
                 };
                 let cached: usize = c.item.answer.parse().ok()?;
@@ -208,6 +216,7 @@ pub async fn run(
         if let Some((similarity, features, cached)) = best {
             let right = workload.classes[cached] == class;
             step.candidate = Some((similarity, right));
+            step.recorded = Some((cached, features));
             match config.mode {
                 SemanticMode::Static => {
                     step.served = Some(right);
@@ -331,6 +340,42 @@ pub fn render(workload: &Workload, run: &Run, mode: SemanticMode) -> String {
     out
 }
 
+/// The run step by step as TSV for `--dump`: question number, whether its class had been
+/// answered, then for a candidate its similarity, whether its class is right, whether it was
+/// served, its features (overlap, length ratio, a rule came close), and both texts.
+pub fn tsv(workload: &Workload, run: &Run) -> String {
+    let clean = |t: &str| t.replace(['\t', '\n'], " ");
+    let mut out = String::new();
+    for step in &run.steps {
+        let (Some((similarity, right)), Some((cached, f))) = (step.candidate, step.recorded) else {
+            out.push_str(&format!(
+                "{}\t{}\t\t\t\t\t\t\t\t\t\t\t{}\t\n",
+                step.question,
+                u8::from(step.answerable),
+                clean(&workload.texts[step.question]),
+            ));
+            continue;
+        };
+        out.push_str(&format!(
+            "{}\t{}\t{similarity}\t{}\t{}\t{:.3}\t{:.3}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            step.question,
+            u8::from(step.answerable),
+            u8::from(right),
+            u8::from(step.served.is_some()),
+            f.overlap,
+            f.length_ratio,
+            u8::from(f.one_sided),
+            f.unmatched[0],
+            f.unmatched[1],
+            f.shared,
+            f.in_order,
+            clean(&workload.texts[step.question]),
+            clean(&workload.texts[cached]),
+        ));
+    }
+    out
+}
+
 /// Embeds every question once.
 pub async fn embed(
     embedder: &Embedder,
@@ -389,7 +434,7 @@ mod tests {
         let step = |similarity, right| Step {
             answerable: true,
             candidate: Some((similarity, right)),
-            served: None,
+            ..Step::default()
         };
         let steps = [
             step(0.99, true),

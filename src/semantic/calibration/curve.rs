@@ -328,6 +328,9 @@ mod tests {
             overlap,
             length_ratio: 1.0,
             one_sided,
+            unmatched: [0, 0],
+            shared: 3,
+            in_order: 3,
         };
         assert_eq!(cell(0.79, &f(1.0, false)), None);
         assert_eq!(cell(0.80, &f(0.1, false)), Some((0, 0)));

@@ -45,6 +45,9 @@ fn close_wording() -> Features {
         overlap: 0.8,
         length_ratio: 0.9,
         one_sided: false,
+        unmatched: [1, 0],
+        shared: 4,
+        in_order: 4,
     }
 }
 

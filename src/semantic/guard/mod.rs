@@ -55,6 +55,16 @@ pub struct Features {
     pub length_ratio: f32,
     /// A rule came close: a name, number word or opposite appears on one side only.
     pub one_sided: bool,
+    /// Content words each side has that the other lacks: the asked question's, the recorded
+    /// one's.
+    #[serde(default)]
+    pub unmatched: [u16; 2],
+    /// How many content words the two share, and how many of those keep their order (the
+    /// longest common subsequence of the shared words as each side orders them).
+    #[serde(default)]
+    pub shared: u16,
+    #[serde(default)]
+    pub in_order: u16,
 }
 
 /// One word of a question, lowercased, and whether its spelling marks it as a name or
@@ -214,6 +224,8 @@ struct Analysis {
     distinctive: Vec<String>,
     /// Content words, stemmed.
     content: BTreeSet<String>,
+    /// Content words, stemmed, in order of first appearance.
+    content_order: Vec<String>,
     /// Who fills which role: (word before the marker, marker, word after it), stemmed.
     bindings: Vec<roles::Binding>,
     word_count: usize,
@@ -262,8 +274,12 @@ fn analyse(text: &str) -> Analysis {
         if t.distinctive {
             a.distinctive.push(t.word.clone());
         }
-        if !NEGATION.contains(&w) && !STOP.contains(&w) && !MARKERS.contains(&w) {
-            a.content.insert(stem(w));
+        if !NEGATION.contains(&w)
+            && !STOP.contains(&w)
+            && !MARKERS.contains(&w)
+            && a.content.insert(stem(w))
+        {
+            a.content_order.push(stem(w));
         }
     }
     a.bindings = roles::bindings(&tokens);
@@ -332,6 +348,7 @@ pub fn check(query: &str, cached: &str) -> Result<Features, Rejection> {
     }
     let union = q.content.union(&c.content).count();
     let shared = q.content.intersection(&c.content).count();
+    let count = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
     let overlap = if union == 0 {
         1.0
     } else {
@@ -349,5 +366,38 @@ pub fn check(query: &str, cached: &str) -> Result<Features, Rejection> {
             short as f32 / long as f32
         },
         one_sided,
+        unmatched: [
+            count(q.content.len() - shared),
+            count(c.content.len() - shared),
+        ],
+        shared: count(shared),
+        in_order: count(in_order(&q, &c)),
     })
+}
+
+/// The longest run of content words both questions share in the same order (not necessarily
+/// adjacent): "A B C" / "C A B" keep two of three in order.
+fn in_order(q: &Analysis, c: &Analysis) -> usize {
+    let keep = |a: &Analysis, b: &Analysis| -> Vec<String> {
+        a.content_order
+            .iter()
+            .filter(|w| b.content.contains(*w))
+            .cloned()
+            .collect()
+    };
+    let (x, y) = (keep(q, c), keep(c, q));
+    let mut row = vec![0usize; y.len() + 1];
+    for a in &x {
+        let mut diagonal = 0;
+        for (j, b) in y.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if a == b {
+                diagonal + 1
+            } else {
+                above.max(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[y.len()]
 }

@@ -140,3 +140,25 @@ fn differing_wording_is_a_feature_not_a_rejection() {
     );
     assert!(short.length_ratio < 0.5);
 }
+
+#[test]
+fn a_passing_pair_says_which_words_were_swapped_and_whether_the_rest_kept_their_order() {
+    let swapped = passes(
+        "most of these hotels were built along the avenue",
+        "most of these homes were built along the avenue",
+    );
+    assert_eq!(swapped.unmatched, [1, 1], "{swapped:?}");
+    assert_eq!(swapped.in_order, swapped.shared, "{swapped:?}");
+    let added = passes(
+        "How do I reset my password?",
+        "What is the way to reset my password?",
+    );
+    assert_eq!(added.unmatched[0], 0, "{added:?}");
+    assert_eq!(added.in_order, added.shared, "{added:?}");
+    let reordered = passes(
+        "what is the best way to learn french grammar quickly",
+        "quickly learn french grammar: what is the best way",
+    );
+    assert_eq!(reordered.unmatched, [0, 0], "{reordered:?}");
+    assert!(reordered.in_order < reordered.shared, "{reordered:?}");
+}
