@@ -102,6 +102,10 @@ pub struct RawServer {
     /// clock starts at accept, so it bounds the TLS handshake and a silent socket too.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (a response still
+    /// streaming counts as in flight) before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Connections served at once; beyond it new connections wait in the listen backlog.
     pub max_connections: usize,
     pub tls: Option<RawTls>,
@@ -114,6 +118,7 @@ impl Default for RawServer {
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
             max_connections: 4096,
             tls: None,
         }
@@ -148,6 +153,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_connections: usize,
     pub tls: Option<RawTls>,
     pub log_format: LogFormat,
@@ -241,6 +247,12 @@ impl RawConfig {
                 "a duration above zero, such as \"30s\"",
             ));
         }
+        if self.server.idle_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.idle_timeout",
+                "a duration above zero, such as \"120s\"",
+            ));
+        }
         if self.server.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "server.max_connections",
@@ -262,6 +274,7 @@ impl RawConfig {
             max_body_bytes: self.server.max_body_bytes,
             shutdown_grace: self.server.shutdown_grace,
             header_read_timeout: self.server.header_read_timeout,
+            idle_timeout: self.server.idle_timeout,
             max_connections: self.server.max_connections,
             tls: self.server.tls,
             log_format: self.log.format,

@@ -1,11 +1,14 @@
 //! Sockets that never send a request are closed after `server.header_read_timeout`, and no
 //! more than `server.max_connections` are served at once: the next waits for a free slot
 //! while the work on the open ones goes on. On a TLS listener the deadline covers the
-//! handshake: a socket that never starts it is closed as a silent plain one is.
+//! handshake: a socket that never starts it is closed as a silent plain one is. A connection
+//! with no request in flight for `server.idle_timeout` is closed too, whatever its protocol.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use reqwest::StatusCode;
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
@@ -174,4 +177,98 @@ async fn silent_sockets_are_closed_on_a_tls_listener_too() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The idle timeout of the idle-connection test.
+const IDLE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A connection with no request in flight for `server.idle_timeout` is closed, over HTTP/2 as
+/// over HTTP/1.1, while a response that streams for four times as long keeps its own open.
+#[tokio::test]
+async fn idle_connections_are_closed_and_streaming_ones_are_not() {
+    // 200 words 10 ms apart: a stream of about two seconds.
+    let fake = FakeLlm::builder()
+        .chunk_delay(Duration::from_millis(10))
+        .start()
+        .await;
+    let mut raw = config_for(&fake);
+    raw.server.idle_timeout = IDLE_TIMEOUT;
+    let thrifty = Thrifty::start(raw).await;
+    let chat = serde_json::to_vec(&Dialect::OpenAi.chat("slow-stream", "take your time", true))
+        .expect("a JSON body");
+    let request = |path: &str, body: &[u8]| {
+        hyper::Request::post(format!("{}{path}", thrifty.url()))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                body,
+            )))
+            .expect("a request")
+    };
+
+    // HTTP/2 with prior knowledge: a stream outlives the idle timeout four times over.
+    let io = TokioIo::new(TcpStream::connect(thrifty.addr()).await.expect("connect"));
+    let (mut h2, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("an HTTP/2 handshake");
+    let h2_open = tokio::spawn(connection);
+    let asked = Instant::now();
+    let response = h2
+        .send_request(request(Dialect::OpenAi.chat_path(), &chat))
+        .await
+        .expect("an answer over HTTP/2");
+    assert_eq!(response.status(), StatusCode::OK);
+    let streamed = response
+        .into_body()
+        .collect()
+        .await
+        .expect("the whole stream arrives")
+        .to_bytes();
+    assert!(
+        asked.elapsed() > IDLE_TIMEOUT * 3,
+        "the stream ran past the idle timeout: {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        Dialect::OpenAi.has_terminal_event(&streamed),
+        "the stream ended whole, its connection open all along"
+    );
+    let idle_from = Instant::now();
+    let ended = tokio::time::timeout(WAIT, h2_open).await;
+    assert!(
+        matches!(ended, Ok(Ok(_))),
+        "the idle HTTP/2 connection is closed: {ended:?}"
+    );
+    let idled = idle_from.elapsed();
+    assert!(
+        idled >= IDLE_TIMEOUT - Duration::from_millis(50) && idled < IDLE_TIMEOUT * 6,
+        "closed after the idle timeout, not before: {idled:?}"
+    );
+
+    // HTTP/1.1 keep-alive: the same after an answer.
+    let io = TokioIo::new(TcpStream::connect(thrifty.addr()).await.expect("connect"));
+    let (mut h1, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .expect("an HTTP/1.1 handshake");
+    let h1_open = tokio::spawn(connection);
+    let answer = h1
+        .send_request(request(Dialect::OpenAi.chat_path(), &chat))
+        .await
+        .expect("an answer over HTTP/1.1");
+    assert_eq!(answer.status(), StatusCode::OK);
+    answer
+        .into_body()
+        .collect()
+        .await
+        .expect("the whole answer");
+    let idle_from = Instant::now();
+    let ended = tokio::time::timeout(WAIT, h1_open).await;
+    assert!(
+        matches!(ended, Ok(Ok(_))),
+        "the idle keep-alive connection is closed: {ended:?}"
+    );
+    assert!(
+        idle_from.elapsed() >= IDLE_TIMEOUT - Duration::from_millis(50),
+        "closed after the idle timeout, not before: {:?}",
+        idle_from.elapsed()
+    );
 }

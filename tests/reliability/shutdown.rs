@@ -10,6 +10,8 @@ use reqwest::StatusCode;
 use crate::common::client::{Probe, start_redis, start_thrifty};
 use crate::common::dialect::DIALECTS;
 use crate::common::fake_llm::FakeLlm;
+use crate::common::redis::RedisServer;
+use crate::common::thrifty::Thrifty;
 use crate::common::thrifty::config_for;
 use crate::{WAIT, audit_log, client, read_stream, redis_env};
 
@@ -23,10 +25,10 @@ fn words(bytes: &[u8]) -> usize {
     String::from_utf8_lossy(bytes).matches("word").count()
 }
 
-#[tokio::test]
-async fn streams_cut_at_shutdown_are_recorded_with_the_tokens_they_carried() {
+/// Redis, a fake upstream sending a word every 100 ms, and thrifty on both with a 300 ms
+/// shutdown grace: every stream outlives the grace period by far.
+async fn slow_streams() -> (RedisServer, FakeLlm, Thrifty) {
     let redis = start_redis().await;
-    // 200 words 100 ms apart: every stream outlives the grace period by far.
     let fake = FakeLlm::builder()
         .chunk_delay(Duration::from_millis(100))
         .start()
@@ -34,6 +36,38 @@ async fn streams_cut_at_shutdown_are_recorded_with_the_tokens_they_carried() {
     let mut raw = config_for(&fake);
     raw.server.shutdown_grace = Duration::from_millis(300);
     let thrifty = start_thrifty(raw, &redis_env(&redis), WAIT).await;
+    (redis, fake, thrifty)
+}
+
+/// Reads `body` into `seen` until it holds at least `count` words.
+async fn read_words<S, E>(body: &mut S, seen: &mut Vec<u8>, count: usize, what: &str)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    while words(seen) < count {
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .expect("a chunk arrives in time")
+            .expect("the stream goes on")
+            .unwrap_or_else(|e| panic!("{what}: the stream broke: {e}"));
+        seen.extend_from_slice(&chunk);
+    }
+}
+
+/// Shuts thrifty down and waits for its server to end.
+async fn shut_down(thrifty: Thrifty) {
+    let server = thrifty.begin_shutdown();
+    let ended = tokio::time::timeout(WAIT, server).await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the server ends soon after the grace period"
+    );
+}
+
+#[tokio::test]
+async fn streams_cut_at_shutdown_are_recorded_with_the_tokens_they_carried() {
+    let (redis, fake, thrifty) = slow_streams().await;
     let client = client();
 
     let mut streams = Vec::new();
@@ -48,14 +82,7 @@ async fn streams_cut_at_shutdown_are_recorded_with_the_tokens_they_carried() {
             assert_eq!(response.status(), StatusCode::OK, "{dialect:?}");
             let mut body = response.bytes_stream();
             let mut seen = Vec::new();
-            while words(&seen) < WORDS_BEFORE {
-                let chunk = tokio::time::timeout(WAIT, body.next())
-                    .await
-                    .expect("a chunk arrives in time")
-                    .expect("the stream goes on")
-                    .expect("the chunk is not an error");
-                seen.extend_from_slice(&chunk);
-            }
+            read_words(&mut body, &mut seen, WORDS_BEFORE, &format!("{dialect:?}")).await;
             streams.push((dialect, body, seen));
         }
     }
@@ -68,12 +95,7 @@ async fn streams_cut_at_shutdown_are_recorded_with_the_tokens_they_carried() {
     let waiting = tokio::spawn(waiting);
     assert!(fake.wait_for_calls(2 * STREAMS + 1, WAIT).await);
 
-    let server = thrifty.begin_shutdown();
-    let ended = tokio::time::timeout(WAIT, server).await;
-    assert!(
-        matches!(ended, Ok(Ok(()))),
-        "the server ends soon after the grace period"
-    );
+    shut_down(thrifty).await;
 
     let probe = Probe::connect(&redis.url(), WAIT).await;
     let records: Vec<_> = audit_log(&probe)
@@ -139,14 +161,7 @@ const WORDS_FOLLOWED: usize = 10;
 /// included, as a partial `error`.
 #[tokio::test]
 async fn a_leader_going_on_for_its_follower_is_cut_at_shutdown_and_recorded() {
-    let redis = start_redis().await;
-    let fake = FakeLlm::builder()
-        .chunk_delay(Duration::from_millis(100))
-        .start()
-        .await;
-    let mut raw = config_for(&fake);
-    raw.server.shutdown_grace = Duration::from_millis(300);
-    let thrifty = start_thrifty(raw, &redis_env(&redis), WAIT).await;
+    let (redis, fake, thrifty) = slow_streams().await;
     let client = client();
 
     let mut followers = Vec::new();
@@ -161,14 +176,13 @@ async fn a_leader_going_on_for_its_follower_is_cut_at_shutdown_and_recorded() {
             .expect("request is sent");
         let mut leader = leader.bytes_stream();
         let mut seen = Vec::new();
-        while words(&seen) < WORDS_BEFORE {
-            let chunk = tokio::time::timeout(WAIT, leader.next())
-                .await
-                .expect("a chunk arrives in time")
-                .expect("the stream goes on")
-                .expect("the chunk is not an error");
-            seen.extend_from_slice(&chunk);
-        }
+        read_words(
+            &mut leader,
+            &mut seen,
+            WORDS_BEFORE,
+            &format!("{dialect:?} leader"),
+        )
+        .await;
         let follower = client
             .post(&url)
             .json(&body)
@@ -184,14 +198,8 @@ async fn a_leader_going_on_for_its_follower_is_cut_at_shutdown_and_recorded() {
         drop(leader);
         let mut follower = follower.bytes_stream();
         let mut followed = Vec::new();
-        while words(&followed) < WORDS_FOLLOWED {
-            let chunk = tokio::time::timeout(WAIT, follower.next())
-                .await
-                .expect("a chunk arrives in time")
-                .expect("the stream goes on")
-                .unwrap_or_else(|e| panic!("{dialect:?}: the follower's stream broke: {e}"));
-            followed.extend_from_slice(&chunk);
-        }
+        let what = format!("{dialect:?} follower");
+        read_words(&mut follower, &mut followed, WORDS_FOLLOWED, &what).await;
         followers.push((dialect, follower, followed));
     }
     assert_eq!(
@@ -200,12 +208,7 @@ async fn a_leader_going_on_for_its_follower_is_cut_at_shutdown_and_recorded() {
         "one upstream call per dialect"
     );
 
-    let server = thrifty.begin_shutdown();
-    let ended = tokio::time::timeout(WAIT, server).await;
-    assert!(
-        matches!(ended, Ok(Ok(()))),
-        "the server ends soon after the grace period"
-    );
+    shut_down(thrifty).await;
 
     let probe = Probe::connect(&redis.url(), WAIT).await;
     let log = audit_log(&probe).await;
