@@ -168,112 +168,41 @@ impl TokenCounter {
 
     /// Tokens of one message including its framing, tool calls and named fields.
     pub fn message(&self, encoding: Encoding, message: &Message) -> usize {
-        self.message_metered(encoding, message, &mut Meter::new())
-    }
-
-    fn message_metered(&self, encoding: Encoding, message: &Message, meter: &mut Meter) -> usize {
-        let mut tokens = TOKENS_PER_MESSAGE + self.role(encoding, message.role.as_str());
-        tokens += self.content_metered(encoding, &message.content, meter);
-        for call in &message.tool_calls {
-            tokens += TOKENS_PER_TOOL_CALL
-                + self.metered(encoding, &call.name, meter)
-                + self.metered(encoding, &call.arguments, meter);
-        }
-        for (field, value) in &message.extra {
-            if let Value::String(text) = value {
-                tokens += self.metered(encoding, text, meter);
-                if field == "name" {
-                    tokens += TOKENS_PER_NAME;
-                }
-            }
-        }
-        tokens
+        let mut meter = Meter::new();
+        measure_message(message, &|role| self.role(encoding, role), &mut |text| {
+            self.metered(encoding, text, &mut meter)
+        })
     }
 
     /// Tokens of a message's content; non-text parts at their assumed cost.
     pub fn content(&self, encoding: Encoding, content: &Content) -> usize {
-        self.content_metered(encoding, content, &mut Meter::new())
-    }
-
-    fn content_metered(&self, encoding: Encoding, content: &Content, meter: &mut Meter) -> usize {
-        match content {
-            Content::Absent => 0,
-            Content::Text(text) => self.metered(encoding, text, meter),
-            Content::Parts(parts) => parts
-                .iter()
-                .map(|part| match &part.kind {
-                    PartKind::Text(text) => self.metered(encoding, text, meter),
-                    PartKind::Image => IMAGE_TOKENS,
-                    other => self.metered(encoding, &other.placeholder(), meter),
-                })
-                .sum(),
-        }
+        let mut meter = Meter::new();
+        measure_content(content, &mut |text| {
+            self.metered(encoding, text, &mut meter)
+        })
     }
 
     /// Tool (and legacy function) definitions, counted as their JSON text: OpenAI
     /// renders them in a more compact form, so this errs on the high side.
     pub fn tools(&self, encoding: Encoding, chat: &ChatRequest) -> usize {
-        self.tools_metered(encoding, chat, &mut Meter::new())
-    }
-
-    fn tools_metered(&self, encoding: Encoding, chat: &ChatRequest, meter: &mut Meter) -> usize {
-        dialect::tool_definitions(chat)
-            .map(|value| self.metered(encoding, &value.to_string(), meter))
-            .sum()
+        let mut meter = Meter::new();
+        measure_tools(chat, &mut |text| self.metered(encoding, text, &mut meter))
     }
 
     /// Every message once, plus priming and tool definitions, within one bound of work.
     pub fn request(&self, encoding: Encoding, chat: &ChatRequest) -> Counts {
         let mut meter = Meter::new();
-        let fixed = REPLY_PRIMING + self.tools_metered(encoding, chat, &mut meter);
-        Counts {
-            messages: chat
-                .messages
-                .iter()
-                .map(|m| self.message_metered(encoding, m, &mut meter))
-                .collect(),
-            fixed,
-        }
+        measure_request(chat, &|role| self.role(encoding, role), &mut |text| {
+            self.metered(encoding, text, &mut meter)
+        })
     }
 
-    /// A bound no count of `chat` by [`TokenCounter::request`] exceeds, from the sizes of its
-    /// texts alone: a token covers at least one byte of its text (and an estimate beyond
-    /// [`EXACT_BYTES`] keeps to the ratio counted, at most one token a byte), so a text's
-    /// bytes bound its tokens. It costs a walk over the messages, not a tokenization.
+    /// A bound no count of `chat` by [`TokenCounter::request`] exceeds: the same walk with
+    /// every text (roles included) measured by its bytes. A token covers at least one byte of
+    /// its text (and an estimate beyond [`EXACT_BYTES`] keeps to the ratio counted, at most
+    /// one token a byte), so it costs a walk over the messages, not a tokenization.
     pub fn request_bound(chat: &ChatRequest) -> usize {
-        let texts = |content: &Content| match content {
-            Content::Absent => 0,
-            Content::Text(text) => text.len(),
-            Content::Parts(parts) => parts
-                .iter()
-                .map(|part| match &part.kind {
-                    PartKind::Text(text) => text.len(),
-                    PartKind::Image => IMAGE_TOKENS,
-                    other => other.placeholder().len(),
-                })
-                .sum(),
-        };
-        let message = |m: &Message| {
-            let calls: usize = m
-                .tool_calls
-                .iter()
-                .map(|call| TOKENS_PER_TOOL_CALL + call.name.len() + call.arguments.len())
-                .sum();
-            let extra: usize = m
-                .extra
-                .iter()
-                .map(|(field, value)| match value {
-                    Value::String(text) => text.len() + usize::from(field == "name"),
-                    _ => 0,
-                })
-                .sum();
-            // A role is one token, or its text counted: never more than its bytes.
-            TOKENS_PER_MESSAGE + m.role.as_str().len() + texts(&m.content) + calls + extra
-        };
-        let tools: usize = dialect::tool_definitions(chat)
-            .map(|value| value.to_string().len())
-            .sum();
-        REPLY_PRIMING + tools + chat.messages.iter().map(message).sum::<usize>()
+        measure_request(chat, &str::len, &mut str::len).total()
     }
 
     fn role(&self, encoding: Encoding, role: &str) -> usize {
@@ -283,6 +212,66 @@ impl TokenCounter {
             other => self.text(encoding, other),
         }
     }
+}
+
+/// A request measured part by part: each text by `text`, each role by `role`, the framing,
+/// tool calls, images and names at their fixed costs.
+fn measure_request(
+    chat: &ChatRequest,
+    role: &impl Fn(&str) -> usize,
+    text: &mut impl FnMut(&str) -> usize,
+) -> Counts {
+    let fixed = REPLY_PRIMING + measure_tools(chat, text);
+    Counts {
+        messages: chat
+            .messages
+            .iter()
+            .map(|m| measure_message(m, role, text))
+            .collect(),
+        fixed,
+    }
+}
+
+fn measure_message(
+    message: &Message,
+    role: &impl Fn(&str) -> usize,
+    text: &mut impl FnMut(&str) -> usize,
+) -> usize {
+    let mut tokens = TOKENS_PER_MESSAGE + role(message.role.as_str());
+    tokens += measure_content(&message.content, text);
+    for call in &message.tool_calls {
+        tokens += TOKENS_PER_TOOL_CALL + text(&call.name) + text(&call.arguments);
+    }
+    for (field, value) in &message.extra {
+        if let Value::String(value) = value {
+            tokens += text(value);
+            if field == "name" {
+                tokens += TOKENS_PER_NAME;
+            }
+        }
+    }
+    tokens
+}
+
+fn measure_content(content: &Content, text: &mut impl FnMut(&str) -> usize) -> usize {
+    match content {
+        Content::Absent => 0,
+        Content::Text(value) => text(value),
+        Content::Parts(parts) => parts
+            .iter()
+            .map(|part| match &part.kind {
+                PartKind::Text(value) => text(value),
+                PartKind::Image => IMAGE_TOKENS,
+                other => text(&other.placeholder()),
+            })
+            .sum(),
+    }
+}
+
+fn measure_tools(chat: &ChatRequest, text: &mut impl FnMut(&str) -> usize) -> usize {
+    dialect::tool_definitions(chat)
+        .map(|value| text(&value.to_string()))
+        .sum()
 }
 
 #[cfg(test)]
