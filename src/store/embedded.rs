@@ -180,6 +180,20 @@ impl Puts {
 }
 
 impl Puts {
+    /// Whether a put of any of `keys` is still waiting for its commit.
+    fn any_pending(&self, keys: &[&str]) -> bool {
+        let queue = self.queue.lock();
+        !queue.pending.is_empty() && keys.iter().any(|key| queue.pending.contains_key(*key))
+    }
+
+    /// Settles the queued puts only when one of them is for one of `keys`, so a call about
+    /// keys already on disk does not cut a linger short.
+    async fn settle_for(&self, keys: &[&str]) {
+        if self.any_pending(keys) {
+            self.settle().await;
+        }
+    }
+
     /// The entry a put still waiting for its commit holds under `key`.
     fn pending(&self, key: &str) -> Option<Entry> {
         let queue = self.queue.lock();
@@ -462,7 +476,7 @@ impl EmbeddedStore {
     /// a delete never brings the key back. The memory copy keeps its shorter expiry and is
     /// read again from disk once it lapses.
     pub async fn touch(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.puts.settle().await;
+        self.puts.settle_for(&[key]).await;
         let owned = key.to_owned();
         let expires_ms = self.expiry(ttl);
         let unpersisted = self.unpersisted.clone();
@@ -491,7 +505,7 @@ impl EmbeddedStore {
     /// How long a live key has left by the entry on disk (a memory copy may keep an earlier
     /// expiry after a touch).
     pub async fn expires_in(&self, key: &str) -> Result<Option<Duration>, StoreError> {
-        self.puts.settle().await;
+        self.puts.settle_for(&[key]).await;
         let found = self.read_disk(key).await?;
         let now = self.clock.now_ms();
         Ok(found
@@ -500,8 +514,10 @@ impl EmbeddedStore {
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
-        // A put made before the delete lands first, so the delete removes it for good.
-        self.puts.settle().await;
+        // A put of one of these keys made before the delete lands first, so the delete
+        // removes it for good.
+        let named: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.puts.settle_for(&named).await;
         for key in keys {
             self.memory.invalidate(key);
         }
