@@ -63,10 +63,7 @@ impl Dialect {
 
     /// The upstream `common::thrifty::config_for` serves this dialect from.
     pub fn default_upstream(self) -> &'static str {
-        match self {
-            Dialect::OpenAi => "openai",
-            Dialect::Ollama => "ollama",
-        }
+        self.name()
     }
 
     /// A non-streaming request for `call` with a few fields thrifty has no reason to touch.

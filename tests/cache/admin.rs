@@ -409,13 +409,7 @@ async fn an_entry_can_be_read_and_deleted_by_its_key(
         let entry = &view["entry"];
         assert_eq!(entry["model"], dialect.model(crate::Kind::Chat), "{what}");
         assert_eq!(entry["tenant"], tenant_id("sk-inspect"), "{what}");
-        assert_eq!(
-            entry["dialect"],
-            json!(match dialect {
-                Dialect::OpenAi => "openai",
-                Dialect::Ollama => "ollama",
-            })
-        );
+        assert_eq!(entry["dialect"], dialect.name());
         assert_eq!(entry["answer"]["mode"], "json", "{what}");
         assert_eq!(
             dialect.stable(&entry["answer"]["body"]),

@@ -14,6 +14,14 @@ pub enum Dialect {
 pub const DIALECTS: [Dialect; 2] = [Dialect::OpenAi, Dialect::Ollama];
 
 impl Dialect {
+    /// The dialect's name as thrifty writes it in cache entries and savings records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "openai",
+            Dialect::Ollama => "ollama",
+        }
+    }
+
     /// The chat path on thrifty, which is also its path on a same-dialect upstream.
     pub fn chat_path(self) -> &'static str {
         match self {

@@ -219,10 +219,7 @@ async fn a_leader_going_on_for_its_follower_is_cut_at_shutdown_and_recorded() {
             "{dialect:?}: the follower's stream was cut, not finished"
         );
         let received = words(&streamed.bytes) as u64;
-        let name = match dialect {
-            crate::Dialect::OpenAi => "openai",
-            crate::Dialect::Ollama => "ollama",
-        };
+        let name = dialect.name();
         let leaders: Vec<_> = log
             .iter()
             .filter(|r| r["model"] == "slow-stream" && r["outcome"] == "error")
