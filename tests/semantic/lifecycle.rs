@@ -143,14 +143,10 @@ async fn restart_rebuilds_the_index(backend: Backend, dialect: Dialect) {
             &format!("{what}: restarted"),
         )
         .await;
-    let calls = w.fake.calls_to(dialect.chat_path());
     let hit = w
-        .api
-        .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
+        .paraphrase_hits(dialect, &format!("{what}: after a restart"))
         .await;
-    hit.assert_cache("semantic-hit", &format!("{what}: after a restart"));
     assert_eq!(dialect.text(&hit), echo(QUESTION), "{what}");
-    assert_eq!(w.fake.calls_to(dialect.chat_path()), calls, "{what}");
 }
 
 #[rstest]
@@ -195,13 +191,7 @@ async fn a_thrifty_started_before_redis_rebuilds_its_index_once_redis_is_up(
             &format!("{what}: rebuilt once Redis is up"),
         )
         .await;
-    let calls = w.fake.calls_to(dialect.chat_path());
-    let hit = w
-        .api
-        .ask(dialect, &dialect.chat(PARAPHRASE, false), &NO_HEADERS)
-        .await;
-    hit.assert_cache("semantic-hit", &what);
-    assert_eq!(w.fake.calls_to(dialect.chat_path()), calls, "{what}");
+    w.paraphrase_hits(dialect, &what).await;
 }
 
 #[rstest]

@@ -148,6 +148,26 @@ pub struct World {
 }
 
 impl World {
+    /// Asks [`crate::PARAPHRASE`]: it must be a semantic hit that reached no upstream.
+    pub async fn paraphrase_hits(&self, dialect: Dialect, what: &str) -> Reply {
+        let calls = self.fake.calls_to(dialect.chat_path());
+        let hit = self
+            .api
+            .ask(
+                dialect,
+                &dialect.chat(crate::PARAPHRASE, false),
+                &crate::NO_HEADERS,
+            )
+            .await;
+        hit.assert_cache("semantic-hit", what);
+        assert_eq!(
+            self.fake.calls_to(dialect.chat_path()),
+            calls,
+            "{what}: a hit never goes upstream"
+        );
+        hit
+    }
+
     pub async fn start(backend: Backend) -> World {
         World::start_with(backend, |_| {}).await
     }
