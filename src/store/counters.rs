@@ -3,7 +3,8 @@
 //! all or nothing and at most once. Nothing written here expires.
 //!
 //! Redis keeps counters in hashes (`HINCRBY`) and logs in lists (`RPUSH` + `LTRIM`);
-//! the embedded store keeps them in their own redb tables beside the cache's.
+//! the embedded store keeps them in their own redb tables beside the cache's, its logs as
+//! chunks of entries (see [`logs`](super::logs)).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,12 +13,11 @@ use bytes::Bytes;
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, TableError, TableHandle};
 
 use super::embedded::err;
+use super::logs;
 use super::{Backend, Store, StoreError};
 
 /// `key \0 field` → value.
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
-/// `(key, sequence)` → entry.
-const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 /// Batch marker → sequence of the last batch applied under it.
 const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
 
@@ -183,7 +183,9 @@ impl Store {
                     let key = key.to_owned();
                     e.blocking(move |db| {
                         let txn = db.begin_write().map_err(err)?;
-                        append(&mut txn.open_table(LOGS).map_err(err)?, &key, &[value], cap)?;
+                        let mut table = txn.open_table(logs::CHUNKS).map_err(err)?;
+                        logs::append(&mut table, &key, &[value], cap)?;
+                        drop(table);
                         txn.commit().map_err(err)
                     })
                     .await
@@ -210,21 +212,11 @@ impl Store {
                     let key = key.to_owned();
                     e.blocking(move |db| {
                         let txn = db.begin_read().map_err(err)?;
-                        let Some(table) = open_read(&txn, LOGS)? else {
+                        let Some(table) = open_read(&txn, logs::CHUNKS)? else {
                             return Ok(Vec::new());
                         };
-                        let mut out = Vec::new();
-                        for item in table
-                            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
-                            .map_err(err)?
-                            .rev()
-                            .take(n)
-                        {
-                            let (_, v) = item.map_err(err)?;
-                            out.push(Bytes::copy_from_slice(v.value()));
-                        }
-                        out.reverse();
-                        Ok(out)
+                        let entries = logs::recent(&table, &key, n)?;
+                        Ok(entries.into_iter().map(Bytes::from).collect())
                     })
                     .await
                 }
@@ -306,38 +298,6 @@ fn add_all(
     Ok(())
 }
 
-fn append(
-    table: &mut Table<(&str, u64), &[u8]>,
-    key: &str,
-    entries: &[Bytes],
-    cap: usize,
-) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let last = match table
-        .range((key, 0)..=(key, u64::MAX))
-        .map_err(err)?
-        .next_back()
-    {
-        Some(item) => Some(item.map_err(err)?.0.value().1),
-        None => None,
-    };
-    let mut next = last.map_or(0, |seq| seq + 1);
-    for entry in entries {
-        table.insert((key, next), entry.as_ref()).map_err(err)?;
-        next += 1;
-    }
-    // Sequences are contiguous: everything below `next - cap` is beyond the cap.
-    let keep_from = next.saturating_sub(u64::try_from(cap.max(1)).unwrap_or(u64::MAX));
-    if keep_from > 0 {
-        table
-            .retain_in((key, 0)..(key, keep_from), |_, _| false)
-            .map_err(err)?;
-    }
-    Ok(())
-}
-
 fn apply_embedded(db: &redb::Database, batch: &CounterBatch) -> Result<bool, StoreError> {
     let txn = db.begin_write().map_err(err)?;
     let done = {
@@ -353,8 +313,8 @@ fn apply_embedded(db: &redb::Database, batch: &CounterBatch) -> Result<bool, Sto
         return Ok(false);
     }
     add_all(&mut txn.open_table(COUNTERS).map_err(err)?, &batch.counters)?;
-    append(
-        &mut txn.open_table(LOGS).map_err(err)?,
+    logs::append(
+        &mut txn.open_table(logs::CHUNKS).map_err(err)?,
         &batch.log,
         &batch.entries,
         batch.cap,

@@ -266,6 +266,7 @@ impl EmbeddedStore {
         let db = create(&dir.join("thrifty.redb"))?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(TABLE).map_err(err)?;
+        super::logs::migrate(&txn)?;
         txn.commit().map_err(err)?;
         let evictions = Arc::new(AtomicU64::new(0));
         let counter = evictions.clone();

@@ -11,6 +11,7 @@ pub mod breaker;
 mod config;
 pub mod counters;
 mod embedded;
+mod logs;
 mod redis;
 pub mod totals;
 
