@@ -17,12 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use moka::sync::Cache;
 use parking_lot::{Condvar, Mutex};
-use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
 use tokio::sync::{oneshot, watch};
 
+use super::presence::Presence;
 use super::{StoreError, Tally};
 use crate::clock::Clock;
 
@@ -48,6 +47,8 @@ pub struct EmbeddedStore {
     unpersisted: Arc<AtomicBool>,
     /// Single puts waiting for the next group commit.
     puts: Arc<Puts>,
+    /// Which keys the table may hold: a read of any other answers without the disk.
+    presence: Arc<Presence>,
     /// What entries' expiry is judged by.
     clock: Clock,
 }
@@ -281,15 +282,38 @@ impl EmbeddedStore {
             })
             .max_capacity(memory_bytes)
             .build();
-        Ok(EmbeddedStore {
+        let store = EmbeddedStore {
             db: Arc::new(db),
             memory,
             evictions,
             deletes: Arc::new(Mutex::new(0)),
             unpersisted: Arc::new(AtomicBool::new(false)),
             puts: Arc::new(Puts::default()),
+            presence: Arc::new(Presence::default()),
             clock,
-        })
+        };
+        store.walk_keys();
+        Ok(store)
+    }
+
+    /// Walks the keys on disk once, at open, for [`Presence`]; if it cannot, every read
+    /// goes to the disk.
+    fn walk_keys(&self) {
+        let walk = || -> Result<Vec<u64>, StoreError> {
+            let txn = self.db.begin_read().map_err(err)?;
+            let table = txn.open_table(TABLE).map_err(err)?;
+            let mut keys = Vec::new();
+            for item in table.iter().map_err(err)? {
+                keys.push(Presence::of(item.map_err(err)?.0.value()));
+            }
+            Ok(keys)
+        };
+        match walk() {
+            Ok(keys) => self.presence.walked(keys),
+            Err(error) => {
+                tracing::warn!(%error, "cannot walk the store's keys; every read goes to disk");
+            }
+        }
     }
 
     /// When an entry written now with `ttl` expires.
@@ -352,6 +376,9 @@ impl EmbeddedStore {
         if let Some(entry) = self.puts.pending(key) {
             return Ok(Some(entry.value).filter(|_| entry.expires_ms > now));
         }
+        if !self.presence.may_hold(key) {
+            return Ok(None);
+        }
         let generation = *self.deletes.lock();
         let found = self.read_disk(key).await?;
         Ok(match found {
@@ -376,7 +403,9 @@ impl EmbeddedStore {
                 Some(entry) if entry.expires_ms > now => values.push(Some(entry.value)),
                 _ => {
                     values.push(None);
-                    missing.push((i, key.clone()));
+                    if self.presence.may_hold(key) {
+                        missing.push((i, key.clone()));
+                    }
                 }
             }
         }
@@ -423,6 +452,7 @@ impl EmbeddedStore {
             .map(|(key, value)| (key, Entry { value, expires_ms }))
             .collect();
         for (key, entry) in &entries {
+            self.presence.add(key);
             self.memory.insert(key.clone(), entry.clone());
         }
         let unpersisted = self.unpersisted.clone();
@@ -452,6 +482,7 @@ impl EmbeddedStore {
             if queue.waiting.len() >= MAX_WAITING_PUTS {
                 return Err(err("too many puts waiting for the disk"));
             }
+            self.presence.add(key);
             self.memory.insert(key.to_owned(), entry.clone());
             queue.pending.insert(key.to_owned(), entry.clone());
             queue.waiting.push((key.to_owned(), entry, done));
@@ -539,6 +570,9 @@ impl EmbeddedStore {
                 Ok(removed)
             })
             .await;
+        if removed.is_ok() {
+            self.presence.remove(named);
+        }
         let mut deletes = self.deletes.lock();
         *deletes += 1;
         for key in keys {
@@ -601,21 +635,28 @@ impl EmbeddedStore {
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         self.puts.settle().await;
         let now = self.clock.now_ms();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            let removed;
-            {
-                let mut table = txn.open_table(TABLE).map_err(err)?;
-                let before = table.len().map_err(err)?;
-                table
-                    .retain(|_, value| decode(value).is_some_and(|e| e.expires_ms > now))
-                    .map_err(err)?;
-                removed = before - table.len().map_err(err)?;
-            }
-            txn.commit().map_err(err)?;
-            Ok(removed)
-        })
-        .await
+        let removed = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(err)?;
+                let mut removed = Vec::new();
+                {
+                    let mut table = txn.open_table(TABLE).map_err(err)?;
+                    table
+                        .retain(|key, value| {
+                            let live = decode(value).is_some_and(|e| e.expires_ms > now);
+                            if !live {
+                                removed.push(key.to_owned());
+                            }
+                            live
+                        })
+                        .map_err(err)?;
+                }
+                txn.commit().map_err(err)?;
+                Ok(removed)
+            })
+            .await?;
+        self.presence.remove(removed.iter().map(String::as_str));
+        Ok(removed.len() as u64)
     }
 
     /// Entries evicted from the memory layer for its size (they stay on disk).
@@ -742,6 +783,54 @@ mod tests {
             Some(Bytes::from_static(b"v"))
         );
         drop(reopened);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn keys_on_disk_are_known_after_a_reopen_and_forgotten_once_removed() {
+        let dir = std::env::temp_dir().join(format!(
+            "thrifty-embedded-presence-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let clock = crate::clock::ManualClock::now();
+        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        assert!(
+            !s.presence.may_hold("never"),
+            "an empty table holds nothing"
+        );
+        for (key, ttl) in [("kept", 600), ("deleted", 600), ("expiring", 1)] {
+            s.put(key, Bytes::from(key), Duration::from_secs(ttl))
+                .await
+                .unwrap();
+        }
+        s.persist().await.unwrap();
+        drop(s);
+        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        for key in ["kept", "deleted", "expiring"] {
+            assert_eq!(s.get(key).await.unwrap(), Some(Bytes::from(key)), "{key}");
+        }
+        assert!(!s.presence.may_hold("never"));
+        assert_eq!(s.delete(&["deleted".to_owned()]).await.unwrap(), 1);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(s.sweep().await.unwrap(), 1);
+        assert!(!s.presence.may_hold("deleted") && !s.presence.may_hold("expiring"));
+        assert!(s.presence.may_hold("kept"));
+        s.put(
+            "deleted",
+            Bytes::from_static(b"again"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        s.persist().await.unwrap();
+        drop(s);
+        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        assert_eq!(
+            s.get("deleted").await.unwrap(),
+            Some(Bytes::from_static(b"again"))
+        );
+        assert_eq!(s.get("expiring").await.unwrap(), None);
+        drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

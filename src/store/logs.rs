@@ -252,7 +252,10 @@ mod tests {
             all.extend(entries);
             let newest: Vec<String> = all[all.len().saturating_sub(10)..].to_vec();
             assert_eq!(read(&db, "log", 100), newest, "after batch {batch}");
-            assert_eq!(read(&db, "log", 3), newest[newest.len().saturating_sub(3)..].to_vec());
+            assert_eq!(
+                read(&db, "log", 3),
+                newest[newest.len().saturating_sub(3)..].to_vec()
+            );
         }
         assert!(rows(&db) <= 10, "no row is left beyond the cap");
     }

@@ -12,6 +12,7 @@ mod config;
 pub mod counters;
 mod embedded;
 mod logs;
+mod presence;
 mod redis;
 pub mod totals;
 
