@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, TableError, TableHandle};
 
-use super::embedded::err;
+use super::embedded_err as err;
 use super::logs;
 use super::{Backend, Store, StoreError};
 

@@ -21,6 +21,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransactio
 
 use tokio::sync::{oneshot, watch};
 
+use super::embedded_err as err;
 use super::presence::Presence;
 use super::{StoreError, Tally};
 use crate::clock::Clock;
@@ -221,10 +222,6 @@ impl Puts {
         // The sender lives as long as `self`.
         let _ = landed.wait_for(|n| *n >= target).await;
     }
-}
-
-pub(super) fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Embedded(e.to_string())
 }
 
 fn encode(entry: &Entry) -> Vec<u8> {

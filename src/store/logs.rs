@@ -14,7 +14,7 @@
 use redb::{ReadableTable, Table, TableDefinition, TableError, WriteTransaction};
 
 use super::StoreError;
-use super::embedded::err;
+use super::embedded_err as err;
 
 /// `(log, sequence of the chunk's first entry)` → chunk.
 pub(super) const CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log_chunks");

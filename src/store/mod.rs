@@ -55,6 +55,11 @@ pub enum StoreError {
     Skipped,
 }
 
+/// An error of the embedded store's database, as the store reports it.
+pub(super) fn embedded_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Embedded(e.to_string())
+}
+
 impl StoreError {
     /// Whether the error says the store is unreachable or too slow, rather than that one
     /// command was wrong: only those open the breaker.
