@@ -800,12 +800,22 @@ mod tests {
                 .await
                 .unwrap();
         }
+        s.put_many(
+            vec![("many".to_owned(), Bytes::from_static(b"m"))],
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+        for key in ["kept", "deleted", "expiring", "many"] {
+            assert!(s.presence.may_hold(key), "a put is known at once: {key}");
+        }
         s.persist().await.unwrap();
         drop(s);
         let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
         for key in ["kept", "deleted", "expiring"] {
             assert_eq!(s.get(key).await.unwrap(), Some(Bytes::from(key)), "{key}");
         }
+        assert_eq!(s.get("many").await.unwrap(), Some(Bytes::from_static(b"m")));
         assert!(!s.presence.may_hold("never"));
         assert_eq!(s.delete(&["deleted".to_owned()]).await.unwrap(), 1);
         clock.advance(Duration::from_secs(2));
