@@ -9,7 +9,8 @@
 //! little-endian).
 //!
 //! Logs written one row per entry by earlier versions (`logs`) are moved into chunks once,
-//! when the store opens.
+//! when the store opens. A chunk that does not parse counts as empty: the next append
+//! replaces it and reads skip it, so it can never stop the ledger's batches.
 
 use redb::{ReadableTable, Table, TableDefinition, TableError, WriteTransaction};
 
@@ -42,7 +43,7 @@ pub(super) fn append<E: AsRef<[u8]>>(
     {
         Some(row) => {
             let (first, chunk) = row.map_err(err)?;
-            first.value().1 + count(chunk.value())?
+            first.value().1 + count(chunk.value()).unwrap_or(0)
         }
         None => 0,
     };
@@ -65,9 +66,8 @@ pub(super) fn append<E: AsRef<[u8]>>(
         };
         let (first, chunk) = row.map_err(err)?;
         let start = first.value().1;
-        let cut = (start < keep_from)
-            .then(|| skip(chunk.value(), keep_from - start))
-            .transpose()?;
+        // A chunk that does not parse goes whole.
+        let cut = (start < keep_from).then(|| skip(chunk.value(), keep_from - start));
         (start, cut)
     };
     if start > 0 {
@@ -77,9 +77,11 @@ pub(super) fn append<E: AsRef<[u8]>>(
     }
     if let Some(rest) = cut {
         table.remove((log, start)).map_err(err)?;
-        table
-            .insert((log, keep_from), rest.as_slice())
-            .map_err(err)?;
+        if let Some(rest) = rest {
+            table
+                .insert((log, keep_from), rest.as_slice())
+                .map_err(err)?;
+        }
     }
     Ok(())
 }
@@ -93,7 +95,7 @@ pub(super) fn recent(
     let mut newest_first = Vec::new();
     for row in table.range((log, 0)..=(log, u64::MAX)).map_err(err)?.rev() {
         let (_, chunk) = row.map_err(err)?;
-        let entries = decode(chunk.value())?;
+        let entries = decode(chunk.value()).unwrap_or_default();
         for entry in entries.into_iter().rev() {
             if newest_first.len() == n {
                 break;
@@ -169,40 +171,35 @@ fn u32_len(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn broken() -> StoreError {
-    StoreError::Embedded("a log chunk does not parse".into())
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let word: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(word)).ok()
 }
 
-fn read_u32(bytes: &[u8], at: usize) -> Result<usize, StoreError> {
-    let word: [u8; 4] = bytes
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(broken)?;
-    usize::try_from(u32::from_le_bytes(word)).map_err(|_| broken())
+/// How many entries a chunk holds, if it parses.
+fn count(chunk: &[u8]) -> Option<u64> {
+    decode(chunk).map(|entries| len(entries.len()))
 }
 
-fn count(chunk: &[u8]) -> Result<u64, StoreError> {
-    read_u32(chunk, 0).map(len)
-}
-
-fn decode(chunk: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
+/// A chunk's entries; `None` unless it parses whole.
+fn decode(chunk: &[u8]) -> Option<Vec<&[u8]>> {
     let n = read_u32(chunk, 0)?;
     let mut entries = Vec::with_capacity(n.min(chunk.len() / 4));
     let mut at = 4;
     for _ in 0..n {
         let size = read_u32(chunk, at)?;
-        let entry = chunk.get(at + 4..at + 4 + size).ok_or_else(broken)?;
-        entries.push(entry);
-        at += 4 + size;
+        let start = at + 4;
+        entries.push(chunk.get(start..start.checked_add(size)?)?);
+        at = start + size;
     }
-    Ok(entries)
+    (at == chunk.len()).then_some(entries)
 }
 
-/// The chunk without its first `n` entries.
-fn skip(chunk: &[u8], n: u64) -> Result<Vec<u8>, StoreError> {
+/// The chunk without its first `n` entries; `None` when it does not parse.
+fn skip(chunk: &[u8], n: u64) -> Option<Vec<u8>> {
     let entries = decode(chunk)?;
     let n = usize::try_from(n).unwrap_or(usize::MAX).min(entries.len());
-    Ok(encode(&entries[n..]))
+    Some(encode(&entries[n..]))
 }
 
 #[cfg(test)]
@@ -258,6 +255,27 @@ mod tests {
             );
         }
         assert!(rows(&db) <= 10, "no row is left beyond the cap");
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_parse_never_stops_an_append() {
+        let db = db();
+        appended(&db, "log", &["a", "b"], 10);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(CHUNKS)
+            .unwrap()
+            .insert(("log", 2), b"\xff\xff\xff\xffgarbage".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(read(&db, "log", 10), vec!["a", "b"], "reads skip it");
+        appended(&db, "log", &["c"], 10);
+        assert_eq!(
+            read(&db, "log", 10),
+            vec!["a", "b", "c"],
+            "the append replaced it"
+        );
+        appended(&db, "log", &["d", "e"], 2);
+        assert_eq!(read(&db, "log", 10), vec!["d", "e"]);
     }
 
     #[test]
