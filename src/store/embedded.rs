@@ -42,7 +42,8 @@ pub struct EmbeddedStore {
     evictions: Arc<AtomicU64>,
     /// Bumped, under its lock, after every delete. A read from disk copies its value into
     /// memory under the same lock, and only if no delete finished since the read began,
-    /// so a read racing a delete never leaves a copy of a deleted key in memory.
+    /// so a read racing a delete never leaves a copy of a deleted key in memory (see
+    /// [`EmbeddedStore::remember`]).
     deletes: Arc<Mutex<u64>>,
     /// Set by a commit made without an `fsync`, cleared by the durable commit that follows.
     unpersisted: Arc<AtomicBool>,
@@ -380,14 +381,23 @@ impl EmbeddedStore {
         let found = self.read_disk(key).await?;
         Ok(match found {
             Some(entry) if entry.expires_ms > now => {
-                let deletes = self.deletes.lock();
-                if *deletes == generation {
-                    self.memory.insert(key.to_owned(), entry.clone());
-                }
+                self.remember(key, &entry, generation);
                 Some(entry.value)
             }
             _ => None,
         })
+    }
+
+    /// Copies a value read from disk into memory, unless a delete finished since the read
+    /// began (`generation`) or a put has left its own, newer copy there meanwhile: a read
+    /// racing a put never hides the put's value behind the older one it read.
+    fn remember(&self, key: &str, entry: &Entry, generation: u64) {
+        let deletes = self.deletes.lock();
+        if *deletes == generation {
+            self.memory
+                .entry(key.to_owned())
+                .or_insert_with(|| entry.clone());
+        }
     }
 
     /// Reads the keys the memory layer lacks in one read transaction.
@@ -424,15 +434,12 @@ impl EmbeddedStore {
                 Ok(found)
             })
             .await?;
-        let deletes = self.deletes.lock();
         for (i, key, entry) in found {
             if entry.expires_ms <= now {
                 continue;
             }
             values[i] = Some(entry.value.clone());
-            if *deletes == generation {
-                self.memory.insert(key, entry);
-            }
+            self.remember(&key, &entry, generation);
         }
         Ok(values)
     }
@@ -781,6 +788,32 @@ mod tests {
         );
         drop(reopened);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_read_from_disk_never_hides_a_newer_put() {
+        let s = store("remember");
+        let old = Entry {
+            value: Bytes::from_static(b"read from disk"),
+            expires_ms: u64::MAX,
+        };
+        let generation = *s.deletes.lock();
+        // A put lands between the disk read and its copy into memory.
+        s.put("k", Bytes::from_static(b"newer"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        s.remember("k", &old, generation);
+        assert_eq!(
+            s.get("k").await.unwrap(),
+            Some(Bytes::from_static(b"newer"))
+        );
+        // With nothing in memory, the read's copy is kept.
+        s.memory.invalidate("j");
+        s.remember("j", &old, generation);
+        assert_eq!(
+            s.memory.get("j").map(|e| e.value),
+            Some(Bytes::from_static(b"read from disk"))
+        );
     }
 
     #[tokio::test]
