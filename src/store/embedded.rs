@@ -408,7 +408,11 @@ impl EmbeddedStore {
         for (i, key) in keys.iter().enumerate() {
             match self.memory.get(key).or_else(|| self.puts.pending(key)) {
                 Some(entry) if entry.expires_ms > now => values.push(Some(entry.value)),
-                _ => {
+                lapsed => {
+                    // A lapsed copy goes, so the live one read from disk can take its place.
+                    if lapsed.is_some() {
+                        self.memory.invalidate(key);
+                    }
                     values.push(None);
                     if self.presence.may_hold(key) {
                         missing.push((i, key.clone()));
@@ -813,6 +817,24 @@ mod tests {
         assert_eq!(
             s.memory.get("j").map(|e| e.value),
             Some(Bytes::from_static(b"read from disk"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_copy_in_memory_gives_way_to_the_touched_one_on_disk() {
+        let clock = crate::clock::ManualClock::now();
+        let s = store_on("lapsed", clock.clock());
+        s.put("t", Bytes::from_static(b"v"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        s.touch("t", Duration::from_secs(60)).await.unwrap();
+        clock.advance(Duration::from_secs(2));
+        let read = s.get_many(&["t".to_owned()]).await.unwrap();
+        assert_eq!(read, vec![Some(Bytes::from_static(b"v"))]);
+        let now = clock.clock().now_ms();
+        assert!(
+            s.memory.get("t").is_some_and(|e| e.expires_ms > now),
+            "memory holds the live copy, not the lapsed one"
         );
     }
 
