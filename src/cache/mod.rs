@@ -315,8 +315,9 @@ impl Cache {
                 flight: None,
             };
         }
-        // A follower whose leader recorded nothing takes the next turn: one of them goes
-        // upstream and the rest follow it, once; after that each goes on its own.
+        // A follower whose leader recorded nothing, or nothing it can use, takes the next turn:
+        // one of them goes upstream and the rest follow it, once; after that each goes on its
+        // own.
         for _ in 0..FOLLOW_TURNS {
             let limit = self.config.max_entry_bytes;
             let waiting = {
@@ -388,15 +389,16 @@ impl Cache {
             // Waiting for the recorded answer keeps no leader going.
             drop(reader);
             match tokio::time::timeout(FOLLOW_LIMIT, rx.wait_for(Option::is_some)).await {
-                // The leader's answer, if this call can take it.
-                Ok(Ok(result)) => match result.clone() {
-                    Some(Some(entry)) if self.servable(plan, &entry, call) => {
-                        return Lookup::Hit { entry, key };
+                // The leader's answer, if this call can take it; else (nothing recorded, or an
+                // answer this call cannot use, such as one without the usage it asks for) the
+                // next turn, so that this call's own answer is recorded.
+                Ok(Ok(result)) => {
+                    if let Some(Some(entry)) = result.clone() {
+                        if self.servable(plan, &entry, call) {
+                            return Lookup::Hit { entry, key };
+                        }
                     }
-                    Some(Some(_)) => break,
-                    // The leader recorded nothing: take the next turn.
-                    _ => {}
-                },
+                }
                 // Waited as long as a call may.
                 _ => break,
             }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::common::fake_llm::FakeLlm;
-use crate::{Api, Backend, Dialect, Harness, Kind, WAIT};
+use crate::{Api, Backend, Dialect, Harness, Kind, WAIT, poll};
 
 /// How many identical requests arrive together.
 const CLIENTS: usize = 20;
@@ -56,6 +56,59 @@ async fn identical_concurrent_misses_go_upstream_once(
             assert_eq!(reply.key(), replies[0].key(), "{what}");
         }
     }
+}
+
+/// A streamed call asking for usage that waited on an identical call in flight recording no
+/// usage cannot take that answer: it goes upstream itself, as the next flight, and its answer
+/// (with usage) is recorded, so the next such call is a hit.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_leaders_answer_cannot_serve_records_its_own(
+    #[values(Backend::Redis, Backend::Embedded)] backend: Backend,
+) {
+    let what = format!("{backend:?}");
+    let dialect = Dialect::OpenAi;
+    // With `savings.stream_usage` off, thrifty records a stream as its client asked for it.
+    let h = Harness::setup(backend)
+        .fake(FakeLlm::builder().latency(Duration::from_millis(300)))
+        .config(|raw| raw.savings.stream_usage = false)
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let text = "the leader records no usage";
+    let plain = dialect.request(Kind::Chat, text, true);
+    let with_usage = dialect.with_usage(plain.clone());
+    let leader = h.api.send(path, &plain);
+    let waiter = async {
+        // Arrives while the leader waits for the upstream.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.api.send(path, &with_usage).await
+    };
+    let (leader, waiter) = tokio::join!(leader, waiter);
+    leader.assert_cache("miss", &what);
+    waiter.assert_cache("miss", &what);
+    assert!(
+        waiter
+            .events()
+            .last()
+            .is_some_and(|e| e["usage"].is_object()),
+        "{what}: the waiter got its usage: {}",
+        waiter.text()
+    );
+    assert_eq!(h.fake.calls_to(path), 2, "{what}");
+    poll(
+        WAIT,
+        &format!("{what}: the waiter's answer is recorded"),
+        || async {
+            let entry = h.api.entry(&waiter.key()).await?;
+            let chunks = entry["entry"]["answer"]["body"].as_array()?.clone();
+            chunks.iter().any(|c| c["usage"].is_object()).then_some(())
+        },
+    )
+    .await;
+    let again = h.api.send(path, &with_usage).await;
+    again.assert_cache("hit", &what);
+    assert_eq!(h.fake.calls_to(path), 2, "{what}");
 }
 
 /// How many miss-then-repeat rounds the race below gets to show itself in.
