@@ -579,7 +579,7 @@ impl EmbeddedStore {
             })
             .await;
         if removed.is_ok() {
-            self.presence.remove(named);
+            self.presence.remove(named.into_iter().map(Presence::of));
         }
         let mut deletes = self.deletes.lock();
         *deletes += 1;
@@ -653,7 +653,7 @@ impl EmbeddedStore {
                         .retain(|key, value| {
                             let live = decode(value).is_some_and(|e| e.expires_ms > now);
                             if !live {
-                                removed.push(key.to_owned());
+                                removed.push(Presence::of(key));
                             }
                             live
                         })
@@ -663,8 +663,9 @@ impl EmbeddedStore {
                 Ok(removed)
             })
             .await?;
-        self.presence.remove(removed.iter().map(String::as_str));
-        Ok(removed.len() as u64)
+        let count = removed.len() as u64;
+        self.presence.remove(removed);
+        Ok(count)
     }
 
     /// Entries evicted from the memory layer for its size (they stay on disk).

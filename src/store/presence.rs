@@ -24,30 +24,24 @@ struct State {
     fingerprints: HashSet<u64>,
 }
 
-fn fingerprint(key: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
-}
-
 impl Presence {
     /// Whether the table may hold `key`: false only once the walk has finished and neither
     /// it nor a put since has seen the key.
     pub(super) fn may_hold(&self, key: &str) -> bool {
         let state = self.0.lock();
-        !state.ready || state.fingerprints.contains(&fingerprint(key))
+        !state.ready || state.fingerprints.contains(&Presence::of(key))
     }
 
     /// A key about to be written.
     pub(super) fn add(&self, key: &str) {
-        self.0.lock().fingerprints.insert(fingerprint(key));
+        self.0.lock().fingerprints.insert(Presence::of(key));
     }
 
-    /// Keys removed from the table.
-    pub(super) fn remove<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+    /// The fingerprints of keys removed from the table.
+    pub(super) fn remove(&self, fingerprints: impl IntoIterator<Item = u64>) {
         let mut state = self.0.lock();
-        for key in keys {
-            state.fingerprints.remove(&fingerprint(key));
+        for fingerprint in fingerprints {
+            state.fingerprints.remove(&fingerprint);
         }
     }
 
@@ -58,9 +52,11 @@ impl Presence {
         state.ready = true;
     }
 
-    /// The fingerprint the walk records for a key it finds.
+    /// A key's fingerprint.
     pub(super) fn of(key: &str) -> u64 {
-        fingerprint(key)
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
     }
 }
 
@@ -76,7 +72,7 @@ mod tests {
         p.walked(vec![Presence::of("a")]);
         assert!(p.may_hold("a") && p.may_hold("b"));
         assert!(!p.may_hold("c"));
-        p.remove(["a"]);
+        p.remove([Presence::of("a")]);
         assert!(!p.may_hold("a"));
         p.add("c");
         assert!(p.may_hold("c"));

@@ -261,6 +261,19 @@ async fn watch_stream(api: &Api, path: &str, body: &Value, leave: Leave) -> Watc
     }
 }
 
+/// A thrifty on the embedded store whose upstream takes 300 ms to answer and `per_piece`
+/// for each piece of a stream.
+async fn slow_stream(per_piece: Duration) -> Harness {
+    Harness::setup(Backend::Embedded)
+        .fake(
+            FakeLlm::builder()
+                .latency(Duration::from_millis(300))
+                .chunk_delay(per_piece),
+        )
+        .start()
+        .await
+}
+
 /// Streams that join an identical one in flight get its pieces as they come, not all at once
 /// when it ends: the upstream takes 300 ms to answer and 100 ms per piece.
 #[rstest]
@@ -269,14 +282,7 @@ async fn staggered_identical_streams_each_get_pieces_before_the_leader_ends(
     #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
 ) {
     let what = format!("{dialect:?}");
-    let h = Harness::setup(Backend::Embedded)
-        .fake(
-            FakeLlm::builder()
-                .latency(Duration::from_millis(300))
-                .chunk_delay(Duration::from_millis(100)),
-        )
-        .start()
-        .await;
+    let h = slow_stream(Duration::from_millis(100)).await;
     let path = dialect.chat_path();
     let text = "four clients stream this one after another";
     let body = dialect.chat(text, true);
@@ -368,14 +374,7 @@ async fn followers_of_a_leader_whose_client_leaves_get_the_whole_answer(
 ) {
     let what = format!("{dialect:?}");
     // The followers join while the leader waits for the upstream's head.
-    let h = Harness::setup(Backend::Embedded)
-        .fake(
-            FakeLlm::builder()
-                .latency(Duration::from_millis(300))
-                .chunk_delay(Duration::from_millis(200)),
-        )
-        .start()
-        .await;
+    let h = slow_stream(Duration::from_millis(200)).await;
     let path = dialect.chat_path();
     let text = "the leader of this one leaves early";
     let body = dialect.chat(text, true);
@@ -494,14 +493,7 @@ async fn a_leader_and_followers_who_all_leave_cancel_the_upstream_call(
     #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
 ) {
     let what = format!("{dialect:?}");
-    let h = Harness::setup(Backend::Embedded)
-        .fake(
-            FakeLlm::builder()
-                .latency(Duration::from_millis(300))
-                .chunk_delay(Duration::from_millis(200)),
-        )
-        .start()
-        .await;
+    let h = slow_stream(Duration::from_millis(200)).await;
     let path = dialect.chat_path();
     let text = "everyone who asked this one leaves early";
     let body = dialect.chat(text, true);

@@ -118,6 +118,15 @@ fn invalid(items: &[Value]) -> Vec<String> {
 }
 
 /// A world whose budget a dozen agent turns exceed.
+/// The JSON body of the last call the upstream got.
+fn forwarded(world: &World) -> Value {
+    world
+        .fake
+        .last_request()
+        .and_then(|r| r.json())
+        .expect("the upstream got JSON")
+}
+
 async fn compressing_world() -> World {
     compressing_world_keeping(4).await
 }
@@ -153,11 +162,7 @@ async fn a_long_item_list_reaches_the_upstream_condensed_and_valid() {
     );
     assert_eq!(output_text(&reply.json()), format!("Echo: {LAST}"));
 
-    let sent = world
-        .fake
-        .last_request()
-        .and_then(|r| r.json())
-        .expect("the upstream got JSON");
+    let sent = forwarded(&world);
     let sent_items = sent["input"].as_array().expect("an input list");
     assert!(sent_items.len() < items.len(), "items were condensed");
     let problems = invalid(sent_items);
@@ -207,11 +212,7 @@ async fn the_condensed_part_never_puts_two_messages_of_one_role_in_a_row() {
                     "{case}: not compressed: {}",
                     reply.describe()
                 );
-                let sent = world
-                    .fake
-                    .last_request()
-                    .and_then(|r| r.json())
-                    .expect("the upstream got JSON");
+                let sent = forwarded(&world);
                 let sent_items = sent["input"].as_array().expect("an input list");
                 assert!(
                     sent_items.len() < items.len(),
