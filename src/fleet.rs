@@ -172,11 +172,6 @@ pub async fn metrics(fleet: Option<&FleetStats>, sources: Sources<'_>) -> Option
 /// dropped from the index queue.
 fn semantic_metrics(totals: &HashMap<String, i64>, registry: &mut Registry) {
     let get = |name: &str| u64::try_from(totals.get(name).copied().unwrap_or(0)).unwrap_or(0);
-    registry.register(
-        "thrifty_cluster_semantic_lookups",
-        "Semantic lookups of every instance sharing this store",
-        ConstCounter::new(get("lookups")),
-    );
     let skipped = Family::<Vec<(String, String)>, Counter>::default();
     for (name, value) in totals {
         if let Some(reason) = name.strip_prefix("skipped_") {
@@ -191,6 +186,11 @@ fn semantic_metrics(totals: &HashMap<String, i64>, registry: &mut Registry) {
         skipped,
     );
     for (name, help, field) in [
+        (
+            "thrifty_cluster_semantic_lookups",
+            "Semantic lookups of every instance sharing this store",
+            "lookups",
+        ),
         (
             "thrifty_cluster_semantic_indexed",
             "Questions indexed by every instance sharing this store",
