@@ -310,6 +310,20 @@ impl Dialect {
     }
 }
 
+/// Waits until the stored answer under `key` is a stream recorded with its usage chunk.
+pub async fn await_recorded_usage(api: &Api, key: &str, what: &str) {
+    poll(
+        WAIT,
+        &format!("{what}: the answer with usage is recorded"),
+        || async {
+            let entry = api.entry(key).await?;
+            let chunks = entry["entry"]["answer"]["body"].as_array()?.clone();
+            chunks.iter().any(|c| c["usage"].is_object()).then_some(())
+        },
+    )
+    .await;
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

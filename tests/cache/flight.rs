@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::common::fake_llm::FakeLlm;
-use crate::{Api, Backend, Dialect, Harness, Kind, WAIT, poll};
+use crate::{Api, Backend, Dialect, Harness, Kind, WAIT, await_recorded_usage};
 
 /// How many identical requests arrive together.
 const CLIENTS: usize = 20;
@@ -96,16 +96,8 @@ async fn a_call_the_leaders_answer_cannot_serve_records_its_own(
         waiter.text()
     );
     assert_eq!(h.fake.calls_to(path), 2, "{what}");
-    poll(
-        WAIT,
-        &format!("{what}: the waiter's answer is recorded"),
-        || async {
-            let entry = h.api.entry(&waiter.key()).await?;
-            let chunks = entry["entry"]["answer"]["body"].as_array()?.clone();
-            chunks.iter().any(|c| c["usage"].is_object()).then_some(())
-        },
-    )
-    .await;
+    // The waiter's answer is recorded.
+    await_recorded_usage(&h.api, &waiter.key(), &what).await;
     let again = h.api.send(path, &with_usage).await;
     again.assert_cache("hit", &what);
     assert_eq!(h.fake.calls_to(path), 2, "{what}");

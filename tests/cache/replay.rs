@@ -4,7 +4,8 @@ use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{
-    Backend, Dialect, Harness, Kind, NO_HEADERS, Reply, TOOL_ARGUMENTS, WAIT, contains, poll,
+    Backend, Dialect, Harness, Kind, NO_HEADERS, Reply, TOOL_ARGUMENTS, await_recorded_usage,
+    contains,
 };
 
 /// Header that makes a request skip the cache, for a live reference answer.
@@ -406,16 +407,8 @@ async fn an_entry_without_usage_does_not_answer_a_client_asking_for_it(
         reply.text()
     );
     assert_eq!(h.fake.calls_to(path), 2, "{what}");
-    poll(
-        WAIT,
-        &format!("{what}: the recording with usage replaces the entry"),
-        || async {
-            let entry = h.api.entry(&reply.key()).await?;
-            let chunks = entry["entry"]["answer"]["body"].as_array()?.clone();
-            chunks.iter().any(|c| c["usage"].is_object()).then_some(())
-        },
-    )
-    .await;
+    // The recording with usage replaces the entry.
+    await_recorded_usage(&h.api, &reply.key(), &what).await;
     // The fresh recording has usage, so it answers the next such client.
     let again = h.api.send(path, &with_usage).await;
     again.assert_cache("hit", &what);
