@@ -115,6 +115,12 @@ impl Feed {
         });
     }
 
+    /// Whether the leader's answer has already ended whole: all of it is here, and its record
+    /// is on its way.
+    pub fn ended_whole(&self) -> bool {
+        self.state.borrow().end == Some(true)
+    }
+
     /// How the leader's answer began, if it has.
     pub fn begun(&self) -> Option<Start> {
         self.state.borrow().start
@@ -210,12 +216,16 @@ impl HttpBody for Fanout {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.feed.push(data);
+                }
+                // Hyper stops polling once a body says it has ended, so end here too.
+                if this.inner.is_end_stream() {
+                    this.feed.end(true);
                 }
             }
             Poll::Ready(Some(Err(_))) => this.feed.end(false),

@@ -22,6 +22,8 @@ pub mod key;
 pub mod record;
 pub mod replay;
 pub mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -372,12 +374,15 @@ impl Cache {
                     };
                 }
             };
-            // A streaming follower of a streamed answer reads it as it comes.
+            // A streaming follower of a streamed answer reads it as it comes. One that comes
+            // after the answer ended whole waits for its record instead, and gets the replay
+            // any call after the answer gets: only its store write is left.
             if call.stream() {
                 let wants_usage = dialect::wants_stream_usage(plan.dialect, call);
                 if let Ok(Some(start)) = tokio::time::timeout(FOLLOW_LIMIT, reader.started()).await
                 {
-                    if start.streamed && (start.has_usage || !wants_usage) {
+                    let live = !reader.ended_whole();
+                    if live && start.streamed && (start.has_usage || !wants_usage) {
                         return Lookup::Follow {
                             reader,
                             answer: rx,
