@@ -7,10 +7,11 @@ captions left out (their templated sentences make different classes look alike).
 that differ only in case and punctuation are linked into one class, since the benchmark
 pairs them with different partners. Deterministic: no randomness, file order kept.
 
-With --near-misses N it writes instead the first N pairs of PAWS-Wiki dev labelled
-different: adversarial near-misses to mix into the stream.
+With --min-score S only pairs scored S or more are kept (4.6 leaves the closest ones, with
+less of the benchmark's label noise). With --near-misses N it writes instead the first N pairs
+of PAWS-Wiki dev labelled different: adversarial near-misses to mix into the stream.
 
-usage: scripts/paraphrase-stream.py [--eval DIR] [--near-misses N] > stream.jsonl
+usage: scripts/paraphrase-stream.py [--eval DIR] [--min-score S] [--near-misses N] > stream.jsonl
 """
 
 import argparse
@@ -29,6 +30,7 @@ def main() -> None:
     here = Path(__file__).resolve().parent.parent
     parser.add_argument("--eval", default=here.parent / "shared" / "eval", type=Path)
     parser.add_argument("--near-misses", type=int, default=0)
+    parser.add_argument("--min-score", type=float, default=4.0)
     args = parser.parse_args()
     if args.near_misses:
         lines = (args.eval / "train" / "paws_wiki_dev.jsonl").read_text().splitlines()
@@ -40,7 +42,7 @@ def main() -> None:
     for name in ("stsb_train.jsonl", "stsb_dev.jsonl"):
         for line in (args.eval / "train" / name).read_text().splitlines():
             pair = json.loads(line)
-            if pair["score"] < 4.0 or pair["genre"] == "main-captions":
+            if pair["score"] < args.min_score or pair["genre"] == "main-captions":
                 continue
             print(json.dumps({"a": pair["a"], "b": pair["b"], "label": 1}))
             for text in (pair["a"], pair["b"]):

@@ -1,6 +1,7 @@
 //! The learned curve: weighted outcomes binned by similarity within rows of lexical
 //! features, pooled so precision never falls as similarity rises, and read as a
-//! conservative lower bound. Pure arithmetic; no store, no clock.
+//! conservative lower bound under a ceiling the more similar bins set. Pure arithmetic; no
+//! store, no clock.
 
 use serde::Serialize;
 
@@ -19,9 +20,9 @@ pub const ROWS: usize = (OVERLAP_EDGES.len() + 1) * 2;
 /// The normal quantile of the one-sided bounds: 1.645 gives 95% confidence.
 const Z: f64 = 1.645;
 
-/// The bound a cell's own outcomes must reach before it can join the served region, so
-/// the region never carries a cell nobody has measured.
-pub const CELL_FLOOR: f64 = 0.85;
+/// The bound a cell's window must reach before the cell can join the served region, so the
+/// region never carries a cell nobody has measured: about seven agreeing outcomes.
+pub const CELL_FLOOR: f64 = 0.7;
 
 /// Which row and bin a pair falls in; `None` below the lowest similarity edge.
 pub fn cell(similarity: f32, features: &Features) -> Option<(usize, usize)> {
@@ -78,6 +79,10 @@ pub struct Point {
     pub lower: f64,
     /// The agreement rate of that window.
     pub point: f64,
+    /// The bin's ceiling: the lowest Wilson upper bound over the windows of its row that start
+    /// at it (the bin pooled with adjacent bins above it, which are no less similar). Failures
+    /// above a bin cap it, so a lucky run of outcomes under a failing stretch is not served.
+    pub upper: f64,
     /// The (decayed) outcomes the window holds.
     pub observations: f64,
     /// Whether the bin is part of the served region.
@@ -104,21 +109,38 @@ pub struct Curve {
     pub region: Region,
 }
 
+/// The Wilson score interval's centre and half-width for `agreed` out of `total` (> 0).
+fn wilson(agreed: f64, total: f64) -> (f64, f64) {
+    let p = (agreed / total).clamp(0.0, 1.0);
+    let z2 = Z * Z;
+    let centre = p + z2 / (2.0 * total);
+    let spread = Z * ((p * (1.0 - p) + z2 / (4.0 * total)) / total).sqrt();
+    let scale = 1.0 + z2 / total;
+    (centre / scale, spread / scale)
+}
+
 /// The Wilson score lower bound of `agreed` out of `total`; 0 without data.
 pub fn wilson_lower(agreed: f64, total: f64) -> f64 {
     if total <= 0.0 {
         return 0.0;
     }
-    let p = (agreed / total).clamp(0.0, 1.0);
-    let z2 = Z * Z;
-    let centre = p + z2 / (2.0 * total);
-    let spread = Z * ((p * (1.0 - p) + z2 / (4.0 * total)) / total).sqrt();
-    ((centre - spread) / (1.0 + z2 / total)).max(0.0)
+    let (centre, spread) = wilson(agreed, total);
+    (centre - spread).max(0.0)
 }
 
-/// Each bin's best window: agreement never falls as similarity rises within a row, so a
-/// bin's rate is at least that of any run of bins ending at it, and the tightest of their
-/// bounds holds for the bin. Its own outcomes are always in the window.
+/// The Wilson score upper bound of `agreed` out of `total`; 1 without data.
+pub fn wilson_upper(agreed: f64, total: f64) -> f64 {
+    if total <= 0.0 {
+        return 1.0;
+    }
+    let (centre, spread) = wilson(agreed, total);
+    (centre + spread).min(1.0)
+}
+
+/// Each bin's best window and its ceiling. Agreement never falls as similarity rises within
+/// a row, so a bin's rate is at least that of any run of bins ending at it (the tightest of
+/// their lower bounds holds for the bin; its own outcomes are always in the window), and at
+/// most that of any run of bins starting at it (the lowest of their upper bounds).
 fn windows(row: &[Tally; SIMILARITY_EDGES.len()]) -> [Point; SIMILARITY_EDGES.len()] {
     let mut points = [Point::default(); SIMILARITY_EDGES.len()];
     for (end, point) in points.iter_mut().enumerate() {
@@ -127,21 +149,24 @@ fn windows(row: &[Tally; SIMILARITY_EDGES.len()]) -> [Point; SIMILARITY_EDGES.le
             pooled.add(*tally);
             let lower = wilson_lower(pooled.agreed, pooled.total());
             if lower > point.lower {
-                *point = Point {
-                    lower,
-                    point: pooled.agreed / pooled.total(),
-                    observations: pooled.total(),
-                    serves: false,
-                };
+                point.lower = lower;
+                point.point = pooled.agreed / pooled.total();
+                point.observations = pooled.total();
             }
+        }
+        let mut pooled = Tally::default();
+        point.upper = 1.0;
+        for tally in &row[end..] {
+            pooled.add(*tally);
+            point.upper = point.upper.min(wilson_upper(pooled.agreed, pooled.total()));
         }
     }
     points
 }
 
 /// The served region: the cells each measured well enough on their own (bound at least
-/// [`CELL_FLOOR`], rate at least `1 - max_error`), best first, for as long as the outcomes
-/// of all of them together bound the error rate by `max_error`.
+/// [`CELL_FLOOR`], rate and ceiling at least `1 - max_error`), best first, for as long as the
+/// outcomes of all of them together bound the error rate by `max_error`.
 fn region(
     tallies: &[[Tally; SIMILARITY_EDGES.len()]],
     points: &mut [[Point; SIMILARITY_EDGES.len()]],
@@ -154,7 +179,7 @@ fn region(
         .flat_map(|(row, bins)| {
             bins.iter()
                 .enumerate()
-                .filter(|(_, p)| p.lower >= CELL_FLOOR && p.point >= floor)
+                .filter(|(_, p)| p.lower >= CELL_FLOOR && p.point >= floor && p.upper >= floor)
                 .map(move |(bin, _)| (row, bin))
         })
         .collect();
@@ -266,21 +291,48 @@ mod tests {
 
     #[test]
     fn a_bins_own_failures_always_count() {
+        // A few failures high up: the bin below still serves, the failing bin does not, even
+        // though pooled with the bins below it its rate would pass.
         let mut row = empty_row();
         row[4] = tally(300.0, 0.0);
-        row[8] = tally(60.0, 40.0);
+        row[8] = tally(12.0, 8.0);
         let curve = Curve::new(vec![row], 0.05);
         let p = curve.points[0];
         assert!(p[4].serves, "{:?}", p[4]);
-        assert!(p[8].lower < 0.95, "{:?}", p[8]);
+        assert!(p[8].lower > 0.95 && p[8].point > 0.95, "{:?}", p[8]);
+        assert!(p[8].upper < 0.8, "{:?}", p[8]);
         assert!(
             !p[8].serves,
             "a bin that fails is not carried by the bins below it"
         );
-        assert!(
-            p[9].point < 0.95 && !p[9].serves,
-            "nor is the empty one above it"
-        );
+    }
+
+    #[test]
+    fn failures_above_a_bin_cap_it() {
+        // Agreement never falls as similarity rises, so a bin is no better than the bins
+        // above it: a lucky run under a failing stretch is not served.
+        let mut row = empty_row();
+        row[1] = tally(8.0, 0.0);
+        row[2] = tally(15.0, 9.0);
+        row[3] = tally(8.0, 3.0);
+        let mut clean = empty_row();
+        clean[5] = tally(300.0, 0.0);
+        let curve = Curve::new(vec![row, clean], 0.05);
+        let lucky = curve.points[0][1];
+        assert!(lucky.lower > CELL_FLOOR && lucky.point == 1.0, "{lucky:?}");
+        assert!(lucky.upper < 0.95, "{lucky:?}");
+        assert!(!lucky.serves, "{lucky:?}");
+        assert!(curve.points[1][5].serves, "another row is not capped by it");
+
+        // When the bins above fail on a large scale, even a well-measured bin below them is
+        // not served: the row's agreement falls as similarity rises, which the curve
+        // does not model, so it serves none of the row.
+        let mut row = empty_row();
+        row[4] = tally(300.0, 0.0);
+        row[8] = tally(60.0, 40.0);
+        let p = Curve::new(vec![row], 0.05).points[0];
+        assert!(p[4].lower > 0.95 && p[4].upper < 0.95, "{:?}", p[4]);
+        assert!(!p[4].serves && !p[8].serves && !p[9].serves);
     }
 
     #[test]

@@ -418,6 +418,7 @@ impl Calibration {
                                 "differed": t.differed,
                                 "point": p.point,
                                 "lower": p.lower,
+                                "upper": p.upper,
                                 "pooled_observations": p.observations,
                                 "serves": !broken && p.serves,
                             })
