@@ -301,6 +301,14 @@ fn hindsight(steps: &[Step], floor: f64) -> (f64, f32) {
     best
 }
 
+/// When serving began: the question (counted from 1) of the first served hit, and how many
+/// candidates came before it (each one verified, in verified mode).
+fn first_served(steps: &[Step]) -> Option<(usize, usize)> {
+    let at = steps.iter().position(|s| s.served.is_some())?;
+    let before = steps[..at].iter().filter(|s| s.candidate.is_some()).count();
+    Some((at + 1, before))
+}
+
 /// The report of one run: totals, then precision and recall window by window.
 pub fn render(workload: &Workload, run: &Run, mode: SemanticMode) -> String {
     let steps = &run.steps;
@@ -313,10 +321,16 @@ pub fn render(workload: &Workload, run: &Run, mode: SemanticMode) -> String {
         SemanticMode::Verified => "verified",
         SemanticMode::Static => "static",
     };
+    let first = match first_served(steps) {
+        Some((question, before)) => {
+            format!("first hit served at question {question}, after {before} candidates")
+        }
+        None => "no hit served".to_owned(),
+    };
     let mut out = format!(
         "{} ({mode}): {} questions, {} of them asked after their class was answered\n\
          whole run: {served} served, precision {precision:.3}, recall {recall:.3}; {} served hits verified; \
-         {} outcomes observed, {} agreeing\n\
+         {} outcomes observed, {} agreeing; {first}\n\
          second half (warm): precision {warm_precision:.3}, recall {warm_recall:.3}; \
          hindsight-best fixed threshold: recall {best_95:.3} at precision >= 0.95 (t = {t_95:.3}), \
          {best_same:.3} at precision >= {warm_precision:.3} (t = {t_same:.3})\n\
@@ -427,6 +441,26 @@ mod tests {
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
         assert_eq!(a, shuffled(100, 3));
         assert_ne!(a, shuffled(100, 4));
+    }
+
+    #[test]
+    fn the_first_served_hit_is_found_with_the_candidates_before_it() {
+        let step = |candidate: bool, served: Option<bool>| Step {
+            answerable: true,
+            candidate: candidate.then_some((0.9, true)),
+            served,
+            ..Step::default()
+        };
+        let steps = [
+            step(false, None),
+            step(true, None),
+            step(true, None),
+            step(false, None),
+            step(true, Some(true)),
+            step(true, Some(false)),
+        ];
+        assert_eq!(first_served(&steps), Some((5, 2)));
+        assert_eq!(first_served(&steps[..4]), None);
     }
 
     #[test]
