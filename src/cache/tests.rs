@@ -17,11 +17,7 @@ fn cache() -> Arc<Cache> {
     let config = RawConfig::default()
         .validate(&|_| None)
         .expect("the default config is valid");
-    let dir =
-        std::env::temp_dir().join(format!("thrifty-flight-{}", uuid::Uuid::new_v4().simple()));
-    let store = EmbeddedStore::open(&dir, 1 << 20, Clock::system()).expect("the store opens");
-    // The open database outlives its directory entry; nothing is left behind.
-    let _ = std::fs::remove_dir_all(&dir);
+    let store = EmbeddedStore::scratch("flight", Clock::system());
     Cache::new(
         &config.cache,
         Store::embedded(store, Duration::from_secs(5)),
@@ -35,17 +31,26 @@ fn streamed_chat() -> (Arc<Call>, Arc<Plan>, Arc<Cache>) {
     let call = dialect::decode(Dialect::Ollama, Endpoint::Chat, body.to_string().as_bytes())
         .expect("a valid chat");
     let cache = cache();
-    let controls = Controls {
-        mode: CacheMode::Normal,
-        max_age: None,
-        ttl: None,
-        namespace: None,
-        tags: Vec::new(),
-        semantic: true,
-        semantic_threshold: None,
-    };
+    // What a request without cache headers gets.
+    let controls = Controls::from_headers(&http::HeaderMap::new()).expect("no headers is valid");
     let plan = cache.plan(Dialect::Ollama, "http://upstream", "t", &call, controls);
     (Arc::new(call), Arc::new(plan), cache)
+}
+
+/// The first call's lookup: it leads, and its streamed answer (with usage) has begun.
+async fn lead(cache: &Arc<Cache>, plan: &Plan, call: &Call) -> Flight {
+    let Lookup::Miss {
+        flight: Some(flight),
+        ..
+    } = cache.lookup(plan, call).await
+    else {
+        panic!("the first call leads");
+    };
+    flight.feed().start(feed::Start {
+        streamed: true,
+        has_usage: true,
+    });
+    flight
 }
 
 /// The leader's streamed answer, as the upstream sent it.
@@ -61,18 +66,8 @@ fn chunks() -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_joining_after_the_leaders_answer_ended_gets_the_replay_not_the_feed() {
     let (call, plan, cache) = streamed_chat();
-    let Lookup::Miss {
-        flight: Some(flight),
-        ..
-    } = cache.lookup(&plan, &call).await
-    else {
-        panic!("the first call leads");
-    };
+    let flight = lead(&cache, &plan, &call).await;
     let feed = flight.feed().clone();
-    feed.start(feed::Start {
-        streamed: true,
-        has_usage: true,
-    });
     let lines: String = chunks().iter().map(|c| format!("{c}\n")).collect();
     let answer = feed::Fanout::new(
         Full::new(Bytes::from(lines))
@@ -113,17 +108,7 @@ async fn a_stream_joining_after_the_leaders_answer_ended_gets_the_replay_not_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_joining_while_the_leaders_answer_comes_follows_it() {
     let (call, plan, cache) = streamed_chat();
-    let Lookup::Miss {
-        flight: Some(flight),
-        ..
-    } = cache.lookup(&plan, &call).await
-    else {
-        panic!("the first call leads");
-    };
-    flight.feed().start(feed::Start {
-        streamed: true,
-        has_usage: true,
-    });
+    let flight = lead(&cache, &plan, &call).await;
     let joined = tokio::time::timeout(Duration::from_secs(5), cache.lookup(&plan, &call))
         .await
         .expect("a live answer is followed at once");

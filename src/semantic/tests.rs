@@ -21,14 +21,7 @@ fn semantic_cache() -> Arc<SemanticCache> {
     let config = RawConfig::default()
         .validate(&env)
         .expect("the default config is valid");
-    let dir = std::env::temp_dir().join(format!(
-        "thrifty-semantic-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let store = EmbeddedStore::open(&dir, 1 << 20, crate::clock::Clock::system())
-        .expect("the embedded store opens");
-    // The open database outlives its directory entry; nothing is left behind.
-    let _ = std::fs::remove_dir_all(&dir);
+    let store = EmbeddedStore::scratch("semantic", crate::clock::Clock::system());
     let cache = Cache::new(
         &config.cache,
         Store::embedded(store, Duration::from_secs(5)),

@@ -333,13 +333,8 @@ mod tests {
     use crate::store::EmbeddedStore;
 
     fn store(name: &str) -> std::sync::Arc<Store> {
-        let dir = std::env::temp_dir().join(format!(
-            "thrifty-counters-{name}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let store = EmbeddedStore::open(&dir, 1 << 20, crate::clock::Clock::system()).unwrap();
-        // The open database outlives its directory entry; nothing is left behind.
-        let _ = std::fs::remove_dir_all(&dir);
+        let store =
+            EmbeddedStore::scratch(&format!("counters-{name}"), crate::clock::Clock::system());
         Store::embedded(store, Duration::from_secs(5))
     }
 

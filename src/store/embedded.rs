@@ -258,6 +258,17 @@ fn create(path: &Path) -> Result<Database, StoreError> {
 }
 
 impl EmbeddedStore {
+    /// A store in a fresh directory of its own, for unit tests. The open database outlives its
+    /// directory entry, so nothing is left behind.
+    #[cfg(test)]
+    pub(crate) fn scratch(name: &str, clock: Clock) -> EmbeddedStore {
+        let dir =
+            std::env::temp_dir().join(format!("thrifty-{name}-{}", uuid::Uuid::new_v4().simple()));
+        let store = EmbeddedStore::open(&dir, 1 << 20, clock).expect("the embedded store opens");
+        let _ = std::fs::remove_dir_all(&dir);
+        store
+    }
+
     /// Opens (or creates) the store in `dir`, keeping up to `memory_bytes` of values in memory;
     /// entries expire by `clock`.
     pub fn open(dir: &Path, memory_bytes: u64, clock: Clock) -> Result<Self, StoreError> {
@@ -683,14 +694,7 @@ mod tests {
     }
 
     fn store_on(name: &str, clock: Clock) -> EmbeddedStore {
-        let dir = std::env::temp_dir().join(format!(
-            "thrifty-embedded-{name}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let store = EmbeddedStore::open(&dir, 1 << 20, clock).unwrap();
-        // The open database outlives its directory entry; nothing is left behind.
-        let _ = std::fs::remove_dir_all(&dir);
-        store
+        EmbeddedStore::scratch(&format!("embedded-{name}"), clock)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

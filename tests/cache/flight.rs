@@ -88,10 +88,7 @@ async fn a_call_the_leaders_answer_cannot_serve_records_its_own(
     leader.assert_cache("miss", &what);
     waiter.assert_cache("miss", &what);
     assert!(
-        waiter
-            .events()
-            .last()
-            .is_some_and(|e| e["usage"].is_object()),
+        waiter.ends_with_usage(),
         "{what}: the waiter got its usage: {}",
         waiter.text()
     );

@@ -399,10 +399,7 @@ async fn an_entry_without_usage_does_not_answer_a_client_asking_for_it(
     let reply = h.api.send(path, &with_usage).await;
     reply.assert_cache("miss", &what);
     assert!(
-        reply
-            .events()
-            .last()
-            .is_some_and(|e| e["usage"].is_object()),
+        reply.ends_with_usage(),
         "{what}: the live answer has its usage chunk: {}",
         reply.text()
     );
@@ -412,12 +409,7 @@ async fn an_entry_without_usage_does_not_answer_a_client_asking_for_it(
     // The fresh recording has usage, so it answers the next such client.
     let again = h.api.send(path, &with_usage).await;
     again.assert_cache("hit", &what);
-    assert!(
-        again
-            .events()
-            .last()
-            .is_some_and(|e| e["usage"].is_object())
-    );
+    assert!(again.ends_with_usage());
     assert_eq!(h.fake.calls_to(path), 2, "{what}");
 
     // A JSON entry always has usage, so it serves a streaming client asking for it.

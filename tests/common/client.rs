@@ -128,6 +128,11 @@ impl Reply {
             .is_some_and(|ct| ct.contains("event-stream") || ct.contains("ndjson"))
     }
 
+    /// Whether a stream's last chunk carries an OpenAI `usage` object.
+    pub fn ends_with_usage(&self) -> bool {
+        self.events().last().is_some_and(|e| e["usage"].is_object())
+    }
+
     /// The chunks of a stream: every SSE `data:` event but `[DONE]`, or every NDJSON line.
     pub fn events(&self) -> Vec<Value> {
         let text = self.text();

@@ -117,7 +117,6 @@ fn invalid(items: &[Value]) -> Vec<String> {
     problems
 }
 
-/// A world whose budget a dozen agent turns exceed.
 /// The JSON body of the last call the upstream got.
 fn forwarded(world: &World) -> Value {
     world
@@ -127,6 +126,7 @@ fn forwarded(world: &World) -> Value {
         .expect("the upstream got JSON")
 }
 
+/// A world whose budget a dozen agent turns exceed.
 async fn compressing_world() -> World {
     compressing_world_keeping(4).await
 }

@@ -21,14 +21,7 @@ fn config(explore: f64) -> SemanticConfig {
 }
 
 fn store() -> Arc<Store> {
-    let dir = std::env::temp_dir().join(format!(
-        "thrifty-calibration-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let store = EmbeddedStore::open(&dir, 1 << 20, crate::clock::Clock::system())
-        .expect("the embedded store opens");
-    // The open database outlives its directory entry; nothing is left behind.
-    let _ = std::fs::remove_dir_all(&dir);
+    let store = EmbeddedStore::scratch("calibration", crate::clock::Clock::system());
     Store::embedded(store, Duration::from_secs(5))
 }
 
