@@ -197,7 +197,11 @@ impl Store {
 
     /// Store failures since start.
     pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        let behind = match &self.backend {
+            Backend::Embedded(e) => e.failed_writes(),
+            Backend::Redis(_) => 0,
+        };
+        self.errors.load(Ordering::Relaxed) + behind
     }
 
     /// Calls skipped by the open breaker since start.
