@@ -472,12 +472,18 @@ impl Cache {
         let full = Self::store_key(key);
         // Before the write: the copy must not outlive the stored entry.
         let now = self.clock.now_ms();
-        let stored = self.store.put(&full, raw, ttl).await.is_ok();
+        // Other instances drop their copies once the write is done: the announcement goes in
+        // the same round trip, after it.
+        let announcement = self.hot.announcement(std::slice::from_ref(&full));
+        let stored = self
+            .store
+            .put_announced(&full, raw, ttl, hot::EVENTS, &announcement)
+            .await
+            .is_ok();
         if stored {
             self.stats.stored();
             self.hot
                 .put(full.clone(), entry.clone(), sealed, now, now + entry.ttl_ms);
-            self.announce(&[full]).await;
         }
         stored
     }

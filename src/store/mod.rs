@@ -467,6 +467,25 @@ impl Store {
     }
 
     /// Tells every instance sharing this store; the embedded store has no one to tell.
+    /// Writes a key and then tells the instances sharing the store on `channel`, in one round
+    /// trip where the backend allows; the embedded store has no one to tell.
+    pub async fn put_announced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        channel: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.bounded(async {
+            match &self.backend {
+                Backend::Redis(r) => r.put_announced(key, value, ttl, channel, message).await,
+                Backend::Embedded(e) => e.put(key, value, ttl).await,
+            }
+        })
+        .await
+    }
+
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Redis(r) => self.bounded(r.publish(channel, message)).await,

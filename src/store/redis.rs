@@ -263,6 +263,31 @@ impl RedisStore {
         Ok(tally)
     }
 
+    /// A `SET` and a `PUBLISH` in one round trip on one server (the message goes out after
+    /// the write); a cluster routes them apart, so there they are two calls, in that order.
+    pub async fn put_announced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        channel: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        match self.connection()? {
+            Connection::Single(mut c) => {
+                let mut pipe = ::redis::pipe();
+                pipe.add_command(set(key, &value, ttl)).ignore();
+                pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+                pipe.query_async::<()>(&mut c).await?;
+                Ok(())
+            }
+            Connection::Cluster(_) => {
+                self.put(key, value, ttl).await?;
+                self.publish(channel, message).await
+            }
+        }
+    }
+
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
         let mut cmd = ::redis::cmd("PUBLISH");
         cmd.arg(channel).arg(message);

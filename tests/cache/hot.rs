@@ -49,3 +49,45 @@ async fn another_instance_stops_serving_what_one_deleted(
 
     drop(other);
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_serves_what_one_rewrote(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let h = Harness::start(Backend::Redis).await;
+    let other = start_thrifty(h.raw.clone(), &h.vars, WAIT).await;
+    let b = Api::new(other.url(), WAIT);
+    let path = dialect.chat_path();
+    let body = dialect.chat("rewritten while another instance holds it", false);
+
+    h.api.fill(path, &body, &NO_HEADERS).await;
+    // The second instance reads it from Redis once, then holds a copy of its own.
+    b.send(path, &body).await.assert_cache("hit", &what);
+    b.send(path, &body).await.assert_cache("hit", &what);
+    // Old enough that its age tells the copy from a newer entry (ages are whole seconds).
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let held = b.send(path, &body).await;
+    held.assert_cache("hit", &what);
+    assert_ne!(held.header("x-thrifty-cache-age"), Some("0"), "{what}");
+
+    // The first instance writes the answer anew: the second's copy goes with it.
+    let refreshed = h
+        .api
+        .post(path, &body, &[("cache-control", "no-cache")])
+        .await;
+    refreshed.assert_ok(&what);
+    poll(
+        Duration::from_secs(5),
+        &format!("{what}: the other instance serves the new entry"),
+        || async {
+            let hit = b.send(path, &body).await;
+            hit.assert_cache("hit", &what);
+            (hit.header("x-thrifty-cache-age") == Some("0")).then_some(())
+        },
+    )
+    .await;
+
+    drop(other);
+}
