@@ -218,6 +218,6 @@ pub async fn run_with_clock(
     background.shutdown().await;
     // What this instance counted last is added to the totals the other instances report.
     let _ = tokio::time::timeout(grace, proxy.publish_stats()).await;
-    proxy.cache().store().persist().await;
+    proxy.cache().store().close().await;
     Ok(())
 }

@@ -440,28 +440,31 @@ impl SemanticCache {
 
     /// Indexes a freshly stored answer, persists its vector and tells the other instances.
     pub async fn remember(&self, query: Query, answer: CacheKey, ttl: Duration) {
-        self.index.insert(
-            &query.partition,
-            &answer.0,
-            &query.text,
-            query.vector.to_vec(),
-        );
         let record = Record {
-            partition: query.partition.clone(),
-            answer: answer.0.clone(),
+            partition: query.partition,
+            answer: answer.0,
             text: query.text,
             vector: query.vector.to_vec(),
             created_ms: self.cache.clock().now_ms(),
         };
-        let Some(raw) = self.cache.sealer().seal(&record) else {
-            return;
-        };
-        let key = record_key(&query.partition, &answer.0);
+        let key = record_key(&record.partition, &record.answer);
         let store = self.cache.store();
         // Hits keep extending the answer up to max_ttl, so the vector lives that long; a lookup
         // whose answer has gone forgets the vector then.
         let ttl = ttl.max(self.cache.config().max_ttl);
-        if store.put(&key, raw, ttl).await.is_ok() {
+        // Written before the entry joins the index: a reconcile lists the store only after it
+        // has taken the index's entries, so every entry it may drop was listed if stored.
+        let stored = match self.cache.sealer().seal(&record) {
+            Some(raw) => store.put(&key, raw, ttl).await.is_ok(),
+            None => false,
+        };
+        self.index.insert(
+            &record.partition,
+            &record.answer,
+            &record.text,
+            record.vector,
+        );
+        if stored {
             let _ = store.publish(EVENTS, &format!("add {key}")).await;
         }
     }
@@ -511,11 +514,14 @@ impl SemanticCache {
     /// Missing records are read concurrently and indexed in one batch on a blocking thread, so a
     /// restart with a large store builds each graph once, with parallel inserts.
     pub async fn reconcile(&self) -> bool {
+        // Taken before the listing: an entry remembered while the store is listed is not in
+        // the listing, and must not be dropped for it.
+        let indexed = self.index.entries();
         let Ok(keys) = self.cache.store().keys(SEMANTIC_PREFIX).await else {
             return false;
         };
         let live: HashSet<&str> = keys.iter().map(String::as_str).collect();
-        for (partition, answer) in self.index.entries() {
+        for (partition, answer) in indexed {
             if !live.contains(record_key(&partition, &answer).as_str()) {
                 self.index.remove(&partition, &answer);
             }

@@ -69,6 +69,8 @@ struct Puts {
     hurry: Condvar,
     /// The sequence number of the last put whose commit is over (landed or failed).
     landed: watch::Sender<u64>,
+    /// How many commit threads hold the database: one while a commit runs or lingers.
+    holders: watch::Sender<usize>,
     /// Puts whose commit failed.
     failed: AtomicU64,
 }
@@ -79,6 +81,7 @@ impl Default for Puts {
             queue: Mutex::default(),
             hurry: Condvar::new(),
             landed: watch::Sender::new(0),
+            holders: watch::Sender::new(0),
             failed: AtomicU64::new(0),
         }
     }
@@ -375,6 +378,16 @@ impl EmbeddedStore {
         persisted
     }
 
+    /// Lands every queued put, waits until no commit thread holds the database, and makes
+    /// everything durable: the last call at shutdown, after which the file can be opened again
+    /// as soon as this store is dropped.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.puts.settle().await;
+        // The sender lives as long as `self`.
+        let _ = self.puts.holders.subscribe().wait_for(|n| *n == 0).await;
+        self.persist().await
+    }
+
     pub(super) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
@@ -540,7 +553,14 @@ impl EmbeddedStore {
         if starts {
             let (puts, unpersisted) = (self.puts.clone(), self.unpersisted.clone());
             let db = self.db.clone();
-            tokio::task::spawn_blocking(move || puts.commit_all(&db, &unpersisted));
+            puts.holders.send_modify(|n| *n += 1);
+            tokio::task::spawn_blocking(move || {
+                puts.commit_all(&db, &unpersisted);
+                // The database goes before the count does, so whoever waits for none (see
+                // [`EmbeddedStore::close`]) finds the file no longer held by this thread.
+                drop(db);
+                puts.holders.send_modify(|n| *n -= 1);
+            });
         }
         Ok(())
     }
@@ -772,6 +792,47 @@ mod tests {
             Some(Bytes::from_static(b"v"))
         );
         assert_eq!(s.failed_writes(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_store_has_landed_every_put_and_let_go_of_its_file() {
+        let dir = std::env::temp_dir().join(format!(
+            "thrifty-embedded-close-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let s = EmbeddedStore::open(&dir, 1 << 20, Clock::system()).unwrap();
+        for i in 0..20 {
+            s.put(
+                &format!("k{i}"),
+                Bytes::from_static(b"v"),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        }
+        // A commit thread that still holds the file (one started by a late put) is waited for.
+        s.puts.holders.send_modify(|n| *n += 1);
+        let released = Arc::new(AtomicBool::new(false));
+        let late = {
+            let (s, released) = (s.clone(), released.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                released.store(true, Ordering::SeqCst);
+                s.puts.holders.send_modify(|n| *n -= 1);
+            })
+        };
+        s.close().await.unwrap();
+        assert!(
+            released.load(Ordering::SeqCst),
+            "closed while the file was held"
+        );
+        late.await.unwrap();
+        drop(s);
+        // Opened again at once, as a restart on the same data_dir does.
+        let reopened = EmbeddedStore::open(&dir, 1 << 20, Clock::system()).unwrap();
+        assert_eq!(reopened.keys("k").await.unwrap().len(), 20);
+        drop(reopened);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -518,6 +518,16 @@ impl Store {
         }
     }
 
+    /// At shutdown: lands the embedded store's queued writes, lets go of its file and makes
+    /// everything durable.
+    pub async fn close(&self) {
+        if let Backend::Embedded(e) = &self.backend {
+            if let Err(error) = e.close().await {
+                tracing::warn!(%error, "embedded store could not persist its writes");
+            }
+        }
+    }
+
     /// Makes the cache writes committed so far durable where the backend defers that (the
     /// embedded store's puts commit without an `fsync`).
     pub async fn persist(&self) {
