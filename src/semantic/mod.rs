@@ -454,19 +454,17 @@ impl SemanticCache {
         let ttl = ttl.max(self.cache.config().max_ttl);
         // Written before the entry joins the index: a reconcile lists the store only after it
         // has taken the index's entries, so every entry it may drop was listed if stored.
-        let stored = match self.cache.sealer().seal(&record) {
-            Some(raw) => store.put(&key, raw, ttl).await.is_ok(),
-            None => false,
-        };
+        if let Some(raw) = self.cache.sealer().seal(&record) {
+            let _ = store
+                .put_announced(&key, raw, ttl, EVENTS, &format!("add {key}"))
+                .await;
+        }
         self.index.insert(
             &record.partition,
             &record.answer,
             &record.text,
             record.vector,
         );
-        if stored {
-            let _ = store.publish(EVENTS, &format!("add {key}")).await;
-        }
     }
 
     /// Drops an entry whose answer is gone.

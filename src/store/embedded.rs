@@ -150,7 +150,7 @@ impl Puts {
         }
         let _release = Release(self);
         loop {
-            let (batch, last) = {
+            let (mut batch, last) = {
                 let mut queue = self.queue.lock();
                 // Every batch lingers, so under load commits come once a linger, not back to
                 // back with whatever arrived during the last one.
@@ -171,13 +171,12 @@ impl Puts {
             };
             // In key order, so each leaf is copied once and the tree is walked left to
             // right; a stable sort keeps a key's later put after its earlier one.
-            let mut ordered: Vec<&Waiting> = batch.iter().collect();
-            ordered.sort_by(|a, b| a.0.cmp(&b.0));
+            batch.sort_by(|a, b| a.0.cmp(&b.0));
             let written = (|| {
                 let txn = db.begin_write().map_err(err)?;
                 {
                     let mut table = txn.open_table(TABLE).map_err(err)?;
-                    for (key, entry) in ordered {
+                    for (key, entry) in &batch {
                         table
                             .insert(key.as_str(), encode(entry).as_slice())
                             .map_err(err)?;

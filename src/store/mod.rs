@@ -466,7 +466,6 @@ impl Store {
         .await
     }
 
-    /// Tells every instance sharing this store; the embedded store has no one to tell.
     /// Writes a key and then tells the instances sharing the store on `channel`, in one round
     /// trip where the backend allows; the embedded store has no one to tell.
     pub async fn put_announced(
@@ -486,6 +485,7 @@ impl Store {
         .await
     }
 
+    /// Tells every instance sharing this store; the embedded store has no one to tell.
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Redis(r) => self.bounded(r.publish(channel, message)).await,

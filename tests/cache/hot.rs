@@ -6,7 +6,16 @@ use std::time::Duration;
 use rstest::rstest;
 
 use crate::common::client::start_thrifty;
+use crate::common::thrifty::Thrifty;
 use crate::{Api, Backend, Dialect, Harness, NO_HEADERS, WAIT, poll};
+
+/// Two instances sharing one Redis: the harness's, and another with its client.
+async fn two_instances() -> (Harness, Thrifty, Api) {
+    let h = Harness::start(Backend::Redis).await;
+    let other = start_thrifty(h.raw.clone(), &h.vars, WAIT).await;
+    let b = Api::new(other.url(), WAIT);
+    (h, other, b)
+}
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,9 +23,7 @@ async fn another_instance_stops_serving_what_one_deleted(
     #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
 ) {
     let what = format!("{dialect:?}");
-    let h = Harness::start(Backend::Redis).await;
-    let other = start_thrifty(h.raw.clone(), &h.vars, WAIT).await;
-    let b = Api::new(other.url(), WAIT);
+    let (h, other, b) = two_instances().await;
     let path = dialect.chat_path();
     let body = dialect.chat("both instances know this one", false);
 
@@ -56,9 +63,7 @@ async fn another_instance_serves_what_one_rewrote(
     #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
 ) {
     let what = format!("{dialect:?}");
-    let h = Harness::start(Backend::Redis).await;
-    let other = start_thrifty(h.raw.clone(), &h.vars, WAIT).await;
-    let b = Api::new(other.url(), WAIT);
+    let (h, other, b) = two_instances().await;
     let path = dialect.chat_path();
     let body = dialect.chat("rewritten while another instance holds it", false);
 
