@@ -326,6 +326,9 @@ async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
     out["store"] = json!(store.kind());
     out["store_errors"] = json!(store.errors());
     out["store_skipped"] = json!(store.skipped());
+    if let Some(known) = cache.known_answers() {
+        out["known_answers"] = known;
+    }
     Ok(reply::json(StatusCode::OK, &out))
 }
 

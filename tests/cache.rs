@@ -41,6 +41,8 @@ mod flight;
 mod hot;
 #[path = "cache/keys.rs"]
 mod keys;
+#[path = "cache/known.rs"]
+mod known;
 #[path = "cache/replay.rs"]
 mod replay;
 #[path = "cache/sdk.rs"]

@@ -19,6 +19,7 @@ mod framed;
 pub mod hot;
 pub mod invalidate;
 pub mod key;
+mod known;
 pub mod record;
 pub mod replay;
 pub mod stats;
@@ -135,6 +136,8 @@ pub struct Cache {
     sealer: Sealer,
     flights: Mutex<HashMap<String, Leader>>,
     hot: Arc<hot::Hot>,
+    /// Which answers a shared store holds, so a miss need not ask it.
+    known: Option<crate::store::presence::Presence>,
     stats: Stats,
     jobs: invalidate::Jobs,
     config: CacheConfig,
@@ -145,6 +148,7 @@ pub struct Cache {
 impl Cache {
     pub fn new(config: &CacheConfig, store: Arc<Store>, clock: Clock) -> Arc<Cache> {
         Arc::new(Cache {
+            known: known::for_store(store.announces_in_step()),
             store,
             tasks: tokio_util::task::TaskTracker::new(),
             sealer: Sealer::new(config.encryption_key.as_ref()),
@@ -246,6 +250,9 @@ impl Cache {
         let now = self.clock.now_ms();
         if let Some(entry) = self.read_hot(plan, &full, call, now) {
             return Some(entry);
+        }
+        if !self.may_hold(&full) {
+            return None;
         }
         let raw = self.store.get(&full).await.ok()??;
         let Some(entry) = self.sealer.open::<Entry>(&raw) else {
@@ -475,12 +482,16 @@ impl Cache {
         // Other instances drop their copies once the write is done: the announcement goes in
         // the same round trip, after it.
         let announcement = self.hot.announcement(std::slice::from_ref(&full));
+        // Known before the write starts, so a lookup racing it asks the store, and again once
+        // it has landed, so a walk of the keys begun meanwhile keeps it.
+        self.written(&full);
         let stored = self
             .store
             .put_announced(&full, raw, ttl, hot::EVENTS, &announcement)
             .await
             .is_ok();
         if stored {
+            self.written(&full);
             self.stats.stored();
             self.hot
                 .put(full.clone(), entry.clone(), sealed, now, now + entry.ttl_ms);
@@ -510,16 +521,6 @@ impl Cache {
                 .store
                 .publish(hot::EVENTS, &self.hot.announcement(&answers))
                 .await;
-        }
-    }
-
-    /// Drops the hot copies other instances announce they changed; runs for thrifty's life.
-    pub async fn listen(self: Arc<Self>) {
-        let Some(mut events) = self.store.subscribe(hot::EVENTS) else {
-            return;
-        };
-        while let Some(message) = events.recv().await {
-            self.hot.heard(&message);
         }
     }
 

@@ -45,6 +45,7 @@ use crate::cache::Cache;
 use crate::cache::key::{self, CacheKey, Scope};
 use crate::chat::{ChatRequest, Content, Dialect, Endpoint, Message, PartKind, Role};
 use crate::config::{ContextRule, SemanticConfig};
+use crate::store::Heard;
 use embedder::{Embedded, Embedder};
 use index::Index;
 use stats::{Skip, Stats};
@@ -565,6 +566,8 @@ impl SemanticCache {
         }
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.tick().await;
+        // Whether announcements may have been missed since the last reconcile.
+        let mut lost = false;
         loop {
             let event = async {
                 match events.as_mut() {
@@ -574,11 +577,16 @@ impl SemanticCache {
             };
             tokio::select! {
                 message = event => match message {
-                    Some(message) => match message.split_once(' ') {
+                    Some(Heard::Message(message)) => match message.split_once(' ') {
                         Some(("add", key)) => self.load_record(key).await,
                         Some(("del", key)) => self.apply_removal(key),
                         _ => {}
                     },
+                    Some(Heard::Lost) => lost = true,
+                    Some(Heard::Subscribed) if lost => {
+                        lost = !self.reconcile().await;
+                    }
+                    Some(Heard::Subscribed) => {}
                     None => events = None,
                 },
                 _ = tick.tick() => {

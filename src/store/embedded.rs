@@ -334,6 +334,7 @@ impl EmbeddedStore {
     /// Walks the keys on disk once, at open, for [`Presence`]; if it cannot, every read
     /// goes to the disk.
     fn walk_keys(&self) {
+        let begun = self.presence.begin_walk();
         let walk = || -> Result<Vec<u64>, StoreError> {
             let txn = self.db.begin_read().map_err(err)?;
             let table = txn.open_table(TABLE).map_err(err)?;
@@ -344,7 +345,9 @@ impl EmbeddedStore {
             Ok(keys)
         };
         match walk() {
-            Ok(keys) => self.presence.walked(keys),
+            Ok(keys) => {
+                self.presence.walked(begun, keys);
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot walk the store's keys; every read goes to disk");
             }

@@ -12,7 +12,7 @@ mod config;
 pub mod counters;
 mod embedded;
 mod logs;
-mod presence;
+pub mod presence;
 mod redis;
 pub mod totals;
 
@@ -27,6 +27,17 @@ use breaker::Breaker;
 pub use config::StoreConfig;
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
+
+/// What a subscription to a channel of a shared store delivers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// The subscription is in place: what is published from now on arrives.
+    Subscribed,
+    /// A message published on the channel.
+    Message(String),
+    /// The subscription dropped: what is published until the next `Subscribed` is lost.
+    Lost,
+}
 
 use crate::clock::Clock;
 
@@ -305,6 +316,12 @@ impl Store {
         matches!(self.backend, Backend::Redis(_))
     }
 
+    /// Whether the store is shared and every instance hears of a write, announced with
+    /// [`Store::put_announced`], before its writer does: one Redis server, not a cluster.
+    pub fn announces_in_step(&self) -> bool {
+        matches!(&self.backend, Backend::Redis(r) if r.announces_in_step())
+    }
+
     /// Runs a Lua script on Redis, bounded like any request-path call; the embedded store
     /// runs no scripts.
     pub async fn run_script<T: ::redis::FromRedisValue>(
@@ -493,8 +510,9 @@ impl Store {
         }
     }
 
-    /// Messages other instances publish, when the store is shared.
-    pub fn subscribe(&self, channel: &str) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+    /// Messages other instances publish, when the store is shared, and when the subscription
+    /// is in place or lost.
+    pub fn subscribe(&self, channel: &str) -> Option<tokio::sync::mpsc::UnboundedReceiver<Heard>> {
         match &self.backend {
             Backend::Redis(r) => Some(r.subscribe(channel)),
             Backend::Embedded(_) => None,

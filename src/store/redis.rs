@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use tokio::sync::OnceCell;
 
-use super::{BATCH_KEYS, StoreError, Tally};
+use super::{BATCH_KEYS, Heard, StoreError, Tally};
 
 #[derive(Clone)]
 enum Connection {
@@ -24,6 +24,7 @@ enum Connection {
 pub struct RedisStore {
     connection: std::sync::Arc<OnceCell<Connection>>,
     url: String,
+    cluster: bool,
 }
 
 /// How long to wait between attempts to reach Redis at start.
@@ -91,7 +92,15 @@ impl RedisStore {
         Ok(RedisStore {
             connection,
             url: url.to_owned(),
+            cluster,
         })
+    }
+
+    /// Whether a write's announcement reaches subscribers before the write's caller hears
+    /// back: on one server, where the two go in one pipeline; not on a cluster, where the
+    /// announcement is a second call and crosses the cluster bus.
+    pub fn announces_in_step(&self) -> bool {
+        !self.cluster
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
@@ -295,8 +304,9 @@ impl RedisStore {
     }
 
     /// Delivers every message published on `channel` until the receiver is dropped,
-    /// reconnecting as needed. Messages sent while disconnected are lost; callers reconcile.
-    pub fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    /// reconnecting as needed, each subscription's start and loss among them. Messages sent
+    /// while disconnected are lost; callers reconcile.
+    pub fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<Heard> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let url = self.url.clone();
         let channel = channel.to_owned();
@@ -310,15 +320,20 @@ impl RedisStore {
                     Err(_) => None,
                 };
                 if let Some(mut pubsub) = connected {
-                    if pubsub.subscribe(&channel).await.is_ok() {
+                    if pubsub.subscribe(&channel).await.is_ok()
+                        && tx.send(Heard::Subscribed).is_ok()
+                    {
                         let mut messages = pubsub.on_message();
                         while let Some(message) = futures_util::StreamExt::next(&mut messages).await
                         {
                             if let Ok(payload) = message.get_payload::<String>() {
-                                if tx.send(payload).is_err() {
+                                if tx.send(Heard::Message(payload)).is_err() {
                                     return;
                                 }
                             }
+                        }
+                        if tx.send(Heard::Lost).is_err() {
+                            return;
                         }
                     }
                 }

@@ -4,6 +4,7 @@ use reqwest::{Method, StatusCode};
 use rstest::rstest;
 use serde_json::{Value, json};
 
+use crate::client::{settled_value_reads, value_reads};
 use crate::{ANSWER_PREFIX, Backend, Dialect, Harness, NO_HEADERS, WAIT, bearer, poll, tenant_id};
 
 #[rstest]
@@ -601,38 +602,6 @@ async fn invalidating_a_large_tenant_is_a_job_that_takes_its_semantic_records_to
     );
     let unknown = h.api.admin_get("/admin/cache/jobs/nope").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-}
-
-/// How many times Redis has run each command that returns a value, from `INFO commandstats`.
-async fn value_reads(probe: &crate::Probe) -> Vec<(String, u64)> {
-    let info: String = probe.query(redis::cmd("INFO").arg("commandstats")).await;
-    ["get", "mget", "getex", "getdel", "dump", "getrange"]
-        .iter()
-        .map(|name| {
-            let calls = info
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
-                .and_then(|rest| rest.split(',').next())
-                .map_or(0, |n| n.parse().expect("a call count"));
-            ((*name).to_owned(), calls)
-        })
-        .collect()
-}
-
-/// The value reads once no earlier one is still arriving: a poll the test gave up on (under
-/// load, `wait_stored`'s entry view) may reach Redis a moment later, and must not be counted
-/// as the stats call's.
-async fn settled_value_reads(probe: &crate::Probe) -> Vec<(String, u64)> {
-    let mut last = value_reads(probe).await;
-    for _ in 0..50 {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let now = value_reads(probe).await;
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    panic!("values kept being read with nothing asking: {last:?}");
 }
 
 /// `/admin/cache/stats` counts entries and bytes from the keys and their stored lengths: Redis

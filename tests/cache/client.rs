@@ -69,3 +69,35 @@ impl Api {
         miss
     }
 }
+
+/// How many times Redis has run each command that returns a value, from `INFO commandstats`.
+pub async fn value_reads(probe: &crate::Probe) -> Vec<(String, u64)> {
+    let info: String = probe.query(redis::cmd("INFO").arg("commandstats")).await;
+    ["get", "mget", "getex", "getdel", "dump", "getrange"]
+        .iter()
+        .map(|name| {
+            let calls = info
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse().expect("a call count"));
+            ((*name).to_owned(), calls)
+        })
+        .collect()
+}
+
+/// The value reads once no earlier one is still arriving: a poll the test gave up on (under
+/// load, `wait_stored`'s entry view) may reach Redis a moment later, and must not be counted
+/// as the stats call's.
+pub async fn settled_value_reads(probe: &crate::Probe) -> Vec<(String, u64)> {
+    let mut last = value_reads(probe).await;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = value_reads(probe).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("values kept being read with nothing asking: {last:?}");
+}

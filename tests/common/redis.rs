@@ -270,3 +270,51 @@ fn reply_complete(reply: &[u8]) -> bool {
         _ => true,
     }
 }
+
+/// Every command a server runs from the moment [`Monitor::start`] returns, as `MONITOR`
+/// reports them (`1796628147.259388 [0 127.0.0.1:54321] "GET" "key"`), until dropped.
+pub struct Monitor {
+    stream: TcpStream,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Monitor {
+    /// # Panics
+    ///
+    /// If the server does not accept `MONITOR` within a second.
+    pub fn start(port: u16) -> Monitor {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("cannot reach redis on {port} to monitor it: {e}"));
+        stream.write_all(b"MONITOR\r\n").expect("MONITOR is sent");
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("a second handle"));
+        let mut first = String::new();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("a read timeout");
+        std::io::BufRead::read_line(&mut reader, &mut first).expect("MONITOR answers");
+        assert_eq!(first.trim_end(), "+OK", "MONITOR is on");
+        stream.set_read_timeout(None).expect("no read timeout");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        thread::spawn(move || {
+            for line in std::io::BufRead::lines(reader) {
+                let Ok(line) = line else { return };
+                let command = line.strip_prefix('+').unwrap_or(&line).to_owned();
+                into.lock().expect("the monitor's log").push(command);
+            }
+        });
+        Monitor { stream, seen }
+    }
+
+    /// The commands run so far.
+    pub fn commands(&self) -> Vec<String> {
+        self.seen.lock().expect("the monitor's log").clone()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
