@@ -21,6 +21,14 @@ async fn known_after(api: &Api, walks: u64) -> Value {
     .await
 }
 
+/// `b` answers `body` from the cache, and the upstream still has only the `calls` the first
+/// instance made.
+async fn hit_without_upstream(h: &Harness, b: &Api, path: &str, body: &Value, calls: usize) {
+    let what = body.to_string();
+    b.send(path, body).await.assert_cache("hit", &what);
+    assert_eq!(h.fake.calls_to(path), calls, "no upstream call for {what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_question_reads_nothing_from_redis() {
     let h = Harness::start(Backend::Redis).await;
@@ -87,14 +95,7 @@ async fn answers_stored_before_an_instance_started_or_through_another_are_hits_o
         },
     )
     .await;
-    b.send(path, &later)
-        .await
-        .assert_cache("hit", "stored later");
-    assert_eq!(
-        h.fake.calls_to(path),
-        2,
-        "the second instance asked no upstream"
-    );
+    hit_without_upstream(&h, &b, path, &later, 2).await;
     drop(other);
 }
 
@@ -117,13 +118,6 @@ async fn an_answer_stored_while_the_subscription_was_down_is_a_hit_once_it_is_ba
     h.api.fill(path, &unheard, &NO_HEADERS).await;
 
     known_after(&b, walks).await;
-    b.send(path, &unheard)
-        .await
-        .assert_cache("hit", "stored while down");
-    assert_eq!(
-        h.fake.calls_to(path),
-        1,
-        "the second instance asked no upstream"
-    );
+    hit_without_upstream(&h, &b, path, &unheard, 1).await;
     drop(other);
 }
