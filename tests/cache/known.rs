@@ -104,6 +104,7 @@ async fn an_answer_stored_while_the_subscription_was_down_is_a_hit_once_it_is_ba
     let h = Harness::start(Backend::Redis).await;
     let other = start_thrifty(h.raw.clone(), &h.vars, WAIT).await;
     let b = Api::new(other.url(), WAIT);
+    known_after(&h.api, 0).await;
     let walks = known_after(&b, 0).await["walks"].as_u64().expect("a count");
 
     // Both instances' subscriptions go; the write's announcement reaches nobody.
