@@ -109,3 +109,45 @@ async fn semantic_hit_across_instances(topology: Topology) {
         }
     }
 }
+
+/// A question remembered while the other instance's subscription was down reaches its index
+/// once the subscription is back, long before the periodic reconcile (every 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_remembered_while_the_other_could_not_hear_is_a_semantic_hit_once_it_can() {
+    let fleet = Fleet::start_from(Topology::Single, 2, semantic_config_for, |_| {}).await;
+    let (a, b) = (&fleet.apis[0], &fleet.apis[1]);
+    let crate::SharedRedis::Single(server) = &fleet.redis else {
+        unreachable!("one server")
+    };
+    // Every subscription is in place once some are killed: each instance holds two (answers
+    // and the semantic index).
+    poll(WAIT, "both instances are subscribed", || async {
+        let list = crate::common::redis::command(server.port(), "CLIENT LIST TYPE pubsub")
+            .unwrap_or_default();
+        (list.lines().filter(|l| l.contains("sub=1")).count() >= 4).then_some(())
+    })
+    .await;
+    crate::common::redis::command(server.port(), "CLIENT KILL TYPE pubsub")
+        .expect("CLIENT KILL answers");
+    let miss = a
+        .send("/v1/chat/completions", &chat("How do I reset my password?"))
+        .await;
+    miss.assert_cache("miss", "through A");
+    let read_only = [("cache-control", "no-store")];
+    poll(
+        std::time::Duration::from_secs(15),
+        "B learns A's question",
+        || async {
+            let reply = b
+                .post(
+                    "/v1/chat/completions",
+                    &chat("How can I reset my password?"),
+                    &read_only,
+                )
+                .await;
+            reply.assert_ok("a paraphrase through B");
+            (reply.cache() == "semantic-hit").then_some(())
+        },
+    )
+    .await;
+}
