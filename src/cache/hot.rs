@@ -141,16 +141,20 @@ impl Hot {
 
     /// Applies another instance's announcement.
     pub fn heard(&self, message: &str) {
-        let mut lines = message.lines();
-        if lines.next() == Some(self.instance.as_str()) {
+        if message.lines().next() == Some(self.instance.as_str()) {
             return;
         }
         if let Some(entries) = &self.entries {
-            for key in lines {
+            for key in announced(message) {
                 entries.invalidate(key);
             }
         }
     }
+}
+
+/// The keys an announcement names, whichever instance made it.
+pub fn announced(message: &str) -> impl Iterator<Item = &str> {
+    message.lines().skip(1)
 }
 
 #[cfg(test)]

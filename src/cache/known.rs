@@ -63,7 +63,7 @@ impl Cache {
                     Some(Heard::Message(message)) => {
                         self.hot.heard(&message);
                         if let Some(known) = &self.known {
-                            message.lines().skip(1).for_each(|key| known.add(key));
+                            hot::announced(&message).for_each(|key| known.add(key));
                         }
                     }
                     Some(Heard::Subscribed) => {

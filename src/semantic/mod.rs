@@ -583,10 +583,11 @@ impl SemanticCache {
                         _ => {}
                     },
                     Some(Heard::Lost) => lost = true,
-                    Some(Heard::Subscribed) if lost => {
-                        lost = !self.reconcile().await;
+                    Some(Heard::Subscribed) => {
+                        if lost {
+                            lost = !self.reconcile().await;
+                        }
                     }
-                    Some(Heard::Subscribed) => {}
                     None => events = None,
                 },
                 _ = tick.tick() => {

@@ -28,6 +28,8 @@ pub use config::StoreConfig;
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 
+use crate::clock::Clock;
+
 /// What a subscription to a channel of a shared store delivers.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Heard {
@@ -38,8 +40,6 @@ pub enum Heard {
     /// The subscription dropped: what is published until the next `Subscribed` is lost.
     Lost,
 }
-
-use crate::clock::Clock;
 
 /// Prefix of every key thrifty writes.
 pub const KEY_PREFIX: &str = "thrifty:v1:";
@@ -512,7 +512,7 @@ impl Store {
 
     /// Messages other instances publish, when the store is shared, and when the subscription
     /// is in place or lost.
-    pub fn subscribe(&self, channel: &str) -> Option<tokio::sync::mpsc::UnboundedReceiver<Heard>> {
+    pub fn subscribe(&self, channel: &str) -> Option<tokio::sync::mpsc::Receiver<Heard>> {
         match &self.backend {
             Backend::Redis(r) => Some(r.subscribe(channel)),
             Backend::Embedded(_) => None,

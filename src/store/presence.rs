@@ -99,12 +99,9 @@ impl Presence {
         if state.ready {
             state.fingerprints.insert(fingerprint);
         }
-        if state.fingerprints.len() > self.max {
-            tracing::warn!(
-                max = self.max,
-                "too many keys to know; every read goes to the store"
-            );
-            state.forget();
+        let added = state.walk.as_ref().map_or(0, |walk| walk.added.len());
+        if state.fingerprints.len().max(added) > self.max {
+            state.overflow(self.max);
         }
     }
 
@@ -145,11 +142,7 @@ impl Presence {
         let mut fingerprints = current.added;
         fingerprints.extend(found);
         if fingerprints.len() > self.max {
-            tracing::warn!(
-                max = self.max,
-                "too many keys to know; every read goes to the store"
-            );
-            state.forget();
+            state.overflow(self.max);
             return false;
         }
         state.fingerprints = fingerprints;
@@ -172,6 +165,12 @@ impl Presence {
 }
 
 impl State {
+    /// More than `max` keys to know: the set gives up until the next walk finds fewer.
+    fn overflow(&mut self, max: usize) {
+        tracing::warn!(max, "too many keys to know; every read goes to the store");
+        self.forget();
+    }
+
     fn forget(&mut self) {
         self.ready = false;
         self.fingerprints = HashSet::new();

@@ -12,6 +12,7 @@ use ::redis::{AsyncCommands, Client, Cmd, FromRedisValue, Pipeline, ScriptInvoca
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use tokio::sync::OnceCell;
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::{BATCH_KEYS, Heard, StoreError, Tally};
 
@@ -26,6 +27,9 @@ pub struct RedisStore {
     url: String,
     cluster: bool,
 }
+
+/// How many messages of a subscription may wait for their receiver.
+const BACKLOG: usize = 4096;
 
 /// How long to wait between attempts to reach Redis at start.
 const RETRY: Duration = Duration::from_millis(500);
@@ -305,9 +309,11 @@ impl RedisStore {
 
     /// Delivers every message published on `channel` until the receiver is dropped,
     /// reconnecting as needed, each subscription's start and loss among them. Messages sent
-    /// while disconnected are lost; callers reconcile.
-    pub fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<Heard> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    /// while disconnected are lost; callers reconcile. At most [`BACKLOG`] wait for the
+    /// receiver: one more drops the subscription, which the receiver hears as lost, and a new
+    /// one is made.
+    pub fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::Receiver<Heard> {
+        let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
         let url = self.url.clone();
         let channel = channel.to_owned();
         tokio::spawn(async move {
@@ -320,19 +326,23 @@ impl RedisStore {
                     Err(_) => None,
                 };
                 if let Some(mut pubsub) = connected {
-                    if pubsub.subscribe(&channel).await.is_ok()
-                        && tx.send(Heard::Subscribed).is_ok()
-                    {
+                    if pubsub.subscribe(&channel).await.is_ok() {
+                        if tx.send(Heard::Subscribed).await.is_err() {
+                            return;
+                        }
                         let mut messages = pubsub.on_message();
                         while let Some(message) = futures_util::StreamExt::next(&mut messages).await
                         {
-                            if let Ok(payload) = message.get_payload::<String>() {
-                                if tx.send(Heard::Message(payload)).is_err() {
-                                    return;
-                                }
+                            let Ok(payload) = message.get_payload::<String>() else {
+                                continue;
+                            };
+                            match tx.try_send(Heard::Message(payload)) {
+                                Ok(()) => {}
+                                Err(TrySendError::Full(_)) => break,
+                                Err(TrySendError::Closed(_)) => return,
                             }
                         }
-                        if tx.send(Heard::Lost).is_err() {
+                        if tx.send(Heard::Lost).await.is_err() {
                             return;
                         }
                     }

@@ -122,3 +122,43 @@ async fn an_answer_stored_while_the_subscription_was_down_is_a_hit_once_it_is_ba
     hit_without_upstream(&h, &b, path, &unheard, 1).await;
     drop(other);
 }
+
+/// A subscriber that falls behind by more than the backlog hears its subscription lost (what
+/// it missed must be made up for), then subscribed again; its backlog never grows beyond that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_hears_its_subscription_lost() {
+    use thrifty::store::{Heard, RedisStore};
+    let redis = crate::start_redis().await;
+    let store = RedisStore::connect(&redis.url(), false, Duration::from_secs(2)).expect("a store");
+    let mut heard = store.subscribe("thrifty:v1:test:events");
+    assert_eq!(heard.recv().await, Some(Heard::Subscribed));
+    let probe = crate::Probe::connect(&redis.url(), WAIT).await;
+    const SENT: usize = 5_000;
+    for n in 0..SENT {
+        let _: i64 = probe
+            .query(redis::cmd("PUBLISH").arg("thrifty:v1:test:events").arg(n))
+            .await;
+    }
+    let mut messages = 0;
+    loop {
+        match tokio::time::timeout(WAIT, heard.recv())
+            .await
+            .expect("heard in time")
+        {
+            Some(Heard::Message(_)) => messages += 1,
+            Some(Heard::Lost) => break,
+            other => panic!("{other:?} after {messages} messages"),
+        }
+    }
+    assert!(
+        (1..SENT).contains(&messages),
+        "the backlog was bounded: {messages} of {SENT} delivered before the loss"
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, heard.recv())
+            .await
+            .expect("in time"),
+        Some(Heard::Subscribed),
+        "subscribed again"
+    );
+}

@@ -49,21 +49,7 @@ async fn semantic_hit_across_instances(topology: Topology) {
         .send("/v1/chat/completions", &chat("How do I reset my password?"))
         .await;
     miss.assert_cache("miss", "through A");
-    // Read-only probes: a miss through B records nothing, so the paraphrase stays a question
-    // only A's entry can answer.
-    let read_only = [("cache-control", "no-store")];
-    let hit = poll(WAIT, "B learns A's entry", || async {
-        let reply = b
-            .post(
-                "/v1/chat/completions",
-                &chat("How can I reset my password?"),
-                &read_only,
-            )
-            .await;
-        reply.assert_ok("a paraphrase through B");
-        (reply.cache() == "semantic-hit").then_some(reply)
-    })
-    .await;
+    let hit = paraphrase_hit(b, WAIT).await;
     assert_eq!(
         hit.json()["choices"][0]["message"]["content"],
         miss.json()["choices"][0]["message"]["content"],
@@ -133,21 +119,24 @@ async fn a_question_remembered_while_the_other_could_not_hear_is_a_semantic_hit_
         .send("/v1/chat/completions", &chat("How do I reset my password?"))
         .await;
     miss.assert_cache("miss", "through A");
+    paraphrase_hit(b, std::time::Duration::from_secs(15)).await;
+}
+
+/// Asks B a paraphrase of A's question until it is a semantic hit, within `within`. The
+/// probes are read-only: a miss through B records nothing, so the paraphrase stays a question
+/// only A's entry can answer.
+async fn paraphrase_hit(b: &crate::Api, within: std::time::Duration) -> crate::Reply {
     let read_only = [("cache-control", "no-store")];
-    poll(
-        std::time::Duration::from_secs(15),
-        "B learns A's question",
-        || async {
-            let reply = b
-                .post(
-                    "/v1/chat/completions",
-                    &chat("How can I reset my password?"),
-                    &read_only,
-                )
-                .await;
-            reply.assert_ok("a paraphrase through B");
-            (reply.cache() == "semantic-hit").then_some(())
-        },
-    )
-    .await;
+    poll(within, "B learns A's question", || async {
+        let reply = b
+            .post(
+                "/v1/chat/completions",
+                &chat("How can I reset my password?"),
+                &read_only,
+            )
+            .await;
+        reply.assert_ok("a paraphrase through B");
+        (reply.cache() == "semantic-hit").then_some(reply)
+    })
+    .await
 }
