@@ -224,7 +224,7 @@ impl Shared {
             };
             let started = Instant::now();
             let vector = model
-                .embed(&[job.text.as_str()], Some(1))
+                .embed([job.text.as_str()], Some(1))
                 .ok()
                 .and_then(|mut v| v.pop())
                 .map(Arc::new);
