@@ -74,7 +74,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dump: Option<PathBuf>,
         /// Instead, measure the model's wall and CPU time per question by length, one lookup
-        /// at a time and in background batches, on questions built from the pairs' texts.
+        /// at a time and queued as background work, on questions built from the pairs' texts.
         #[arg(long)]
         cost: bool,
         /// Stream each file's questions (then all files mixed) through the guard, index and

@@ -1,5 +1,5 @@
 //! `thrifty eval-semantic --cost`: what the model costs per question, by question length, one
-//! lookup at a time and in background batches, in wall time and in CPU time.
+//! lookup at a time and queued all at once as background work, in wall time and in CPU time.
 //!
 //! CPU time is the whole process's (from `/proc/self/stat`), which while this runs is the model
 //! thread's and its intra-op helpers'. It measures; it never changes how thrifty runs.
@@ -64,7 +64,8 @@ fn texts_of(embedder: &Embedder, sentences: &[String], tokens: usize) -> Vec<Str
     out
 }
 
-/// Measures each length one lookup at a time and then as background batches.
+/// Measures each length one lookup at a time and then queued all at once as background work
+/// (which the model still embeds one text per run).
 pub async fn measure(embedder: &Embedder, sentences: &[String]) -> Result<Vec<Cost>, String> {
     if sentences.is_empty() {
         return Err("no sentences to build questions from".to_owned());
@@ -128,7 +129,7 @@ pub fn render(threads: usize, costs: &[Cost]) -> String {
     );
     for c in costs {
         let how = if c.batched {
-            "background batches"
+            "queued as background work"
         } else {
             "one lookup at a time"
         };
