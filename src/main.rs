@@ -153,13 +153,17 @@ fn main() -> anyhow::Result<()> {
             dump,
             fixed,
             ..
-        } => eval_online(cli.config, &pairs, seed, fixed, dump.as_deref()),
+        } => {
+            dump_dir(dump.as_deref())?;
+            eval_online(cli.config, &pairs, seed, fixed, dump.as_deref())
+        }
         Command::EvalSemantic {
             pairs, dump, cost, ..
         } => {
             if cost {
                 eval_cost(cli.config, &pairs)
             } else {
+                dump_dir(dump.as_deref())?;
                 eval_semantic(cli.config, &pairs, dump.as_deref())
             }
         }
@@ -198,6 +202,15 @@ fn report(config: Option<PathBuf>, args: thrifty::savings::ReportArgs) -> anyhow
     })?;
     write!(std::io::stdout(), "{text}")?;
     Ok(())
+}
+
+/// Creates the directory `--dump` names, if any, before anything is measured.
+fn dump_dir(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the dump directory {}", dir.display())),
+        None => Ok(()),
+    }
 }
 
 fn eval_semantic(
