@@ -58,7 +58,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// The question most scenarios cache first.
 pub const QUESTION: &str = "How do I reset my password?";
 
-/// A paraphrase of [`QUESTION`] (cosine 0.984 with this model; the guard lets it through).
+/// A paraphrase of [`QUESTION`] (cosine 0.980 with this model; the guard lets it through).
 pub const PARAPHRASE: &str = "how can I reset my password";
 
 /// The system prompt of [`Dialect::chat`].

@@ -102,6 +102,8 @@ struct Shared {
 
 pub struct Embedder {
     shared: Arc<Shared>,
+    /// Which model this is: the start of `model.onnx`'s SHA-256, in hex.
+    model: String,
     /// The model's own tokenizer, without truncation, for counting a question's word pieces.
     tokenizer: Tokenizer,
     recent: moka::sync::Cache<String, Arc<Vec<f32>>>,
@@ -127,7 +129,18 @@ fn environment(library: &Path) -> Result<ort::environment::Environment, String> 
     .clone()
 }
 
-fn load_model(dir: &Path, threads: usize) -> Result<TextEmbedding, String> {
+/// The model's identity: the first 8 bytes of its file's SHA-256, in hex. Vectors of two
+/// models are not comparable, even when they have the same length.
+fn model_id(onnx: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(onnx)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The model in `dir` and its identity ([`model_id`]).
+fn load_model(dir: &Path, threads: usize) -> Result<(TextEmbedding, String), String> {
     for file in MODEL_FILES {
         if !dir.join(file).is_file() {
             return Err(format!(
@@ -145,16 +158,18 @@ fn load_model(dir: &Path, threads: usize) -> Result<TextEmbedding, String> {
         special_tokens_map_file: read("special_tokens_map.json")?,
         tokenizer_config_file: read("tokenizer_config.json")?,
     };
-    let model =
-        UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer).with_pooling(Pooling::Mean);
+    let onnx = read("model.onnx")?;
+    let id = model_id(&onnx);
+    let model = UserDefinedEmbeddingModel::new(onnx, tokenizer).with_pooling(Pooling::Mean);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(threads.max(1)));
     let options = InitOptionsUserDefined::new()
         .with_environment(env)
         .with_intra_threads(threads)
         .with_session_config("session.intra_op.allow_spinning", "0")
         .with_max_length(MODEL_MAX_TOKENS);
-    TextEmbedding::try_new_from_user_defined(model, options)
-        .map_err(|e| format!("cannot load the embedding model: {e}"))
+    let model = TextEmbedding::try_new_from_user_defined(model, options)
+        .map_err(|e| format!("cannot load the embedding model: {e}"))?;
+    Ok((model, id))
 }
 
 impl Shared {
@@ -263,7 +278,7 @@ impl Embedder {
     }
 
     fn load(dir: &Path, threads: usize) -> Result<Embedder, String> {
-        let mut model = load_model(dir, threads)?;
+        let (mut model, id) = load_model(dir, threads)?;
         let mut tokenizer = model.tokenizer.clone();
         tokenizer.with_padding(None);
         tokenizer
@@ -281,9 +296,15 @@ impl Embedder {
             .map_err(|e| format!("cannot start the embedding thread: {e}"))?;
         Ok(Embedder {
             shared,
+            model: id,
             tokenizer,
             recent: moka::sync::Cache::new(QUERY_CACHE),
         })
+    }
+
+    /// Which model embeds: vectors another model made are not comparable with its own.
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// What the model has done since it was loaded.

@@ -108,12 +108,19 @@ struct Record {
     text: String,
     vector: Vec<f32>,
     created_ms: u64,
+    /// The model that made the vector ([`Embedder::model`]); empty in records written before
+    /// records named it.
+    #[serde(default)]
+    model: String,
 }
 
 impl Record {
-    /// The index entry, if the vector is the model's shape.
-    fn into_entry(self) -> Option<index::Entry> {
-        (self.vector.len() == embedder::DIMENSIONS).then_some(index::Entry {
+    /// The index entry, if `model` made the vector: another model's vectors (another model
+    /// directory, or a record older than the model a new release fetched) would be compared
+    /// with this one's as if they meant the same, so they are left out of the index, and
+    /// their answers are served by the exact cache only.
+    fn into_entry(self, model: &str) -> Option<index::Entry> {
+        (self.model == model && self.vector.len() == embedder::DIMENSIONS).then_some(index::Entry {
             partition: self.partition,
             answer: self.answer,
             text: self.text,
@@ -447,6 +454,7 @@ impl SemanticCache {
             text: query.text,
             vector: query.vector.to_vec(),
             created_ms: self.cache.clock().now_ms(),
+            model: self.embedder.model().to_owned(),
         };
         let key = record_key(&record.partition, &record.answer);
         let store = self.cache.store();
@@ -492,7 +500,7 @@ impl SemanticCache {
             .cache
             .sealer()
             .open::<Record>(&raw)
-            .and_then(Record::into_entry)
+            .and_then(|record| record.into_entry(self.embedder.model()))
         {
             self.index
                 .insert(&e.partition, &e.answer, &e.text, e.vector);
@@ -546,11 +554,12 @@ impl SemanticCache {
             return true;
         }
         let (cache, index) = (self.cache.clone(), self.index.clone());
+        let model = self.embedder.model().to_owned();
         let load = tokio::task::spawn_blocking(move || {
             let entries: Vec<index::Entry> = raws
                 .iter()
                 .filter_map(|raw| cache.sealer().open::<Record>(raw))
-                .filter_map(Record::into_entry)
+                .filter_map(|record| record.into_entry(&model))
                 .collect();
             index.insert_many(entries);
         });

@@ -108,7 +108,7 @@ async fn candidates_are_guarded_hits_best_first_and_the_next_serves_when_the_bes
 #[tokio::test]
 async fn candidates_skip_near_misses_without_spending_the_limit() {
     let semantic = semantic_cache();
-    // Both above the threshold (cosine 0.948 and 0.934); the closer one differs in its number,
+    // Both above the threshold (cosine 0.945 and 0.932); the closer one differs in its number,
     // which the guard rejects.
     remember(&semantic, "give me 3 ideas for dinner", "three").await;
     remember(&semantic, "what are 5 ideas for dinner", "five").await;
@@ -140,11 +140,56 @@ async fn candidates_skip_near_misses_without_spending_the_limit() {
 async fn a_requested_threshold_only_narrows_the_candidates() {
     let semantic = semantic_cache();
     remember(&semantic, "How do I reset my password?", "question").await;
-    // Cosine 0.984 with the recorded question.
+    // Cosine 0.980 with the recorded question.
     let asked = query(&semantic, "how can I reset my password").await;
     assert_eq!(
         answers(&semantic.candidates(&asked, Some(0.5), 4)),
         ["question"]
     );
     assert!(semantic.candidates(&asked, Some(0.999), 4).is_empty());
+}
+
+#[tokio::test]
+async fn records_of_another_model_are_left_out_of_the_index() {
+    let semantic = semantic_cache();
+    let text = "How do I reset my password?";
+    let asked = query(&semantic, text).await;
+    // The same vector three times: as this model's, as another model's, and as a record
+    // written before records named their model.
+    let ours = semantic.embedder.model().to_owned();
+    assert_eq!(
+        ours.len(),
+        16,
+        "the model is named by its file's digest: {ours:?}"
+    );
+    for (answer, model) in [
+        ("ours", Some(ours.as_str())),
+        ("theirs", Some("0123456789abcdef")),
+        ("unnamed", None),
+    ] {
+        let mut record = serde_json::json!({
+            "partition": PARTITION,
+            "answer": answer,
+            "text": text,
+            "vector": asked.vector.as_slice(),
+            "created_ms": 1,
+        });
+        if let Some(model) = model {
+            record["model"] = model.into();
+        }
+        let raw = semantic.cache.sealer().seal(&record).expect("sealed");
+        semantic
+            .cache
+            .store()
+            .put(&record_key(PARTITION, answer), raw, Duration::from_secs(60))
+            .await
+            .expect("stored");
+    }
+    assert!(semantic.reconcile().await, "the store answered");
+    assert_eq!(
+        semantic.index.entries(),
+        [(PARTITION.to_owned(), "ours".to_owned())],
+        "only this model's vector is compared"
+    );
+    assert_eq!(answers(&semantic.candidates(&asked, None, 4)), ["ours"]);
 }

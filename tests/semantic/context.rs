@@ -15,7 +15,7 @@ const WINDOW: usize = 2;
 /// The follow-up every conversation here ends with.
 const FOLLOW_UP: &str = "and in French?";
 
-/// A paraphrase of [`FOLLOW_UP`] (cosine 0.955; the guard lets it through).
+/// A paraphrase of [`FOLLOW_UP`] (cosine 0.946; the guard lets it through).
 const FOLLOW_UP_PARAPHRASE: &str = "and in French too?";
 
 /// An opening exchange about `city`, then a greeting and `follow_up`: the last [`WINDOW`]

@@ -202,7 +202,7 @@ async fn a_follow_up_matches_only_within_its_own_conversation(
     let paraphrased = conversation(
         "Tell me about Paris",
         "Paris is the capital of France.",
-        // Cosine 0.955 with "and in French?".
+        // Cosine 0.946 with "and in French?".
         "and in French too?",
     );
     assert_semantic_hit(
@@ -405,7 +405,7 @@ async fn request_headers_turn_the_stage_off_or_raise_the_threshold(
         .fill(dialect, &dialect.chat(QUESTION, false), &NO_HEADERS)
         .await;
 
-    // Cosine 0.984: above the configured threshold, below the requested one.
+    // Cosine 0.980: above the configured threshold, below the requested one.
     assert_upstream(
         &w,
         dialect,
@@ -414,7 +414,7 @@ async fn request_headers_turn_the_stage_off_or_raise_the_threshold(
         &format!("{what}: x-thrifty-semantic-threshold 0.999"),
     )
     .await;
-    // Cosine 0.972.
+    // Cosine 0.967.
     assert_upstream(
         &w,
         dialect,
@@ -423,7 +423,7 @@ async fn request_headers_turn_the_stage_off_or_raise_the_threshold(
         &format!("{what}: x-thrifty-semantic off"),
     )
     .await;
-    // Cosine 0.994: a raised threshold it still clears.
+    // Cosine 0.988: a raised threshold it still clears.
     let similarity = assert_semantic_hit(
         &w,
         dialect,
