@@ -130,6 +130,11 @@ pub struct Run {
     /// Outcomes the calibration observed, and how many of them agreed.
     pub observed: usize,
     pub agreed: usize,
+    /// Candidates the calibration weighed, and the time its bookkeeping took for them: the
+    /// estimate and decision, and for a verified one the answers' comparison (without
+    /// embedding them: both are the oracle's) and the observation, in memory.
+    pub weighed: usize,
+    pub bookkeeping: std::time::Duration,
 }
 
 /// An answer entry for a class, as the oracle upstream would record it.
@@ -185,6 +190,7 @@ pub async fn run(
     let mut answered: HashMap<usize, ()> = HashMap::new();
     let mut steps = Vec::with_capacity(workload.texts.len());
     let (mut verified_calls, mut observed, mut agreed_count) = (0, 0, 0);
+    let (mut weighed, mut bookkeeping) = (0, std::time::Duration::ZERO);
     for q in shuffled(workload.texts.len(), seed) {
         let class = workload.classes[q];
         let text = &workload.texts[q];
@@ -223,19 +229,15 @@ pub async fn run(
                     upstream = false;
                 }
                 SemanticMode::Verified => {
+                    let (fresh, recorded) = (answer(class), answer(workload.classes[cached]));
+                    let started = std::time::Instant::now();
                     let estimate = calibration.estimate(&scope, similarity, &features).await;
                     let serve = calibration.allows(&estimate);
                     if serve {
                         step.served = Some(right);
                     }
                     if !serve || calibration.should_verify() {
-                        let fresh = answer(class);
-                        let agreed = calibration::answers_agree(
-                            &fresh,
-                            &answer(workload.classes[cached]),
-                            None,
-                        )
-                        .await;
+                        let agreed = calibration::answers_agree(&fresh, &recorded, None).await;
                         calibration
                             .observe(&scope, similarity, &features, agreed)
                             .await;
@@ -245,6 +247,8 @@ pub async fn run(
                     } else {
                         upstream = false;
                     }
+                    bookkeeping += started.elapsed();
+                    weighed += 1;
                 }
             }
         }
@@ -259,6 +263,8 @@ pub async fn run(
         verified_calls,
         observed,
         agreed: agreed_count,
+        weighed,
+        bookkeeping,
     }
 }
 
@@ -327,10 +333,18 @@ pub fn render(workload: &Workload, run: &Run, mode: SemanticMode) -> String {
         }
         None => "no hit served".to_owned(),
     };
+    let bookkeeping = match run.weighed {
+        0 => String::new(),
+        n => format!(
+            "; bookkeeping {:.1} µs per candidate over {n} (estimate, decision, answer comparison \
+             and observation, in memory)",
+            run.bookkeeping.as_secs_f64() * 1e6 / n as f64
+        ),
+    };
     let mut out = format!(
         "{} ({mode}): {} questions, {} of them asked after their class was answered\n\
          whole run: {served} served, precision {precision:.3}, recall {recall:.3}; {} served hits verified; \
-         {} outcomes observed, {} agreeing; {first}\n\
+         {} outcomes observed, {} agreeing; {first}{bookkeeping}\n\
          second half (warm): precision {warm_precision:.3}, recall {warm_recall:.3}; \
          hindsight-best fixed threshold: recall {best_95:.3} at precision >= 0.95 (t = {t_95:.3}), \
          {best_same:.3} at precision >= {warm_precision:.3} (t = {t_same:.3})\n\
