@@ -587,14 +587,23 @@ mod tests {
             tokio::spawn(async move { embedder.embed("what is a lookup", PATIENT).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // A second hold queued behind the lookup (holds go with lookups): once it is entered,
+        // the model has run exactly what went before it, whatever the scheduler's timing.
+        let second = {
+            let embedder = embedder.clone();
+            tokio::spawn(async move { embedder.hold().await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let runs = embedder.model_runs();
         drop(held);
         vector(lookup.await.expect("lookup task"));
+        let second = second.await.expect("hold task");
         assert_eq!(
             embedder.model_runs(),
             runs + 1,
             "the lookup was the model's first run after the hold, ahead of the background texts"
         );
+        drop(second);
         let indexed = indexing.await.expect("indexing task");
         assert!(
             indexed.iter().all(Option::is_some),
