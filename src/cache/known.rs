@@ -8,6 +8,7 @@
 //! also lets go of answers that expired. While the subscription is down, or before its first
 //! walk has ended, every lookup reads the store as before.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,13 +95,25 @@ impl Cache {
         tokio::spawn(async move { cache.walked(walk).await });
     }
 
+    /// Fingerprints the keys as the walk finds them, so it holds at most one more than
+    /// [`MAX_KNOWN`] of them, never the keys themselves.
     async fn walked(&self, walk: WalkId) {
         let Some(known) = &self.known else {
             return;
         };
-        match self.store.keys(ANSWER_PREFIX).await {
-            Ok(keys) => {
-                known.walked(walk, keys.iter().map(|key| Presence::of(key)));
+        let mut found = Vec::new();
+        let mut fingerprint = |key: String| {
+            found.push(Presence::of(&key));
+            if found.len() > MAX_KNOWN {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        match self.store.walk_keys(ANSWER_PREFIX, &mut fingerprint).await {
+            Ok(()) => {
+                // Over the bound, the set is left unknown.
+                known.walked(walk, found);
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot walk the answer keys; lookups read the store");

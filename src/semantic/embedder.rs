@@ -133,10 +133,7 @@ fn environment(library: &Path) -> Result<ort::environment::Environment, String> 
 /// models are not comparable, even when they have the same length.
 fn model_id(onnx: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(onnx)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(onnx)[..8])
 }
 
 /// The model in `dir` and its identity ([`model_id`]).

@@ -470,6 +470,31 @@ impl Store {
         .await
     }
 
+    /// Hands each live key starting with `prefix` to `each` as the walk finds it, until `each`
+    /// breaks it off, so a caller that keeps less than the keys never holds them all (the
+    /// embedded store, which is local, lists them first). Background paths only: it walks the
+    /// key space within the bulk timeout.
+    pub async fn walk_keys(
+        &self,
+        prefix: &str,
+        each: &mut (impl FnMut(String) -> std::ops::ControlFlow<()> + Send),
+    ) -> Result<(), StoreError> {
+        self.bounded_bulk(async {
+            match &self.backend {
+                Backend::Redis(r) => r.walk_keys(prefix, each).await,
+                Backend::Embedded(e) => {
+                    for key in e.keys(prefix).await? {
+                        if each(key).is_break() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .await
+    }
+
     /// How many live keys start with `prefix` and how many bytes their values hold, from the
     /// keys and the stored lengths: no value is read into thrifty. Admin paths only: it
     /// walks the key space within the bulk timeout.

@@ -2,6 +2,7 @@
 //! cluster connection, connected in the background so thrifty starts and serves
 //! while Redis is down.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -221,24 +222,46 @@ impl RedisStore {
     }
 
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let pattern = format!("{}*", escape_glob(prefix));
         let mut keys = Vec::new();
+        self.walk_keys(prefix, &mut |key| {
+            keys.push(key);
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(keys)
+    }
+
+    /// Hands each key starting with `prefix` to `each` as the walk finds it, until `each`
+    /// breaks it off.
+    pub async fn walk_keys(
+        &self,
+        prefix: &str,
+        each: &mut (impl FnMut(String) -> ControlFlow<()> + Send),
+    ) -> Result<(), StoreError> {
+        let pattern = format!("{}*", escape_glob(prefix));
         match self.connection()? {
             Connection::Single(mut c) => {
                 let mut iter = c.scan_options::<String>(scan_options(&pattern)).await?;
                 while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-                    keys.push(key?);
+                    if each(key?).is_break() {
+                        break;
+                    }
                 }
             }
             // `SCAN` on a cluster connection walks one node picked at random: walk every
             // master instead, each with a cursor of its own.
             Connection::Cluster(mut c) => {
                 for (host, port) in masters(&mut c).await? {
-                    scan_node(&mut c, host, port, &pattern, &mut keys).await?;
+                    if scan_node(&mut c, host, port, &pattern, each)
+                        .await?
+                        .is_break()
+                    {
+                        break;
+                    }
                 }
             }
         }
-        Ok(keys)
+        Ok(())
     }
 
     /// Walks the keys, then asks their lengths (`STRLEN`), never their values.
@@ -389,14 +412,15 @@ async fn masters(c: &mut ClusterConnection) -> Result<Vec<(String, u16)>, StoreE
     Ok(out)
 }
 
-/// Walks the keys of one cluster node that match `pattern` into `keys`.
+/// Hands the keys of one cluster node that match `pattern` to `each`, until it breaks the walk
+/// off.
 async fn scan_node(
     c: &mut ClusterConnection,
     host: String,
     port: u16,
     pattern: &str,
-    keys: &mut Vec<String>,
-) -> Result<(), StoreError> {
+    each: &mut (impl FnMut(String) -> ControlFlow<()> + Send),
+) -> Result<ControlFlow<()>, StoreError> {
     let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
     let mut cursor: u64 = 0;
     loop {
@@ -409,9 +433,13 @@ async fn scan_node(
         let reply = c.route_command(cmd, routing.clone()).await?;
         let (next, batch): (u64, Vec<String>) =
             ::redis::from_redis_value(reply).map_err(::redis::RedisError::from)?;
-        keys.extend(batch);
+        for key in batch {
+            if each(key).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
         if next == 0 {
-            return Ok(());
+            return Ok(ControlFlow::Continue(()));
         }
         cursor = next;
     }
