@@ -303,8 +303,7 @@ pub fn measures(record: &UsageRecord, quote: &Quote) -> Vec<(Cow<'static, str>, 
         None => add("unpriced".into(), 1),
     }
     for price in &quote.versions {
-        let label = version_label(&price.model, price.upstream.as_deref(), price.effective);
-        add(format!("v:{label}").into(), 1);
+        add(format!("v:{}", price.label).into(), 1);
     }
     for model in &quote.unpriced {
         add(format!("u:{}", escape(model)).into(), 1);

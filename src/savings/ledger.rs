@@ -435,11 +435,7 @@ fn audit_entry(pending: Pending, currency: &str) -> AuditEntry {
         net_saved: money::decimal(c.net_saved()),
     });
     AuditEntry {
-        prices: quote
-            .versions
-            .iter()
-            .map(|p| aggregate::version_label(&p.model, p.upstream.as_deref(), p.effective))
-            .collect(),
+        prices: quote.versions.iter().map(|p| p.label.clone()).collect(),
         unpriced: quote.unpriced,
         cost,
         record,

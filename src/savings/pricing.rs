@@ -5,6 +5,7 @@
 //! million tokens), so any list price with up to six decimals per million is exact.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use globset::GlobMatcher;
 use serde::Deserialize;
@@ -97,6 +98,9 @@ pub struct Price {
     pub output: u64,
     pub currency: String,
     pub source: String,
+    /// `model|upstream|effective`, as reports and the audit log name this version (see
+    /// [`super::aggregate::version_label`]); made once, when the table is read.
+    pub label: String,
 }
 
 impl Price {
@@ -116,7 +120,7 @@ struct Group {
     upstream: Option<GlobMatcher>,
     /// Exact names beat globs, longer globs beat shorter ones, restricted beats unrestricted.
     rank: (bool, usize, bool),
-    versions: Vec<Price>,
+    versions: Vec<Arc<Price>>,
 }
 
 /// The costs of one record, in pico-units.
@@ -141,7 +145,7 @@ impl Costs {
 pub struct Quote {
     pub costs: Option<Costs>,
     /// The versions applied (the request's, then the overhead's if different).
-    pub versions: Vec<Price>,
+    pub versions: Vec<Arc<Price>>,
     /// Models without a price on the record's day.
     pub unpriced: Vec<String>,
 }
@@ -221,7 +225,12 @@ impl Pricing {
             if entry.source.trim().is_empty() {
                 return Err(bad("source", "a note saying where the price comes from"));
             }
-            let price = Price {
+            let price = Arc::new(Price {
+                label: super::aggregate::version_label(
+                    &entry.model,
+                    entry.upstream.as_deref(),
+                    effective,
+                ),
                 model: entry.model.clone(),
                 upstream: entry.upstream.clone(),
                 effective,
@@ -230,7 +239,7 @@ impl Pricing {
                 output,
                 currency: code.to_owned(),
                 source: entry.source,
-            };
+            });
             match groups.iter_mut().find(|g| {
                 g.versions[0].model == entry.model && g.versions[0].upstream == entry.upstream
             }) {
@@ -271,6 +280,11 @@ impl Pricing {
     /// or before `day`. A less specific glob is never consulted instead: no price is better
     /// than a wrong one.
     pub fn price(&self, model: &str, upstream: &str, day: Day) -> Option<&Price> {
+        self.shared_price(model, upstream, day).map(Arc::as_ref)
+    }
+
+    /// [`Pricing::price`], shared, for a quote to keep.
+    fn shared_price(&self, model: &str, upstream: &str, day: Day) -> Option<&Arc<Price>> {
         let mut best: Option<&Group> = None;
         for group in self
             .models
@@ -288,7 +302,7 @@ impl Pricing {
 
     /// The version a stored label names, for the report's details.
     pub fn version(&self, model: &str, upstream: Option<&str>, effective: Day) -> Option<&Price> {
-        self.groups.iter().flat_map(|g| &g.versions).find(|v| {
+        self.versions().find(|v| {
             v.model == model && v.upstream.as_deref() == upstream && v.effective == effective
         })
     }
@@ -298,7 +312,7 @@ impl Pricing {
     pub fn quote(&self, record: &UsageRecord) -> Quote {
         let day = record.day();
         let mut quote = Quote::default();
-        let main = self.price(&record.model, &record.upstream, day);
+        let main = self.shared_price(&record.model, &record.upstream, day);
         match main {
             Some(p) => quote.versions.push(p.clone()),
             None => quote.unpriced.push(record.model.clone()),
@@ -307,9 +321,9 @@ impl Pricing {
         let overhead = if record.overhead.is_zero() {
             Some(None)
         } else {
-            match self.price(overhead_model, &record.upstream, day) {
+            match self.shared_price(overhead_model, &record.upstream, day) {
                 Some(p) => {
-                    if main != Some(p) {
+                    if !main.is_some_and(|m| Arc::ptr_eq(m, p)) {
                         quote.versions.push(p.clone());
                     }
                     Some(Some(p))
@@ -334,7 +348,10 @@ impl Pricing {
 
     /// Every version, for listings.
     pub fn versions(&self) -> impl Iterator<Item = &Price> {
-        self.groups.iter().flat_map(|g| &g.versions)
+        self.groups
+            .iter()
+            .flat_map(|g| &g.versions)
+            .map(Arc::as_ref)
     }
 }
 

@@ -315,10 +315,12 @@ impl Embedder {
     }
 
     /// Whether `text` is surely more than `limit` word pieces long, judged without the
-    /// tokenizer: every whitespace-separated word is at least one word piece, and no word piece
-    /// is longer than 32 bytes. A few microseconds for a long message.
+    /// tokenizer: every word between ASCII spaces is at least one word piece, and no word piece
+    /// is longer than 32 bytes. One pass over the bytes, about a microsecond for a long
+    /// message. Other Unicode spaces do not split words here, which can only count fewer.
     pub fn surely_longer(text: &str, limit: usize) -> bool {
-        text.len() > limit.saturating_mul(32) || text.split_whitespace().nth(limit).is_some()
+        text.len() > limit.saturating_mul(32)
+            || ascii_words(text.as_bytes(), limit.saturating_add(1)) > limit
     }
 
     /// Whether `text` is at most `limit` word pieces long for the model. The tokenizer runs only
@@ -472,12 +474,29 @@ pub fn similarity(a: &[f32], b: &[f32]) -> f32 {
     sums.iter().sum::<f32>() + tail
 }
 
+/// The words between ASCII whitespace in `bytes`, counted up to `most`.
+fn ascii_words(bytes: &[u8], most: usize) -> usize {
+    let mut words = 0;
+    let mut in_word = false;
+    for &b in bytes {
+        let space = b.is_ascii_whitespace();
+        if !space && !in_word {
+            words += 1;
+            if words >= most {
+                return words;
+            }
+        }
+        in_word = !space;
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{Embedded, Embedder, similarity};
+    use super::{Embedded, Embedder, ascii_words, similarity};
 
     /// Long enough that a lookup in these tests is never withdrawn.
     const PATIENT: Duration = Duration::from_secs(60);
@@ -620,6 +639,37 @@ mod tests {
             started.elapsed() < Duration::from_millis(50),
             "no tokenizing"
         );
+    }
+
+    #[test]
+    fn surely_longer_never_says_so_of_a_text_that_fits() {
+        let embedder = private_embedder();
+        let texts = [
+            "How do I reset my password?",
+            "  spaced\tout\n\nwords  ",
+            "naïve café crème brûlée déjà vu",
+            "日本語の質問です\u{3000}これは長い",
+            "a\u{a0}b\u{2003}c d e f g h",
+            "tokenization's pre-trained state-of-the-art word-pieces!!!",
+            "x",
+            "",
+        ];
+        for text in texts {
+            let pieces = embedder
+                .tokenizer
+                .encode(text, false)
+                .expect("encodes")
+                .len();
+            for limit in 0..pieces + 3 {
+                if Embedder::surely_longer(text, limit) {
+                    assert!(pieces > limit, "{text:?}: {pieces} pieces, limit {limit}");
+                }
+            }
+        }
+        assert!(Embedder::surely_longer(&"word ".repeat(200), 128));
+        assert!(!Embedder::surely_longer(&"word ".repeat(128), 128));
+        assert_eq!(ascii_words(b" a  b\tc\n", 10), 3);
+        assert_eq!(ascii_words(b"a b c d", 2), 2);
     }
 
     #[test]
