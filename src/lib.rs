@@ -157,6 +157,7 @@ pub async fn run_with_clock(
     });
     let indexer = proxy.semantic().map(|semantic| {
         background.spawn(semantic.clone().sync());
+        background.spawn(semantic.clone().renew_stale());
         tokio::spawn(semantic.clone().index_questions())
     });
     let sweep_store = proxy.cache().store().clone();

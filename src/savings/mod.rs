@@ -8,7 +8,8 @@
 //!   [`bounds`]: the caps on the names it aggregates by.
 //! - [`query`], [`report`]: what a report covers and its JSON, CSV and table renderings.
 //! - [`dashboard`]: one self-contained HTML page. [`metrics`]: the Prometheus exposition.
-//! - [`day`], [`money`]: UTC days and exact decimals of integer pico-unit sums.
+//! - [`day`], [`money`]: UTC days and exact decimals of integer pico-unit sums; [`names`]:
+//!   names escaped into counter fields and price labels.
 //!
 //! **Invariants:** money is integer pico-units (10⁻¹² of the currency) from pricing to
 //! report; it becomes text only when rendered, and floats appear only in `/metrics`. A
@@ -22,6 +23,7 @@ pub mod day;
 pub mod ledger;
 pub mod metrics;
 pub mod money;
+pub mod names;
 pub mod pricing;
 pub mod query;
 pub mod record;

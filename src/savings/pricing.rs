@@ -99,7 +99,7 @@ pub struct Price {
     pub currency: String,
     pub source: String,
     /// `model|upstream|effective`, as reports and the audit log name this version (see
-    /// [`super::aggregate::version_label`]); made once, when the table is read.
+    /// [`super::names::version_label`]); made once, when the table is read.
     pub label: String,
 }
 
@@ -226,7 +226,7 @@ impl Pricing {
                 return Err(bad("source", "a note saying where the price comes from"));
             }
             let price = Arc::new(Price {
-                label: super::aggregate::version_label(
+                label: super::names::version_label(
                     &entry.model,
                     entry.upstream.as_deref(),
                     effective,

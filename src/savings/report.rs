@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
-use super::aggregate::{self, Cell, TokenSums, Totals};
+use super::aggregate::{Cell, TokenSums, Totals};
 use super::day::Day;
 use super::money;
+use super::names;
 use super::pricing::{Price, Pricing};
 use super::query::{Dimension, Format, ReportQuery};
 use super::record::{AuditEntry, Outcome};
@@ -74,7 +75,7 @@ impl Report {
             .versions
             .iter()
             .filter_map(|(label, requests)| {
-                let (model, upstream, effective) = aggregate::parse_version_label(label)?;
+                let (model, upstream, effective) = names::parse_version_label(label)?;
                 Some(VersionUse {
                     price: pricing
                         .version(&model, upstream.as_deref(), effective)

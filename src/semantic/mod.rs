@@ -26,6 +26,7 @@ pub mod eval;
 pub mod guard;
 pub mod index;
 pub mod online;
+mod renew;
 mod sketch;
 pub mod stats;
 #[cfg(test)]
@@ -39,7 +40,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::cache::Cache;
 use crate::cache::key::{self, CacheKey, Scope};
@@ -101,7 +102,7 @@ struct Pending {
 }
 
 /// A persisted index entry.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Record {
     partition: String,
     answer: String,
@@ -117,8 +118,8 @@ struct Record {
 impl Record {
     /// The index entry, if `model` made the vector: another model's vectors (another model
     /// directory, or a record older than the model a new release fetched) would be compared
-    /// with this one's as if they meant the same, so they are left out of the index, and
-    /// their answers are served by the exact cache only.
+    /// with this one's as if they meant the same, so they are left out of the index until
+    /// their text is embedded again with this model ([`renew`]).
     fn into_entry(self, model: &str) -> Option<index::Entry> {
         (self.model == model && self.vector.len() == embedder::DIMENSIONS).then_some(index::Entry {
             partition: self.partition,
@@ -150,6 +151,10 @@ pub struct SemanticCache {
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
     /// The queue's far end, taken by [`SemanticCache::index_questions`].
     waiting: Mutex<Option<mpsc::Receiver<Pending>>>,
+    /// Records of another model the last reconcile found, to embed again (see [`renew`]).
+    stale: Mutex<Vec<Record>>,
+    /// Raised when `stale` is filled.
+    stale_found: Notify,
 }
 
 /// The text of the last message when it is a user's text; otherwise the stage is skipped.
@@ -202,6 +207,8 @@ impl SemanticCache {
                     stats: Stats::default(),
                     queue: Mutex::new(Some(queue)),
                     waiting: Mutex::new(Some(waiting)),
+                    stale: Mutex::new(Vec::new()),
+                    stale_found: Notify::new(),
                 }))
             }
             Err(reason) => {
@@ -516,7 +523,8 @@ impl SemanticCache {
         }
     }
 
-    /// Brings the index in line with the store: loads what is missing, drops what expired.
+    /// Brings the index in line with the store: loads what is missing, drops what expired,
+    /// and hands records of another model to [`SemanticCache::renew_stale`].
     ///
     /// Missing records are read concurrently and indexed in one batch on a blocking thread, so a
     /// restart with a large store builds each graph once, with parallel inserts.
@@ -556,14 +564,22 @@ impl SemanticCache {
         let (cache, index) = (self.cache.clone(), self.index.clone());
         let model = self.embedder.model().to_owned();
         let load = tokio::task::spawn_blocking(move || {
-            let entries: Vec<index::Entry> = raws
+            let (entries, stale): (Vec<Record>, Vec<Record>) = raws
                 .iter()
                 .filter_map(|raw| cache.sealer().open::<Record>(raw))
-                .filter_map(|record| record.into_entry(&model))
-                .collect();
-            index.insert_many(entries);
+                .partition(|record| record.model == model);
+            index.insert_many(
+                entries
+                    .into_iter()
+                    .filter_map(|record| record.into_entry(&model)),
+            );
+            stale
         });
-        load.await.is_ok()
+        let Ok(stale) = load.await else {
+            return false;
+        };
+        self.found_stale(stale);
+        true
     }
 
     /// Rebuilds the index from the store, then follows other instances until the task is dropped.

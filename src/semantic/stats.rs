@@ -48,6 +48,8 @@ pub struct Stats {
     indexed: AtomicU64,
     /// Questions not indexed because the queue was full.
     dropped: AtomicU64,
+    /// Stored questions of another model embedded again with this one.
+    renewed: AtomicU64,
 }
 
 impl Stats {
@@ -65,6 +67,10 @@ impl Stats {
 
     pub fn dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn renewed(&self, n: u64) {
+        self.renewed.fetch_add(n, Ordering::Relaxed);
     }
 
     fn skips(&self, why: Skip) -> u64 {
@@ -87,6 +93,7 @@ impl Stats {
         out.insert("lookups".to_owned(), get(&self.lookups));
         out.insert("indexed".to_owned(), get(&self.indexed));
         out.insert("index_dropped".to_owned(), get(&self.dropped));
+        out.insert("renewed".to_owned(), get(&self.renewed));
         out
     }
 
@@ -126,6 +133,11 @@ impl Stats {
             constant(self.dropped.load(Ordering::Relaxed)),
         );
         registry.register(
+            "thrifty_semantic_renewed",
+            "Stored questions of another model embedded again with this one",
+            constant(self.renewed.load(Ordering::Relaxed)),
+        );
+        registry.register(
             "thrifty_semantic_embeddings",
             "Texts the embedding model embedded",
             constant(model.texts.load(Ordering::Relaxed)),
@@ -158,6 +170,7 @@ pub fn render(counters: &HashMap<String, i64>, model: &Counters, queued: usize) 
         "indexed": get("indexed"),
         "index_queue": queued,
         "index_dropped": get("index_dropped"),
+        "renewed": get("renewed"),
         "embeddings": texts,
         "model_runs": model.runs.load(Ordering::Relaxed),
         "embedding_ms": micros as f64 / 1000.0,

@@ -193,3 +193,112 @@ async fn records_of_another_model_are_left_out_of_the_index() {
     );
     assert_eq!(answers(&semantic.candidates(&asked, None, 4)), ["ours"]);
 }
+
+/// Stores a semantic record as another model wrote it: `vector` under model `model`.
+async fn store_foreign(
+    semantic: &SemanticCache,
+    answer: &str,
+    text: &str,
+    vector: &[f32],
+    created_ms: u64,
+) {
+    let record = serde_json::json!({
+        "partition": PARTITION,
+        "answer": answer,
+        "text": text,
+        "vector": vector,
+        "created_ms": created_ms,
+        "model": "0123456789abcdef",
+    });
+    let raw = semantic.cache.sealer().seal(&record).expect("sealed");
+    semantic
+        .cache
+        .store()
+        .put(
+            &record_key(PARTITION, answer),
+            raw,
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("stored");
+}
+
+#[tokio::test]
+async fn records_of_another_model_are_embedded_again_and_rejoin_the_index() {
+    let semantic = semantic_cache();
+    let text = "How do I reset my password?";
+    let asked = query(&semantic, text).await;
+    // The other model's vector is this model's vector of a different text: kept as it was,
+    // the question would not be found.
+    let elsewhere = query(&semantic, "What is the tallest mountain in Africa?").await;
+    let now = semantic.cache.clock().now_ms();
+    store_foreign(&semantic, "renewed", text, &elsewhere.vector, now).await;
+    store_foreign(&semantic, "deleted", text, &elsewhere.vector, now).await;
+    let max_ttl = semantic.cache.config().max_ttl.as_millis() as u64;
+    store_foreign(
+        &semantic,
+        "aged",
+        text,
+        &elsewhere.vector,
+        now - max_ttl - 1,
+    )
+    .await;
+    assert!(semantic.reconcile().await, "the store answered");
+    assert!(
+        semantic.index.entries().is_empty(),
+        "no foreign vector is indexed"
+    );
+    // Deleted after the reconcile found it: the renewal must not bring it back.
+    let deleted = record_key(PARTITION, "deleted");
+    semantic
+        .cache
+        .store()
+        .delete(std::slice::from_ref(&deleted))
+        .await
+        .expect("deleted");
+    assert_eq!(
+        semantic.renew().await,
+        1,
+        "only the live record with time left"
+    );
+
+    assert_eq!(
+        semantic.index.entries(),
+        [(PARTITION.to_owned(), "renewed".to_owned())]
+    );
+    let hits = semantic.candidates(&asked, None, 4);
+    assert_eq!(answers(&hits), ["renewed"]);
+    assert!(
+        hits[0].similarity > 0.999,
+        "this model's vector of its text"
+    );
+    let raw = semantic
+        .cache
+        .store()
+        .get(&record_key(PARTITION, "renewed"))
+        .await
+        .expect("read")
+        .expect("still stored");
+    let stored: Record = semantic.cache.sealer().open(&raw).expect("opens");
+    assert_eq!(stored.model, semantic.embedder.model());
+    assert_eq!(
+        stored.vector,
+        asked.vector.as_slice(),
+        "the stored vector is renewed too"
+    );
+    assert_eq!(stored.created_ms, now, "it keeps its age");
+    assert!(
+        semantic
+            .cache
+            .store()
+            .get(&deleted)
+            .await
+            .expect("read")
+            .is_none(),
+        "a record deleted meanwhile stays deleted"
+    );
+    assert_eq!(semantic.stats.counters()["renewed"], 1);
+    // A later reconcile finds nothing left to renew.
+    assert!(semantic.reconcile().await);
+    assert_eq!(semantic.renew().await, 0);
+}
