@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 
@@ -340,7 +341,6 @@ impl Account {
     ) -> Response<Body> {
         let status = response.status().as_u16();
         let streamed = stream::is_stream(response.headers());
-        let endpoint = self.endpoint;
         let limit = if status >= 400 {
             ERROR_TAP_LIMIT
         } else {
@@ -351,12 +351,41 @@ impl Account {
                 body,
                 limit,
                 Box::new(move |bytes, ending| {
-                    let observed = observe(dialect, endpoint, streamed, &bytes);
-                    self.settle(outcome, status, &observed, ending);
+                    self.settle_behind(outcome, status, (dialect, streamed), bytes, ending, |_| {});
                 }),
             )
             .boxed_unsync()
         })
+    }
+
+    /// Settles once the answer has gone: reading the answer's bytes (`dialect`, whether
+    /// `streamed`) and writing the record run on a task of their own, after the last bytes are
+    /// on their way to the client, so neither delays them; then `then` gets what was read.
+    /// Until the record is handed over the ledger counts it as promised, so a report asked for
+    /// meanwhile waits for it. Outside a runtime (a body dropped at shutdown) it settles at once.
+    pub fn settle_behind(
+        self,
+        outcome: Outcome,
+        status: u16,
+        (dialect, streamed): (Dialect, bool),
+        bytes: Bytes,
+        ending: Ending,
+        then: impl FnOnce(Observed) + Send + 'static,
+    ) {
+        let promise = self.ledger.promise();
+        let endpoint = self.endpoint;
+        let work = move || {
+            let observed = observe(dialect, endpoint, streamed, &bytes);
+            self.settle(outcome, status, &observed, ending);
+            drop(promise);
+            then(observed);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { work() });
+            }
+            Err(_) => work(),
+        }
     }
 
     /// Writes the record of an upstream answer once its body ended: billed from the usage it

@@ -76,6 +76,8 @@ pub async fn handle(
         (Method::GET, "/admin/savings") => savings(proxy, request.uri().query()).await,
         (Method::GET, "/admin/savings/audit") => audit(proxy, request.uri().query()).await,
         (Method::GET, "/metrics") => {
+            // Answers already sent whose records are still being made count in this scrape.
+            let _ = tokio::time::timeout(METRICS_WAIT, proxy.ledger().arrived()).await;
             let mut more: Vec<_> = proxy.semantic().map(|s| s.metrics()).into_iter().collect();
             more.extend(crate::fleet::metrics(proxy.fleet(), proxy.stat_sources()).await);
             Ok(text(
@@ -162,6 +164,10 @@ async fn audit(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, Pro
         _ => reply::json(StatusCode::OK, &json!({ "records": records })),
     })
 }
+
+/// How long a scrape waits for the records of answers already sent (see
+/// [`crate::savings::Ledger::arrived`]).
+const METRICS_WAIT: Duration = Duration::from_secs(1);
 
 /// The cookie that admits a browser to `/dashboard` after it presented the admin token once.
 const DASHBOARD_COOKIE: &str = "thrifty_dashboard";

@@ -121,6 +121,11 @@ impl Feed {
         self.state.borrow().end == Some(true)
     }
 
+    /// Whether the leader's answer broke off (past the limit, or failed): it records nothing.
+    pub fn broken(&self) -> bool {
+        self.state.borrow().end == Some(false)
+    }
+
     /// How the leader's answer began, if it has.
     pub fn begun(&self) -> Option<Start> {
         self.state.borrow().start

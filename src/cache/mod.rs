@@ -381,6 +381,12 @@ impl Cache {
                     };
                 }
             };
+            // A leader whose answer broke off (past `max_entry_bytes`, or failed) records
+            // nothing, though its client may still be reading it: following it would fail, and
+            // waiting for its record would only delay this call's own.
+            if reader.broken() {
+                break;
+            }
             // A streaming follower of a streamed answer reads it as it comes. One that comes
             // after the answer ended whole waits for its record instead, and gets the replay
             // any call after the answer gets: only its store write is left.

@@ -18,7 +18,6 @@ use crate::cache::record::Recording;
 use crate::cache::{Flight, Lookup, Outcome, Plan, replay};
 use crate::chat::{Call, Dialect};
 use crate::dialect;
-use crate::dialect::observe::observe;
 use crate::dialect::sse::Rewriter;
 use crate::error::ProxyError;
 use crate::savings as ledger;
@@ -185,7 +184,6 @@ impl Proxy {
             return strip_usage(response, sent.strips_usage);
         };
         let streamed = dialect::stream::is_stream(response.headers());
-        let endpoint = call.endpoint();
         let feed = flight.feed().clone();
         feed.start(Start {
             streamed,
@@ -213,9 +211,17 @@ impl Proxy {
                 body
             };
             let end: TapEnd = Box::new(move |bytes, ending| {
-                let observed = observe(dialect, endpoint, streamed, &bytes);
-                account.settle(billed, status, &observed, ending);
-                recording.finish(observed, ending, bytes.len());
+                let size = bytes.len();
+                account.settle_behind(
+                    billed,
+                    status,
+                    (dialect, streamed),
+                    bytes,
+                    ending,
+                    move |observed| {
+                        recording.finish(observed, ending, size);
+                    },
+                );
             });
             Tap::new(body, limit, end).boxed_unsync()
         });

@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::aggregate::{self, Cell, Totals};
 use super::bounds::Bounds;
 use super::day::Day;
+use super::expected::{Expected, Promise};
 use super::metrics::Metrics;
 use super::money;
 use super::pricing::{Pricing, Quote};
@@ -95,6 +96,8 @@ pub struct Ledger {
     hurry: Arc<Notify>,
     metrics: Arc<Metrics>,
     writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Records promised and not yet handed over, which a flush waits for.
+    expected: Arc<Expected>,
 }
 
 impl Ledger {
@@ -138,6 +141,7 @@ impl Ledger {
             hurry,
             metrics,
             writer: parking_lot::Mutex::new(Some(writer)),
+            expected: Arc::default(),
         })
     }
 
@@ -162,9 +166,22 @@ impl Ledger {
         }
     }
 
-    /// Waits until every record accepted so far is written (or dropped for a full buffer).
-    /// While the store is down this waits for it; bound it with a timeout where that matters.
+    /// Promises a record that is being made: until the promise is dropped, a flush waits
+    /// for it.
+    pub fn promise(&self) -> Promise {
+        self.expected.promise()
+    }
+
+    /// Waits until every promised record has been handed over (recorded, or given up).
+    pub async fn arrived(&self) {
+        self.expected.arrived().await;
+    }
+
+    /// Waits until every record promised or accepted so far is written (or dropped for a
+    /// full buffer). While the store is down this waits for it; bound it with a timeout where
+    /// that matters.
     pub async fn flush(&self) {
+        self.arrived().await;
         let target = self.accepted.load(Ordering::SeqCst);
         let mut settled = self.settled.clone();
         self.hurry.notify_one();

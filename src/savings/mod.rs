@@ -20,6 +20,7 @@ pub mod aggregate;
 pub mod bounds;
 pub mod dashboard;
 pub mod day;
+pub mod expected;
 pub mod ledger;
 pub mod metrics;
 pub mod money;
