@@ -263,6 +263,50 @@ async fn slow_stream(per_piece: Duration) -> Harness {
         .await
 }
 
+/// A call identical to a stream that has already gone past `cache.max_entry_bytes` (so nothing
+/// will be recorded) goes upstream itself and gets a whole answer, instead of following a
+/// shared stream that can only break off.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_after_the_leaders_stream_outgrew_the_cache_goes_upstream_itself(
+    #[values(Dialect::OpenAi, Dialect::Ollama)] dialect: Dialect,
+) {
+    let what = format!("{dialect:?}");
+    let h = Harness::setup(Backend::Embedded)
+        .fake(FakeLlm::builder().chunk_delay(Duration::from_millis(60)))
+        .config(|raw| raw.cache.max_entry_bytes = 300)
+        .start()
+        .await;
+    let path = dialect.chat_path();
+    let text = "a stream long enough to outgrow a small cache entry limit before it ends";
+    let body = dialect.chat(text, true);
+    let leader = watch_stream(&h.api, path, &body, Leave::Never);
+    let late = async {
+        // Past the limit by now, with most of the leader's stream still to come.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        watch_stream(&h.api, path, &body, Leave::Never).await
+    };
+    let (leader, late) = tokio::join!(leader, late);
+    assert!(
+        late.first.expect("a first piece") < leader.ended,
+        "{what}: it came while the leader streamed"
+    );
+    for (who, w) in [("leader", &leader), ("late call", &late)] {
+        assert!(!w.failed, "{what}: the {who}'s stream failed");
+        assert_eq!(w.cache, "miss", "{what}: the {who}");
+        assert_eq!(
+            streamed_text(dialect, &w.body),
+            Dialect::echo(text),
+            "{what}: the {who} got the whole answer"
+        );
+    }
+    assert_eq!(
+        h.fake.calls_to(path),
+        2,
+        "{what}: the late call went upstream itself"
+    );
+}
+
 /// Streams that join an identical one in flight get its pieces as they come, not all at once
 /// when it ends: the upstream takes 300 ms to answer and 100 ms per piece.
 #[rstest]
