@@ -251,7 +251,8 @@ fn eval_cost(config: Option<PathBuf>, files: &[PathBuf]) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
     let threads = config.semantic.threads;
     let embedder =
-        thrifty::semantic::embedder::Embedder::shared_with(&config.semantic.model_dir, threads)
+        // One worker: the cost is measured one lookup at a time.
+        thrifty::semantic::embedder::Embedder::shared_with(&config.semantic.model_dir, threads, 1)
             .map_err(anyhow::Error::msg)?;
     let mut sentences = Vec::new();
     for file in files {

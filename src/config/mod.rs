@@ -23,7 +23,9 @@ pub use compression::*;
 pub use keys::{ApiKey, RateLimit, RawKey, RawRateLimit};
 pub use models::{Encoding, ModelTable};
 pub use savings::{RawSavings, SavingsConfig};
-pub use semantic::{ContextRule, DEFAULT_THREADS, RawSemantic, SemanticConfig, SemanticMode};
+pub use semantic::{
+    ContextRule, DEFAULT_THREADS, RawSemantic, SemanticConfig, SemanticMode, default_workers,
+};
 pub use upstream::{RawDialect, RawRoute, RawRouting, RawUpstream, Routing, Upstream};
 
 use crate::secret::Secret;
@@ -324,6 +326,22 @@ mod tests {
             .validate(&no_env)
             .expect("defaults are valid");
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn model_workers_default_to_one_per_two_cores_and_must_be_some() {
+        let defaults = RawConfig::default().validate(&no_env).expect("valid");
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(defaults.semantic.workers, (cores / 2).clamp(1, 4));
+        let mut raw = RawConfig::default();
+        raw.semantic.workers = Some(3);
+        assert_eq!(raw.validate(&no_env).expect("valid").semantic.workers, 3);
+        for bad in [0, 65] {
+            let mut raw = RawConfig::default();
+            raw.semantic.workers = Some(bad);
+            let err = raw.validate(&no_env).expect_err("rejects");
+            assert!(err.to_string().starts_with("semantic.workers:"), "{err}");
+        }
     }
 
     #[test]

@@ -11,6 +11,17 @@ use super::{ConfigError, Env};
 /// semantic stage costs", has the measurements behind the default).
 pub const DEFAULT_THREADS: usize = 1;
 
+/// Model workers unless `semantic.workers` says otherwise: one per two cores, one to four.
+/// Each holds its own copy of the model (about 70 MB); on two cores one worker leaves the
+/// other core to the requests.
+pub fn default_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (cores / 2).clamp(1, 4)
+}
+
+/// The most model workers a config may ask for.
+const MAX_WORKERS: usize = 64;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSemantic {
@@ -33,6 +44,8 @@ pub struct RawSemantic {
     pub index_queue: usize,
     /// Threads one embedding may use.
     pub threads: usize,
+    /// Model workers, each embedding one text at a time; unset: [`default_workers`].
+    pub workers: Option<usize>,
     pub mode: SemanticMode,
     pub max_error: f64,
     pub explore: f64,
@@ -77,6 +90,7 @@ impl Default for RawSemantic {
             max_wait: Duration::from_millis(5),
             index_queue: 1024,
             threads: DEFAULT_THREADS,
+            workers: None,
             mode: SemanticMode::Verified,
             max_error: 0.05,
             explore: 0.03,
@@ -99,6 +113,8 @@ pub struct SemanticConfig {
     pub max_wait: Duration,
     pub index_queue: usize,
     pub threads: usize,
+    /// Model workers (threads that each run their own copy of the model).
+    pub workers: usize,
     pub mode: SemanticMode,
     /// The largest error rate verified serving accepts (its bound is on 1 - max_error).
     pub max_error: f64,
@@ -146,6 +162,13 @@ pub fn validate_semantic(raw: RawSemantic, env: &Env<'_>) -> Result<SemanticConf
             "a fraction between 0 and 1",
         ));
     }
+    let workers = raw.workers.unwrap_or_else(default_workers);
+    if !(1..=MAX_WORKERS).contains(&workers) {
+        return Err(ConfigError::invalid(
+            "semantic.workers",
+            "a number of model workers from 1 to 64",
+        ));
+    }
     Ok(SemanticConfig {
         enabled: raw.enabled,
         model_dir: raw.model_dir.unwrap_or_else(|| default_model_dir(env)),
@@ -160,6 +183,7 @@ pub fn validate_semantic(raw: RawSemantic, env: &Env<'_>) -> Result<SemanticConf
         max_wait: raw.max_wait,
         index_queue: raw.index_queue,
         threads: raw.threads.max(1),
+        workers,
         mode: raw.mode,
         max_error: raw.max_error,
         explore: raw.explore,

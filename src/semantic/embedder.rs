@@ -1,9 +1,10 @@
 //! Local text embeddings: all-MiniLM-L6-v2 through fastembed, with ONNX Runtime
 //! loaded dynamically from the model directory.
 //!
-//! The model runs on one dedicated OS thread (its `embed` takes `&mut self`),
-//! never on the async executor. Work comes in two queues: lookups, which a request
-//! is waiting on, and background work (indexing answered questions, evaluation).
+//! The model runs on dedicated OS threads (`semantic.workers` of them, each with its own copy,
+//! since its `embed` takes `&mut self`), never on the async executor. Work comes in two
+//! queues, which every worker takes from: lookups, which a request is waiting on, and
+//! background work (indexing answered questions, evaluation).
 //! Lookups always go first, and a lookup the model cannot start within its bound is
 //! withdrawn, so a request never queues behind the model. Each run embeds one text (see
 //! [`Shared::next`]), and recent vectors are kept in a bounded in-memory cache (moka).
@@ -25,6 +26,7 @@ use tokio::sync::oneshot;
 pub const DIMENSIONS: usize = 384;
 
 pub use crate::config::DEFAULT_THREADS;
+use crate::config::default_workers;
 
 /// The longest input the model reads, in word pieces; longer texts are truncated by it.
 pub const MODEL_MAX_TOKENS: usize = 256;
@@ -102,6 +104,8 @@ struct Shared {
 
 pub struct Embedder {
     shared: Arc<Shared>,
+    /// How many model threads take work from `shared`.
+    workers: usize,
     /// Which model this is: the start of `model.onnx`'s SHA-256, in hex.
     model: String,
     /// The model's own tokenizer, without truncation, for counting a question's word pieces.
@@ -112,9 +116,9 @@ pub struct Embedder {
 /// ONNX Runtime allows one environment per process; it is created once and kept.
 static ORT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-/// Loaded embedders by model directory and thread count, so several servers in one process
-/// share one model.
-type Loaded = Mutex<HashMap<(PathBuf, usize), Arc<Embedder>>>;
+/// Loaded embedders by model directory, thread count and workers, so several servers in one
+/// process share one model.
+type Loaded = Mutex<HashMap<(PathBuf, usize, usize), Arc<Embedder>>>;
 static LOADED: OnceLock<Loaded> = OnceLock::new();
 
 fn environment(library: &Path) -> Result<ort::environment::Environment, String> {
@@ -250,32 +254,37 @@ impl Shared {
     }
 }
 
-/// While it lives, the model thread runs nothing else (see [`Embedder::hold`]).
+/// While it lives, the model threads run nothing else (see [`Embedder::hold`]).
 pub struct Hold {
-    _release: std::sync::mpsc::Sender<()>,
+    _release: Vec<std::sync::mpsc::Sender<()>>,
 }
 
 impl Embedder {
-    /// The embedder for a model directory with the default thread count, loading it on first
-    /// use.
+    /// The embedder for a model directory with the default thread count and workers, loading
+    /// it on first use.
     pub fn shared(dir: &Path) -> Result<Arc<Embedder>, String> {
-        Embedder::shared_with(dir, DEFAULT_THREADS)
+        Embedder::shared_with(dir, DEFAULT_THREADS, default_workers())
     }
 
-    /// The embedder for a model directory whose inferences use `threads` threads.
-    pub fn shared_with(dir: &Path, threads: usize) -> Result<Arc<Embedder>, String> {
+    /// The embedder for a model directory whose inferences use `threads` threads, on
+    /// `workers` model threads.
+    pub fn shared_with(
+        dir: &Path,
+        threads: usize,
+        workers: usize,
+    ) -> Result<Arc<Embedder>, String> {
         let loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
-        let key = (dir.to_owned(), threads);
+        let key = (dir.to_owned(), threads, workers);
         if let Some(e) = loaded.lock().get(&key) {
             return Ok(e.clone());
         }
-        let embedder = Arc::new(Embedder::load(dir, threads)?);
+        let embedder = Arc::new(Embedder::load(dir, threads, workers)?);
         loaded.lock().insert(key, embedder.clone());
         Ok(embedder)
     }
 
-    fn load(dir: &Path, threads: usize) -> Result<Embedder, String> {
-        let (mut model, id) = load_model(dir, threads)?;
+    fn load(dir: &Path, threads: usize, workers: usize) -> Result<Embedder, String> {
+        let (model, id) = load_model(dir, threads)?;
         let mut tokenizer = model.tokenizer.clone();
         tokenizer.with_padding(None);
         tokenizer
@@ -286,13 +295,25 @@ impl Embedder {
             ready: Condvar::new(),
             counters: Counters::default(),
         });
-        let worker = shared.clone();
-        std::thread::Builder::new()
-            .name("thrifty-embed".to_owned())
-            .spawn(move || worker.run(&mut model))
-            .map_err(|e| format!("cannot start the embedding thread: {e}"))?;
+        let mut models = vec![model];
+        for _ in 1..workers.max(1) {
+            models.push(load_model(dir, threads)?.0);
+        }
+        for mut model in models {
+            let worker = shared.clone();
+            let started = std::thread::Builder::new()
+                .name("thrifty-embed".to_owned())
+                .spawn(move || worker.run(&mut model));
+            if let Err(e) = started {
+                // The workers already started stop once the queues close.
+                shared.queues.lock().closed = true;
+                shared.ready.notify_all();
+                return Err(format!("cannot start an embedding thread: {e}"));
+            }
+        }
         Ok(Embedder {
             shared,
+            workers: workers.max(1),
             model: id,
             tokenizer,
             recent: moka::sync::Cache::new(QUERY_CACHE),
@@ -427,19 +448,37 @@ impl Embedder {
         out
     }
 
-    /// Occupies the model thread until the returned guard is dropped, as a long text would;
-    /// returns once the thread is held. For tests and measurements of a busy model.
+    /// Occupies every model thread until the returned guard is dropped, as long texts would;
+    /// returns once they are held. For tests and measurements of a busy model.
     pub async fn hold(&self) -> Hold {
-        let (entered, held) = oneshot::channel();
-        let (release, wait) = std::sync::mpsc::channel();
-        let work = Work::Hold {
-            entered,
-            release: wait,
-        };
-        if self.shared.push(work, true) {
+        self.hold_workers(self.workers).await
+    }
+
+    /// Occupies `n` of the model threads (at most all of them) until the guard is dropped.
+    pub async fn hold_workers(&self, n: usize) -> Hold {
+        let mut releases = Vec::new();
+        let mut entered_all = Vec::new();
+        for _ in 0..n.min(self.workers) {
+            let (entered, held) = oneshot::channel();
+            let (release, wait) = std::sync::mpsc::channel();
+            let work = Work::Hold {
+                entered,
+                release: wait,
+            };
+            if self.shared.push(work, true) {
+                entered_all.push(held);
+            }
+            releases.push(release);
+        }
+        for held in entered_all {
             let _ = held.await;
         }
-        Hold { _release: release }
+        Hold { _release: releases }
+    }
+
+    /// How many model threads embed.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 }
 
@@ -514,7 +553,7 @@ mod tests {
             "THRIFTY_EMBED_DIR is not set: run ./scripts/test.sh, which fetches the embedding model",
         );
         Arc::new(
-            Embedder::load(std::path::Path::new(&dir), super::DEFAULT_THREADS)
+            Embedder::load(std::path::Path::new(&dir), super::DEFAULT_THREADS, 1)
                 .expect("the model loads"),
         )
     }
@@ -583,6 +622,48 @@ mod tests {
         // The withdrawn lookup is skipped by the model: the next one is the only run.
         vector(embedder.embed("how do I change my email", PATIENT).await);
         assert_eq!(embedder.model_runs(), runs + 1, "only the later lookup ran");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_worker_takes_lookups_while_one_is_busy_and_gives_the_same_vectors() {
+        let dir = std::env::var("THRIFTY_EMBED_DIR").expect("THRIFTY_EMBED_DIR is set");
+        let one = private_embedder();
+        let two = Arc::new(
+            Embedder::load(std::path::Path::new(&dir), super::DEFAULT_THREADS, 2)
+                .expect("the model loads twice"),
+        );
+        assert_eq!(two.workers(), 2);
+        // One worker held, as by a long text: the other starts on a lookup at once.
+        let held = two.hold_workers(1).await;
+        let text = "how do I reset my password";
+        let served = two.embed(text, Duration::from_millis(500)).await;
+        let alone = vector(one.embed(text, PATIENT).await);
+        assert_eq!(
+            vector(served),
+            alone,
+            "every worker's copy gives the same vector"
+        );
+        drop(held);
+        // Both held: a lookup finds no worker free and is withdrawn.
+        let held = two.hold().await;
+        let busy = two
+            .embed("how do I change my email", Duration::from_millis(20))
+            .await;
+        assert!(matches!(busy, Embedded::Busy), "{busy:?}");
+        drop(held);
+        // Many at once, spread over both workers: each gets the vector it gets alone.
+        let texts: Vec<String> = (0..16)
+            .map(|i| format!("where is my order number {i}"))
+            .collect();
+        let spread =
+            futures_util::future::join_all(texts.iter().map(|t| two.embed(t, PATIENT))).await;
+        for (text, got) in texts.iter().zip(spread) {
+            assert_eq!(
+                vector(got),
+                vector(one.embed(text, PATIENT).await),
+                "{text}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

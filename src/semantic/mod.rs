@@ -186,7 +186,7 @@ impl SemanticCache {
         if !config.enabled {
             return None;
         }
-        match Embedder::shared_with(&config.model_dir, config.threads) {
+        match Embedder::shared_with(&config.model_dir, config.threads, config.workers) {
             Ok(embedder) => {
                 tracing::info!(
                     model_dir = %config.model_dir.display(),
