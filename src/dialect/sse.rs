@@ -129,6 +129,44 @@ fn changed(event: &[u8], changes: &Changes) -> Option<Rewritten> {
     let body = line.trim_end_matches(['\r', '\n']);
     let ending = &line[body.len()..];
     let payload = body["data:".len()..].trim_start_matches(' ');
+    let fast = changes.strip_usage && !renames;
+    let json = match without_trailing_null_usage(payload).filter(|_| fast) {
+        Some(kept) => kept,
+        None => match rewritten_payload(payload, changes)? {
+            Rewritten::Event(json) => String::from_utf8(json).ok()?,
+            Rewritten::Drop => return Some(Rewritten::Drop),
+        },
+    };
+    let mut rewritten = Vec::with_capacity(event.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if i == index {
+            rewritten.extend_from_slice(b"data: ");
+            rewritten.extend_from_slice(json.as_bytes());
+            rewritten.extend_from_slice(ending.as_bytes());
+        } else {
+            rewritten.extend_from_slice(line.as_bytes());
+        }
+    }
+    Some(Rewritten::Event(rewritten))
+}
+
+/// OpenAI's own chunks, when usage is asked for, end with `,"usage":null}`: taken off as
+/// bytes, without taking the chunk apart. Only for valid JSON that names `usage` once, so the
+/// member cut is the object's last; for compact JSON (OpenAI's) the result is what
+/// [`rewritten_payload`] gives, and other spacing is kept as the upstream wrote it.
+fn without_trailing_null_usage(payload: &str) -> Option<String> {
+    const TAIL: &str = ",\"usage\":null}";
+    let head = payload.strip_suffix(TAIL)?;
+    if payload.find("\"usage\"")? != head.len() + 1 {
+        return None;
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(payload).ok()?;
+    Some(format!("{head}}}"))
+}
+
+/// The payload of a data line changed (its JSON), or `Drop` for a usage chunk to take out;
+/// `None` when nothing changes.
+fn rewritten_payload(payload: &str, changes: &Changes) -> Option<Rewritten> {
     let mut fields: IndexMap<String, Box<RawValue>> = serde_json::from_str(payload).ok()?;
     let fresh = changes
         .id_suffix
@@ -154,18 +192,7 @@ fn changed(event: &[u8], changes: &Changes) -> Option<Rewritten> {
     } else if !renamed {
         return None;
     }
-    let json = serde_json::to_string(&fields).ok()?;
-    let mut rewritten = Vec::with_capacity(event.len());
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        if i == index {
-            rewritten.extend_from_slice(b"data: ");
-            rewritten.extend_from_slice(json.as_bytes());
-            rewritten.extend_from_slice(ending.as_bytes());
-        } else {
-            rewritten.extend_from_slice(line.as_bytes());
-        }
-    }
-    Some(Rewritten::Event(rewritten))
+    serde_json::to_vec(&fields).ok().map(Rewritten::Event)
 }
 
 /// `prefix-suffix` for a string id `prefix-…` (`chatcmpl` when it has no dash).
@@ -226,6 +253,38 @@ mod tests {
         );
         for size in [1, 5, stream.len()] {
             assert_eq!(strip_in_pieces(stream.as_bytes(), size), stream.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_trailing_null_usage_is_cut_as_the_full_rewrite_would_cut_it() {
+        let strip = Changes {
+            strip_usage: true,
+            id_suffix: None,
+        };
+        for compact in [
+            r#"{"id":"c-1","choices":[{"index":0,"delta":{"content":"Hi \"usage\":null}"}}],"usage":null}"#,
+            r#"{"choices":[],"usage":null}"#,
+            r#"{"a":{"b":[1,2,{"c":null}]},"usage":null}"#,
+        ] {
+            let fast = without_trailing_null_usage(compact).expect("cut as bytes");
+            let Some(Rewritten::Event(full)) = rewritten_payload(compact, &strip) else {
+                panic!("the full rewrite changes {compact}");
+            };
+            assert_eq!(fast.as_bytes(), full.as_slice(), "{compact}");
+        }
+        for other in [
+            // Not valid JSON: left for the full rewrite, which leaves it alone.
+            r#"{"a":,"usage":null}"#,
+            // `usage` named twice, or inside another member first.
+            r#"{"usage":1,"usage":null}"#,
+            r#"{"x":{"usage":2},"usage":null}"#,
+            // Not the last member, or not null.
+            r#"{"usage":null,"a":1}"#,
+            r#"{"a":1,"usage":{"prompt_tokens":1}}"#,
+            r#"{"a":{"usage":null}}"#,
+        ] {
+            assert_eq!(without_trailing_null_usage(other), None, "{other}");
         }
     }
 
