@@ -5,7 +5,8 @@
 //! - [`pricing`]: dated price versions per model glob; the exact integer cost of a record.
 //! - [`ledger`]: the [`Ledger`], a writer task that prices records and stores them once,
 //!   buffering through store outages. [`aggregate`]: the key and field layout it writes;
-//!   [`bounds`]: the caps on the names it aggregates by.
+//!   [`bounds`]: the caps on the names it aggregates by; [`expected`]: records promised
+//!   while they are made after their answers, which a flush waits for.
 //! - [`query`], [`report`]: what a report covers and its JSON, CSV and table renderings.
 //! - [`dashboard`]: one self-contained HTML page. [`metrics`]: the Prometheus exposition.
 //! - [`day`], [`money`]: UTC days and exact decimals of integer pico-unit sums; [`names`]:
