@@ -132,7 +132,7 @@ pub struct Totals {
     pub latency_us: i128,
     pub upstream_us: i128,
     pub upstream_n: i128,
-    /// Price version label (see [`version_label`]) → requests priced with it.
+    /// Price version label (see [`super::names::version_label`]) → requests priced with it.
     pub versions: BTreeMap<String, i128>,
     /// Model without a price → requests that used it.
     pub unpriced_models: BTreeMap<String, i128>,

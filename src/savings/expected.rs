@@ -1,6 +1,6 @@
 //! Records on their way to the ledger. An upstream answer's record is made after the
-//! answer's last bytes have gone out, on a task of its own (see
-//! [`crate::accounting::Account::settle_behind`]); until it is handed over, a flush (a report,
+//! answer's last bytes have gone out, on a task of its own (see `Account::settle_behind` in
+//! `accounting.rs`); until it is handed over, a flush (a report,
 //! the audit log, `/metrics`) waits for it, so a client that reads its answer and then asks
 //! for a report finds the answer in it.
 
