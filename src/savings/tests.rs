@@ -390,6 +390,36 @@ fn json_csv_and_table_round_a_tied_hit_rate_alike() {
     assert!(report.to_table().contains("3.1%"), "{}", report.to_table());
 }
 
+/// A record being made after its answer went out (see `Account::settle_behind`) is promised
+/// first: a report asked for meanwhile waits for it instead of leaving it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_waits_for_a_record_promised_before_it_was_asked_for() {
+    let ledger = Ledger::new(embedded(&temp_dir("promised")), pricing());
+    let promise = ledger.promise();
+    let report = tokio::spawn({
+        let ledger = ledger.clone();
+        async move { ledger.report(&query(&[])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !report.is_finished(),
+        "the report waits for the promised record"
+    );
+    ledger.record(sample(0));
+    drop(promise);
+    let report = tokio::time::timeout(Duration::from_secs(10), report)
+        .await
+        .expect("the report ends once the record is handed over")
+        .expect("the report task")
+        .expect("the report");
+    assert_eq!(
+        report.to_json()["total"]["requests"],
+        1,
+        "{}",
+        report.to_json()
+    );
+}
+
 #[tokio::test]
 async fn an_unpriced_model_has_a_null_cost_and_is_listed() {
     let ledger = Ledger::new(embedded(&temp_dir("unpriced")), pricing());
