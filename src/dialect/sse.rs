@@ -131,9 +131,9 @@ fn changed(event: &[u8], changes: &Changes) -> Option<Rewritten> {
     let payload = body["data:".len()..].trim_start_matches(' ');
     let fast = changes.strip_usage && !renames;
     let json = match without_trailing_null_usage(payload).filter(|_| fast) {
-        Some(kept) => kept,
+        Some(kept) => kept.into_bytes(),
         None => match rewritten_payload(payload, changes)? {
-            Rewritten::Event(json) => String::from_utf8(json).ok()?,
+            Rewritten::Event(json) => json,
             Rewritten::Drop => return Some(Rewritten::Drop),
         },
     };
@@ -141,7 +141,7 @@ fn changed(event: &[u8], changes: &Changes) -> Option<Rewritten> {
     for (i, line) in text.split_inclusive('\n').enumerate() {
         if i == index {
             rewritten.extend_from_slice(b"data: ");
-            rewritten.extend_from_slice(json.as_bytes());
+            rewritten.extend_from_slice(&json);
             rewritten.extend_from_slice(ending.as_bytes());
         } else {
             rewritten.extend_from_slice(line.as_bytes());

@@ -4,46 +4,69 @@
 //! the audit log, `/metrics`) waits for it, so a client that reads its answer and then asks
 //! for a report finds the answer in it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// How many records are promised and not yet handed over.
+/// The records promised and not yet handed over, by the order they were promised in.
 #[derive(Default)]
 pub struct Expected {
-    count: AtomicUsize,
-    arrived: Notify,
+    open: Mutex<Open>,
+    kept: Notify,
+}
+
+#[derive(Default)]
+struct Open {
+    next: u64,
+    promised: BTreeSet<u64>,
 }
 
 /// One promised record; dropping it says the record was handed over (or will never be).
-pub struct Promise(Arc<Expected>);
+pub struct Promise {
+    expected: Arc<Expected>,
+    id: u64,
+}
 
 impl Expected {
     pub fn promise(self: &Arc<Self>) -> Promise {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        Promise(self.clone())
+        let mut open = self.open.lock();
+        let id = open.next;
+        open.next += 1;
+        open.promised.insert(id);
+        Promise {
+            expected: self.clone(),
+            id,
+        }
     }
 
-    /// Waits until no record is promised.
+    /// Waits until every record promised before the call has been handed over. Promises made
+    /// meanwhile are not waited for, so a steady stream of answers never keeps it waiting.
     pub async fn arrived(&self) {
+        let before = self.open.lock().next;
         loop {
-            let notified = self.arrived.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count.load(Ordering::SeqCst) == 0 {
+            let kept = self.kept.notified();
+            tokio::pin!(kept);
+            kept.as_mut().enable();
+            if self
+                .open
+                .lock()
+                .promised
+                .first()
+                .is_none_or(|oldest| *oldest >= before)
+            {
                 return;
             }
-            notified.await;
+            kept.await;
         }
     }
 }
 
 impl Drop for Promise {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.arrived.notify_waiters();
-        }
+        self.expected.open.lock().promised.remove(&self.id);
+        self.expected.kept.notify_waiters();
     }
 }
 
@@ -66,10 +89,13 @@ mod tests {
         drop(first);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "one promise is still out");
+        // A promise made after the wait began is not waited for.
+        let later = expected.promise();
         drop(second);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
-            .expect("woken once the last promise is kept")
+            .expect("woken once the last promise made before it is kept")
             .expect("the waiting task");
+        drop(later);
     }
 }

@@ -172,7 +172,7 @@ impl Ledger {
         self.expected.promise()
     }
 
-    /// Waits until every promised record has been handed over (recorded, or given up).
+    /// Waits until every record promised so far has been handed over (recorded, or given up).
     pub async fn arrived(&self) {
         self.expected.arrived().await;
     }

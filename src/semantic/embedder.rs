@@ -140,8 +140,9 @@ fn model_id(onnx: &[u8]) -> String {
     hex::encode(&Sha256::digest(onnx)[..8])
 }
 
-/// The model in `dir` and its identity ([`model_id`]).
-fn load_model(dir: &Path, threads: usize) -> Result<(TextEmbedding, String), String> {
+/// The model files in `dir`, read once for every worker's session, and the model's identity
+/// ([`model_id`]).
+fn read_model(dir: &Path) -> Result<(UserDefinedEmbeddingModel, String), String> {
     for file in MODEL_FILES {
         if !dir.join(file).is_file() {
             return Err(format!(
@@ -150,7 +151,6 @@ fn load_model(dir: &Path, threads: usize) -> Result<(TextEmbedding, String), Str
             ));
         }
     }
-    let env = environment(&dir.join("libonnxruntime.so"))?;
     let read =
         |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("cannot read {name}: {e}"));
     let tokenizer = TokenizerFiles {
@@ -162,15 +162,24 @@ fn load_model(dir: &Path, threads: usize) -> Result<(TextEmbedding, String), Str
     let onnx = read("model.onnx")?;
     let id = model_id(&onnx);
     let model = UserDefinedEmbeddingModel::new(onnx, tokenizer).with_pooling(Pooling::Mean);
+    Ok((model, id))
+}
+
+/// One session of the model, its inferences on `threads` threads, with ONNX Runtime from `dir`.
+fn session(
+    dir: &Path,
+    model: UserDefinedEmbeddingModel,
+    threads: usize,
+) -> Result<TextEmbedding, String> {
+    let env = environment(&dir.join("libonnxruntime.so"))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(threads.max(1)));
     let options = InitOptionsUserDefined::new()
         .with_environment(env)
         .with_intra_threads(threads)
         .with_session_config("session.intra_op.allow_spinning", "0")
         .with_max_length(MODEL_MAX_TOKENS);
-    let model = TextEmbedding::try_new_from_user_defined(model, options)
-        .map_err(|e| format!("cannot load the embedding model: {e}"))?;
-    Ok((model, id))
+    TextEmbedding::try_new_from_user_defined(model, options)
+        .map_err(|e| format!("cannot load the embedding model: {e}"))
 }
 
 impl Shared {
@@ -284,8 +293,12 @@ impl Embedder {
     }
 
     fn load(dir: &Path, threads: usize, workers: usize) -> Result<Embedder, String> {
-        let (model, id) = load_model(dir, threads)?;
-        let mut tokenizer = model.tokenizer.clone();
+        let (files, id) = read_model(dir)?;
+        let workers = workers.max(1);
+        let models = (0..workers)
+            .map(|_| session(dir, files.clone(), threads))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tokenizer = models[0].tokenizer.clone();
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
@@ -295,10 +308,6 @@ impl Embedder {
             ready: Condvar::new(),
             counters: Counters::default(),
         });
-        let mut models = vec![model];
-        for _ in 1..workers.max(1) {
-            models.push(load_model(dir, threads)?.0);
-        }
         for mut model in models {
             let worker = shared.clone();
             let started = std::thread::Builder::new()
@@ -313,7 +322,7 @@ impl Embedder {
         }
         Ok(Embedder {
             shared,
-            workers: workers.max(1),
+            workers,
             model: id,
             tokenizer,
             recent: moka::sync::Cache::new(QUERY_CACHE),

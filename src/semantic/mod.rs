@@ -102,7 +102,7 @@ struct Pending {
 }
 
 /// A persisted index entry.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Record {
     partition: String,
     answer: String,
@@ -151,8 +151,9 @@ pub struct SemanticCache {
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
     /// The queue's far end, taken by [`SemanticCache::index_questions`].
     waiting: Mutex<Option<mpsc::Receiver<Pending>>>,
-    /// Records of another model the last reconcile found, to embed again (see [`renew`]).
-    stale: Mutex<Vec<Record>>,
+    /// Keys of the records of another model the last reconcile found, to embed again (see
+    /// [`renew`]).
+    stale: Mutex<Vec<String>>,
     /// Raised when `stale` is filled.
     stale_found: Notify,
 }
@@ -574,6 +575,9 @@ impl SemanticCache {
                     .filter_map(|record| record.into_entry(&model)),
             );
             stale
+                .iter()
+                .map(|record| record_key(&record.partition, &record.answer))
+                .collect()
         });
         let Ok(stale) = load.await else {
             return false;

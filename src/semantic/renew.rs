@@ -19,14 +19,14 @@ const MAX_STALE: usize = 10_000;
 const RENEW_BATCH: usize = 16;
 
 impl SemanticCache {
-    /// Keeps the stale records a reconcile found and wakes [`SemanticCache::renew_stale`].
-    pub(super) fn found_stale(&self, mut stale: Vec<Record>) {
-        stale.retain(|record| !record.text.trim().is_empty() && self.time_left(record) > 0);
-        if stale.is_empty() {
+    /// Keeps the keys of the stale records a reconcile found and wakes
+    /// [`SemanticCache::renew_stale`].
+    pub(super) fn found_stale(&self, mut keys: Vec<String>) {
+        if keys.is_empty() {
             return;
         }
-        stale.truncate(MAX_STALE);
-        *self.stale.lock() = stale;
+        keys.truncate(MAX_STALE);
+        *self.stale.lock() = keys;
         self.stale_found.notify_one();
     }
 
@@ -41,14 +41,15 @@ impl SemanticCache {
     /// Embeds the stale records the last reconcile found with this model, writes them back
     /// and indexes them; returns how many it renewed.
     pub async fn renew(&self) -> usize {
-        let stale = std::mem::take(&mut *self.stale.lock());
+        let keys = std::mem::take(&mut *self.stale.lock());
         let mut renewed = 0;
-        for batch in stale.chunks(RENEW_BATCH) {
-            let texts: Vec<String> = batch.iter().map(|r| r.text.clone()).collect();
+        for batch in keys.chunks(RENEW_BATCH) {
+            let records = self.still_stale(batch).await;
+            let texts: Vec<String> = records.iter().map(|r| r.text.clone()).collect();
             let vectors = self.embedder.embed_background(&texts).await;
-            for (record, vector) in batch.iter().zip(vectors) {
+            for (record, vector) in records.into_iter().zip(vectors) {
                 if let Some(vector) = vector {
-                    renewed += usize::from(self.renew_one(record, &vector).await);
+                    renewed += usize::from(self.write_back(record, &vector).await);
                 }
             }
         }
@@ -59,37 +60,37 @@ impl SemanticCache {
         renewed
     }
 
-    /// Writes one record back with this model's vector, if it is still stored, still another
-    /// model's, and has time left.
-    async fn renew_one(&self, record: &Record, vector: &[f32]) -> bool {
-        let left = self.time_left(record);
-        if left == 0 {
-            return false;
-        }
-        let key = record_key(&record.partition, &record.answer);
-        let store = self.cache.store();
-        // Read again: another instance may have renewed it, or it may have been deleted.
-        let Ok(Some(raw)) = store.get(&key).await else {
-            return false;
-        };
-        let Some(current) = self.cache.sealer().open::<Record>(&raw) else {
-            return false;
+    /// The records under `keys` that are, as read now, still another model's, with a question
+    /// and time left: since the reconcile another instance may have renewed one, or it may
+    /// have been deleted.
+    async fn still_stale(&self, keys: &[String]) -> Vec<Record> {
+        let Ok(raws) = self.cache.store().get_many(keys).await else {
+            return Vec::new();
         };
         let model = self.embedder.model();
-        if current.model == model || current.text != record.text {
-            return false;
-        }
+        raws.iter()
+            .flatten()
+            .filter_map(|raw| self.cache.sealer().open::<Record>(raw))
+            .filter(|r| r.model != model && !r.text.trim().is_empty() && self.time_left(r) > 0)
+            .collect()
+    }
+
+    /// Writes a record back with this model's vector, keeping its age, and indexes it.
+    async fn write_back(&self, record: Record, vector: &[f32]) -> bool {
         let renewed = Record {
             vector: vector.to_vec(),
-            model: model.to_owned(),
-            ..current
+            model: self.embedder.model().to_owned(),
+            ..record
         };
+        let key = record_key(&renewed.partition, &renewed.answer);
         let Some(raw) = self.cache.sealer().seal(&renewed) else {
             return false;
         };
-        let ttl = Duration::from_millis(left);
+        let ttl = Duration::from_millis(self.time_left(&renewed));
         let announcement = format!("add {key}");
-        if store
+        if self
+            .cache
+            .store()
             .put_announced(&key, raw, ttl, EVENTS, &announcement)
             .await
             .is_err()

@@ -164,26 +164,10 @@ async fn records_of_another_model_are_left_out_of_the_index() {
     );
     for (answer, model) in [
         ("ours", Some(ours.as_str())),
-        ("theirs", Some("0123456789abcdef")),
+        ("theirs", THEIRS),
         ("unnamed", None),
     ] {
-        let mut record = serde_json::json!({
-            "partition": PARTITION,
-            "answer": answer,
-            "text": text,
-            "vector": asked.vector.as_slice(),
-            "created_ms": 1,
-        });
-        if let Some(model) = model {
-            record["model"] = model.into();
-        }
-        let raw = semantic.cache.sealer().seal(&record).expect("sealed");
-        semantic
-            .cache
-            .store()
-            .put(&record_key(PARTITION, answer), raw, Duration::from_secs(60))
-            .await
-            .expect("stored");
+        store_record(&semantic, answer, text, &asked.vector, 1, model).await;
     }
     assert!(semantic.reconcile().await, "the store answered");
     assert_eq!(
@@ -194,22 +178,26 @@ async fn records_of_another_model_are_left_out_of_the_index() {
     assert_eq!(answers(&semantic.candidates(&asked, None, 4)), ["ours"]);
 }
 
-/// Stores a semantic record as another model wrote it: `vector` under model `model`.
-async fn store_foreign(
+/// Stores a semantic record as `model` wrote it (`None`: written before records named their
+/// model): `vector` for `text`, made at `created_ms`.
+async fn store_record(
     semantic: &SemanticCache,
     answer: &str,
     text: &str,
     vector: &[f32],
     created_ms: u64,
+    model: Option<&str>,
 ) {
-    let record = serde_json::json!({
+    let mut record = serde_json::json!({
         "partition": PARTITION,
         "answer": answer,
         "text": text,
         "vector": vector,
         "created_ms": created_ms,
-        "model": "0123456789abcdef",
     });
+    if let Some(model) = model {
+        record["model"] = model.into();
+    }
     let raw = semantic.cache.sealer().seal(&record).expect("sealed");
     semantic
         .cache
@@ -223,6 +211,9 @@ async fn store_foreign(
         .expect("stored");
 }
 
+/// Another model's name, as a record it wrote carries it.
+const THEIRS: Option<&str> = Some("0123456789abcdef");
+
 #[tokio::test]
 async fn records_of_another_model_are_embedded_again_and_rejoin_the_index() {
     let semantic = semantic_cache();
@@ -232,17 +223,11 @@ async fn records_of_another_model_are_embedded_again_and_rejoin_the_index() {
     // the question would not be found.
     let elsewhere = query(&semantic, "What is the tallest mountain in Africa?").await;
     let now = semantic.cache.clock().now_ms();
-    store_foreign(&semantic, "renewed", text, &elsewhere.vector, now).await;
-    store_foreign(&semantic, "deleted", text, &elsewhere.vector, now).await;
+    store_record(&semantic, "renewed", text, &elsewhere.vector, now, THEIRS).await;
+    store_record(&semantic, "deleted", text, &elsewhere.vector, now, THEIRS).await;
     let max_ttl = semantic.cache.config().max_ttl.as_millis() as u64;
-    store_foreign(
-        &semantic,
-        "aged",
-        text,
-        &elsewhere.vector,
-        now - max_ttl - 1,
-    )
-    .await;
+    let aged = now - max_ttl - 1;
+    store_record(&semantic, "aged", text, &elsewhere.vector, aged, THEIRS).await;
     assert!(semantic.reconcile().await, "the store answered");
     assert!(
         semantic.index.entries().is_empty(),
