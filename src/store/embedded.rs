@@ -8,6 +8,9 @@
 //! commit; until it lands they are read from memory. A crash of the machine may lose the
 //! cache writes of the last second and that linger, never a delete and never the ledger's
 //! batches, which commit durably on their own.
+//!
+//! The values of single puts (answers, semantic records) go to the value log beside the
+//! database ([`super::values`]); the table holds where each lies.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,6 +27,7 @@ use tokio::sync::watch;
 
 use super::embedded_err as err;
 use super::presence::Presence;
+use super::values::{LOGGED, Location, MIN_LOGGED, SEGMENT_BYTES, Values};
 use super::{StoreError, Tally};
 use crate::clock::Clock;
 
@@ -52,6 +56,8 @@ pub struct EmbeddedStore {
     puts: Arc<Puts>,
     /// Which keys the table may hold: a read of any other answers without the disk.
     presence: Arc<Presence>,
+    /// Where single puts' values lie, the table naming their locations.
+    values: Arc<Values>,
     /// What entries' expiry is judged by.
     clock: Clock,
 }
@@ -132,7 +138,7 @@ fn same(a: &Entry, b: &Entry) -> bool {
 
 impl Puts {
     /// Writes every queued put, a batch per transaction, until none is left.
-    fn commit_all(&self, db: &Database, unpersisted: &AtomicBool) {
+    fn commit_all(&self, db: &Database, values: &Values, unpersisted: &AtomicBool) {
         // Should a write panic, the queue is released: its puts stay in memory only, and the
         // next put starts a commit of its own.
         struct Release<'a>(&'a Puts);
@@ -173,13 +179,26 @@ impl Puts {
             // right; a stable sort keeps a key's later put after its earlier one.
             batch.sort_by(|a, b| a.0.cmp(&b.0));
             let written = (|| {
+                // The transaction first: while it is open no sweep can judge a segment
+                // unnamed that these values are about to be named in.
                 let txn = db.begin_write().map_err(err)?;
+                let long: Vec<&[u8]> = batch
+                    .iter()
+                    .filter(|(_, entry)| entry.value.len() >= MIN_LOGGED)
+                    .map(|(_, entry)| &entry.value[..])
+                    .collect();
+                let mut logged = values.append(&long).map_err(err)?.into_iter();
                 {
                     let mut table = txn.open_table(TABLE).map_err(err)?;
                     for (key, entry) in &batch {
-                        table
-                            .insert(key.as_str(), encode(entry).as_slice())
-                            .map_err(err)?;
+                        let record = match entry.value.len() >= MIN_LOGGED {
+                            true => logged
+                                .next()
+                                .map(|at| at.record(entry.expires_ms).to_vec())
+                                .ok_or_else(|| err("the value log lost count"))?,
+                            false => encode(entry),
+                        };
+                        table.insert(key.as_str(), record.as_slice()).map_err(err)?;
                     }
                 }
                 commit_lazily(txn, unpersisted)
@@ -266,12 +285,93 @@ fn commit_lazily(mut txn: WriteTransaction, unpersisted: &AtomicBool) -> Result<
     Ok(())
 }
 
-fn decode(raw: &[u8]) -> Option<Entry> {
-    let (head, value) = raw.split_at_checked(8)?;
-    Some(Entry {
-        expires_ms: u64::from_le_bytes(head.try_into().ok()?),
-        value: Bytes::copy_from_slice(value),
-    })
+/// The entry a table record holds or, for a logged value, names.
+fn decode(values: &Values, raw: &[u8]) -> Option<Entry> {
+    let expires_ms = expiry_of(raw)?;
+    let value = match Location::of_record(raw) {
+        Some(at) => values.read(&at)?,
+        None => Bytes::copy_from_slice(&raw[8..]),
+    };
+    Some(Entry { expires_ms, value })
+}
+
+/// When a table record's entry expires, without reading a logged value.
+fn expiry_of(raw: &[u8]) -> Option<u64> {
+    raw.first_chunk::<8>()
+        .map(|head| u64::from_le_bytes(*head) & !LOGGED)
+}
+
+/// The bytes of a table record's value, without reading a logged one.
+fn value_len(raw: &[u8]) -> u64 {
+    match Location::of_record(raw) {
+        Some(at) => u64::from(at.len),
+        None => raw.len().saturating_sub(8) as u64,
+    }
+}
+
+/// Finds the value log's segments the table names nothing in, and those whose named values
+/// fill less than half of them, whose values it appends again and names anew (a value that
+/// no longer reads back goes, its key added to `removed`). Returns the segments to delete
+/// once the transaction has committed: every one on disk but the current that the table
+/// no longer names.
+fn compact(
+    table: &mut redb::Table<&str, &[u8]>,
+    values: &Values,
+    removed: &mut Vec<u64>,
+) -> Result<Vec<u32>, StoreError> {
+    let current = values.current();
+    let mut named: HashMap<u32, u64> = HashMap::new();
+    for item in table.iter().map_err(err)? {
+        let (_, value) = item.map_err(err)?;
+        if let Some(at) = Location::of_record(value.value()) {
+            *named.entry(at.segment).or_default() += u64::from(at.len);
+        }
+    }
+    let on_disk = values.segments().map_err(err)?;
+    let sparse: Vec<u32> = on_disk
+        .iter()
+        .filter(|(segment, size)| {
+            *segment != current && named.get(segment).is_some_and(|live| live * 2 < *size)
+        })
+        .map(|(segment, _)| *segment)
+        .collect();
+    if !sparse.is_empty() {
+        let mut moving: Vec<(String, u64, Location)> = Vec::new();
+        for item in table.iter().map_err(err)? {
+            let (key, value) = item.map_err(err)?;
+            let raw = value.value();
+            if let (Some(at), Some(expires_ms)) = (Location::of_record(raw), expiry_of(raw)) {
+                if sparse.contains(&at.segment) {
+                    moving.push((key.value().to_owned(), expires_ms, at));
+                }
+            }
+        }
+        // A few hundred at a time: one write each, and a bounded copy in memory.
+        for chunk in moving.chunks(256) {
+            let (readable, unreadable): (Vec<_>, Vec<_>) = chunk
+                .iter()
+                .map(|(key, expires_ms, at)| (key, *expires_ms, values.read(at)))
+                .partition(|(_, _, value)| value.is_some());
+            for (key, _, _) in unreadable {
+                removed.push(Presence::of(key));
+                table.remove(key.as_str()).map_err(err)?;
+            }
+            let bytes: Vec<&[u8]> = readable.iter().flat_map(|(_, _, v)| v.as_deref()).collect();
+            let moved = values.append(&bytes).map_err(err)?;
+            for ((key, expires_ms, _), to) in readable.iter().zip(moved) {
+                table
+                    .insert(key.as_str(), &to.record(*expires_ms)[..])
+                    .map_err(err)?;
+            }
+        }
+    }
+    Ok(on_disk
+        .into_iter()
+        .map(|(segment, _)| segment)
+        .filter(|segment| {
+            *segment != current && (sparse.contains(segment) || !named.contains_key(segment))
+        })
+        .collect())
 }
 
 /// Creates or opens the database file; [`StoreError::InUse`] while another holder keeps its
@@ -298,8 +398,19 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, keeping up to `memory_bytes` of values in memory;
     /// entries expire by `clock`.
     pub fn open(dir: &Path, memory_bytes: u64, clock: Clock) -> Result<Self, StoreError> {
+        EmbeddedStore::open_with_segments(dir, memory_bytes, clock, SEGMENT_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`], closing the value log's segments past `segment_bytes`.
+    fn open_with_segments(
+        dir: &Path,
+        memory_bytes: u64,
+        clock: Clock,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(err)?;
         let db = create(&dir.join("thrifty.redb"))?;
+        let values = Values::open(&dir.join("values"), segment_bytes).map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(TABLE).map_err(err)?;
         super::logs::migrate(&txn)?;
@@ -325,6 +436,7 @@ impl EmbeddedStore {
             unpersisted: Arc::new(AtomicBool::new(false)),
             puts: Arc::new(Puts::default()),
             presence: Arc::new(Presence::default()),
+            values: Arc::new(values),
             clock,
         };
         store.walk_keys();
@@ -359,6 +471,7 @@ impl EmbeddedStore {
         self.clock
             .now_ms()
             .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .min(LOGGED - 1)
     }
 
     /// Makes every write committed so far durable, with one `fsync`, if any was made without.
@@ -367,9 +480,13 @@ impl EmbeddedStore {
         if !self.unpersisted.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
+        let values = self.values.clone();
         let persisted = self
-            .blocking(|db| {
+            .blocking(move |db| {
+                // Values are appended only inside a write transaction, so none lands between
+                // this sync and the commit that makes their locations durable.
                 let mut txn = db.begin_write().map_err(err)?;
+                values.sync().map_err(err)?;
                 txn.set_durability(Durability::Immediate);
                 txn.commit().map_err(err)
             })
@@ -403,11 +520,12 @@ impl EmbeddedStore {
     /// The entry on disk under `key`, live or not.
     async fn read_disk(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let owned = key.to_owned();
+        let values = self.values.clone();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(TABLE).map_err(err)?;
             let raw = table.get(owned.as_str()).map_err(err)?;
-            Ok(raw.and_then(|v| decode(v.value())))
+            Ok(raw.and_then(|v| decode(&values, v.value())))
         })
         .await
     }
@@ -474,6 +592,7 @@ impl EmbeddedStore {
             return Ok(values);
         }
         let generation = *self.deletes.lock();
+        let log = self.values.clone();
         let found = self
             .blocking(move |db| {
                 let txn = db.begin_read().map_err(err)?;
@@ -481,7 +600,7 @@ impl EmbeddedStore {
                 let mut found = Vec::with_capacity(missing.len());
                 for (i, key) in missing {
                     let raw = table.get(key.as_str()).map_err(err)?;
-                    if let Some(entry) = raw.and_then(|v| decode(v.value())) {
+                    if let Some(entry) = raw.and_then(|v| decode(&log, v.value())) {
                         found.push((i, key, entry));
                     }
                 }
@@ -556,8 +675,9 @@ impl EmbeddedStore {
             let (puts, unpersisted) = (self.puts.clone(), self.unpersisted.clone());
             let db = self.db.clone();
             puts.holders.send_modify(|n| *n += 1);
+            let values = self.values.clone();
             tokio::task::spawn_blocking(move || {
-                puts.commit_all(&db, &unpersisted);
+                puts.commit_all(&db, &values, &unpersisted);
                 // The database goes before the count does, so whoever waits for none (see
                 // [`EmbeddedStore::close`]) finds the file no longer held by this thread.
                 drop(db);
@@ -584,11 +704,14 @@ impl EmbeddedStore {
                 let current = table
                     .get(owned.as_str())
                     .map_err(err)?
-                    .and_then(|v| decode(v.value()));
-                if let Some(mut entry) = current.filter(|e| e.expires_ms > now) {
-                    entry.expires_ms = expires_ms;
+                    .map(|v| v.value().to_vec());
+                let live = current.filter(|raw| expiry_of(raw).is_some_and(|at| at > now));
+                if let Some(mut record) = live {
+                    // The value, and where a logged one lies, stay as they are.
+                    let logged = u64::from_le_bytes(record[..8].try_into().map_err(err)?) & LOGGED;
+                    record[..8].copy_from_slice(&(expires_ms | logged).to_le_bytes());
                     table
-                        .insert(owned.as_str(), encode(&entry).as_slice())
+                        .insert(owned.as_str(), record.as_slice())
                         .map_err(err)?;
                 }
             }
@@ -601,11 +724,19 @@ impl EmbeddedStore {
     /// expiry after a touch).
     pub async fn expires_in(&self, key: &str) -> Result<Option<Duration>, StoreError> {
         self.puts.settle_for(&[key]).await;
-        let found = self.read_disk(key).await?;
+        let owned = key.to_owned();
+        let found = self
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(err)?;
+                let table = txn.open_table(TABLE).map_err(err)?;
+                let raw = table.get(owned.as_str()).map_err(err)?;
+                Ok(raw.and_then(|v| expiry_of(v.value())))
+            })
+            .await?;
         let now = self.clock.now_ms();
         Ok(found
-            .filter(|e| e.expires_ms > now)
-            .map(|e| Duration::from_millis(e.expires_ms - now)))
+            .filter(|at| *at > now)
+            .map(|at| Duration::from_millis(at - now)))
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
@@ -657,7 +788,7 @@ impl EmbeddedStore {
                 if !key.value().starts_with(prefix.as_str()) {
                     break;
                 }
-                if decode(value.value()).is_some_and(|e| e.expires_ms > now) {
+                if expiry_of(value.value()).is_some_and(|at| at > now) {
                     keys.push(key.value().to_owned());
                 }
             }
@@ -681,12 +812,9 @@ impl EmbeddedStore {
                     break;
                 }
                 let raw = value.value();
-                let live = raw
-                    .first_chunk::<8>()
-                    .is_some_and(|head| u64::from_le_bytes(*head) > now);
-                if live {
+                if expiry_of(raw).is_some_and(|at| at > now) {
                     tally.entries += 1;
-                    tally.bytes += (raw.len() - 8) as u64;
+                    tally.bytes += value_len(raw);
                 }
             }
             Ok(tally)
@@ -695,26 +823,36 @@ impl EmbeddedStore {
     }
 
     /// Deletes expired entries from disk; returns how many.
+    /// Deletes expired entries from disk, then the value log's segments nothing names any
+    /// more, moving the live values of mostly dead ones forward first; returns how many
+    /// entries went.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         self.puts.settle().await;
         let now = self.clock.now_ms();
+        let values = self.values.clone();
         let removed = self
             .blocking(move |db| {
                 let txn = db.begin_write().map_err(err)?;
                 let mut removed = Vec::new();
-                {
+                let unnamed = {
                     let mut table = txn.open_table(TABLE).map_err(err)?;
                     table
                         .retain(|key, value| {
-                            let live = decode(value).is_some_and(|e| e.expires_ms > now);
+                            let live = expiry_of(value).is_some_and(|at| at > now);
                             if !live {
                                 removed.push(Presence::of(key));
                             }
                             live
                         })
                         .map_err(err)?;
-                }
+                    compact(&mut table, &values, &mut removed)?
+                };
                 txn.commit().map_err(err)?;
+                for segment in unnamed {
+                    if let Err(error) = values.remove(segment) {
+                        tracing::warn!(%error, segment, "cannot remove a value log segment");
+                    }
+                }
                 Ok(removed)
             })
             .await?;
@@ -798,10 +936,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_closed_store_has_landed_every_put_and_let_go_of_its_file() {
-        let dir = std::env::temp_dir().join(format!(
-            "thrifty-embedded-close-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir = dir_for("close");
         let s = EmbeddedStore::open(&dir, 1 << 20, Clock::system()).unwrap();
         for i in 0..20 {
             s.put(
@@ -860,7 +995,9 @@ mod tests {
         // Once the commit runs, every accepted put lands.
         let commit = s.clone();
         tokio::task::spawn_blocking(move || {
-            commit.puts.commit_all(&commit.db, &commit.unpersisted)
+            commit
+                .puts
+                .commit_all(&commit.db, &commit.values, &commit.unpersisted)
         })
         .await
         .unwrap();
@@ -923,10 +1060,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_committed_lazily_are_on_disk_once_persisted() {
-        let dir = std::env::temp_dir().join(format!(
-            "thrifty-embedded-persist-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir = dir_for("persist");
         let s = EmbeddedStore::open(&dir, 1 << 20, Clock::system()).unwrap();
         s.put("k", Bytes::from_static(b"v"), Duration::from_secs(60))
             .await
@@ -994,10 +1128,7 @@ mod tests {
 
     #[tokio::test]
     async fn keys_on_disk_are_known_after_a_reopen_and_forgotten_once_removed() {
-        let dir = std::env::temp_dir().join(format!(
-            "thrifty-embedded-presence-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir = dir_for("presence");
         let clock = crate::clock::ManualClock::now();
         let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
         assert!(
@@ -1046,6 +1177,143 @@ mod tests {
             Some(Bytes::from_static(b"again"))
         );
         assert_eq!(s.get("expiring").await.unwrap(), None);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The table's record under `key`.
+    async fn record(s: &EmbeddedStore, key: &str) -> Option<Vec<u8>> {
+        let key = key.to_owned();
+        s.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(TABLE).map_err(err)?;
+            Ok(table
+                .get(key.as_str())
+                .map_err(err)?
+                .map(|v| v.value().to_vec()))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A fresh directory for a store a test opens again.
+    fn dir_for(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!(
+            "thrifty-embedded-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    fn long(fill: u8, len: usize) -> Bytes {
+        Bytes::from(vec![fill; len])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_values_lie_in_the_log_and_read_back_after_a_reopen() {
+        let dir = dir_for("log");
+        let clock = crate::clock::ManualClock::now();
+        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let answer = long(b'a', 1500);
+        s.put("long", answer.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        s.put("short", Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        s.persist().await.unwrap();
+        // The table names where the long value lies; the short one it holds itself.
+        let logged = record(&s, "long").await.unwrap();
+        let at = Location::of_record(&logged).expect("a location");
+        assert_eq!(
+            (logged.len(), at.len),
+            (super::super::values::RECORD_LEN, 1500)
+        );
+        assert_eq!(record(&s, "short").await.unwrap()[8..], *b"v");
+        assert_eq!(s.tally("").await.unwrap().bytes, 1501);
+        // A touch moves its expiry and keeps where it lies.
+        clock.advance(Duration::from_secs(50));
+        s.touch("long", Duration::from_secs(60)).await.unwrap();
+        let touched = record(&s, "long").await.unwrap();
+        assert_eq!(Location::of_record(&touched), Some(at));
+        assert_eq!(
+            s.expires_in("long").await.unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        s.persist().await.unwrap();
+        drop(s);
+        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        assert_eq!(s.get("long").await.unwrap(), Some(answer.clone()));
+        let many = s
+            .get_many(&["short".to_owned(), "long".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(many, vec![Some(Bytes::from_static(b"v")), Some(answer)]);
+        // Past the first expiry it is still live: the touch landed on disk.
+        clock.advance(Duration::from_secs(20));
+        assert!(s.get("long").await.unwrap().is_some());
+        assert_eq!(s.get("short").await.unwrap(), None);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_moves_what_lives_out_of_mostly_dead_segments_and_deletes_the_rest() {
+        let dir = dir_for("compact");
+        let clock = crate::clock::ManualClock::now();
+        let s = EmbeddedStore::open_with_segments(&dir, 1 << 20, clock.clock(), 1000).unwrap();
+        let segment = |key: &'static str| {
+            let s = s.clone();
+            async move {
+                Location::of_record(&record(&s, key).await.unwrap())
+                    .unwrap()
+                    .segment
+            }
+        };
+        // Each put lands on its own: the first segment holds a survivor among the
+        // expiring, the second only the expiring, the third a survivor.
+        let puts = [
+            ("kept", b'k', 300, 600),
+            ("gone 1", b'1', 800, 1),
+            ("gone 2", b'2', 1100, 1),
+            ("new", b'n', 400, 600),
+        ];
+        for (key, fill, len, ttl) in puts {
+            s.put(key, long(fill, len), Duration::from_secs(ttl))
+                .await
+                .unwrap();
+            s.puts.settle().await;
+        }
+        let first = segment("kept").await;
+        assert_eq!(segment("gone 1").await, first);
+        let second = segment("gone 2").await;
+        let third = segment("new").await;
+        assert!(first < second && second < third);
+        let expires = s.expires_in("kept").await.unwrap();
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(s.sweep().await.unwrap(), 2);
+        // The first segment's survivor moved, keeping its expiry; the first two are gone.
+        let moved = segment("kept").await;
+        assert!(moved >= third, "moved to {moved}");
+        let on_disk: Vec<u32> = s
+            .values
+            .segments()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            !on_disk.contains(&first) && !on_disk.contains(&second),
+            "{on_disk:?}"
+        );
+        assert!(on_disk.contains(&third));
+        assert_eq!(
+            s.expires_in("kept").await.unwrap().map(|d| d.as_secs()),
+            expires.map(|d| d.as_secs() - 2)
+        );
+        s.memory.invalidate_all();
+        assert_eq!(s.get("kept").await.unwrap(), Some(long(b'k', 300)));
+        assert_eq!(s.get("new").await.unwrap(), Some(long(b'n', 400)));
+        assert_eq!(s.get("gone 1").await.unwrap(), None);
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -15,6 +15,7 @@ mod logs;
 pub mod presence;
 mod redis;
 pub mod totals;
+mod values;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};

@@ -152,8 +152,22 @@ impl Harness {
     }
 
     /// The path of the embedded store's database file.
-    pub fn redb_file(&self) -> std::path::PathBuf {
-        self.raw.store.data_dir.join("thrifty.redb")
+    /// Every byte the embedded store keeps on disk: its database file and its value log's
+    /// segments, one after the other.
+    pub fn store_bytes(&self) -> Vec<u8> {
+        fn read_into(dir: &std::path::Path, out: &mut Vec<u8>) {
+            for item in std::fs::read_dir(dir).expect("the embedded store's directory") {
+                let path = item.expect("a directory entry").path();
+                if path.is_dir() {
+                    read_into(&path, out);
+                } else {
+                    out.extend(std::fs::read(&path).expect("a store file"));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        read_into(&self.raw.store.data_dir, &mut out);
+        out
     }
 
     /// How many answer entries the store holds, through the admin API.

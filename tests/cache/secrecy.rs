@@ -86,7 +86,7 @@ async fn no_api_key_bytes_reach_the_store(
             }
         }
         Backend::Embedded => {
-            let file = std::fs::read(h.redb_file()).expect("the embedded store's file");
+            let file = h.store_bytes();
             assert!(
                 !contains(&file, b"secret-XYZ"),
                 "{what}: the token is on disk"
@@ -208,7 +208,7 @@ async fn encrypted_entries_hide_the_answer_and_need_the_key(
             assert_eq!(h.fake.calls_to(path), 4, "{what}");
         }
         Backend::Embedded => {
-            let file = std::fs::read(h.redb_file()).expect("the embedded store's file");
+            let file = h.store_bytes();
             assert!(
                 contains(&file, b"thrifty:v1:answer:"),
                 "{what}: keys on disk"
