@@ -95,6 +95,13 @@ pub(super) struct Values {
     segment_bytes: u64,
 }
 
+/// The number after `segment`; the log never wraps around to a number still in use.
+fn next(segment: u32) -> io::Result<u32> {
+    segment
+        .checked_add(1)
+        .ok_or_else(|| io::Error::other("the value log ran out of segment numbers"))
+}
+
 fn segment_name(segment: u32) -> String {
     format!("{segment:08}.log")
 }
@@ -109,7 +116,10 @@ impl Values {
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Values> {
         std::fs::create_dir_all(dir)?;
         let last = segments_in(dir)?.into_iter().map(|(s, _)| s).max();
-        let segment = last.map_or(0, |s| s + 1);
+        let segment = match last {
+            None => 0,
+            Some(last) => next(last)?,
+        };
         let file = Arc::new(create_segment(&dir.join(segment_name(segment)))?);
         Ok(Values {
             dir: dir.to_owned(),
@@ -131,7 +141,7 @@ impl Values {
     /// Closes the current segment, synced, and starts the next.
     fn rotate(&self, writer: &mut Writer) -> io::Result<()> {
         writer.file.sync_data()?;
-        let next = writer.segment + 1;
+        let next = next(writer.segment)?;
         let file = Arc::new(create_segment(&self.path(next))?);
         self.readers.lock().insert(next, file.clone());
         *writer = Writer {
@@ -180,6 +190,11 @@ impl Values {
     /// The value at `at`, if it is there whole and unchanged.
     pub fn read(&self, at: &Location) -> Option<Bytes> {
         let file = self.reader(at.segment)?;
+        // A damaged record must not make us allocate what the segment cannot hold.
+        let size = file.metadata().ok()?.len();
+        if at.offset.checked_add(u64::from(at.len))? > size {
+            return None;
+        }
         let mut value = vec![0; at.len as usize];
         file.read_exact_at(&mut value, at.offset).ok()?;
         (crc32fast::hash(&value) == at.crc).then(|| Bytes::from(value))
@@ -283,6 +298,12 @@ mod tests {
             .unwrap();
         file.write_all_at(b"S", at[1].offset).unwrap();
         assert_eq!(log.read(&at[1]), None);
+        // A location past the segment's end: absent, and nothing of its length allocated.
+        let beyond = Location {
+            len: u32::MAX,
+            ..at[1]
+        };
+        assert_eq!(log.read(&beyond), None);
         // A segment gone: absent, not an error.
         log.remove(at[0].segment).unwrap();
         assert_eq!(log.read(&at[0]), None);
