@@ -1256,6 +1256,101 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A value that names its key and version, `len` bytes long.
+    fn versioned(key: &str, version: usize, len: usize) -> Bytes {
+        let mut value = format!("{key}:{version}:").into_bytes();
+        value.resize(len, b'.');
+        Bytes::from(value)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_puts_deletes_reads_and_sweeps_never_lose_nor_mix_up_a_value() {
+        let dir = dir_for("race");
+        let clock = crate::clock::ManualClock::now();
+        // Small segments, so sweeps find sparse ones to move while puts keep landing.
+        let s = EmbeddedStore::open_with_segments(&dir, 1 << 20, clock.clock(), 8 << 10).unwrap();
+        let writers = (0..4).map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                // Each writer owns its keys, so its last write of each is the one that lives.
+                let mut last: HashMap<String, Option<Bytes>> = HashMap::new();
+                for i in 0..300 {
+                    let key = format!("w{w}-k{}", i % 12);
+                    if i % 7 == 3 {
+                        s.delete(std::slice::from_ref(&key)).await.unwrap();
+                        last.insert(key, None);
+                    } else {
+                        let value = versioned(&key, i, 256 + (i * 37) % 1500);
+                        s.put(&key, value.clone(), Duration::from_secs(600))
+                            .await
+                            .unwrap();
+                        last.insert(key, Some(value));
+                    }
+                    if i % 25 == 0 {
+                        s.puts.settle().await;
+                    }
+                }
+                last
+            })
+        });
+        let writers: Vec<_> = writers.collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut read = 0;
+                while !stop.load(Ordering::Acquire) {
+                    s.memory.invalidate_all();
+                    for w in 0..4 {
+                        for k in 0..12 {
+                            let key = format!("w{w}-k{k}");
+                            if let Some(value) = s.get(&key).await.unwrap() {
+                                let prefix = format!("{key}:");
+                                assert!(value.starts_with(prefix.as_bytes()), "{key}");
+                                read += 1;
+                            }
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+                read
+            })
+        };
+        let sweeper = {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Acquire) {
+                    s.sweep().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let mut expected = HashMap::new();
+        for writer in writers {
+            expected.extend(writer.await.unwrap());
+        }
+        stop.store(true, Ordering::Release);
+        assert!(reader.await.unwrap() > 0, "the reader read something");
+        sweeper.await.unwrap();
+        s.sweep().await.unwrap();
+        assert!(
+            s.values.segments().unwrap().len() > 1 || s.values.current() > 0,
+            "the test wrote past one segment"
+        );
+        // From disk alone, each key holds its last write, or nothing once deleted.
+        s.memory.invalidate_all();
+        for (key, value) in &expected {
+            assert_eq!(&s.get(key).await.unwrap(), value, "{key}");
+        }
+        drop(s);
+        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        for (key, value) in &expected {
+            assert_eq!(&s.get(key).await.unwrap(), value, "{key} after a reopen");
+        }
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sweep_moves_what_lives_out_of_mostly_dead_segments_and_deletes_the_rest() {
         let dir = dir_for("compact");
