@@ -94,10 +94,15 @@ impl Sealer {
     }
 
     pub fn seal<T: Serialize>(&self, value: &T) -> Option<Bytes> {
-        let json = serde_json::to_vec(value).ok()?;
         match &self.cipher {
-            None => Some(Bytes::from([PLAIN, json.as_slice()].concat())),
+            None => {
+                let mut plain = Vec::with_capacity(1024);
+                plain.extend_from_slice(PLAIN);
+                serde_json::to_writer(&mut plain, value).ok()?;
+                Some(Bytes::from(plain))
+            }
             Some(cipher) => {
+                let json = serde_json::to_vec(value).ok()?;
                 let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
                 let sealed = cipher.encrypt(&nonce, json.as_slice()).ok()?;
                 Some(Bytes::from(
@@ -108,15 +113,15 @@ impl Sealer {
     }
 
     pub fn open<T: for<'de> Deserialize<'de>>(&self, raw: &[u8]) -> Option<T> {
-        let json = match (&self.cipher, raw.split_at_checked(3)?) {
-            (None, (PLAIN, json)) => json.to_vec(),
+        match (&self.cipher, raw.split_at_checked(3)?) {
+            (None, (PLAIN, json)) => serde_json::from_slice(json).ok(),
             (Some(cipher), (SEALED, rest)) => {
                 let (nonce, sealed) = rest.split_at_checked(12)?;
-                cipher.decrypt(Nonce::from_slice(nonce), sealed).ok()?
+                let json = cipher.decrypt(Nonce::from_slice(nonce), sealed).ok()?;
+                serde_json::from_slice(&json).ok()
             }
-            _ => return None,
-        };
-        serde_json::from_slice(&json).ok()
+            _ => None,
+        }
     }
 }
 
