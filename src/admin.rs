@@ -329,6 +329,9 @@ async fn stats(proxy: &Proxy) -> Result<Response<Body>, ProxyError> {
         Err(e) => out["entries_error"] = json!(e.to_string()),
     }
     out["evictions"] = json!(store.evictions());
+    if let Some((segments, bytes)) = store.value_log() {
+        out["value_log"] = json!({"segments": segments, "bytes": bytes});
+    }
     out["store"] = json!(store.kind());
     out["store_errors"] = json!(store.errors());
     out["store_skipped"] = json!(store.skipped());

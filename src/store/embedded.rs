@@ -866,6 +866,12 @@ impl EmbeddedStore {
         self.evictions.load(Ordering::Relaxed)
     }
 
+    /// The value log's segments on disk and their bytes.
+    pub fn value_log(&self) -> Option<(usize, u64)> {
+        let segments = self.values.segments().ok()?;
+        Some((segments.len(), segments.iter().map(|(_, size)| size).sum()))
+    }
+
     /// Puts written behind whose commit failed (they stayed in memory only).
     pub fn failed_writes(&self) -> u64 {
         self.puts.failed.load(Ordering::Relaxed)

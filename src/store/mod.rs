@@ -553,6 +553,16 @@ impl Store {
         }
     }
 
+    /// The embedded store's value log on disk: how many segments, and their bytes (live
+    /// values and what the next sweep may reclaim); `None` for Redis or when the directory
+    /// cannot be read.
+    pub fn value_log(&self) -> Option<(usize, u64)> {
+        match &self.backend {
+            Backend::Redis(_) => None,
+            Backend::Embedded(e) => e.value_log(),
+        }
+    }
+
     /// Removes expired entries where the backend does not do it by itself.
     pub async fn sweep(&self) {
         if let Backend::Embedded(e) = &self.backend {

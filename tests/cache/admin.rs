@@ -162,6 +162,17 @@ async fn stats_count_lookups_per_tenant_and_model(
     );
     let bytes = stats["bytes"].as_u64().expect("bytes");
     assert!(bytes > 0, "{what}: {stats}");
+    if backend == Backend::Embedded {
+        // The answers' bytes lie in the value log, as its files on disk say.
+        let log = &stats["value_log"];
+        let on_disk: Vec<u64> = std::fs::read_dir(h.raw.store.data_dir.join("values"))
+            .expect("the value log's directory")
+            .map(|item| item.expect("a segment").metadata().expect("its size").len())
+            .collect();
+        assert_eq!(log["segments"], on_disk.len(), "{what}: {stats}");
+        assert_eq!(log["bytes"], on_disk.iter().sum::<u64>(), "{what}: {stats}");
+        assert!(log["bytes"].as_u64() >= Some(bytes), "{what}: {stats}");
+    }
     if backend == Backend::Redis {
         let probe = h.probe().await;
         let mut held = 0;
