@@ -1262,6 +1262,48 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_value_a_crash_cut_off_reads_as_a_miss_until_it_is_put_again() {
+        let dir = dir_for("torn");
+        let clock = crate::clock::ManualClock::now();
+        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        for key in ["whole", "torn"] {
+            s.put(key, versioned(key, 1, 1000), Duration::from_secs(600))
+                .await
+                .unwrap();
+            s.puts.settle().await;
+        }
+        s.persist().await.unwrap();
+        let at = Location::of_record(&record(&s, "torn").await.unwrap()).unwrap();
+        drop(s);
+        // As if the machine crashed before the last value's bytes reached the disk, while a
+        // durable commit had already named them.
+        let segment = dir.join("values").join(format!("{:08}.log", at.segment));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.set_len(at.offset + 10).unwrap();
+        drop(file);
+        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        assert_eq!(s.get("torn").await.unwrap(), None, "a miss, not an error");
+        assert_eq!(
+            s.get("whole").await.unwrap(),
+            Some(versioned("whole", 1, 1000))
+        );
+        s.put("torn", versioned("torn", 2, 1000), Duration::from_secs(600))
+            .await
+            .unwrap();
+        s.persist().await.unwrap();
+        s.memory.invalidate_all();
+        assert_eq!(
+            s.get("torn").await.unwrap(),
+            Some(versioned("torn", 2, 1000))
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A value that names its key and version, `len` bytes long.
     fn versioned(key: &str, version: usize, len: usize) -> Bytes {
         let mut value = format!("{key}:{version}:").into_bytes();
