@@ -129,8 +129,11 @@ fn changed(event: &[u8], changes: &Changes) -> Option<Rewritten> {
     let body = line.trim_end_matches(['\r', '\n']);
     let ending = &line[body.len()..];
     let payload = body["data:".len()..].trim_start_matches(' ');
-    let fast = changes.strip_usage && !renames;
-    let json = match without_trailing_null_usage(payload).filter(|_| fast) {
+    // The byte cut only when stripping usage is all there is to do.
+    let cut = (changes.strip_usage && !renames)
+        .then(|| without_trailing_null_usage(payload))
+        .flatten();
+    let json = match cut {
         Some(kept) => kept.into_bytes(),
         None => match rewritten_payload(payload, changes)? {
             Rewritten::Event(json) => json,
