@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::embedded_err as err;
 use super::presence::Presence;
-use super::values::{LOGGED, Location, MIN_LOGGED, SEGMENT_BYTES, Values};
+use super::values::{Location, MAX_EXPIRY, MIN_LOGGED, SEGMENT_BYTES, Values, expiry_of, retime};
 use super::{StoreError, Tally};
 use crate::clock::Clock;
 
@@ -295,12 +295,6 @@ fn decode(values: &Values, raw: &[u8]) -> Option<Entry> {
     Some(Entry { expires_ms, value })
 }
 
-/// When a table record's entry expires, without reading a logged value.
-fn expiry_of(raw: &[u8]) -> Option<u64> {
-    raw.first_chunk::<8>()
-        .map(|head| u64::from_le_bytes(*head) & !LOGGED)
-}
-
 /// The bytes of a table record's value, without reading a logged one.
 fn value_len(raw: &[u8]) -> u64 {
     match Location::of_record(raw) {
@@ -471,7 +465,7 @@ impl EmbeddedStore {
         self.clock
             .now_ms()
             .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            .min(LOGGED - 1)
+            .min(MAX_EXPIRY)
     }
 
     /// Makes every write committed so far durable, with one `fsync`, if any was made without.
@@ -517,17 +511,26 @@ impl EmbeddedStore {
             .map_err(err)?
     }
 
-    /// The entry on disk under `key`, live or not.
-    async fn read_disk(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+    /// What `read` makes of the table's record under `key`, if there is one.
+    async fn read_record<T: Send + 'static>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&[u8]) -> Option<T> + Send + 'static,
+    ) -> Result<Option<T>, StoreError> {
         let owned = key.to_owned();
-        let values = self.values.clone();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(TABLE).map_err(err)?;
             let raw = table.get(owned.as_str()).map_err(err)?;
-            Ok(raw.and_then(|v| decode(&values, v.value())))
+            Ok(raw.and_then(|v| read(v.value())))
         })
         .await
+    }
+
+    /// The entry on disk under `key`, live or not.
+    async fn read_disk(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let values = self.values.clone();
+        self.read_record(key, move |raw| decode(&values, raw)).await
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
@@ -707,9 +710,7 @@ impl EmbeddedStore {
                     .map(|v| v.value().to_vec());
                 let live = current.filter(|raw| expiry_of(raw).is_some_and(|at| at > now));
                 if let Some(mut record) = live {
-                    // The value, and where a logged one lies, stay as they are.
-                    let logged = u64::from_le_bytes(record[..8].try_into().map_err(err)?) & LOGGED;
-                    record[..8].copy_from_slice(&(expires_ms | logged).to_le_bytes());
+                    retime(&mut record, expires_ms);
                     table
                         .insert(owned.as_str(), record.as_slice())
                         .map_err(err)?;
@@ -724,15 +725,7 @@ impl EmbeddedStore {
     /// expiry after a touch).
     pub async fn expires_in(&self, key: &str) -> Result<Option<Duration>, StoreError> {
         self.puts.settle_for(&[key]).await;
-        let owned = key.to_owned();
-        let found = self
-            .blocking(move |db| {
-                let txn = db.begin_read().map_err(err)?;
-                let table = txn.open_table(TABLE).map_err(err)?;
-                let raw = table.get(owned.as_str()).map_err(err)?;
-                Ok(raw.and_then(|v| expiry_of(v.value())))
-            })
-            .await?;
+        let found = self.read_record(key, expiry_of).await?;
         let now = self.clock.now_ms();
         Ok(found
             .filter(|at| *at > now)
@@ -1136,7 +1129,7 @@ mod tests {
     async fn keys_on_disk_are_known_after_a_reopen_and_forgotten_once_removed() {
         let dir = dir_for("presence");
         let clock = crate::clock::ManualClock::now();
-        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let s = open_at(&dir, &clock);
         assert!(
             !s.presence.may_hold("never"),
             "an empty table holds nothing"
@@ -1157,7 +1150,7 @@ mod tests {
         }
         s.persist().await.unwrap();
         drop(s);
-        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let s = open_at(&dir, &clock);
         for key in ["kept", "deleted", "expiring"] {
             assert_eq!(s.get(key).await.unwrap(), Some(Bytes::from(key)), "{key}");
         }
@@ -1177,7 +1170,7 @@ mod tests {
         .unwrap();
         s.persist().await.unwrap();
         drop(s);
-        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let s = open_at(&dir, &clock);
         assert_eq!(
             s.get("deleted").await.unwrap(),
             Some(Bytes::from_static(b"again"))
@@ -1189,17 +1182,12 @@ mod tests {
 
     /// The table's record under `key`.
     async fn record(s: &EmbeddedStore, key: &str) -> Option<Vec<u8>> {
-        let key = key.to_owned();
-        s.blocking(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let table = txn.open_table(TABLE).map_err(err)?;
-            Ok(table
-                .get(key.as_str())
-                .map_err(err)?
-                .map(|v| v.value().to_vec()))
-        })
-        .await
-        .unwrap()
+        s.read_record(key, |raw| Some(raw.to_vec())).await.unwrap()
+    }
+
+    /// The store in `dir` (opened again after a drop), on `clock`.
+    fn open_at(dir: &std::path::Path, clock: &crate::clock::ManualClock) -> EmbeddedStore {
+        EmbeddedStore::open(dir, 1 << 20, clock.clock()).unwrap()
     }
 
     /// A fresh directory for a store a test opens again.
@@ -1218,7 +1206,7 @@ mod tests {
     async fn long_values_lie_in_the_log_and_read_back_after_a_reopen() {
         let dir = dir_for("log");
         let clock = crate::clock::ManualClock::now();
-        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let s = open_at(&dir, &clock);
         let answer = long(b'a', 1500);
         s.put("long", answer.clone(), Duration::from_secs(60))
             .await
@@ -1247,7 +1235,7 @@ mod tests {
         );
         s.persist().await.unwrap();
         drop(s);
-        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let s = open_at(&dir, &clock);
         assert_eq!(s.get("long").await.unwrap(), Some(answer.clone()));
         let many = s
             .get_many(&["short".to_owned(), "long".to_owned()])
@@ -1266,7 +1254,7 @@ mod tests {
     async fn a_value_a_crash_cut_off_reads_as_a_miss_until_it_is_put_again() {
         let dir = dir_for("torn");
         let clock = crate::clock::ManualClock::now();
-        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let s = open_at(&dir, &clock);
         for key in ["whole", "torn"] {
             s.put(key, versioned(key, 1, 1000), Duration::from_secs(600))
                 .await
@@ -1275,17 +1263,17 @@ mod tests {
         }
         s.persist().await.unwrap();
         let at = Location::of_record(&record(&s, "torn").await.unwrap()).unwrap();
+        let segment = s.values.path(at.segment);
         drop(s);
         // As if the machine crashed before the last value's bytes reached the disk, while a
         // durable commit had already named them.
-        let segment = dir.join("values").join(format!("{:08}.log", at.segment));
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&segment)
             .unwrap();
         file.set_len(at.offset + 10).unwrap();
         drop(file);
-        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let s = open_at(&dir, &clock);
         assert_eq!(s.get("torn").await.unwrap(), None, "a miss, not an error");
         assert_eq!(
             s.get("whole").await.unwrap(),
@@ -1391,7 +1379,7 @@ mod tests {
             assert_eq!(&s.get(key).await.unwrap(), value, "{key}");
         }
         drop(s);
-        let s = EmbeddedStore::open(&dir, 1 << 20, clock.clock()).unwrap();
+        let s = open_at(&dir, &clock);
         for (key, value) in &expected {
             assert_eq!(&s.get(key).await.unwrap(), value, "{key} after a reopen");
         }

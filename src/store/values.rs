@@ -28,7 +28,25 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 /// Set in a table record's expiry when the record is a [`Location`], not the value itself.
-pub(super) const LOGGED: u64 = 1 << 63;
+const LOGGED: u64 = 1 << 63;
+
+/// The latest expiry a table record can hold (its top bit says whether the value is logged).
+pub(super) const MAX_EXPIRY: u64 = LOGGED - 1;
+
+/// When a table record's entry expires (inline or logged), without reading a logged value.
+pub(super) fn expiry_of(record: &[u8]) -> Option<u64> {
+    record
+        .first_chunk::<8>()
+        .map(|head| u64::from_le_bytes(*head) & MAX_EXPIRY)
+}
+
+/// Moves a table record's expiry to `expires_ms`, keeping its value, or where it lies.
+pub(super) fn retime(record: &mut [u8], expires_ms: u64) {
+    if let Some(head) = record.first_chunk_mut::<8>() {
+        let logged = u64::from_le_bytes(*head) & LOGGED;
+        *head = (expires_ms.min(MAX_EXPIRY) | logged).to_le_bytes();
+    }
+}
 
 /// Values at least this long go to the log; shorter ones stay in the table, where a location
 /// would save nothing.
@@ -134,7 +152,7 @@ impl Values {
         })
     }
 
-    fn path(&self, segment: u32) -> PathBuf {
+    pub fn path(&self, segment: u32) -> PathBuf {
         self.dir.join(segment_name(segment))
     }
 
