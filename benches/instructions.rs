@@ -15,7 +15,8 @@
 //! counters (`callgrind_control -z`), sends N hits, dumps (`callgrind_control -d hits`), sends N
 //! misses, dumps again (`misses`), and prints each phase's instructions per request. The dumps
 //! stay in the output directory (`THRIFTY_CALLGRIND_DIR`, else a fresh one under the temp dir)
-//! for `callgrind_annotate`. Each phase's count includes thrifty's background work over the
+//! for `callgrind_annotate`. thrifty logs as `thrifty serve` does (a line per request, by its
+//! `thrifty-log` thread), to a file in its data directory. Each phase's count includes thrifty's background work over the
 //! phase (the ledger's batch writes, the once-a-second timers), which runs slower under
 //! valgrind, so a small part of it is per second rather than per request.
 
@@ -104,6 +105,11 @@ fn serve(args: &[String]) -> Result<()> {
     let config = raw
         .validate(&env)
         .context("the thrifty config is invalid")?;
+    // Logged as `thrifty serve` logs, a line per request, to a file in the scratch data
+    // directory instead of stderr.
+    let log = std::fs::File::create(PathBuf::from(data_dir).join("thrifty.log"))
+        .context("creating thrifty's log")?;
+    let _log = thrifty::telemetry::init_with(config.log_format, Box::new(log), false);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

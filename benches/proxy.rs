@@ -30,6 +30,11 @@
 //! thrifty's CPU is its runtime's thread plus every thread it starts (`thrifty-*`), the
 //! embedding model's `thrifty-embed` included; the table shows that thread's share apart.
 //!
+//! thrifty logs as `thrifty serve` does: the same subscriber at the default filter (`info`, or
+//! `RUST_LOG`) and format, with a line per request, written by its `thrifty-log` thread to
+//! `thrifty.log` in a scratch directory instead of stderr (`THRIFTY_LOG_FORMAT=json` picks the
+//! JSON lines).
+//!
 //! Each scenario warms its targets up, then measures direct and each thrifty in turn for
 //! `THRIFTY_BENCH_ROUNDS` rounds (rotating which goes first) and pools the samples, so that
 //! noise from other work on the machine hits every target alike.
@@ -105,7 +110,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use thrifty::config::{RawConfig, RawDialect, RawUpstream};
+use thrifty::config::{LogFormat, RawConfig, RawDialect, RawUpstream};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
@@ -1307,6 +1312,16 @@ impl Drop for ServerThread {
     }
 }
 
+/// The subscriber `thrifty serve` installs, writing to `dir/thrifty.log` instead of stderr.
+fn log_like_serve(dir: &Path) -> Result<Option<thrifty::telemetry::Flusher>> {
+    let format = match std::env::var("THRIFTY_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Pretty,
+    };
+    let file = std::fs::File::create(dir.join("thrifty.log")).context("creating thrifty.log")?;
+    Ok(thrifty::telemetry::init_with(format, Box::new(file), false))
+}
+
 /// A `current_thread` runtime for one worker, else a multi-thread one; its threads carry
 /// `name` so that their CPU time can be told apart.
 fn runtime(name: &str, workers: usize) -> std::io::Result<Runtime> {
@@ -2217,6 +2232,8 @@ fn verdict(met: bool) -> &'static str {
 
 fn main() -> Result<()> {
     let settings = Settings::from_env()?;
+    let log_dir = ScratchDir::new("log")?;
+    let _log = log_like_serve(log_dir.path())?;
     let store_dir = ScratchDir::new("store")?;
     let (fake, fake_thread) = start_fake()?;
     let (thrifty_addr, thrifty_thread) =

@@ -178,7 +178,8 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
-    thrifty::telemetry::init(config.log_format);
+    // Held to the end: dropping it writes the log lines still waiting.
+    let _log = thrifty::telemetry::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
