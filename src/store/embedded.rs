@@ -815,7 +815,6 @@ impl EmbeddedStore {
         .await
     }
 
-    /// Deletes expired entries from disk; returns how many.
     /// Deletes expired entries from disk, then the value log's segments nothing names any
     /// more, moving the live values of mostly dead ones forward first; returns how many
     /// entries went.

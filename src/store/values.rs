@@ -104,6 +104,18 @@ struct Writer {
     dirty: bool,
 }
 
+impl Writer {
+    /// A new, empty segment numbered `segment` in `dir`, to append to.
+    fn create(dir: &Path, segment: u32) -> io::Result<Writer> {
+        Ok(Writer {
+            segment,
+            file: Arc::new(create_segment(&dir.join(segment_name(segment)))?),
+            len: 0,
+            dirty: false,
+        })
+    }
+}
+
 pub(super) struct Values {
     dir: PathBuf,
     writer: Mutex<Writer>,
@@ -138,16 +150,11 @@ impl Values {
             None => 0,
             Some(last) => next(last)?,
         };
-        let file = Arc::new(create_segment(&dir.join(segment_name(segment)))?);
+        let writer = Writer::create(dir, segment)?;
         Ok(Values {
             dir: dir.to_owned(),
-            writer: Mutex::new(Writer {
-                segment,
-                file: file.clone(),
-                len: 0,
-                dirty: false,
-            }),
-            readers: Mutex::new(HashMap::from([(segment, file)])),
+            readers: Mutex::new(HashMap::from([(segment, writer.file.clone())])),
+            writer: Mutex::new(writer),
             segment_bytes,
         })
     }
@@ -159,15 +166,11 @@ impl Values {
     /// Closes the current segment, synced, and starts the next.
     fn rotate(&self, writer: &mut Writer) -> io::Result<()> {
         writer.file.sync_data()?;
-        let next = next(writer.segment)?;
-        let file = Arc::new(create_segment(&self.path(next))?);
-        self.readers.lock().insert(next, file.clone());
-        *writer = Writer {
-            segment: next,
-            file,
-            len: 0,
-            dirty: false,
-        };
+        let started = Writer::create(&self.dir, next(writer.segment)?)?;
+        self.readers
+            .lock()
+            .insert(started.segment, started.file.clone());
+        *writer = started;
         Ok(())
     }
 
