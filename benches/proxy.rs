@@ -110,7 +110,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use thrifty::config::{LogFormat, RawConfig, RawDialect, RawUpstream};
+use thrifty::config::{RawConfig, RawDialect, RawUpstream};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
@@ -1314,10 +1314,14 @@ impl Drop for ServerThread {
 
 /// The subscriber `thrifty serve` installs, writing to `dir/thrifty.log` instead of stderr.
 fn log_like_serve(dir: &Path) -> Result<Option<thrifty::telemetry::Flusher>> {
-    let format = match std::env::var("THRIFTY_LOG_FORMAT").as_deref() {
-        Ok("json") => LogFormat::Json,
-        _ => LogFormat::Pretty,
+    // The format as the config reads it, from `THRIFTY_LOG_FORMAT` alone.
+    let env = |name: &str| match name {
+        "THRIFTY_LOG_FORMAT" => std::env::var(name).ok(),
+        _ => None,
     };
+    let mut raw = RawConfig::default();
+    raw.apply_env(&env).context("THRIFTY_LOG_FORMAT")?;
+    let format = raw.log.format;
     let file = std::fs::File::create(dir.join("thrifty.log")).context("creating thrifty.log")?;
     Ok(thrifty::telemetry::init_with(format, Box::new(file), false))
 }

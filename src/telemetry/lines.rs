@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long a line may wait for others to share its `write`.
-pub const LINGER: Duration = Duration::from_millis(100);
+const LINGER: Duration = Duration::from_millis(100);
 /// A batch this large is written without waiting out the linger.
 const BATCH_BYTES: usize = 64 * 1024;
 /// The most that may wait to be written; lines beyond it are dropped and counted.
@@ -45,12 +45,13 @@ struct Pending {
     closed: bool,
 }
 
-/// Starts the writing thread (`thrifty-log`) over `out`.
-pub fn start(out: Box<dyn Write + Send>) -> io::Result<(Lines, Flusher)> {
+/// Starts the writing thread (`thrifty-log`) over `out`. Should the thread not start, the
+/// lines are written to `out` as they come, as they are after shutdown.
+pub fn start(out: Box<dyn Write + Send>) -> (Lines, io::Result<Flusher>) {
     start_bounded(out, MAX_PENDING)
 }
 
-fn start_bounded(out: Box<dyn Write + Send>, max_pending: usize) -> io::Result<(Lines, Flusher)> {
+fn start_bounded(out: Box<dyn Write + Send>, max_pending: usize) -> (Lines, io::Result<Flusher>) {
     let shared = Arc::new(Shared {
         pending: Mutex::new(Pending::default()),
         ready: Condvar::new(),
@@ -60,16 +61,18 @@ fn start_bounded(out: Box<dyn Write + Send>, max_pending: usize) -> io::Result<(
     let writer = shared.clone();
     let thread = std::thread::Builder::new()
         .name("thrifty-log".into())
-        .spawn(move || writer.run())?;
-    Ok((
-        Lines {
+        .spawn(move || writer.run());
+    let flusher = match thread {
+        Ok(thread) => Ok(Flusher {
             shared: shared.clone(),
-        },
-        Flusher {
-            shared,
             thread: Some(thread),
-        },
-    ))
+        }),
+        Err(e) => {
+            lock(&shared.pending).closed = true;
+            Err(e)
+        }
+    };
+    (Lines { shared }, flusher)
 }
 
 impl Lines {
@@ -77,7 +80,7 @@ impl Lines {
         let shared = &self.shared;
         let mut pending = lock(&shared.pending);
         if pending.closed {
-            // Past shutdown nothing batches any more: the line goes straight out.
+            // Past shutdown (or without a thread) nothing batches: the line goes straight out.
             drop(pending);
             let _ = lock(&shared.out).write_all(line);
             return;
@@ -214,7 +217,8 @@ mod tests {
     #[test]
     fn every_line_arrives_whole_and_in_order_in_few_writes() {
         let out = Recorder::default();
-        let (lines, flusher) = start(Box::new(out.clone())).expect("the log thread starts");
+        let (lines, flusher) = start(Box::new(out.clone()));
+        let flusher = flusher.expect("the log thread starts");
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let lines = lines.clone();
@@ -255,7 +259,8 @@ mod tests {
     #[test]
     fn a_lone_line_is_written_after_the_linger_without_a_shutdown() {
         let out = Recorder::default();
-        let (lines, _flusher) = start(Box::new(out.clone())).expect("the log thread starts");
+        let (lines, flusher) = start(Box::new(out.clone()));
+        let _flusher = flusher.expect("the log thread starts");
         let started = Instant::now();
         (&lines).write_all(b"served status=200\n").expect("appends");
         while out.text().is_empty() {
@@ -271,8 +276,8 @@ mod tests {
     #[test]
     fn a_stuck_output_drops_lines_past_the_bound_and_says_how_many() {
         let out = Recorder::default();
-        let (lines, flusher) =
-            start_bounded(Box::new(out.clone()), 1_000).expect("the log thread starts");
+        let (lines, flusher) = start_bounded(Box::new(out.clone()), 1_000);
+        let flusher = flusher.expect("the log thread starts");
         // Taken after the flusher, so that a failing assertion lets the writer go before the
         // flusher waits for it.
         let held = lock(&out.gate);

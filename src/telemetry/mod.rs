@@ -1,7 +1,7 @@
 //! Tracing set-up: `RUST_LOG` filters, `THRIFTY_LOG_FORMAT` picks JSON or human lines, and
 //! [`lines`] writes them to stderr behind the requests.
 
-pub mod lines;
+mod lines;
 
 use std::io::{IsTerminal, Write};
 
@@ -21,7 +21,7 @@ pub fn init(format: LogFormat) -> Option<Flusher> {
 }
 
 /// Installs the subscriber writing to `out`: the binary's stderr, or a benchmark's file.
-/// `None` when the log thread could not start (lines are then written as they come) or a
+/// `None` when the log thread could not start (lines then go to `out` as they come) or a
 /// subscriber is already installed (tests start many servers in one process; the first
 /// subscriber stays).
 pub fn init_with(format: LogFormat, out: Box<dyn Write + Send>, colour: bool) -> Option<Flusher> {
@@ -29,17 +29,7 @@ pub fn init_with(format: LogFormat, out: Box<dyn Write + Send>, colour: bool) ->
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour);
-    let (lines, flusher) = match lines::start(out) {
-        Ok(started) => started,
-        Err(e) => {
-            let _ = match format {
-                LogFormat::Json => builder.json().with_writer(std::io::stderr).try_init(),
-                LogFormat::Pretty => builder.with_writer(std::io::stderr).try_init(),
-            };
-            tracing::warn!(error = %e, "log lines are written as they come: no thread for them");
-            return None;
-        }
-    };
+    let (lines, flusher) = lines::start(out);
     let installed = match format {
         LogFormat::Json => builder.json().with_writer(lines).try_init(),
         LogFormat::Pretty if colour => builder.with_writer(lines).try_init(),
@@ -56,5 +46,11 @@ pub fn init_with(format: LogFormat, out: Box<dyn Write + Send>, colour: bool) ->
             .with_writer(lines)
             .try_init(),
     };
-    installed.is_ok().then_some(flusher)
+    match flusher {
+        Ok(flusher) => installed.is_ok().then_some(flusher),
+        Err(e) => {
+            tracing::warn!(error = %e, "log lines are written as they come: no thread for them");
+            None
+        }
+    }
 }
