@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::framed::Framed;
 use crate::chat::{Dialect, Endpoint, Tokens};
+use crate::dialect::observe::JsonText;
 use crate::dialect::usage;
 use crate::secret::Secret;
 
@@ -58,6 +59,66 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+impl Entry {
+    /// Writes the entry's JSON with its JSON answer as `body`, the text the answer was read
+    /// from, instead of writing the answer again from its parse: the same JSON, for a copy of
+    /// the text in place of a walk over every value and an escape of every string. `None`
+    /// when the answer is a stream.
+    pub fn write_recorded(&self, body: &JsonText, out: &mut Vec<u8>) -> Option<()> {
+        if !matches!(self.answer, Answer::Json(_)) {
+            return None;
+        }
+        // Destructured so that a new field is a compile error here until it is written too.
+        let Entry {
+            created_ms,
+            ttl_ms,
+            tenant,
+            namespace,
+            model,
+            tags,
+            dialect,
+            endpoint,
+            answer: _,
+            compressed_away,
+            framed: _,
+        } = self;
+        let head = Head {
+            created_ms: *created_ms,
+            ttl_ms: *ttl_ms,
+            tenant,
+            namespace: namespace.as_deref(),
+            model,
+            tags,
+            dialect: *dialect,
+            endpoint: *endpoint,
+            compressed_away: *compressed_away,
+        };
+        serde_json::to_writer(&mut *out, &head).ok()?;
+        // The head is an object with fields; the answer joins them before its closing brace.
+        // `body` is one whole JSON value, so the object stays whole.
+        out.pop();
+        out.extend_from_slice(br#","answer":{"mode":"json","body":"#);
+        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(b"}}");
+        Some(())
+    }
+}
+
+/// Every field of an [`Entry`] but its answer, named as the entry names them.
+#[derive(Serialize)]
+struct Head<'a> {
+    created_ms: u64,
+    ttl_ms: u64,
+    tenant: &'a str,
+    namespace: Option<&'a str>,
+    model: &'a str,
+    tags: &'a [String],
+    dialect: Dialect,
+    endpoint: Endpoint,
+    #[serde(skip_serializing_if = "is_zero")]
+    compressed_away: u64,
+}
+
 /// The answer as it was recorded: one JSON body, or the chunks of a stream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "mode", content = "body", rename_all = "lowercase")]
@@ -94,15 +155,20 @@ impl Sealer {
     }
 
     pub fn seal<T: Serialize>(&self, value: &T) -> Option<Bytes> {
+        self.seal_with(|out| serde_json::to_writer(out, value).ok())
+    }
+
+    /// Seals the JSON `write` appends to the buffer it is given.
+    pub fn seal_with(&self, write: impl FnOnce(&mut Vec<u8>) -> Option<()>) -> Option<Bytes> {
+        let mut json = Vec::with_capacity(1024);
         match &self.cipher {
             None => {
-                let mut plain = Vec::with_capacity(1024);
-                plain.extend_from_slice(PLAIN);
-                serde_json::to_writer(&mut plain, value).ok()?;
-                Some(Bytes::from(plain))
+                json.extend_from_slice(PLAIN);
+                write(&mut json)?;
+                Some(Bytes::from(json))
             }
             Some(cipher) => {
-                let json = serde_json::to_vec(value).ok()?;
+                write(&mut json)?;
                 let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
                 let sealed = cipher.encrypt(&nonce, json.as_slice()).ok()?;
                 Some(Bytes::from(
@@ -128,6 +194,7 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::observe::observe;
 
     fn entry() -> EmbeddingEntry {
         EmbeddingEntry {
@@ -212,6 +279,76 @@ mod tests {
         let unknown = text.replace("\"openai\"", "\"anthropic\"");
         assert_ne!(unknown, text);
         assert_eq!(sealer.open::<Entry>(unknown.as_bytes()), None);
+    }
+
+    /// An answer as an upstream may write it: spaces, a float, non-ASCII and an escape.
+    const BODY: &str = r#"{ "id": "chatcmpl-1", "choices": [{"message": {"content": "Caf\u00e9 \"ok\" 😀"}}], "score": 1.5e2 }"#;
+
+    fn recorded_entry() -> Entry {
+        Entry {
+            endpoint: Endpoint::Chat,
+            namespace: Some("docs".to_owned()),
+            tags: vec!["a".to_owned()],
+            compressed_away: 12,
+            answer: Answer::Json(serde_json::from_str(BODY).expect("parses")),
+            ..answer_entry()
+        }
+    }
+
+    /// The body as the recorder gets it: read by the dialect, as it parsed.
+    fn body(text: &str) -> JsonText {
+        let bytes = Bytes::from(text.to_owned());
+        observe(Dialect::OpenAi, Endpoint::Chat, false, &bytes)
+            .body
+            .expect("one JSON value")
+    }
+
+    #[test]
+    fn an_entry_sealed_with_its_answers_text_opens_as_the_same_entry() {
+        let entry = recorded_entry();
+        let padded = format!("\n {BODY}\n");
+        for key in [None, Some(Secret::new([7u8; 32]))] {
+            let sealer = Sealer::new(key.as_ref());
+            let raw = sealer
+                .seal_with(|out| entry.write_recorded(&body(&padded), out))
+                .expect("seals");
+            assert_eq!(sealer.open::<Entry>(&raw), Some(entry.clone()));
+            if key.is_none() {
+                let text = std::str::from_utf8(&raw[3..]).expect("plain JSON is text");
+                assert!(
+                    text.contains(BODY),
+                    "the body is written as it came: {text}"
+                );
+                let written: Value = serde_json::from_str(text).expect("JSON");
+                let reference = sealer.seal(&entry).expect("seals");
+                let reference: Value = serde_json::from_slice(&reference[3..]).expect("JSON");
+                assert_eq!(written, reference, "the same JSON as the entry's own");
+            }
+        }
+        let plain = Entry {
+            compressed_away: 0,
+            namespace: None,
+            ..entry
+        };
+        let sealer = Sealer::new(None);
+        let raw = sealer
+            .seal_with(|out| plain.write_recorded(&body(BODY), out))
+            .expect("seals");
+        assert_eq!(sealer.open::<Entry>(&raw), Some(plain));
+    }
+
+    #[test]
+    fn a_streamed_answer_is_not_written_from_a_body() {
+        let stream = Entry {
+            answer: Answer::Stream(vec![serde_json::json!({"id": 1})]),
+            ..recorded_entry()
+        };
+        let mut out = Vec::new();
+        assert!(
+            stream
+                .write_recorded(&body(r#"{"id": 1}"#), &mut out)
+                .is_none()
+        );
     }
 
     #[test]

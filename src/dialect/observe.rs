@@ -2,6 +2,7 @@
 //! savings record (its usage, or its text to count) and the cache's recorder (the whole answer,
 //! when it is a complete success).
 
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::responses::events;
@@ -17,10 +18,24 @@ pub struct Observed {
     pub values: Vec<Value>,
     /// A complete success: a JSON answer with its finish, or a stream that ended cleanly.
     pub complete: bool,
+    /// A JSON answer's body as it parsed.
+    pub body: Option<JsonText>,
+}
+
+/// A JSON answer's body exactly as it parsed into one value, without the whitespace around
+/// it. Only [`observe`] makes one, from bytes it has just parsed, so it can be written into
+/// other JSON as it is and that JSON stays whole.
+#[derive(Debug)]
+pub struct JsonText(Bytes);
+
+impl JsonText {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Reads an answer's bytes as the dialect and endpoint write them.
-pub fn observe(dialect: Dialect, endpoint: Endpoint, streamed: bool, bytes: &[u8]) -> Observed {
+pub fn observe(dialect: Dialect, endpoint: Endpoint, streamed: bool, bytes: &Bytes) -> Observed {
     let read = stream::read(dialect, streamed, bytes);
     let complete = if streamed {
         stream::is_whole_stream(dialect, endpoint, &read)
@@ -31,11 +46,16 @@ pub fn observe(dialect: Dialect, endpoint: Endpoint, streamed: bool, bytes: &[u8
                 .first()
                 .is_some_and(|v| stream::is_complete(dialect, endpoint, v))
     };
+    let body = match (&read.values[..], read.json) {
+        ([_], Some(span)) if read.all_parsed => Some(JsonText(bytes.slice(span))),
+        _ => None,
+    };
     Observed {
         dialect,
         streamed,
         values: read.values,
         complete,
+        body,
     }
 }
 
@@ -107,25 +127,46 @@ mod tests {
                      data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n\
                      data: [DONE]\n\n";
-        let seen = observe(Dialect::OpenAi, Endpoint::Chat, true, whole.as_bytes());
+        let seen = observe(Dialect::OpenAi, Endpoint::Chat, true, &Bytes::from(whole));
         assert!(seen.complete);
+        assert!(seen.body.is_none(), "a stream has no one body");
         assert_eq!(seen.values.len(), 3);
         assert_eq!(seen.usage().map(|u| (u.prompt, u.completion)), Some((5, 1)));
         assert_eq!(seen.text(), "Hi");
         let cut = &whole[..whole.find("data: [DONE]").unwrap_or(0) - 10];
-        let seen = observe(Dialect::OpenAi, Endpoint::Chat, true, cut.as_bytes());
+        let seen = observe(Dialect::OpenAi, Endpoint::Chat, true, &Bytes::from(cut));
         assert!(!seen.complete, "no [DONE], a cut-off last event");
         assert_eq!(seen.text(), "Hi");
     }
 
     #[test]
     fn a_json_answer_is_complete_only_with_its_finish() {
-        let done = br#"{"model":"m","message":{"role":"assistant","content":"Yes"},"done":true,"prompt_eval_count":3,"eval_count":1}"#;
-        let seen = observe(Dialect::Ollama, Endpoint::Chat, false, done);
+        let done = r#"{"model":"m","message":{"role":"assistant","content":"Yes"},"done":true,"prompt_eval_count":3,"eval_count":1}"#;
+        let seen = observe(Dialect::Ollama, Endpoint::Chat, false, &Bytes::from(done));
         assert!(seen.complete);
         assert_eq!(seen.usage().map(|u| (u.prompt, u.completion)), Some((3, 1)));
-        let open = br#"{"model":"m","message":{"role":"assistant","content":"Ye"},"done":false}"#;
-        assert!(!observe(Dialect::Ollama, Endpoint::Chat, false, open).complete);
-        assert!(!observe(Dialect::Ollama, Endpoint::Chat, false, b"{not json").complete);
+        let open = r#"{"model":"m","message":{"role":"assistant","content":"Ye"},"done":false}"#;
+        assert!(!observe(Dialect::Ollama, Endpoint::Chat, false, &Bytes::from(open)).complete);
+        let broken = Bytes::from_static(b"{not json");
+        assert!(!observe(Dialect::Ollama, Endpoint::Chat, false, &broken).complete);
+    }
+
+    #[test]
+    fn a_json_body_is_kept_as_it_parsed_and_only_when_it_is_one_value() {
+        let padded = "\n  {\"message\":{\"content\":\"caf\\u00e9\"},\"done\":true} \r\n";
+        let seen = observe(Dialect::Ollama, Endpoint::Chat, false, &Bytes::from(padded));
+        let body = seen.body.as_ref().expect("one JSON value");
+        assert_eq!(body.as_bytes(), padded.trim().as_bytes());
+        let parsed: Value = serde_json::from_slice(body.as_bytes()).expect("JSON");
+        assert_eq!(parsed, seen.values[0]);
+        for not_one in ["{\"done\":true} {\"done\":true}", "{\"done\":", "", "  "] {
+            let seen = observe(
+                Dialect::Ollama,
+                Endpoint::Chat,
+                false,
+                &Bytes::from(not_one),
+            );
+            assert!(seen.body.is_none(), "{not_one:?}");
+        }
     }
 }

@@ -19,6 +19,8 @@ pub struct Values {
     pub all_parsed: bool,
     /// An SSE stream's `[DONE]` marker arrived.
     pub done_marker: bool,
+    /// Where in the bytes a JSON body's value lies, without the whitespace around it.
+    pub json: Option<std::ops::Range<usize>>,
 }
 
 /// Reads an answer's values; see [`Values`].
@@ -35,7 +37,10 @@ pub fn read(dialect: Dialect, streamed: bool, body: &[u8]) -> Values {
         Err(_) => read.all_parsed = false,
     };
     if !streamed {
-        take(text.trim(), &mut read);
+        let start = text.len() - text.trim_start().len();
+        let value = text[start..].trim_end();
+        read.json = Some(start..start + value.len());
+        take(value, &mut read);
         return read;
     }
     for line in text.lines() {
