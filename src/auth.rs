@@ -11,6 +11,7 @@ use http::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ApiKey, RateLimit, Upstream};
+use crate::digest;
 use crate::error::ProxyError;
 
 /// Who a request is for.
@@ -67,7 +68,7 @@ impl Authenticator {
         let tenant = match (known, digest) {
             (Some(key), _) => tenant_of(key),
             (None, Some(digest)) => Tenant {
-                id: format!("anon-{}", &hex::encode(digest)[..24]),
+                id: format!("anon-{}", digest::hex(&digest[..12])),
                 key_name: None,
                 team: None,
                 rate_limit: None,

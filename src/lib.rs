@@ -20,7 +20,7 @@
 //!   [`fleet`]: the statistics every instance on one Redis reports alike.
 //! - [`config`]: file + environment to a validated [`config::Config`]; [`table`]: the data
 //!   tables it reads; [`clock`]: the wall clock every date and age is read from; [`secret`],
-//!   [`tls`], [`telemetry`].
+//!   [`tls`], [`telemetry`]; [`digest`]: digests as hex text.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -41,6 +41,7 @@ pub mod clock;
 pub mod compress;
 pub mod config;
 pub(crate) mod dialect;
+pub(crate) mod digest;
 pub(crate) mod door;
 pub(crate) mod error;
 pub(crate) mod fleet;

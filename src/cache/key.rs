@@ -12,6 +12,7 @@ use crate::chat::{
     Call, ChatRequest, CompletionRequest, Content, Dialect, EmbeddingRequest, Endpoint, Message,
     Part, Piece, ToolCall,
 };
+use crate::digest;
 
 /// Who may share an entry: one tenant (or everyone, when sharing is on) and a namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +83,7 @@ impl Canonical {
     }
 
     fn finish(self) -> CacheKey {
-        CacheKey(hex::encode(self.0.finalize()))
+        CacheKey(digest::hex(&self.0.finalize()))
     }
 }
 
