@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::framed::Framed;
 use crate::chat::{Dialect, Endpoint, Tokens};
-use crate::dialect::observe::JsonText;
+use crate::dialect::observe::JsonTexts;
 use crate::dialect::usage;
 use crate::secret::Secret;
 
@@ -60,12 +60,16 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Entry {
-    /// Writes the entry's JSON with its JSON answer as `body`, the text the answer was read
-    /// from, instead of writing the answer again from its parse: the same JSON, for a copy of
-    /// the text in place of a walk over every value and an escape of every string. `None`
-    /// when the answer is a stream.
-    pub fn write_recorded(&self, body: &JsonText, out: &mut Vec<u8>) -> Option<()> {
-        if !matches!(self.answer, Answer::Json(_)) {
+    /// Writes the entry's JSON with its answer as `texts`, the text of each value it was read
+    /// from (the body, or each event of a stream), instead of writing the answer again from
+    /// its parse: the same JSON, for a copy of the text in place of a walk over every value
+    /// and an escape of every string. `None` when the texts are not one per value.
+    pub fn write_recorded(&self, texts: &JsonTexts, out: &mut Vec<u8>) -> Option<()> {
+        let (mode, count) = match &self.answer {
+            Answer::Json(_) => ("json", 1),
+            Answer::Stream(chunks) => ("stream", chunks.len()),
+        };
+        if texts.iter().len() != count {
             return None;
         }
         // Destructured so that a new field is a compile error here until it is written too.
@@ -95,10 +99,24 @@ impl Entry {
         };
         serde_json::to_writer(&mut *out, &head).ok()?;
         // The head is an object with fields; the answer joins them before its closing brace.
-        // `body` is one whole JSON value, so the object stays whole.
+        // Each text is one whole JSON value, so the object stays whole.
         out.pop();
-        out.extend_from_slice(br#","answer":{"mode":"json","body":"#);
-        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(br#","answer":{"mode":""#);
+        out.extend_from_slice(mode.as_bytes());
+        out.extend_from_slice(br#"","body":"#);
+        let stream = matches!(self.answer, Answer::Stream(_));
+        if stream {
+            out.push(b'[');
+        }
+        for (i, text) in texts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(text);
+        }
+        if stream {
+            out.push(b']');
+        }
         out.extend_from_slice(b"}}");
         Some(())
     }
@@ -295,60 +313,91 @@ mod tests {
         }
     }
 
-    /// The body as the recorder gets it: read by the dialect, as it parsed.
-    fn body(text: &str) -> JsonText {
+    /// The texts as the recorder gets them: read by the dialect, as they parsed.
+    fn texts(text: &str, streamed: bool) -> JsonTexts {
         let bytes = Bytes::from(text.to_owned());
-        observe(Dialect::OpenAi, Endpoint::Chat, false, &bytes)
-            .body
-            .expect("one JSON value")
+        observe(Dialect::Ollama, Endpoint::Chat, streamed, &bytes)
+            .texts
+            .expect("every value parsed")
+    }
+
+    /// What `entry` seals to, written from `texts`, checked to open as the entry itself.
+    fn sealed_from(entry: &Entry, texts: &JsonTexts, key: Option<&Secret<[u8; 32]>>) -> Bytes {
+        let sealer = Sealer::new(key);
+        let raw = sealer
+            .seal_with(|out| entry.write_recorded(texts, out))
+            .expect("seals");
+        assert_eq!(sealer.open::<Entry>(&raw).as_ref(), Some(entry));
+        raw
+    }
+
+    /// The plain JSON `raw` holds, beside serde's own seal of `entry`.
+    fn both_ways(entry: &Entry, raw: &Bytes) -> (String, Value, Value) {
+        let text = String::from_utf8(raw[3..].to_vec()).expect("plain JSON is text");
+        let written: Value = serde_json::from_str(&text).expect("JSON");
+        let reference = Sealer::new(None).seal(entry).expect("seals");
+        let reference: Value = serde_json::from_slice(&reference[3..]).expect("JSON");
+        (text, written, reference)
     }
 
     #[test]
     fn an_entry_sealed_with_its_answers_text_opens_as_the_same_entry() {
         let entry = recorded_entry();
-        let padded = format!("\n {BODY}\n");
-        for key in [None, Some(Secret::new([7u8; 32]))] {
-            let sealer = Sealer::new(key.as_ref());
-            let raw = sealer
-                .seal_with(|out| entry.write_recorded(&body(&padded), out))
-                .expect("seals");
-            assert_eq!(sealer.open::<Entry>(&raw), Some(entry.clone()));
-            if key.is_none() {
-                let text = std::str::from_utf8(&raw[3..]).expect("plain JSON is text");
-                assert!(
-                    text.contains(BODY),
-                    "the body is written as it came: {text}"
-                );
-                let written: Value = serde_json::from_str(text).expect("JSON");
-                let reference = sealer.seal(&entry).expect("seals");
-                let reference: Value = serde_json::from_slice(&reference[3..]).expect("JSON");
-                assert_eq!(written, reference, "the same JSON as the entry's own");
-            }
-        }
+        let body = texts(&format!("\n {BODY}\n"), false);
+        sealed_from(&entry, &body, Some(&Secret::new([7u8; 32])));
+        let raw = sealed_from(&entry, &body, None);
+        let (text, written, reference) = both_ways(&entry, &raw);
+        assert!(
+            text.contains(BODY),
+            "the body is written as it came: {text}"
+        );
+        assert_eq!(written, reference, "the same JSON as the entry's own");
         let plain = Entry {
             compressed_away: 0,
             namespace: None,
             ..entry
         };
-        let sealer = Sealer::new(None);
-        let raw = sealer
-            .seal_with(|out| plain.write_recorded(&body(BODY), out))
-            .expect("seals");
-        assert_eq!(sealer.open::<Entry>(&raw), Some(plain));
+        sealed_from(&plain, &texts(BODY, false), None);
     }
 
     #[test]
-    fn a_streamed_answer_is_not_written_from_a_body() {
+    fn a_streamed_answer_is_sealed_as_its_events_texts() {
+        let events = [
+            r#"{"message": {"content": "Caf\u00e9"}, "done": false}"#,
+            BODY,
+            r#"{"done":true}"#,
+        ];
+        let stream = events.join("\r\n");
+        let entry = Entry {
+            answer: Answer::Stream(
+                events
+                    .iter()
+                    .map(|e| serde_json::from_str(e).expect("JSON"))
+                    .collect(),
+            ),
+            ..recorded_entry()
+        };
+        let raw = sealed_from(&entry, &texts(&stream, true), None);
+        let (text, written, reference) = both_ways(&entry, &raw);
+        assert!(
+            text.contains(&format!("[{}]", events.join(","))),
+            "each event is written as it came: {text}"
+        );
+        assert_eq!(written, reference, "the same JSON as the entry's own");
+        sealed_from(&entry, &texts(&stream, true), Some(&Secret::new([7u8; 32])));
+    }
+
+    #[test]
+    fn texts_that_are_not_one_per_value_are_not_written() {
+        let mut out = Vec::new();
+        let two = texts("{\"id\": 1}\n{\"id\": 2}", true);
+        assert!(recorded_entry().write_recorded(&two, &mut out).is_none());
         let stream = Entry {
             answer: Answer::Stream(vec![serde_json::json!({"id": 1})]),
             ..recorded_entry()
         };
-        let mut out = Vec::new();
-        assert!(
-            stream
-                .write_recorded(&body(r#"{"id": 1}"#), &mut out)
-                .is_none()
-        );
+        assert!(stream.write_recorded(&two, &mut out).is_none());
+        assert!(out.is_empty(), "nothing written");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::chat::{Call, Dialect};
 use crate::clock::Clock;
 use crate::config::CacheConfig;
 use crate::dialect;
-use crate::dialect::observe::JsonText;
+use crate::dialect::observe::JsonTexts;
 use crate::store::{KEY_PREFIX, Store};
 use controls::{CacheMode, Controls};
 use entry::{Entry, Sealer};
@@ -476,13 +476,14 @@ impl Cache {
     }
 
     /// Writes an entry, keeps a copy in the hot layer and tells other instances to drop
-    /// theirs; failures are counted by the store and otherwise ignored. A JSON answer's
-    /// `body`, the text it was read from, is sealed as it is (see [`Entry::write_recorded`]).
-    pub async fn put(&self, key: &CacheKey, entry: &Arc<Entry>, body: Option<&JsonText>) -> bool {
-        let sealed = match body {
-            Some(body) => self.sealer.seal_with(|out| entry.write_recorded(body, out)),
-            None => self.sealer.seal(entry.as_ref()),
-        };
+    /// theirs; failures are counted by the store and otherwise ignored. The `texts` the
+    /// answer was read from are sealed as they are (see [`Entry::write_recorded`]).
+    pub async fn put(&self, key: &CacheKey, entry: &Arc<Entry>, texts: Option<&JsonTexts>) -> bool {
+        let written = texts.and_then(|texts| {
+            self.sealer
+                .seal_with(|out| entry.write_recorded(texts, out))
+        });
+        let sealed = written.or_else(|| self.sealer.seal(entry.as_ref()));
         let Some(raw) = sealed else {
             return false;
         };

@@ -14,7 +14,7 @@ use super::key::CacheKey;
 use super::{Flight, Plan};
 use crate::body::Ending;
 use crate::chat::Call;
-use crate::dialect::observe::{JsonText, Observed};
+use crate::dialect::observe::{JsonTexts, Observed};
 
 /// Called with the key, time to live and entry of an answer once it is stored.
 pub type OnStored = Box<
@@ -55,17 +55,17 @@ impl Recording {
     }
 }
 
-/// The answer the observed bytes hold, if they are a complete success, and a JSON answer's
-/// text as it parsed.
-fn answer(observed: Observed) -> Option<(Answer, Option<JsonText>)> {
+/// The answer the observed bytes hold, if they are a complete success, and its values' texts
+/// as they parsed.
+fn answer(observed: Observed) -> Option<(Answer, Option<JsonTexts>)> {
     if !observed.complete {
         return None;
     }
     if observed.streamed {
-        return Some((Answer::Stream(observed.values), None));
+        return Some((Answer::Stream(observed.values), observed.texts));
     }
     let value = observed.values.into_iter().next()?;
-    Some((Answer::Json(value), observed.body))
+    Some((Answer::Json(value), observed.texts))
 }
 
 fn store(recording: Recording, observed: Observed) {
@@ -77,7 +77,7 @@ fn store(recording: Recording, observed: Observed) {
         compressed_away,
         on_stored,
     } = recording;
-    let Some((answer, body)) = answer(observed) else {
+    let Some((answer, texts)) = answer(observed) else {
         flight.finish(None);
         return;
     };
@@ -87,7 +87,7 @@ fn store(recording: Recording, observed: Observed) {
     let tasks = cache.tasks().clone();
     tasks.spawn(async move {
         let entry = Arc::new(entry);
-        let stored = cache.put(flight.key(), &entry, body.as_ref()).await;
+        let stored = cache.put(flight.key(), &entry, texts.as_ref()).await;
         let key = flight.key().clone();
         let ttl = Duration::from_millis(entry.ttl_ms);
         flight.finish(Some(entry.clone()));

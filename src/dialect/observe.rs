@@ -2,6 +2,8 @@
 //! savings record (its usage, or its text to count) and the cache's recorder (the whole answer,
 //! when it is a complete success).
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -18,19 +20,24 @@ pub struct Observed {
     pub values: Vec<Value>,
     /// A complete success: a JSON answer with its finish, or a stream that ended cleanly.
     pub complete: bool,
-    /// A JSON answer's body as it parsed.
-    pub body: Option<JsonText>,
+    /// The text of every value, as it parsed, when all of them did.
+    pub texts: Option<JsonTexts>,
 }
 
-/// A JSON answer's body exactly as it parsed into one value, without the whitespace around
-/// it. Only [`observe`] makes one, from bytes it has just parsed, so it can be written into
-/// other JSON as it is and that JSON stays whole.
+/// The text of each of an answer's values (the body, or each event of a stream) exactly as
+/// it parsed into one value, without the whitespace around it. Only [`observe`] makes them,
+/// from bytes it has just parsed, so each can be written into other JSON as it is and that
+/// JSON stays whole.
 #[derive(Debug)]
-pub struct JsonText(Bytes);
+pub struct JsonTexts {
+    bytes: Bytes,
+    spans: Vec<Range<usize>>,
+}
 
-impl JsonText {
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+impl JsonTexts {
+    /// Each value's text, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        self.spans.iter().map(|span| &self.bytes[span.clone()])
     }
 }
 
@@ -46,16 +53,16 @@ pub fn observe(dialect: Dialect, endpoint: Endpoint, streamed: bool, bytes: &Byt
                 .first()
                 .is_some_and(|v| stream::is_complete(dialect, endpoint, v))
     };
-    let body = match (&read.values[..], read.json) {
-        ([_], Some(span)) if read.all_parsed => Some(JsonText(bytes.slice(span))),
-        _ => None,
-    };
+    let texts = read.all_parsed.then(|| JsonTexts {
+        bytes: bytes.clone(),
+        spans: read.spans,
+    });
     Observed {
         dialect,
         streamed,
         values: read.values,
         complete,
-        body,
+        texts,
     }
 }
 
@@ -129,7 +136,16 @@ mod tests {
                      data: [DONE]\n\n";
         let seen = observe(Dialect::OpenAi, Endpoint::Chat, true, &Bytes::from(whole));
         assert!(seen.complete);
-        assert!(seen.body.is_none(), "a stream has no one body");
+        let texts: Vec<&[u8]> = seen.texts.as_ref().expect("all parsed").iter().collect();
+        assert_eq!(
+            texts,
+            [
+                &br#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#[..],
+                br#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+                br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#,
+            ],
+            "each event's text, without its framing"
+        );
         assert_eq!(seen.values.len(), 3);
         assert_eq!(seen.usage().map(|u| (u.prompt, u.completion)), Some((5, 1)));
         assert_eq!(seen.text(), "Hi");
@@ -152,21 +168,36 @@ mod tests {
     }
 
     #[test]
-    fn a_json_body_is_kept_as_it_parsed_and_only_when_it_is_one_value() {
+    fn each_value_is_kept_as_it_parsed_and_only_when_all_of_them_did() {
         let padded = "\n  {\"message\":{\"content\":\"caf\\u00e9\"},\"done\":true} \r\n";
         let seen = observe(Dialect::Ollama, Endpoint::Chat, false, &Bytes::from(padded));
-        let body = seen.body.as_ref().expect("one JSON value");
-        assert_eq!(body.as_bytes(), padded.trim().as_bytes());
-        let parsed: Value = serde_json::from_slice(body.as_bytes()).expect("JSON");
+        let texts: Vec<&[u8]> = seen
+            .texts
+            .as_ref()
+            .expect("one JSON value")
+            .iter()
+            .collect();
+        assert_eq!(texts, [padded.trim().as_bytes()]);
+        let parsed: Value = serde_json::from_slice(texts[0]).expect("JSON");
         assert_eq!(parsed, seen.values[0]);
-        for not_one in ["{\"done\":true} {\"done\":true}", "{\"done\":", "", "  "] {
+        let ndjson = "{\"a\":1}\r\n\n  {\"b\": [2, 3]}  \n{\"done\":true}";
+        let seen = observe(Dialect::Ollama, Endpoint::Chat, true, &Bytes::from(ndjson));
+        let texts: Vec<&[u8]> = seen.texts.as_ref().expect("all parsed").iter().collect();
+        assert_eq!(
+            texts,
+            [&b"{\"a\":1}"[..], b"{\"b\": [2, 3]}", b"{\"done\":true}"]
+        );
+        for not_all in ["{\"done\":true} {\"done\":true}", "{\"done\":"] {
             let seen = observe(
                 Dialect::Ollama,
                 Endpoint::Chat,
                 false,
-                &Bytes::from(not_one),
+                &Bytes::from(not_all),
             );
-            assert!(seen.body.is_none(), "{not_one:?}");
+            assert!(seen.texts.is_none(), "{not_all:?}");
         }
+        let cut = "{\"a\":1}\n{\"b\":";
+        let seen = observe(Dialect::Ollama, Endpoint::Chat, true, &Bytes::from(cut));
+        assert!(seen.texts.is_none(), "a cut stream");
     }
 }

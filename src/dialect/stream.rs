@@ -3,6 +3,8 @@
 //! replay, so a cached answer can be served in whichever mode the client asks.
 //! Responses API answers have their own events, read and written by `responses::events`.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -19,8 +21,9 @@ pub struct Values {
     pub all_parsed: bool,
     /// An SSE stream's `[DONE]` marker arrived.
     pub done_marker: bool,
-    /// Where in the bytes a JSON body's value lies, without the whitespace around it.
-    pub json: Option<std::ops::Range<usize>>,
+    /// Where in the bytes each value lies, without the whitespace around it: one span per
+    /// value, in order.
+    pub spans: Vec<Range<usize>>,
 }
 
 /// Reads an answer's values; see [`Values`].
@@ -32,18 +35,27 @@ pub fn read(dialect: Dialect, streamed: bool, body: &[u8]) -> Values {
         all_parsed: true,
         ..Values::default()
     };
-    let take = |piece: &str, read: &mut Values| match serde_json::from_str(piece) {
-        Ok(value) => read.values.push(value),
-        Err(_) => read.all_parsed = false,
+    // `start..end` of `text`, without the whitespace around it.
+    let take = |start: usize, end: usize, read: &mut Values| {
+        let piece = &text[start..end];
+        let start = start + (piece.len() - piece.trim_start().len());
+        let piece = piece.trim();
+        match serde_json::from_str(piece) {
+            Ok(value) => {
+                read.values.push(value);
+                read.spans.push(start..start + piece.len());
+            }
+            Err(_) => read.all_parsed = false,
+        }
     };
     if !streamed {
-        let start = text.len() - text.trim_start().len();
-        let value = text[start..].trim_end();
-        read.json = Some(start..start + value.len());
-        take(value, &mut read);
+        take(0, text.len(), &mut read);
         return read;
     }
-    for line in text.lines() {
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let (at, end) = (start, start + line.len());
+        start = end;
         match dialect {
             Dialect::OpenAi => {
                 let Some(data) = line.strip_prefix("data:") else {
@@ -51,11 +63,11 @@ pub fn read(dialect: Dialect, streamed: bool, body: &[u8]) -> Values {
                 };
                 match data.trim() {
                     "[DONE]" => read.done_marker = true,
-                    data => take(data, &mut read),
+                    _ => take(at + "data:".len(), end, &mut read),
                 }
             }
             Dialect::Ollama if line.trim().is_empty() => {}
-            Dialect::Ollama => take(line.trim(), &mut read),
+            Dialect::Ollama => take(at, end, &mut read),
         }
     }
     read
