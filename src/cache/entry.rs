@@ -65,9 +65,10 @@ impl Entry {
     /// its parse: the same JSON, for a copy of the text in place of a walk over every value
     /// and an escape of every string. `None` when the texts are not one per value.
     pub fn write_recorded(&self, texts: &JsonTexts, out: &mut Vec<u8>) -> Option<()> {
-        let (mode, count) = match &self.answer {
-            Answer::Json(_) => ("json", 1),
-            Answer::Stream(chunks) => ("stream", chunks.len()),
+        // A body is written as it is; a stream's events as an array.
+        let (mode, count, open, close) = match &self.answer {
+            Answer::Json(_) => ("json", 1, "", ""),
+            Answer::Stream(chunks) => ("stream", chunks.len(), "[", "]"),
         };
         if texts.iter().len() != count {
             return None;
@@ -104,19 +105,14 @@ impl Entry {
         out.extend_from_slice(br#","answer":{"mode":""#);
         out.extend_from_slice(mode.as_bytes());
         out.extend_from_slice(br#"","body":"#);
-        let stream = matches!(self.answer, Answer::Stream(_));
-        if stream {
-            out.push(b'[');
-        }
+        out.extend_from_slice(open.as_bytes());
         for (i, text) in texts.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(text);
         }
-        if stream {
-            out.push(b']');
-        }
+        out.extend_from_slice(close.as_bytes());
         out.extend_from_slice(b"}}");
         Some(())
     }
