@@ -5,7 +5,7 @@
 //! run every second and at shutdown, makes them durable with one. Single puts are written
 //! behind: a put returns once its entry is queued and readable, and the queue is gathered
 //! for up to [`LINGER`] into one transaction, so answers recorded close together share a
-//! commit; until it lands they are read from memory. A crash of the machine may lose the
+//! commit; until it lands they are read from the queue. A crash of the machine may lose the
 //! cache writes of the last second and that linger, never a delete and never the ledger's
 //! batches, which commit durably on their own.
 //!
@@ -43,13 +43,8 @@ struct Entry {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     pub(super) db: Arc<Database>,
-    memory: Cache<String, Entry>,
+    memory: Memory,
     evictions: Arc<AtomicU64>,
-    /// Bumped, under its lock, after every delete. A read from disk copies its value into
-    /// memory under the same lock, and only if no delete finished since the read began,
-    /// so a read racing a delete never leaves a copy of a deleted key in memory (see
-    /// [`EmbeddedStore::remember`]).
-    deletes: Arc<Mutex<u64>>,
     /// Set by a commit made without an `fsync`, cleared by the durable commit that follows.
     unpersisted: Arc<AtomicBool>,
     /// Single puts waiting for the next group commit.
@@ -62,13 +57,39 @@ pub struct EmbeddedStore {
     clock: Clock,
 }
 
+/// The memory layer: copies of what reads brought back from disk, and of puts whose commit
+/// failed, bounded by their size.
+#[derive(Clone)]
+struct Memory {
+    copies: Cache<String, Entry>,
+    /// Bumped, under its lock, after every delete and every batch of puts that lands. A read
+    /// from disk copies its value into memory under the same lock, and only if nothing changed
+    /// on disk since the read began, so a read racing a delete or a put never leaves an old
+    /// copy in memory (see [`EmbeddedStore::remember`]).
+    changes: Arc<Mutex<u64>>,
+}
+
+impl Memory {
+    /// What the disk holds under `keys` changed: their copies go, and no read begun before
+    /// can copy what it read.
+    fn changed<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut changes = self.changes.lock();
+        *changes += 1;
+        for key in keys {
+            self.copies.invalidate(key);
+        }
+    }
+}
+
 /// Group commit of single puts, written behind: a put joins the queue and returns, and
 /// whichever put finds no commit running starts one that gathers puts for up to [`LINGER`]
 /// (less once [`LINGER_PUTS`] or [`LINGER_BYTES`] wait, or when something must see them on
 /// disk), then writes everything queued in one transaction, again and again until the queue
 /// is empty. Answers recorded within a linger of each other share one commit; until it lands
-/// a get finds them in `pending`. A commit that fails is logged and counted: its entries stay
-/// in memory until evicted, as a cache that could not write keeps what it has.
+/// a get finds them in `pending`, and once it has, on disk: a put is not copied into the memory
+/// layer, which holds what reads brought back. A commit that fails is logged and counted: its
+/// entries move to memory and stay there until evicted, as a cache that could not write keeps
+/// what it has.
 struct Puts {
     queue: Mutex<PutQueue>,
     /// Wakes a lingering commit: enough puts wait, or something waits for them to land.
@@ -120,8 +141,8 @@ struct PutQueue {
     /// The bytes of the values in `waiting`.
     waiting_bytes: usize,
     committing: bool,
-    /// The entries queued or being written, by key: the memory layer may evict one before
-    /// its commit lands, and a get must still find it.
+    /// The entries queued or being written, by key, read before the memory layer: a get
+    /// must find a put until its commit lands, and find it rather than an older copy.
     pending: HashMap<String, Entry>,
     /// The sequence number of the last put queued.
     queued: u64,
@@ -138,10 +159,16 @@ fn same(a: &Entry, b: &Entry) -> bool {
 
 impl Puts {
     /// Writes every queued put, a batch per transaction, until none is left.
-    fn commit_all(&self, db: &Database, values: &Values, unpersisted: &AtomicBool) {
+    fn commit_all(
+        &self,
+        db: &Database,
+        values: &Values,
+        unpersisted: &AtomicBool,
+        memory: &Memory,
+    ) {
         // Should a write panic, the queue is released: its puts stay in memory only, and the
         // next put starts a commit of its own.
-        struct Release<'a>(&'a Puts);
+        struct Release<'a>(&'a Puts, &'a Memory);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
                 if std::thread::panicking() {
@@ -149,12 +176,14 @@ impl Puts {
                     queue.committing = false;
                     queue.waiting.clear();
                     queue.waiting_bytes = 0;
-                    queue.pending.clear();
+                    for (key, entry) in queue.pending.drain() {
+                        self.1.copies.insert(key, entry);
+                    }
                     self.0.landed.send_replace(queue.queued);
                 }
             }
         }
-        let _release = Release(self);
+        let _release = Release(self, memory);
         loop {
             let (mut batch, last) = {
                 let mut queue = self.queue.lock();
@@ -203,15 +232,22 @@ impl Puts {
                 }
                 commit_lazily(txn, unpersisted)
             })();
+            let failed = written.is_err();
             if let Err(error) = written {
                 self.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 tracing::warn!(%error, puts = batch.len(), "the embedded store could not commit cache writes; they stay in memory only");
             }
+            // What the disk holds for these keys changed: older copies leave memory, and a
+            // read that began before cannot copy what it read there (see `changes`).
+            memory.changed(batch.iter().map(|(key, _)| key.as_str()));
             {
                 let mut queue = self.queue.lock();
-                for (key, entry) in &batch {
-                    if queue.pending.get(key).is_some_and(|p| same(p, entry)) {
-                        queue.pending.remove(key);
+                for (key, entry) in batch {
+                    if queue.pending.get(&key).is_some_and(|p| same(p, &entry)) {
+                        queue.pending.remove(&key);
+                        if failed {
+                            memory.copies.insert(key, entry);
+                        }
                     }
                 }
             }
@@ -411,7 +447,7 @@ impl EmbeddedStore {
         txn.commit().map_err(err)?;
         let evictions = Arc::new(AtomicU64::new(0));
         let counter = evictions.clone();
-        let memory = Cache::builder()
+        let copies = Cache::builder()
             .eviction_listener(move |_key, _value, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -424,9 +460,11 @@ impl EmbeddedStore {
             .build();
         let store = EmbeddedStore {
             db: Arc::new(db),
-            memory,
+            memory: Memory {
+                copies,
+                changes: Arc::new(Mutex::new(0)),
+            },
             evictions,
-            deletes: Arc::new(Mutex::new(0)),
             unpersisted: Arc::new(AtomicBool::new(false)),
             puts: Arc::new(Puts::default()),
             presence: Arc::new(Presence::default()),
@@ -534,21 +572,24 @@ impl EmbeddedStore {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let now = self.clock.now_ms();
-        if let Some(entry) = self.memory.get(key) {
-            if entry.expires_ms > now {
-                return Ok(Some(entry.value));
-            }
-            self.memory.invalidate(key);
-        }
-        // Before the disk: a pending put leaves `pending` only once it is on disk.
-        if let Some(entry) = self.puts.pending(key) {
-            return Ok(Some(entry.value).filter(|_| entry.expires_ms > now));
-        }
+        // Every key written, pending or copied into memory is known: any other is a miss at
+        // once, as most reads are.
         if !self.presence.may_hold(key) {
             return Ok(None);
         }
-        let generation = *self.deletes.lock();
+        let now = self.clock.now_ms();
+        // Before memory and the disk: a pending put leaves `pending` only once it is on disk,
+        // and memory may hold an older copy until then.
+        if let Some(entry) = self.puts.pending(key) {
+            return Ok(Some(entry.value).filter(|_| entry.expires_ms > now));
+        }
+        if let Some(entry) = self.memory.copies.get(key) {
+            if entry.expires_ms > now {
+                return Ok(Some(entry.value));
+            }
+            self.memory.copies.invalidate(key);
+        }
+        let generation = *self.memory.changes.lock();
         let found = self.read_disk(key).await?;
         Ok(match found {
             Some(entry) if entry.expires_ms > now => {
@@ -559,13 +600,14 @@ impl EmbeddedStore {
         })
     }
 
-    /// Copies a value read from disk into memory, unless a delete finished since the read
-    /// began (`generation`) or a put has left its own, newer copy there meanwhile: a read
-    /// racing a put never hides the put's value behind the older one it read.
+    /// Copies a value read from disk into memory, unless a delete or a batch of puts landed
+    /// since the read began (`generation`) or a failed put has left its own, newer copy there
+    /// meanwhile: a read racing a put never hides the put's value behind the older one it read.
     fn remember(&self, key: &str, entry: &Entry, generation: u64) {
-        let deletes = self.deletes.lock();
-        if *deletes == generation {
+        let changes = self.memory.changes.lock();
+        if *changes == generation {
             self.memory
+                .copies
                 .entry(key.to_owned())
                 .or_insert_with(|| entry.clone());
         }
@@ -577,12 +619,16 @@ impl EmbeddedStore {
         let mut values: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
         let mut missing: Vec<(usize, String)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match self.memory.get(key).or_else(|| self.puts.pending(key)) {
+            match self
+                .puts
+                .pending(key)
+                .or_else(|| self.memory.copies.get(key))
+            {
                 Some(entry) if entry.expires_ms > now => values.push(Some(entry.value)),
                 lapsed => {
                     // A lapsed copy goes, so the live one read from disk can take its place.
                     if lapsed.is_some() {
-                        self.memory.invalidate(key);
+                        self.memory.copies.invalidate(key);
                     }
                     values.push(None);
                     if self.presence.may_hold(key) {
@@ -594,7 +640,7 @@ impl EmbeddedStore {
         if missing.is_empty() {
             return Ok(values);
         }
-        let generation = *self.deletes.lock();
+        let generation = *self.memory.changes.lock();
         let log = self.values.clone();
         let found = self
             .blocking(move |db| {
@@ -633,7 +679,7 @@ impl EmbeddedStore {
             .collect();
         for (key, entry) in &entries {
             self.presence.add(key);
-            self.memory.insert(key.clone(), entry.clone());
+            self.memory.copies.insert(key.clone(), entry.clone());
         }
         let unpersisted = self.unpersisted.clone();
         self.blocking(move |db| {
@@ -664,7 +710,6 @@ impl EmbeddedStore {
                 return Err(err("too many puts waiting for the disk"));
             }
             self.presence.add(key);
-            self.memory.insert(key.to_owned(), entry.clone());
             queue.pending.insert(key.to_owned(), entry.clone());
             queue.waiting_bytes += entry.value.len();
             queue.waiting.push((key.to_owned(), entry));
@@ -678,9 +723,9 @@ impl EmbeddedStore {
             let (puts, unpersisted) = (self.puts.clone(), self.unpersisted.clone());
             let db = self.db.clone();
             puts.holders.send_modify(|n| *n += 1);
-            let values = self.values.clone();
+            let (values, memory) = (self.values.clone(), self.memory.clone());
             tokio::task::spawn_blocking(move || {
-                puts.commit_all(&db, &values, &unpersisted);
+                puts.commit_all(&db, &values, &unpersisted, &memory);
                 // The database goes before the count does, so whoever waits for none (see
                 // [`EmbeddedStore::close`]) finds the file no longer held by this thread.
                 drop(db);
@@ -738,7 +783,7 @@ impl EmbeddedStore {
         let named: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.puts.settle_for(&named).await;
         for key in keys {
-            self.memory.invalidate(key);
+            self.memory.copies.invalidate(key);
         }
         let owned = keys.to_vec();
         let removed = self
@@ -760,11 +805,7 @@ impl EmbeddedStore {
         if removed.is_ok() {
             self.presence.remove(named.into_iter().map(Presence::of));
         }
-        let mut deletes = self.deletes.lock();
-        *deletes += 1;
-        for key in keys {
-            self.memory.invalidate(key);
-        }
+        self.memory.changed(keys.iter().map(String::as_str));
         removed
     }
 
@@ -897,7 +938,7 @@ mod tests {
             put.unwrap().unwrap();
         }
         // Read from disk, not from the memory copies.
-        s.memory.invalidate_all();
+        s.memory.copies.invalidate_all();
         for i in 0..200 {
             let got = s.get(&format!("k{i}")).await.unwrap();
             assert_eq!(got, Some(Bytes::from(format!("value {i}"))), "k{i}");
@@ -993,14 +1034,17 @@ mod tests {
         // Once the commit runs, every accepted put lands.
         let commit = s.clone();
         tokio::task::spawn_blocking(move || {
-            commit
-                .puts
-                .commit_all(&commit.db, &commit.values, &commit.unpersisted)
+            commit.puts.commit_all(
+                &commit.db,
+                &commit.values,
+                &commit.unpersisted,
+                &commit.memory,
+            )
         })
         .await
         .unwrap();
         assert!(!s.puts.queue.lock().committing);
-        s.memory.invalidate_all();
+        s.memory.copies.invalidate_all();
         assert_eq!(s.keys("k").await.unwrap().len(), fits);
         assert_eq!(s.get("k0").await.unwrap(), Some(value));
     }
@@ -1019,12 +1063,12 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // Not from the memory layer: from the pending put, or from disk once it landed.
-        s.memory.invalidate_all();
+        s.memory.copies.invalidate_all();
         assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v")));
         assert_eq!(s.keys("k").await.unwrap(), ["k"], "a key walk lets it land");
         s.delete(&["k".to_owned()]).await.unwrap();
         put.await.unwrap().unwrap();
-        s.memory.invalidate_all();
+        s.memory.copies.invalidate_all();
         assert_eq!(s.get("k").await.unwrap(), None);
         assert!(s.keys("k").await.unwrap().is_empty());
         assert!(s.puts.queue.lock().pending.is_empty());
@@ -1087,7 +1131,7 @@ mod tests {
             value: Bytes::from_static(b"read from disk"),
             expires_ms: u64::MAX,
         };
-        let generation = *s.deletes.lock();
+        let generation = *s.memory.changes.lock();
         // A put lands between the disk read and its copy into memory.
         s.put("k", Bytes::from_static(b"newer"), Duration::from_secs(60))
             .await
@@ -1098,12 +1142,64 @@ mod tests {
             Some(Bytes::from_static(b"newer"))
         );
         // With nothing in memory, the read's copy is kept.
-        s.memory.invalidate("j");
+        s.memory.copies.invalidate("j");
         s.remember("j", &old, generation);
         assert_eq!(
-            s.memory.get("j").map(|e| e.value),
+            s.memory.copies.get("j").map(|e| e.value),
             Some(Bytes::from_static(b"read from disk"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_put_is_read_from_its_queue_then_from_disk_and_only_a_read_copies_it() {
+        let s = store("put-memory");
+        s.put("k", Bytes::from_static(b"v1"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(s.memory.copies.get("k").is_none(), "a put is not copied");
+        assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v1")));
+        assert!(s.memory.copies.get("k").is_none(), "read from the queue");
+        s.puts.settle().await;
+        assert!(s.puts.pending("k").is_none(), "landed");
+        assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v1")));
+        assert_eq!(
+            s.memory.copies.get("k").map(|e| e.value),
+            Some(Bytes::from_static(b"v1")),
+            "the read from disk is kept in memory"
+        );
+        // A newer put is read before the older copy, and its landing takes that copy away.
+        s.put("k", Bytes::from_static(b"v2"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v2")));
+        let read = s.get_many(&["k".to_owned()]).await.unwrap();
+        assert_eq!(read, vec![Some(Bytes::from_static(b"v2"))]);
+        s.puts.settle().await;
+        assert!(s.memory.copies.get("k").is_none(), "the older copy went");
+        assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v2")));
+        assert_eq!(s.get("never written").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_read_begun_before_a_batch_landed_does_not_copy_what_it_read() {
+        let s = store("landed");
+        s.put("k", Bytes::from_static(b"old"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        s.puts.settle().await;
+        let generation = *s.memory.changes.lock();
+        let old = s.read_disk("k").await.unwrap().expect("on disk");
+        // A newer put lands between the disk read and its copy into memory.
+        s.put("k", Bytes::from_static(b"new"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        s.puts.settle().await;
+        s.remember("k", &old, generation);
+        assert!(
+            s.memory.copies.get("k").is_none(),
+            "the old read is not kept"
+        );
+        assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"new")));
     }
 
     #[tokio::test]
@@ -1119,7 +1215,7 @@ mod tests {
         assert_eq!(read, vec![Some(Bytes::from_static(b"v"))]);
         let now = clock.clock().now_ms();
         assert!(
-            s.memory.get("t").is_some_and(|e| e.expires_ms > now),
+            s.memory.copies.get("t").is_some_and(|e| e.expires_ms > now),
             "memory holds the live copy, not the lapsed one"
         );
     }
@@ -1282,7 +1378,7 @@ mod tests {
             .await
             .unwrap();
         s.persist().await.unwrap();
-        s.memory.invalidate_all();
+        s.memory.copies.invalidate_all();
         assert_eq!(
             s.get("torn").await.unwrap(),
             Some(versioned("torn", 2, 1000))
@@ -1335,7 +1431,7 @@ mod tests {
             tokio::spawn(async move {
                 let mut read = 0;
                 while !stop.load(Ordering::Acquire) {
-                    s.memory.invalidate_all();
+                    s.memory.copies.invalidate_all();
                     for w in 0..4 {
                         for k in 0..12 {
                             let key = format!("w{w}-k{k}");
@@ -1373,7 +1469,7 @@ mod tests {
             "the test wrote past one segment"
         );
         // From disk alone, each key holds its last write, or nothing once deleted.
-        s.memory.invalidate_all();
+        s.memory.copies.invalidate_all();
         for (key, value) in &expected {
             assert_eq!(&s.get(key).await.unwrap(), value, "{key}");
         }
@@ -1440,7 +1536,7 @@ mod tests {
             s.expires_in("kept").await.unwrap().map(|d| d.as_secs()),
             expires.map(|d| d.as_secs() - 2)
         );
-        s.memory.invalidate_all();
+        s.memory.copies.invalidate_all();
         assert_eq!(s.get("kept").await.unwrap(), Some(long(b'k', 300)));
         assert_eq!(s.get("new").await.unwrap(), Some(long(b'n', 400)));
         assert_eq!(s.get("gone 1").await.unwrap(), None);
@@ -1455,7 +1551,7 @@ mod tests {
             .map(|i| (format!("k{i}"), Bytes::from(format!("v{i}"))))
             .collect();
         s.put_many(entries, Duration::from_secs(60)).await.unwrap();
-        s.memory.invalidate_all();
+        s.memory.copies.invalidate_all();
         let keys: Vec<String> = ["k2", "nope", "k0"].map(str::to_owned).to_vec();
         let got = s.get_many(&keys).await.unwrap();
         assert_eq!(
