@@ -29,9 +29,12 @@ pub fn for_store(announces_in_step: bool) -> Option<Presence> {
 }
 
 impl Cache {
-    /// Whether the store may hold the answer under `full` (a full store key).
+    /// Whether the store may hold the answer under `full` (a full store key): by the set
+    /// kept here of what a shared store holds, or by what the store itself knows. The hot
+    /// layer holds copies only of what the store holds, so it need not be asked either when
+    /// the answer is no.
     pub(super) fn may_hold(&self, full: &str) -> bool {
-        self.known.as_ref().is_none_or(|known| known.may_hold(full))
+        self.known.as_ref().is_none_or(|known| known.may_hold(full)) && self.store.may_hold(full)
     }
 
     /// The answer under `full` is being written, or has been.

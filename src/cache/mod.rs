@@ -248,12 +248,13 @@ impl Cache {
     /// from the hot layer when it holds a copy, else from the store (keeping a copy).
     pub async fn read(&self, plan: &Plan, key: &CacheKey, call: &Call) -> Option<Arc<Entry>> {
         let full = Self::store_key(key);
+        // A question nobody asked before, as most are, is a miss here at once.
+        if !self.may_hold(&full) {
+            return None;
+        }
         let now = self.clock.now_ms();
         if let Some(entry) = self.read_hot(plan, &full, call, now) {
             return Some(entry);
-        }
-        if !self.may_hold(&full) {
-            return None;
         }
         let raw = self.store.get(&full).await.ok()??;
         let Some(entry) = self.sealer.open::<Entry>(&raw) else {
@@ -367,7 +368,11 @@ impl Cache {
                     // it does this cost a second store read.
                     if plan.mode.read() {
                         let stored = if self.hot.enabled() {
-                            self.read_hot(plan, &Self::store_key(&key), call, self.clock.now_ms())
+                            let full = Self::store_key(&key);
+                            let now = self.clock.now_ms();
+                            self.may_hold(&full)
+                                .then(|| self.read_hot(plan, &full, call, now))
+                                .flatten()
                         } else {
                             self.read(plan, &key, call).await
                         };

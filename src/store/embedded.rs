@@ -571,6 +571,11 @@ impl EmbeddedStore {
         self.read_record(key, move |raw| decode(&values, raw)).await
     }
 
+    /// Whether the table may hold `key`, or a put of it wait for its commit.
+    pub fn may_hold(&self, key: &str) -> bool {
+        self.presence.may_hold(key)
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         // Every key written, pending or copied into memory is known: any other is a miss at
         // once, as most reads are.
@@ -1178,6 +1183,7 @@ mod tests {
         assert!(s.memory.copies.get("k").is_none(), "the older copy went");
         assert_eq!(s.get("k").await.unwrap(), Some(Bytes::from_static(b"v2")));
         assert_eq!(s.get("never written").await.unwrap(), None);
+        assert!(s.may_hold("k") && !s.may_hold("never written"));
     }
 
     #[tokio::test]

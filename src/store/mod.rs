@@ -317,6 +317,16 @@ impl Store {
         matches!(self.backend, Backend::Redis(_))
     }
 
+    /// Whether the store may hold `key`: the embedded store knows every key it holds, so a
+    /// key it never wrote (most lookups are questions nobody asked before) is answered from
+    /// memory; Redis may hold any (the cache keeps its own set of what it holds).
+    pub fn may_hold(&self, key: &str) -> bool {
+        match &self.backend {
+            Backend::Embedded(e) => e.may_hold(key),
+            Backend::Redis(_) => true,
+        }
+    }
+
     /// Whether the store is shared and every instance hears of a write, announced with
     /// [`Store::put_announced`], before its writer does: one Redis server, not a cluster.
     pub fn announces_in_step(&self) -> bool {
