@@ -1533,14 +1533,16 @@ struct Call {
 enum CallBody {
     /// The same bytes every time.
     Fixed(Bytes),
-    /// `head`, a number, `tail`: every request (of every clone of the call) takes the next
-    /// number, so that each is a question nobody has asked before.
-    Numbered {
-        head: String,
-        tail: String,
-        next: Arc<AtomicU64>,
-    },
+    /// `head`, a number, `tail`: every request takes the next of [`NUMBERS`], so that each is
+    /// a question nobody has asked before.
+    Numbered { head: String, tail: String },
 }
+
+/// The numbers of every numbered request the process sends, whichever call and scenario it
+/// belongs to: the thrifties of one process share one model and its memory of recent vectors,
+/// so a scenario that started its own count again would ask questions an earlier one had
+/// already had embedded.
+static NUMBERS: AtomicU64 = AtomicU64::new(1);
 
 impl Call {
     fn openai_chat(body: &'static str) -> Self {
@@ -1563,11 +1565,7 @@ impl Call {
     fn openai_chat_numbered(head: String, tail: String) -> Self {
         Call {
             path: "/v1/chat/completions",
-            body: CallBody::Numbered {
-                head,
-                tail,
-                next: Arc::new(AtomicU64::new(1)),
-            },
+            body: CallBody::Numbered { head, tail },
             expect_cache: None,
         }
     }
@@ -1576,8 +1574,8 @@ impl Call {
     fn body(&self) -> Bytes {
         match &self.body {
             CallBody::Fixed(bytes) => bytes.clone(),
-            CallBody::Numbered { head, tail, next } => {
-                let n = next.fetch_add(1, Ordering::Relaxed);
+            CallBody::Numbered { head, tail } => {
+                let n = NUMBERS.fetch_add(1, Ordering::Relaxed);
                 Bytes::from(format!("{head}{n}{tail}"))
             }
         }

@@ -240,18 +240,26 @@ impl Puts {
             // What the disk holds for these keys changed: older copies leave memory, and a
             // read that began before cannot copy what it read there (see `changes`).
             memory.changed(batch.iter().map(|(key, _)| key.as_str()));
-            {
-                let mut queue = self.queue.lock();
-                for (key, entry) in batch {
-                    if queue.pending.get(&key).is_some_and(|p| same(p, &entry)) {
-                        queue.pending.remove(&key);
-                        if failed {
-                            memory.copies.insert(key, entry);
-                        }
+            let mut queue = self.queue.lock();
+            for (key, entry) in batch {
+                if queue.pending.get(&key).is_some_and(|p| same(p, &entry)) {
+                    queue.pending.remove(&key);
+                    if failed {
+                        memory.copies.insert(key, entry);
                     }
                 }
             }
+            // With nothing more queued the commit is over before anyone hears that its batch
+            // landed, and it is heard under the lock: whoever waited for it finds no commit
+            // running, and a commit that a later put starts lands after this one.
+            let over = queue.waiting.is_empty();
+            if over {
+                queue.committing = false;
+            }
             self.landed.send_replace(last);
+            if over {
+                return;
+            }
         }
     }
 }
