@@ -5,8 +5,8 @@
 //! A random key inserted into the table rewrites a whole leaf page, so a table of answers a
 //! kilobyte or two each copied several pages per put; a location is 20 bytes, so a commit of
 //! many puts copies a few leaves, and the answers' bytes are written once, gathered from
-//! where they lie by one `writev` per batch (per 1,024 values). Segments are only ever appended to, each by one writer, and never reopened for
-//! writing: after a restart the log starts a new one, so a torn tail is never written past.
+//! where they lie by `writev` (a call per 1,024 values of a batch). Segments are only ever
+//! appended to, each by one writer, and never reopened for writing: after a restart the log starts a new one, so a torn tail is never written past.
 //! The store syncs the log before its once-a-second durable commit, but any durable commit
 //! (a delete, the ledger's) also makes the locations committed before it durable: so a
 //! location names its value's length and CRC-32, and a value that does not match (bytes a
@@ -296,6 +296,8 @@ fn segments_in(dir: &Path) -> io::Result<Vec<(u32, u64)>> {
 /// Writes every slice, in order, gathered by `writev` (the standard library's own loop over
 /// it is not stable yet).
 fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    // Empty slices in front go first: a batch of nothing but them has nothing to write, where
+    // a `writev` of them would answer 0 and read as a failed write.
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         match file.write_vectored(slices) {
